@@ -1,0 +1,204 @@
+"""The store's schema: ordered migrations and the version recorded in the `meta` table.
+
+`MIGRATIONS[i]` takes a database from version i to i + 1. Each runs in its own transaction together
+with the version bump, so a crash mid-upgrade leaves the file at the last complete version.
+"""
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+from store.errors import SchemaTooNewError, StoreCorruptError
+from store.transactions import database_file, write_transaction
+
+SCHEMA_VERSION = 1
+
+_VERSION_KEY = "schema_version"
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    """Version 1: sessions, their turns and prompts, candidates, judgements, runs and run metrics."""
+    db["sessions"].create(
+        {"id": int, "created_at": str, "title": str, "system_prompt": str, "model_id": str},
+        pk="id",
+        not_null=["created_at", "system_prompt"],
+    )
+    db["prompts"].create(
+        {"id": int, "session_id": int, "text": str, "history_json": str, "created_at": str},
+        pk="id",
+        not_null=["session_id", "text", "history_json", "created_at"],
+        foreign_keys=[("session_id", "sessions", "id")],
+    )
+    db["candidates"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "slot": int,
+            "text": str,
+            "rendered_prompt": str,
+            "model_id": str,
+            "model_sha256": str,
+            "adapter": str,
+            "sampling_json": str,
+            "seed": int,
+            "finish_reason": str,
+            "n_tokens": int,
+            "duration_s": float,
+            "created_at": str,
+        },
+        pk="id",
+        not_null=[
+            "prompt_id",
+            "slot",
+            "text",
+            "rendered_prompt",
+            "model_id",
+            "model_sha256",
+            "sampling_json",
+            "seed",
+            "created_at",
+        ],
+        foreign_keys=[("prompt_id", "prompts", "id")],
+    )
+    db["turns"].create(
+        {
+            "id": int,
+            "session_id": int,
+            "idx": int,
+            "role": str,
+            "content": str,
+            "candidate_id": int,
+            "created_at": str,
+        },
+        pk="id",
+        not_null=["session_id", "idx", "role", "content", "created_at"],
+        foreign_keys=[("session_id", "sessions", "id"), ("candidate_id", "candidates", "id")],
+    )
+    db["judgements"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "verdict": str,
+            "chosen_candidate_id": int,
+            "rejected_candidate_id": int,
+            "edited_text": str,
+            "source": str,
+            "adapter": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null=["prompt_id", "verdict", "source", "created_at"],
+        foreign_keys=[
+            ("prompt_id", "prompts", "id"),
+            ("chosen_candidate_id", "candidates", "id"),
+            ("rejected_candidate_id", "candidates", "id"),
+        ],
+    )
+    db["runs"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "updated_at": str,
+            "status": str,
+            "message": str,
+            "pid": int,
+            "config_json": str,
+            "model_id": str,
+            "dataset_hash": str,
+            "pair_ids_json": str,
+            "heldout_ids_json": str,
+            "output_dir": str,
+            "summary_json": str,
+        },
+        pk="id",
+        not_null=[
+            "created_at",
+            "updated_at",
+            "status",
+            "config_json",
+            "model_id",
+            "pair_ids_json",
+            "heldout_ids_json",
+            "output_dir",
+        ],
+    )
+    db["run_metrics"].create(
+        {"id": int, "run_id": int, "step": int, "epoch": float, "metrics_json": str, "created_at": str},
+        pk="id",
+        not_null=["run_id", "step", "metrics_json", "created_at"],
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    # Indexes follow the reads: a session's prompts and turns, a prompt's candidates and judgements,
+    # a run's metrics in step order. The unique turn index also stops two writers giving the same idx.
+    db["prompts"].create_index(["session_id"])
+    db["candidates"].create_index(["prompt_id", "slot"])
+    db["turns"].create_index(["session_id", "idx"], unique=True)
+    db["turns"].create_index(["candidate_id"])
+    db["judgements"].create_index(["prompt_id"])
+    db["judgements"].create_index(["chosen_candidate_id"])
+    db["judgements"].create_index(["rejected_candidate_id"])
+    db["runs"].create_index(["status"])
+    db["run_metrics"].create_index(["run_id", "step"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_create_v1]
+
+assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The version recorded in the file; 0 for a file the studio has never migrated."""
+    if not db["meta"].exists():
+        return 0
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [_VERSION_KEY]).fetchone()
+    if row is None:
+        return 0
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        raise StoreCorruptError(
+            f"{database_file(db)} records an unreadable schema version ({row[0]!r}). "
+            "Pass --db to use another file."
+        ) from None
+
+
+def _check_not_foreign(db: sqlite_utils.Database) -> None:
+    # An unversioned file that already has tables is someone else's database: migrating it would
+    # mix our tables into theirs (or fail half-way on a name clash), so refuse it by name instead.
+    others = [name for name in db.table_names() if name != "meta"]
+    if others:
+        raise StoreCorruptError(
+            f"{database_file(db)} is an SQLite database but not a Preference Studio one "
+            f"(it has tables {', '.join(sorted(others)[:5])}). Pass --db to use another file."
+        )
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Bring the file up to `SCHEMA_VERSION`, one transaction per migration; return the version.
+
+    Raises SchemaTooNewError when the file was written by a newer Preference Studio.
+    """
+    version = schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNewError(
+            f"{database_file(db)} was written by a newer Preference Studio (schema {version}; "
+            f"this one knows {SCHEMA_VERSION}). Upgrade, or pass --db to use another file."
+        )
+    while version < SCHEMA_VERSION:
+        with write_transaction(db):
+            # Re-read under the write lock: another process opening the same new file may have
+            # applied this migration while we waited.
+            version = schema_version(db)
+            if version >= SCHEMA_VERSION:
+                break
+            if version == 0:
+                _check_not_foreign(db)
+                db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            MIGRATIONS[version](db)
+            version += 1
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [_VERSION_KEY, str(version)],
+            )
+    return version

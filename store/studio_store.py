@@ -1,0 +1,309 @@
+"""`Store`, the one object the app uses to read and write the studio database."""
+
+import json
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import sqlite_utils
+from sqlite_utils.db import NotFoundError
+
+from store.database import open_database
+from store.errors import RecordNotFoundError
+from store.locations import default_db_path
+from store.pairs import PreferencePair, read_pairs
+from store.records import CandidateRecord, JudgementRecord, SessionRecord, TurnRecord, Verdict
+from store.run_log import RunLog
+from store.schema import schema_version
+from store.transactions import serialized, utc_now, write_transaction
+
+TURN_ROLES = ("user", "assistant", "system")
+
+
+def _session_record(row: dict[str, Any]) -> SessionRecord:
+    return SessionRecord(
+        id=row["id"],
+        created_at=row["created_at"],
+        title=row["title"],
+        system_prompt=row["system_prompt"],
+        model_id=row["model_id"],
+    )
+
+
+def _candidate_record(row: dict[str, Any]) -> CandidateRecord:
+    return CandidateRecord(
+        id=row["id"],
+        prompt_id=row["prompt_id"],
+        slot=row["slot"],
+        text=row["text"],
+        rendered_prompt=row["rendered_prompt"],
+        model_id=row["model_id"],
+        model_sha256=row["model_sha256"],
+        adapter=row["adapter"],
+        sampling=json.loads(row["sampling_json"]),
+        seed=row["seed"],
+        finish_reason=row["finish_reason"],
+        n_tokens=row["n_tokens"],
+        duration_s=row["duration_s"],
+    )
+
+
+def _parse_verdict(verdict: Verdict | str) -> Verdict:
+    try:
+        return Verdict(verdict)
+    except ValueError:
+        known = ", ".join(v.value for v in Verdict)
+        raise ValueError(f"unknown verdict {verdict!r}; expected one of {known}") from None
+
+
+class Store(RunLog):
+    """The studio database: sessions, turns, prompts, candidates, judgements, pairs and runs.
+
+    Every write is its own committed transaction (several rows at once commit together or not at
+    all). Methods are safe to call from the UI thread and from workers.
+    """
+
+    def __init__(self, path: Path, db: sqlite_utils.Database) -> None:
+        self.path = path
+        self.db = db
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: Path | None = None) -> Self:
+        """Open the database at `path` (the user's default one when None), creating and migrating it."""
+        resolved = Path(path).expanduser() if path is not None else default_db_path()
+        return cls(resolved, open_database(resolved))
+
+    @serialized
+    def close(self) -> None:
+        """Close the connection; the store cannot be used afterwards."""
+        self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    @serialized
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        return schema_version(self.db)
+
+    def _row(self, table: str, record_id: int, what: str) -> dict[str, Any]:
+        try:
+            return self.db[table].get(record_id)
+        except NotFoundError:
+            raise RecordNotFoundError(f"No {what} with id {record_id} in {self.path}.") from None
+
+    # Sessions
+
+    @serialized
+    def create_session(
+        self, system_prompt: str, title: str | None = None, model_id: str | None = None
+    ) -> int:
+        """Start a session and return its id."""
+        row = {"created_at": utc_now(), "title": title, "system_prompt": system_prompt, "model_id": model_id}
+        with write_transaction(self.db):
+            return self.db["sessions"].insert(row).last_pk
+
+    @serialized
+    def get_session(self, session_id: int) -> SessionRecord:
+        """The session with this id (RecordNotFoundError if there is none)."""
+        return _session_record(self._row("sessions", session_id, "session"))
+
+    @serialized
+    def update_system_prompt(self, session_id: int, text: str) -> None:
+        """Replace a session's system prompt."""
+        with write_transaction(self.db):
+            self._row("sessions", session_id, "session")
+            self.db["sessions"].update(session_id, {"system_prompt": text})
+
+    @serialized
+    def list_sessions(self) -> list[SessionRecord]:
+        """Every session, newest first."""
+        rows = self.db.query("SELECT * FROM sessions ORDER BY created_at DESC, id DESC")
+        return [_session_record(row) for row in rows]
+
+    @serialized
+    def latest_session(self) -> SessionRecord | None:
+        """The newest session, or None in a new store."""
+        rows = list(self.db.query("SELECT * FROM sessions ORDER BY created_at DESC, id DESC LIMIT 1"))
+        return _session_record(rows[0]) if rows else None
+
+    # The conversation
+
+    @serialized
+    def add_turn(self, session_id: int, role: str, content: str, candidate_id: int | None = None) -> int:
+        """Append a message to a session's conversation and return its id; its idx is the next free one."""
+        if role not in TURN_ROLES:
+            raise ValueError(f"unknown turn role {role!r}; expected one of {', '.join(TURN_ROLES)}")
+        with write_transaction(self.db):
+            self._row("sessions", session_id, "session")
+            if candidate_id is not None:
+                self._row("candidates", candidate_id, "candidate")
+            # Computed under the write lock, so two writers cannot take the same index.
+            idx = self.db.execute(
+                "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?", [session_id]
+            ).fetchone()[0]
+            row = {
+                "session_id": session_id,
+                "idx": idx,
+                "role": role,
+                "content": content,
+                "candidate_id": candidate_id,
+                "created_at": utc_now(),
+            }
+            return self.db["turns"].insert(row).last_pk
+
+    @serialized
+    def turns(self, session_id: int) -> list[TurnRecord]:
+        """A session's conversation in order."""
+        rows = self.db.query(
+            "SELECT id, session_id, idx, role, content, candidate_id FROM turns "
+            "WHERE session_id = ? ORDER BY idx",
+            [session_id],
+        )
+        return [TurnRecord(**row) for row in rows]
+
+    @serialized
+    def add_prompt(self, session_id: int, text: str, history: list[dict[str, str]]) -> int:
+        """Record a user prompt with the conversation before it ({role, content} dicts); return its id."""
+        row = {
+            "session_id": session_id,
+            "text": text,
+            "history_json": json.dumps(history, ensure_ascii=False),
+            "created_at": utc_now(),
+        }
+        with write_transaction(self.db):
+            self._row("sessions", session_id, "session")
+            return self.db["prompts"].insert(row).last_pk
+
+    @serialized
+    def add_candidate(
+        self,
+        prompt_id: int,
+        slot: int,
+        text: str,
+        rendered_prompt: str,
+        model_id: str,
+        model_sha256: str,
+        sampling: dict[str, Any],
+        seed: int,
+        adapter: str | None = None,
+        finish_reason: str | None = None,
+        n_tokens: int | None = None,
+        duration_s: float | None = None,
+    ) -> int:
+        """Record a generated reply with everything needed to reproduce it; return its id."""
+        if slot < 0:
+            raise ValueError(f"candidate slot must be 0 or more, got {slot}")
+        row = {
+            "prompt_id": prompt_id,
+            "slot": slot,
+            "text": text,
+            "rendered_prompt": rendered_prompt,
+            "model_id": model_id,
+            "model_sha256": model_sha256,
+            "adapter": adapter,
+            "sampling_json": json.dumps(sampling, sort_keys=True),
+            "seed": seed,
+            "finish_reason": finish_reason,
+            "n_tokens": n_tokens,
+            "duration_s": duration_s,
+            "created_at": utc_now(),
+        }
+        with write_transaction(self.db):
+            self._row("prompts", prompt_id, "prompt")
+            return self.db["candidates"].insert(row).last_pk
+
+    @serialized
+    def candidates(self, prompt_id: int) -> list[CandidateRecord]:
+        """A prompt's candidates in slot order."""
+        rows = self.db.query("SELECT * FROM candidates WHERE prompt_id = ? ORDER BY slot, id", [prompt_id])
+        return [_candidate_record(row) for row in rows]
+
+    # Judgements and the pairs read out of them
+
+    @serialized
+    def record_judgement(
+        self,
+        prompt_id: int,
+        verdict: Verdict | str,
+        chosen_candidate_id: int | None = None,
+        rejected_candidate_id: int | None = None,
+        edited_text: str | None = None,
+        source: str = "tui",
+        adapter: str | None = None,
+    ) -> int:
+        """Record the user's verdict on a prompt and return its id, committed before this returns.
+
+        'a'/'b' need the chosen and the rejected candidate, both of this prompt; 'edited' needs the
+        edited text. Anything else raises ValueError and writes nothing.
+        """
+        verdict = _parse_verdict(verdict)
+        if verdict in (Verdict.A, Verdict.B):
+            if chosen_candidate_id is None or rejected_candidate_id is None:
+                raise ValueError(
+                    f"verdict {verdict.value!r} needs both the chosen and the rejected candidate"
+                )
+            if chosen_candidate_id == rejected_candidate_id:
+                raise ValueError("the chosen and the rejected candidate must differ")
+        if verdict == Verdict.EDITED:
+            if edited_text is None or not edited_text.strip():
+                raise ValueError("verdict 'edited' needs the edited text, and it is empty")
+            # Stored as given: the caller puts the edit in the model's whitespace convention (a leading
+            # space after "Assistant:"), which is how the candidates it is compared with are stored.
+        elif edited_text is not None:
+            raise ValueError(f"edited text only goes with verdict 'edited', not {verdict.value!r}")
+        if not source:
+            raise ValueError("a judgement needs a source (such as 'tui' or 'cli')")
+        with write_transaction(self.db):
+            self._row("prompts", prompt_id, "prompt")
+            own = {
+                row[0]
+                for row in self.db.execute("SELECT id FROM candidates WHERE prompt_id = ?", [prompt_id])
+            }
+            for candidate_id in (chosen_candidate_id, rejected_candidate_id):
+                if candidate_id is not None and candidate_id not in own:
+                    raise ValueError(f"candidate {candidate_id} does not belong to prompt {prompt_id}")
+            row = {
+                "prompt_id": prompt_id,
+                "verdict": verdict.value,
+                "chosen_candidate_id": chosen_candidate_id,
+                "rejected_candidate_id": rejected_candidate_id,
+                "edited_text": edited_text,
+                "source": source,
+                "adapter": adapter,
+                "created_at": utc_now(),
+            }
+            return self.db["judgements"].insert(row).last_pk
+
+    @serialized
+    def judgements(
+        self, prompt_id: int | None = None, session_id: int | None = None
+    ) -> list[JudgementRecord]:
+        """Judgements in the order they were made, optionally of one prompt and/or one session."""
+        rows = self.db.query(
+            "SELECT j.* FROM judgements j JOIN prompts p ON p.id = j.prompt_id "
+            "WHERE (? IS NULL OR j.prompt_id = ?) AND (? IS NULL OR p.session_id = ?) ORDER BY j.id",
+            [prompt_id, prompt_id, session_id, session_id],
+        )
+        return [JudgementRecord(**row) for row in rows]
+
+    @serialized
+    def pairs(self, session_id: int | None = None) -> list[PreferencePair]:
+        """The preference pairs read out of every judgement (or one session's), in judgement order."""
+        return read_pairs(self.db, session_id)
+
+    @serialized
+    def count_pairs(self, session_id: int | None = None) -> int:
+        """How many preference pairs `pairs` would return."""
+        return len(read_pairs(self.db, session_id))

