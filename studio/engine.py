@@ -197,7 +197,9 @@ class ChatEngine:
 
     @property
     def n_ctx(self) -> int:
-        return self._llm.n_ctx()
+        # llama.cpp pads the context (to 256 here) and reports the padded size, but llama-cpp-python's
+        # token buffer keeps the requested size; going past it fails with a numpy broadcast error.
+        return min(self._llm.n_ctx(), self._llm.context_params.n_ctx)
 
     # --- prompts ---
 
@@ -233,8 +235,10 @@ class ChatEngine:
         seed: int,
         on_token: TokenCallback | None = None,
         should_stop: Callable[[], bool] | None = None,
+        stop: Sequence[str] | None = None,
     ) -> Generation:
-        """Stream one candidate. ``on_token`` gets each piece of text; ``should_stop`` cancels."""
+        """Stream one candidate. ``on_token`` gets each piece of text; ``should_stop`` cancels;
+        ``stop`` replaces the prompt format's stop strings (benchmarks use ``()`` for full-length replies)."""
         tokens = self.tokenize(prompt_text)
         with self._lock:
             start = time.perf_counter()
@@ -251,7 +255,7 @@ class ChatEngine:
                 min_p=sampling.min_p,
                 repeat_penalty=sampling.repeat_penalty,
                 seed=seed,
-                stop=list(self.prompt_format.stop),
+                stop=list(self.prompt_format.stop if stop is None else stop),
                 stream=True,
             )
             try:

@@ -1,0 +1,74 @@
+"""The real llama.cpp engine on the real default model: a few tokens, fixed seeds."""
+
+import pytest
+
+from studio.engine import ChatEngine, EngineConfig, EngineError, SamplingSettings
+from trainers.prompt_format import ChatTurn
+
+SHORT = SamplingSettings(max_tokens=12)
+
+
+def test_same_seed_same_text_and_settings_are_recorded(engine):
+    fitted = engine.fit_prompt("Answer briefly.", [ChatTurn("user", "Name a colour.")], SHORT.max_tokens)
+    first = engine.generate(fitted.text, SHORT, seed=11)
+    again = engine.generate(fitted.text, SHORT, seed=11)
+    assert first.text == again.text
+    assert first.seed == 11 and first.sampling == SHORT
+    assert first.finish_reason in ("stop", "length")
+    assert 0 < first.n_tokens <= SHORT.max_tokens + 1
+
+
+def test_different_seeds_explore_different_replies(engine):
+    fitted = engine.fit_prompt("", [ChatTurn("user", "Tell me something about the sea.")], 16)
+    sampling = SamplingSettings(max_tokens=16, temperature=1.0)
+    texts = {engine.generate(fitted.text, sampling, seed=s).text for s in range(5)}
+    assert len(texts) >= 2
+
+
+def test_tokens_stream_in_order_and_cancel_stops_early(engine):
+    fitted = engine.fit_prompt("", [ChatTurn("user", "Count from one to fifty in words.")], 40)
+    pieces: list[str] = []
+    gen = engine.generate(
+        fitted.text, SamplingSettings(max_tokens=40, temperature=0.0), seed=1,
+        on_token=pieces.append, should_stop=lambda: len(pieces) >= 3,
+    )
+    assert gen.cancelled and gen.finish_reason == "cancelled"
+    assert "".join(pieces) == gen.text and len(pieces) == 3
+
+
+def test_overflowing_context_drops_the_oldest_turns(default_model):
+    small = ChatEngine(EngineConfig(model_path=default_model, n_ctx=128))
+    try:
+        assert small.n_ctx == 128  # llama.cpp pads to 256 internally; the usable size is what we asked
+
+        history = []
+        for i in range(6):
+            history += [ChatTurn("user", f"Question {i}: " + "tell me more " * 6),
+                        ChatTurn("assistant", "Here is more. " * 5)]
+        fitted = small.fit_prompt("sys", [*history, ChatTurn("user", "Last question?")], max_tokens=32)
+        assert fitted.dropped_turns >= 2 and fitted.dropped_turns % 2 == 0
+        assert fitted.n_tokens + 32 <= small.n_ctx
+        assert fitted.text.endswith("User: Last question?\nAssistant:")
+        assert "Question 0" not in fitted.text
+        with pytest.raises(EngineError, match="does not fit"):
+            small.fit_prompt("", [ChatTurn("user", "word " * 400)], max_tokens=32)
+    finally:
+        small.close()
+
+
+def test_an_adapter_file_is_not_loaded_as_a_model(tmp_path, default_model):
+    from gguf import GGUFWriter
+
+    path = tmp_path / "adapter.gguf"
+    writer = GGUFWriter(str(path), "gemma3")
+    writer.add_string("general.type", "adapter")
+    writer.add_string("adapter.type", "lora")
+    import numpy as np
+
+    writer.add_tensor("blk.0.attn_q.weight.lora_a", np.zeros((4, 640), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(EngineError, match="is a LoRA adapter"):
+        ChatEngine(EngineConfig(model_path=path))

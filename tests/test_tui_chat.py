@@ -1,0 +1,209 @@
+"""The chat screen through App.run_test() and Pilot, on the real default model and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+
+import pytest
+from conftest import run_cli
+
+from store.studio_store import Store
+from studio.engine import SamplingSettings
+from studio.settings import load_settings
+from studio.tui.app import PreferenceStudioApp
+from studio.tui.screens.modals import ErrorScreen, TextEditScreen
+
+
+async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.05)
+
+
+@pytest.fixture
+def make_app(tmp_path, default_model, studio_home):
+    stores: list[Store] = []
+
+    def build(**overrides) -> PreferenceStudioApp:
+        store = Store.open(tmp_path / "studio.db")
+        stores.append(store)
+        chosen = {"model": default_model, "seed": 100, "sampling": SamplingSettings(max_tokens=16), **overrides}
+        settings = replace(load_settings(tmp_path / "no-config.toml"), **chosen)
+        return PreferenceStudioApp(settings=settings, store=store)
+
+    yield build
+    for store in stores:
+        store.close()
+
+
+async def ask(pilot, app, text: str) -> None:
+    await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+    app.chat.query_one("#prompt-input").value = text
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: app.chat.state == "judging")
+
+
+async def test_prompt_two_candidates_key_1_stores_the_pair(make_app, tmp_path, studio_home):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ask(pilot, app, "Say hello.")
+        chat = app.chat
+        assert app.focused is chat.query_one("#judge-bar")
+        texts = [panel.text for panel in chat.panels]
+        assert len(texts) == 2 and all(t.strip() for t in texts)
+        assert "adapter: none" in app.sub_title and "gemma-3-270m" in app.sub_title
+        await pilot.press("1")
+        await wait_for(pilot, lambda: chat.state == "input")
+        pairs = app.store.pairs()
+        assert len(pairs) == 1 and pairs[0].chosen == texts[0] and pairs[0].rejected == texts[1]
+        assert "pairs this session: 1" in str(chat.query_one("#counter").render())
+        # The pick became the assistant turn, so the conversation continues from it.
+        assert [t.role for t in app.store.turns(chat.session_id)] == ["user", "assistant"]
+        candidates = app.store.candidates(pairs[0].judgement_id and app.store.judgements()[0].prompt_id)
+        assert [c.seed for c in candidates] == [100, 101]
+        assert candidates[0].rendered_prompt.endswith("User: Say hello.\nAssistant:")
+        assert candidates[0].sampling["max_tokens"] == 16 and candidates[0].model_sha256.startswith("a5fd3b62")
+    out = tmp_path / "pairs.jsonl"
+    run_cli("--db", str(tmp_path / "studio.db"), "pairs", "export", "--out", str(out), home=studio_home, check=True)
+    assert json.loads(out.read_text())["chosen"] == texts[0]
+
+
+async def test_both_bad_then_regenerate_then_b(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ask(pilot, app, "Give me a tip for sleeping well.")
+        chat = app.chat
+        await pilot.press("x")
+        await pilot.pause(0.1)
+        assert chat.state == "judging"  # both bad: still judging, offered r / e / i
+        first_prompt_id = chat.job.prompt_id
+        await pilot.press("r")
+        await wait_for(pilot, lambda: chat.state == "judging" and chat.job.prompt_id != first_prompt_id)
+        second = chat.job
+        assert second.seeds == [102, 103]
+        await pilot.press("2")
+        await wait_for(pilot, lambda: chat.state == "input")
+        verdicts = [(j.prompt_id, j.verdict) for j in app.store.judgements()]
+        assert verdicts == [(first_prompt_id, "both_bad"), (second.prompt_id, "b")]
+        pair = app.store.pairs()[0]
+        assert pair.chosen == second.generations[1].text
+
+
+async def test_tie_continues_with_a_and_makes_no_pair(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ask(pilot, app, "What is two plus two?")
+        await pilot.press("t")
+        await wait_for(pilot, lambda: app.chat.state == "input")
+        assert [j.verdict for j in app.store.judgements()] == ["tie"]
+        assert app.store.count_pairs() == 0
+        assert len(app.chat.turns) == 2
+
+
+async def test_edit_writes_a_better_reply_that_becomes_chosen(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ask(pilot, app, "What colour is the sky?")
+        chat = app.chat
+        await pilot.press("right")  # highlight B: the edit starts from B's text
+        assert chat.panels[1].highlighted and not chat.panels[0].highlighted
+        await pilot.press("e")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        area = app.screen.query_one("TextArea")
+        area.text = "Blue, on a clear day."
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: chat.state == "input")
+        judgement = app.store.judgements()[0]
+        assert judgement.verdict == "edited" and judgement.edited_text == " Blue, on a clear day."
+        assert {p.chosen for p in app.store.pairs()} == {" Blue, on a clear day."}
+        assert chat.turns[-1].content == "Blue, on a clear day."
+
+
+async def test_system_prompt_edit_is_stored_and_rendered(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        app.screen.query_one("TextArea").text = "You are a pirate. Answer like one."
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TextEditScreen))
+        chat = app.chat
+        assert app.store.get_session(chat.session_id).system_prompt == "You are a pirate. Answer like one."
+        await ask(pilot, app, "Hello?")
+        assert chat.job.fitted.text.startswith("You are a pirate. Answer like one.\n\nUser: Hello?")
+
+
+async def test_prompt_bank_feeds_prompts_one_after_another(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        bank = app.prompt_banks[0]
+        await pilot.press("f3")
+        prompt_input = app.chat.query_one("#prompt-input")
+        assert prompt_input.value == bank.prompts[0]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.chat.state == "judging")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: app.chat.state == "input")
+        assert prompt_input.value == bank.prompts[1]  # the next one is ready after judging
+        assert f"bank: {bank.name} 2/{len(bank.prompts)}" in str(app.chat.query_one("#counter").render())
+
+
+async def test_empty_prompt_is_refused_and_nothing_stored(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        app.chat.query_one("#prompt-input").value = "   "
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert app.chat.state == "input"
+        assert any("empty" in n.message for n in app._notifications)
+        assert app.store.db["prompts"].count == 0
+
+
+async def test_context_overflow_shows_a_notice(make_app):
+    app = make_app(n_ctx=96)
+    async with app.run_test(size=(120, 36)) as pilot:
+        chat = app.chat
+        for i in range(3):
+            await ask(pilot, app, f"Round {i}: please tell me a long story about the sea and ships.")
+            await pilot.press("1")
+            await wait_for(pilot, lambda: chat.state == "input")
+            if chat.query_one("#notice").display:
+                break
+        notice = chat.query_one("#notice")
+        assert notice.display and "oldest turn(s) were left out" in str(notice.render())
+
+
+async def test_model_that_fails_to_load_shows_an_error_panel(make_app, tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    app = make_app(model=bad)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        message = str(app.screen.query_one("#error-message").render())
+        assert str(bad) in message and "damaged" in message
+        await pilot.press("q")
+        await asyncio.sleep(0.1)
+    assert app.return_code == 1
+
+
+async def test_command_palette_offers_the_main_actions(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for expected in ("Edit system prompt", "Next prompt from the bank", "New session", "Regenerate candidates"):
+            assert expected in titles
+        assert any(t.startswith("Use prompt bank: ") for t in titles)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Edit system")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
