@@ -72,3 +72,16 @@ def test_an_adapter_file_is_not_loaded_as_a_model(tmp_path, default_model):
     writer.close()
     with pytest.raises(EngineError, match="is a LoRA adapter"):
         ChatEngine(EngineConfig(model_path=path))
+
+
+def test_control_and_modality_tokens_are_never_sampled(engine):
+    def token(text: str) -> int:
+        ids = engine.llama.tokenize(text.encode(), add_bos=False, special=True)
+        assert len(ids) == 1, text
+        return ids[0]
+
+    banned = engine._banned
+    for text in ("<start_of_image>", "<unused0>", "<start_of_turn>", "<pad>"):
+        assert banned[token(text)], text
+    for text in ("<eos>", "<end_of_turn>", " Hello", "<table>", "\n\n"):
+        assert not banned[token(text)], text

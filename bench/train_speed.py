@@ -1,0 +1,207 @@
+"""Training speed: the studio trainer against a plain TRL ``DPOTrainer`` script, same data, same model.
+
+    .venv/bin/python bench/train_speed.py                 # 50 pairs, 1 epoch, default model, CPU
+    .venv/bin/python bench/train_speed.py --device cuda --four-bit --pairs 200
+
+Both sides train LoRA (r16, alpha 32, q/k/v/o) on the same pairs with the same max length and batch
+size, each in its own process. The plain script uses TRL's documented settings (its defaults, plus
+``use_cpu=True`` on a CPU, without which it does not start) and loads the GGUF the way a plain script
+would. Timed: from trainer construction to the adapter saved (any precompute included), per pair per
+epoch; peak RSS of each process; for the studio also the whole run as the user sees it (from the key
+press: prepare the run, start the process, to the adapter saved). The ratio is printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SYSTEM = "You are a concise, friendly assistant."
+OPENERS = ["Sure.", "Good question.", "Here is a simple way to think about it.", "In short:", "Happy to help."]
+DETAILS = [
+    "Start with the smallest step you can take today and build from there.",
+    "Keep a short list, check it once in the morning and once in the evening.",
+    "It helps to write the idea down in one sentence before you explain it to someone else.",
+    "Most people find it easier when the task is tied to something they already do every day.",
+    "If it does not work after a week, change one thing at a time and watch what happens.",
+    "A timer or a reminder on your phone can do the remembering for you.",
+    "Ask a friend to join you; plans shared with someone are kept more often.",
+]
+CURT = ["No idea.", "Just do it.", "That depends.", "Look it up online.", "Whatever works for you, I guess."]
+
+
+def bench_prompts() -> list[str]:
+    prompts = []
+    for bank in sorted((REPO / "assets" / "prompts").glob("*.txt")):
+        block: list[str] = []
+        for line in bank.read_text(encoding="utf-8").splitlines() + [""]:
+            if line.lstrip().startswith("#"):
+                continue
+            if line.strip():
+                block.append(line.strip())
+            elif block:
+                prompts.append(" ".join(block))
+                block = []
+    return prompts or ["What is a good way to remember to drink enough water during the day?"]
+
+
+def bench_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` TRL preference rows shaped like the studio's: transcript prompt, generated-style replies."""
+    rng = random.Random(seed)
+    prompts = bench_prompts()
+    rows = []
+    for i in range(n):
+        prompt = prompts[i % len(prompts)]
+        rendered = f"{SYSTEM}\n\nUser: {prompt}\nAssistant:"
+        chosen = " " + " ".join([rng.choice(OPENERS)] + rng.sample(DETAILS, rng.randint(2, 4)))
+        rejected = " " + " ".join(rng.sample(CURT, rng.randint(1, 2)))
+        rows.append({"prompt": rendered, "chosen": chosen, "rejected": rejected})
+    return rows
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --- the plain TRL script (run in its own process) -------------------------------------------------
+
+
+def plain_worker(opts: argparse.Namespace) -> None:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from trl import DPOConfig, DPOTrainer
+
+    import trainers  # noqa: F401  (offline env, as any script should set)
+
+    torch.set_num_threads(opts.threads or os.cpu_count() or 1)
+    rows = [json.loads(line) for line in Path(opts.data).read_text().splitlines()]
+    gguf = Path(opts.gguf)
+    t_load = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    kwargs = {"quantization_config": GgufConfig(dequantize=True)}
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kwargs)
+    if opts.device == "cuda":
+        model = model.to("cuda")
+    load_s = time.monotonic() - t_load
+    out = Path(opts.out)
+    t0 = time.monotonic()
+    args = DPOConfig(
+        output_dir=str(out), per_device_train_batch_size=opts.batch_size, max_length=opts.max_length,
+        num_train_epochs=opts.epochs, learning_rate=5e-5, logging_steps=1, report_to="none",
+        use_cpu=opts.device == "cpu", save_strategy="no", disable_tqdm=True,
+    )
+    peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                             task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=peft_config)
+    trainer.train()
+    trainer.save_model(str(out))
+    train_s = time.monotonic() - t0
+    print(json.dumps({"load_s": load_s, "trainer_to_saved_s": train_s, "steps": trainer.state.global_step,
+                      "peak_rss_mb": peak_rss_mb(), "bf16": args.bf16,
+                      "gradient_checkpointing": args.gradient_checkpointing}))
+
+
+# --- the studio side --------------------------------------------------------------------------------
+
+
+def run_studio(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> dict:
+    from store.studio_store import Store
+    from trainers.run_config import RunConfig
+    from trainers.run_lifecycle import launch_command, prepare_run
+
+    pressed = time.monotonic()
+    with Store.open(work / "bench.db") as store:
+        config = RunConfig(
+            dataset=str(data), epochs=opts.epochs, batch_size=opts.batch_size, max_length=opts.max_length,
+            heldout_fraction=0.0, device=opts.device, four_bit=opts.four_bit, threads=opts.threads,
+            dtype=opts.dtype, save_steps=10_000,
+        )
+        prepared = prepare_run(store, config, model_path=gguf, runs_root=work / "runs")
+        proc = subprocess.run(launch_command(prepared.run_id, work / "bench.db"), capture_output=True, text=True)
+        wall = time.monotonic() - pressed
+        run = store.get_run(prepared.run_id)
+    if run.status != "done":
+        sys.exit(f"studio run failed ({run.status}: {run.message}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    s = run.summary
+    return {"trainer_to_saved_s": s["seconds"]["trainer_to_saved"], "load_s": s["seconds"]["load"],
+            "key_press_to_adapter_s": wall, "steps": s["steps"], "peak_rss_mb": s["peak_rss_mb"],
+            "dtype": s["dtype"], "per_step_s": s["seconds"]["per_step"]}
+
+
+def run_plain(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> dict:
+    cmd = [sys.executable, __file__, "--plain-worker", "--data", str(data), "--gguf", str(gguf),
+           "--out", str(work / "plain"), "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size),
+           "--max-length", str(opts.max_length), "--device", opts.device]
+    if opts.threads:
+        cmd += ["--threads", str(opts.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"plain TRL script failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=50)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="studio side")
+    parser.add_argument("--four-bit", action="store_true", help="studio side: QLoRA (CUDA)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--gguf", default=None, help="model (default: the embedded Gemma 3 270M)")
+    parser.add_argument("--only", choices=["studio", "plain"], default=None)
+    parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.plain_worker:
+        plain_worker(opts)
+        return
+
+    sys.path.insert(0, str(REPO))
+    from studio import runtime_env  # noqa: F401
+    from studio.model_files import ensure_default_model
+
+    gguf = Path(opts.gguf) if opts.gguf else ensure_default_model()
+    with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
+        work = Path(tmp)
+        data = work / "pairs.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in bench_pairs(opts.pairs)))
+        n = opts.pairs * opts.epochs
+        print(f"{opts.pairs} pairs x {opts.epochs} epoch(s), max length {opts.max_length}, batch {opts.batch_size}, "
+              f"{opts.device}, model {gguf.name}", flush=True)
+        results = {}
+        if opts.only in (None, "studio"):
+            results["studio"] = studio = run_studio(opts, data, gguf, work)
+            print(f"studio trainer : {studio['trainer_to_saved_s'] / n:6.3f} s/pair/epoch "
+                  f"({studio['trainer_to_saved_s']:.1f} s, {studio['steps']} steps, {studio['dtype']}), "
+                  f"peak RSS {studio['peak_rss_mb']:.0f} MB; key press to adapter {studio['key_press_to_adapter_s']:.1f} s",
+                  flush=True)
+        if opts.only in (None, "plain"):
+            results["plain"] = plain = run_plain(opts, data, gguf, work)
+            print(f"plain TRL      : {plain['trainer_to_saved_s'] / n:6.3f} s/pair/epoch "
+                  f"({plain['trainer_to_saved_s']:.1f} s, {plain['steps']} steps, bf16={plain['bf16']}, "
+                  f"grad ckpt={plain['gradient_checkpointing']}), peak RSS {plain['peak_rss_mb']:.0f} MB; "
+                  f"model load {plain['load_s']:.1f} s", flush=True)
+        if len(results) == 2:
+            ratio = results["studio"]["trainer_to_saved_s"] / results["plain"]["trainer_to_saved_s"]
+            print(f"ratio studio / plain (time per pair per epoch): {ratio:.2f}x (target <= 0.70x)")
+
+
+if __name__ == "__main__":
+    main()
