@@ -11,7 +11,7 @@ import sqlite_utils
 from store.errors import SchemaTooNewError, StoreCorruptError
 from store.transactions import database_file, write_transaction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _VERSION_KEY = "schema_version"
 
@@ -141,7 +141,35 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db["run_metrics"].create_index(["run_id", "step"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_create_v1]
+def _add_evaluations_v2(db: sqlite_utils.Database) -> None:
+    """Version 2: blind comparison votes and before/after evaluations, both kept with their run."""
+    db["comparison_votes"].create(
+        {
+            "id": int,
+            "run_id": int,
+            "prompt": str,
+            "seed": int,
+            "tuned_on_left": int,
+            "vote": str,
+            "left_text": str,
+            "right_text": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null=["run_id", "prompt", "tuned_on_left", "vote", "created_at"],
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["run_evaluations"].create(
+        {"id": int, "run_id": int, "kind": str, "result_json": str, "created_at": str},
+        pk="id",
+        not_null=["run_id", "kind", "result_json", "created_at"],
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["comparison_votes"].create_index(["run_id"])
+    db["run_evaluations"].create_index(["run_id", "kind"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_create_v1, _add_evaluations_v2]
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"
 

@@ -11,6 +11,7 @@ from sqlite_utils.db import NotFoundError
 
 from store.database import open_database
 from store.errors import RecordNotFoundError
+from store.evaluations import Evaluations
 from store.locations import default_db_path
 from store.pairs import PreferencePair, read_pairs
 from store.records import CandidateRecord, JudgementRecord, SessionRecord, TurnRecord, Verdict
@@ -57,7 +58,7 @@ def _parse_verdict(verdict: Verdict | str) -> Verdict:
         raise ValueError(f"unknown verdict {verdict!r}; expected one of {known}") from None
 
 
-class Store(RunLog):
+class Store(RunLog, Evaluations):
     """The studio database: sessions, turns, prompts, candidates, judgements, pairs and runs.
 
     Every write is its own committed transaction (several rows at once commit together or not at

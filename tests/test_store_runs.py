@@ -103,3 +103,20 @@ def test_mark_stale_runs(store: Store) -> None:
     assert store.get_run(never_started).status == "failed"
     assert store.get_run(finished).status == "done"
     assert store.mark_stale_runs() == []
+
+
+def test_votes_and_evaluations_are_kept_with_the_run(tmp_path) -> None:
+    with Store.open(tmp_path / "v.db") as store:
+        run_id = store.create_run({}, "m.gguf", str(tmp_path / "out"), ["j1"], ["j2"])
+        store.record_vote(run_id, "Q1", 7, True, "a", "left", "right")
+        store.record_vote(run_id, "Q2", 8, False, "tie")
+        with pytest.raises(ValueError, match="unknown vote"):
+            store.record_vote(run_id, "Q3", 9, False, "c")
+        assert [(v["prompt"], v["tuned_on_left"], v["vote"]) for v in store.votes(run_id)] == [
+            ("Q1", True, "a"), ("Q2", False, "tie")]
+        assert store.latest_evaluation(run_id, "heldout_metrics") is None
+        store.save_evaluation(run_id, "heldout_metrics", {"accuracy": 0.5})
+        store.save_evaluation(run_id, "heldout_metrics", {"accuracy": 0.75})
+        assert store.latest_evaluation(run_id, "heldout_metrics") == {"accuracy": 0.75}
+        with pytest.raises(RecordNotFoundError):
+            store.record_vote(999, "Q", 1, True, "a")
