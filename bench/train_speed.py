@@ -137,7 +137,7 @@ def run_studio(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> 
     s = run.summary
     return {"trainer_to_saved_s": s["seconds"]["trainer_to_saved"], "load_s": s["seconds"]["load"],
             "key_press_to_adapter_s": wall, "steps": s["steps"], "peak_rss_mb": s["peak_rss_mb"],
-            "dtype": s["dtype"], "per_step_s": s["seconds"]["per_step"]}
+            "dtype": s["dtype"], "per_step_s": s["seconds"]["per_step"], "step_s": s["seconds"].get("step", {})}
 
 
 def run_plain(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> dict:
@@ -189,7 +189,8 @@ def main() -> None:
         if opts.only in (None, "studio"):
             results["studio"] = studio = run_studio(opts, data, gguf, work)
             print(f"studio trainer : {studio['trainer_to_saved_s'] / n:6.3f} s/pair/epoch "
-                  f"({studio['trainer_to_saved_s']:.1f} s, {studio['steps']} steps, {studio['dtype']}), "
+                  f"({studio['trainer_to_saved_s']:.1f} s, {studio['steps']} steps, {studio['dtype']}, step median "
+                  f"{studio['step_s'].get('median', 0):.2f} s max {studio['step_s'].get('max', 0):.2f} s), "
                   f"peak RSS {studio['peak_rss_mb']:.0f} MB; key press to adapter {studio['key_press_to_adapter_s']:.1f} s",
                   flush=True)
         if opts.only in (None, "plain"):

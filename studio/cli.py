@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 pairs_app = typer.Typer(help="Preference pairs read out of your judgements.", no_args_is_help=True)
 app.add_typer(pairs_app, name="pairs")
+adapters_app = typer.Typer(help="LoRA adapters of finished runs, for llama.cpp.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
 
 
 class _State:
@@ -220,6 +222,108 @@ def pairs_export(
         except OSError as exc:
             raise fail(f"cannot write {out}: {exc.strerror or exc}") from None
     typer.echo(f"wrote {count} pair(s) to {out}")
+
+
+def _train_command():  # noqa: ANN202
+    from trainers.train_cli import make_train_command
+
+    return make_train_command(get_db=lambda: settings().db, default_model=resolve_model_path)
+
+
+app.command("train", help="Train a LoRA DPO adapter on your preference pairs (its own process; ctrl-c cancels "
+            "at the next step and keeps the adapter so far).")(_train_command())
+
+
+@adapters_app.command("export")
+def adapters_export(
+    run: Annotated[int, typer.Option("--run", help="The training run whose adapter to export.")],
+    out: Annotated[Path, typer.Option("--out", help="The .gguf file to write.")],
+) -> None:
+    """Write a run's adapter as a GGUF LoRA that llama.cpp (and this studio) can load."""
+    from studio.model_files import inspect_gguf
+    from studio.run_adapters import export_run_adapter
+
+    with user_errors():
+        with Store.open(settings().db) as store:
+            record = store.get_run(run)
+        written = export_run_adapter(record, inspect_gguf(resolve_model_path()), out)
+    typer.echo(f"wrote {written} ({written.stat().st_size:,} bytes)")
+
+
+@adapters_app.command("list")
+def adapters_list() -> None:
+    """List runs with an adapter (finished or cancelled)."""
+    from studio.run_adapters import usable_runs
+
+    with user_errors():
+        with Store.open(settings().db) as store:
+            runs = usable_runs(store)
+    if not runs:
+        typer.echo("no finished runs yet: train one with `prefstudio train` or F5 in the studio", err=True)
+    for r in runs:
+        typer.echo(f"run {r.id}\t{r.status}\t{r.created_at}\t{r.model_id}\t{r.output_dir}")
+
+
+@app.command()
+def compare(
+    run: Annotated[int, typer.Option("--run", help="The training run to compare with the base model.")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file (lines, JSON or JSONL).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int | None, typer.Option(help="At most this many prompts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt (prompt i uses seed + i, for both).")] = 0,
+) -> None:
+    """Base and tuned answers side by side, and held-out preference accuracy before and after."""
+    from studio.compare_session import run_comparison
+
+    with user_errors():
+        engine = open_engine()
+        with Store.open(settings().db) as store:
+            result = run_comparison(engine, store, run, system=settings().system_prompt,
+                                    sampling=settings().sampling, seed=seed, prompts_file=prompts, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        return
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"run {run}: {len(result.rows)} prompt(s) from {result.prompts_source}")
+    for i, row in enumerate(result.rows, 1):
+        typer.echo(f"\n[{i}] {_one_line(row.prompt, 100)}  (seed {row.seed})")
+        typer.echo(f"  base : {_one_line(row.base_text, 200)}")
+        typer.echo(f"  tuned: {_one_line(row.tuned_text, 200)}")
+    if result.before and result.after:
+        typer.echo("")
+        typer.echo(_metrics_line(result.before, result.after))
+
+
+def _metrics_line(before: dict, after: dict) -> str:
+    return (f"held-out pairs: {before['n']} · preference accuracy base {before['raw_accuracy']:.2f} → tuned "
+            f"{after['raw_accuracy']:.2f} (implicit reward {after['implicit_reward_accuracy']:.2f}) · mean margin "
+            f"{before['mean_margin']:+.3f} → {after['mean_margin']:+.3f}")
+
+
+@app.command()
+def report(
+    run: Annotated[int, typer.Option("--run", help="The training run to report on.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write report.md, report.html and charts into.")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file for the samples.")] = None,
+) -> None:
+    """Write a Markdown + HTML report: config, data, curves, before/after metrics, blind votes, samples."""
+    from studio.compare_session import run_comparison, stored_comparison
+    from studio.comparison import BlindTally
+    from studio.report import write_report
+
+    with user_errors():
+        with Store.open(settings().db) as store:
+            record = store.get_run(run)
+            result = None if prompts else stored_comparison(store, run)
+            if result is None:
+                result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
+                                        sampling=settings().sampling, prompts_file=prompts, limit=8)
+            votes = store.votes(run)
+            tally = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in votes) if votes else None
+            before_after = {"base": result.before, "tuned": result.after} if result.before else {}
+            path = write_report(out, record, store.run_metrics(run), before_after, tally, result.rows)
+    typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")
 
 
 @app.command()

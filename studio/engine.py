@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from studio import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
+from studio.adapter_runtime import AdapterSlots
 from studio.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
 from trainers.prompt_format import ChatTurn, PromptFormat, format_for_metadata
 
@@ -161,6 +162,7 @@ class ChatEngine:
         self._lock = threading.Lock()
         self._llm = self._load()
         self._banned = self._unprintable_token_mask()
+        self.adapters = AdapterSlots(self._llm, self.info)
         import llama_cpp
 
         self._logits_processors = llama_cpp.LogitsProcessorList([self._ban_unprintable])
@@ -324,7 +326,27 @@ class ChatEngine:
             cancelled=cancelled,
         )
 
+    # --- adapters (LoRA in GGUF, swapped at run time without reloading the base) ---
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Validate a GGUF LoRA against this model and load it (not yet active)."""
+        with self._lock:
+            if name not in self.adapters.names:
+                self.adapters.load(name, Path(path))
+
+    def activate_adapter(self, name: str | None) -> None:
+        """Make ``name`` the active adapter (None: the base model). Resets the prompt cache, which was
+        computed under the previous weights."""
+        with self._lock:
+            self.adapters.activate(name)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.adapters.active
+
     def close(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
+            # Adapters first: llama.cpp frees them with the model, so later would be a double free.
+            self.adapters.close()
             llm.close()

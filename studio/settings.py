@@ -34,6 +34,7 @@ class SettingsError(Exception):
 @dataclass(frozen=True)
 class StudioSettings:
     model: Path | None = None  # None: the embedded default model
+    train_model: Path | None = None  # None: train on the served GGUF itself (an HF model dir also works)
     db: Path = field(default_factory=default_db_path)
     n_ctx: int = 2048
     threads: int | None = None
@@ -60,7 +61,7 @@ def _from_toml(path: Path) -> dict:
         raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     out: dict = {}
     for key, value in data.items():
-        if key in ("model", "db"):
+        if key in ("model", "db", "train_model"):
             out[key] = Path(str(value)).expanduser()
         elif key == "sampling":
             try:

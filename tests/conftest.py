@@ -68,3 +68,22 @@ def run_cli(*args: str, home: Path, check: bool = False, timeout: float = 120) -
     if check and proc.returncode != 0:
         raise AssertionError(f"prefstudio {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama (hidden 64, 2 layers) + BPE tokenizer saved as an HF dir, built once per run."""
+    from tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+async def wait_for(pilot, condition, timeout: float = 120.0) -> None:
+    """Let the app run until ``condition()`` holds (workers, messages), or fail after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.05)

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import replace
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, wait_for
 
 from store.studio_store import Store
 from studio.engine import SamplingSettings
 from studio.settings import load_settings
 from studio.tui.app import PreferenceStudioApp
 from studio.tui.screens.modals import ErrorScreen, TextEditScreen
-
-
-async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the app")
-        await pilot.pause(0.05)
 
 
 @pytest.fixture

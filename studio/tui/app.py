@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
@@ -23,6 +24,9 @@ class PreferenceStudioApp(App[None]):
         Binding("f2", "edit_system_prompt", "System prompt"),
         Binding("f3", "next_bank_prompt", "Bank prompt"),
         Binding("ctrl+n", "new_session", "New session"),
+        Binding("f5", "train", "Train"),
+        Binding("f6", "compare", "Compare"),
+        Binding("f7", "cycle_adapter", "Adapter"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -40,6 +44,7 @@ class PreferenceStudioApp(App[None]):
         self.store = store
         self.engine: ChatEngine | None = engine
         self.active_adapter: str | None = None
+        self.training_run_id: int | None = None
         self.stale_runs = list(stale_runs)
         try:
             self.prompt_banks: list[PromptBank] = bundled_banks()
@@ -77,6 +82,64 @@ class PreferenceStudioApp(App[None]):
     def action_new_session(self) -> None:
         self.chat.new_session()
 
+    def action_train(self) -> None:
+        from studio.tui.screens.train import TrainScreen
+
+        if not isinstance(self.screen, TrainScreen):
+            self.push_screen(TrainScreen())
+
+    def action_compare(self, run_id: int | None = None) -> None:
+        from studio.run_adapters import usable_runs
+        from studio.tui.screens.compare import CompareScreen
+
+        if self.engine is None:
+            self.notify("The model is still loading.", severity="warning")
+            return
+        if run_id is None:
+            runs = usable_runs(self.store)
+            if not runs:
+                self.notify("No finished training run to compare yet: train one first (F5).", severity="warning")
+                return
+            run_id = runs[0].id
+        self.push_screen(CompareScreen(run_id))
+
+    def action_cycle_adapter(self) -> None:
+        """One key walks base → newest run → older runs → base; judgements record the active one."""
+        from studio.run_adapters import adapter_name, usable_runs
+
+        if self.engine is None:
+            return
+        choices: list[str | None] = [None, *(adapter_name(r) for r in usable_runs(self.store))]
+        if len(choices) == 1:
+            self.notify("No finished training run yet: the base model is all there is (F5 trains).")
+            return
+        current = choices.index(self.active_adapter) if self.active_adapter in choices else 0
+        self.switch_adapter(choices[(current + 1) % len(choices)])
+
+    @work(thread=True, exclusive=True, group="adapter", exit_on_error=False)
+    def switch_adapter(self, name: str | None) -> None:
+        from studio.run_adapters import gguf_adapter_for_run
+
+        try:
+            if name is not None:
+                run = self.store.get_run(int(name.removeprefix("run-")))
+                self.engine.load_adapter(name, gguf_adapter_for_run(run, self.engine.info))
+            self.engine.activate_adapter(name)
+        except (ValueError, RuntimeError) as exc:
+            self.call_from_thread(self.notify, f"Adapter not switched: {exc}", severity="error", timeout=10)
+            return
+        self.call_from_thread(self._adapter_switched, name)
+
+    def _adapter_switched(self, name: str | None) -> None:
+        self.active_adapter = name
+        self.update_header()
+        self.notify(f"Now chatting with {'the base model' if name is None else name}.")
+
+    def restore_adapter(self) -> None:
+        """After a comparison (which leaves the base active), bring back the adapter the chat uses."""
+        if self.engine is not None and self.engine.active_adapter != self.active_adapter:
+            self.switch_adapter(self.active_adapter)
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Edit system prompt", "The persona / values text rendered before every turn",
@@ -88,5 +151,8 @@ class PreferenceStudioApp(App[None]):
                                 lambda bank=bank: self.chat.use_bank(bank))
         yield SystemCommand("New session", "Start a fresh conversation (pairs so far stay stored)",
                             self.action_new_session)
+        yield SystemCommand("Train a LoRA adapter with DPO", "Open the train screen (F5)", self.action_train)
+        yield SystemCommand("Compare the newest run with the base", "Side by side, blind (F6)", self.action_compare)
+        yield SystemCommand("Switch adapter", "Base → newest run → … (F7)", self.action_cycle_adapter)
         yield SystemCommand("Regenerate candidates", "New seeds for the prompt being judged",
                             lambda: self.chat.handle_judge_action(self.chat.query_one("#judge-bar").Action("regenerate")))

@@ -1,0 +1,132 @@
+"""Before and after, headless: the same prompts answered by base and tuned, plus held-out metrics.
+
+The CLI (`prefstudio compare`, `prefstudio report`) and the compare screen both call ``run_comparison``.
+Its result is stored with the run (evaluation kind ``comparison``) so a report can be written later
+without generating again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.comparison import (
+    ComparisonError,
+    ComparisonRow,
+    comparison_prompts,
+    heldout_pairs,
+    load_prompts_file,
+    side_by_side,
+)
+from studio.engine import ChatEngine, SamplingSettings
+from studio.prompt_bank import bundled_banks
+from studio.run_adapters import adapter_name, gguf_adapter_for_run
+from studio.scoring import preference_metrics
+
+EVALUATION_KIND = "comparison"
+Progress = Callable[[str, int, int], None]
+"""Called with (phase, done, total)."""
+
+
+@dataclass
+class ComparisonResult:
+    run_id: int
+    prompts_source: str
+    rows: list[ComparisonRow]
+    seed: int
+    before: dict | None = None  # held-out preference metrics of the base (raw accuracy, mean margin)
+    after: dict | None = None  # of the tuned model, with the base as DPO's reference
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "prompts_source": self.prompts_source, "seed": self.seed,
+            "rows": [asdict(r) for r in self.rows], "before": self.before, "after": self.after,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComparisonResult:
+        rows = [ComparisonRow(**row) for row in data.get("rows", [])]
+        return cls(run_id=data["run_id"], prompts_source=data["prompts_source"], rows=rows, seed=data["seed"],
+                   before=data.get("before"), after=data.get("after"), notes=data.get("notes", []))
+
+
+def run_comparison(
+    engine: ChatEngine,
+    store: Any,
+    run_id: int,
+    *,
+    system: str,
+    sampling: SamplingSettings,
+    seed: int = 0,
+    prompts_file: Path | None = None,
+    limit: int | None = None,
+    with_metrics: bool = True,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ComparisonResult:
+    """Answer the comparison prompts with base and tuned (same seeds and settings) and score the run's
+    held-out pairs before and after. Leaves the base model active. Raises ValueError subclasses with
+    user-facing messages (failed run, foreign adapter, empty prompts file, …)."""
+    run = store.get_run(run_id)
+    name = adapter_name(run)
+    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info))
+    notes: list[str] = []
+    try:
+        pairs = heldout_pairs(store, run)
+    except ComparisonError as exc:
+        pairs = []
+        notes.append(str(exc))
+    if prompts_file is not None:
+        prompts: list[Any] = list(load_prompts_file(prompts_file))
+        source = f"file {Path(prompts_file).name}"
+    elif pairs:
+        prompts = list(comparison_prompts(pairs))
+        source = "held-out pairs"
+    else:
+        bank = bundled_banks()[0]
+        prompts = list(bank.prompts)
+        source = f"prompt bank '{bank.name}' (the run has no held-out pairs)"
+    if limit:
+        prompts = prompts[:limit]
+    result = ComparisonResult(run_id=run_id, prompts_source=source, rows=[], seed=seed, notes=notes)
+    try:
+        if with_metrics and pairs:
+            beta = float(run.config.get("beta", 0.1))
+            result.before, result.after = _heldout_metrics(engine, name, pairs, beta, progress)
+        total = 2 * len(prompts)
+        answered = 0
+
+        def on_answer(*_: Any) -> None:
+            nonlocal answered
+            answered += 1
+            if progress:
+                progress("answering", answered, total)
+
+        result.rows = side_by_side(engine, prompts, system, sampling, seed, engine.activate_adapter, name,
+                                   on_answer=on_answer, should_stop=should_stop)
+    finally:
+        engine.activate_adapter(None)
+    store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
+    return result
+
+
+def _heldout_metrics(engine: ChatEngine, name: str, pairs: list, beta: float,
+                     progress: Progress | None) -> tuple[dict, dict]:
+    def report(phase: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(phase, done, total)) if progress else None
+
+    engine.activate_adapter(None)
+    before = preference_metrics(engine, pairs, on_progress=report("scoring base"))
+    engine.activate_adapter(name)
+    after = preference_metrics(engine, pairs, reference=before.as_reference(), beta=beta,
+                               on_progress=report("scoring tuned"))
+    return before.to_dict(), after.to_dict()
+
+
+def stored_comparison(store: Any, run_id: int) -> ComparisonResult | None:
+    data = store.latest_evaluation(run_id, EVALUATION_KIND)
+    return ComparisonResult.from_dict(data) if data else None

@@ -1,0 +1,64 @@
+"""From a training run to an adapter llama.cpp can load: find it, export it to GGUF once, validate it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from studio.adapter_files import AdapterFileError, validate_adapter
+from studio.model_files import GGUFInfo
+from trainers.gguf_adapter import AdapterExportError, export_gguf_adapter
+
+USABLE_STATUSES = ("done", "cancelled")  # a cancelled run saved the adapter it had so far
+
+
+class RunAdapterError(ValueError):
+    """A run has no adapter this model can use; the message says which run and why."""
+
+
+def adapter_name(run: Any) -> str:
+    return f"run-{run.id}"
+
+
+def peft_dir(run: Any) -> Path:
+    return Path(run.output_dir)
+
+
+def usable_runs(store: Any) -> list[Any]:
+    """Finished (or cancelled) runs whose PEFT adapter is on disk, newest first."""
+    return [r for r in store.list_runs()
+            if r.status in USABLE_STATUSES and (peft_dir(r) / "adapter_model.safetensors").exists()]
+
+
+def gguf_adapter_for_run(run: Any, base: GGUFInfo) -> Path:
+    """The run's adapter as a GGUF LoRA for ``base``: exported on first use (next to the PEFT files),
+    re-exported when the PEFT weights are newer, and always validated against the base."""
+    if run.status not in USABLE_STATUSES:
+        detail = f": {run.message}" if run.message else ""
+        raise RunAdapterError(f"run {run.id} is {run.status}{detail}; only finished or cancelled runs have an adapter")
+    source = peft_dir(run) / "adapter_model.safetensors"
+    if not source.exists():
+        raise RunAdapterError(f"run {run.id} has no adapter files in {peft_dir(run)} (adapter_model.safetensors "
+                              "is missing)")
+    target = peft_dir(run) / f"adapter-{base.architecture}.gguf"
+    try:
+        if not target.exists() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
+            if not base.n_layers:
+                raise RunAdapterError(f"{base.path} does not say how many layers it has; cannot name tensors")
+            export_gguf_adapter(peft_dir(run), target, base.architecture, base.n_layers)
+        validate_adapter(target, base)
+    except (AdapterExportError, AdapterFileError) as exc:
+        raise RunAdapterError(f"run {run.id}'s adapter does not fit {base.path.name}: {exc}") from exc
+    return target
+
+
+def export_run_adapter(run: Any, base: GGUFInfo, out: Path) -> Path:
+    """``prefstudio adapters export``: write the run's GGUF LoRA to ``out`` (validated, atomic)."""
+    exported = gguf_adapter_for_run(run, base)
+    out = Path(out).expanduser()
+    if out.resolve() != exported.resolve():
+        tmp = out.with_name(out.name + ".partial")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(exported.read_bytes())
+        tmp.replace(out)
+    return out

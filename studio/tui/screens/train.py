@@ -1,0 +1,309 @@
+"""The train screen: a config form, a start key, live loss / margin / accuracy plots, progress, log, cancel.
+
+Training runs in its own process (``trainers.run_lifecycle.start_run_process``), so an OOM or crash there
+never takes the UI down. This screen only polls: new metric rows and the run status from the store, new
+lines from the run's log file, and whether the process is still alive.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import time
+from dataclasses import fields
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+from textual_plotext import PlotextPlot
+
+from trainers.run_config import LOSS_TYPES, RunConfig
+from trainers.run_lifecycle import (
+    ACTIVE,
+    finalize_dead_run,
+    prepare_run,
+    request_cancel,
+    start_run_process,
+)
+from trainers.run_outputs import RunPaths
+
+# The fields a user tunes most; everything else keeps the last run's value (or the default).
+FORM_FIELDS = ("epochs", "beta", "learning_rate", "batch_size", "max_length", "lora_r", "data_size",
+               "heldout_fraction")
+POLL_SECONDS = 0.5
+
+
+def _parse(config_field, text: str):  # noqa: ANN001, ANN202
+    text = text.strip()
+    kind = str(config_field.type)
+    if text == "" and "None" in kind:
+        return None
+    if "int" in kind:
+        return int(text)
+    if "float" in kind:
+        return float(text)
+    return text
+
+
+class MetricPlot(PlotextPlot):
+    """A small live line chart of one or two metric series."""
+
+    def __init__(self, title: str, series: tuple[str, ...], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.title = title
+        self.series = series
+        self.points: dict[str, list[tuple[float, float]]] = {name: [] for name in series}
+
+    def add(self, step: float, metrics: dict) -> None:
+        for name in self.series:
+            if name in metrics and metrics[name] is not None:
+                self.points[name].append((step, float(metrics[name])))
+
+    def clear_points(self) -> None:
+        for name in self.series:
+            self.points[name] = []
+        self.redraw()
+
+    def redraw(self) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.title(self.title)
+        for name, pts in self.points.items():
+            if pts:
+                plt.plot([p[0] for p in pts], [p[1] for p in pts], label=name.split("/")[-1])
+        self.refresh()
+
+
+class TrainScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+s", "start", "Start", priority=True),
+        Binding("ctrl+r", "resume", "Resume", priority=True),
+        Binding("ctrl+x", "cancel_run", "Cancel run", priority=True),
+        Binding("escape", "back", "Back to chat"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run_id: int | None = None
+        self.process: subprocess.Popen | None = None
+        self.total_steps: int | None = None
+        self.last_step: int | None = None
+        self.log_offset = 0
+        self.log_path: Path | None = None
+        self.started_at: float | None = None
+        self.first_step_at: tuple[float, int] | None = None
+
+    # --- layout ---
+
+    def compose(self) -> ComposeResult:
+        base = self._base_config()
+        yield Header()
+        with Horizontal(id="train-body"):
+            with Vertical(id="train-form"):
+                yield Label("LoRA DPO run", classes="dialog-title")
+                with Grid(id="form-grid"):
+                    for f in fields(RunConfig):
+                        if f.name in FORM_FIELDS:
+                            value = getattr(base, f.name)
+                            yield Label(f.name.replace("_", " "), classes="form-label")
+                            yield Input("" if value is None else str(value), id=f"cfg-{f.name}",
+                                        tooltip=f.metadata.get("help"))
+                    yield Label("loss type", classes="form-label")
+                    yield Select([(name, name) for name in LOSS_TYPES], value=base.loss_type, allow_blank=False,
+                                 id="cfg-loss_type")
+                    yield Label("pairs from", classes="form-label")
+                    yield Select([("every session", "all"), ("this session", "session")], value="all",
+                                 allow_blank=False, id="cfg-scope")
+                yield Button("Start training (ctrl+s)", id="start", variant="success")
+                yield Static("", id="train-status")
+            with Vertical(id="train-live"):
+                with Horizontal(id="plots"):
+                    yield MetricPlot("loss", ("loss",), id="plot-loss")
+                    yield MetricPlot("reward margin / accuracy", ("rewards/margins", "rewards/accuracies"),
+                                     id="plot-margin")
+                yield ProgressBar(id="train-progress", show_eta=True)
+                yield Static("", id="train-rate")
+                yield RichLog(id="train-log", max_lines=400, wrap=False, markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#start", Button).focus()
+        self.set_interval(POLL_SECONDS, self.poll)
+        runs = self.app.store.list_runs()
+        if runs and runs[0].status in ACTIVE:
+            self._follow(runs[0].id, None)
+
+    def _base_config(self) -> RunConfig:
+        """Prefilled from the last run, so a second run is one key away."""
+        runs = self.app.store.list_runs()
+        if runs:
+            try:
+                return RunConfig.from_dict(runs[0].config)
+            except (TypeError, ValueError):
+                pass
+        return RunConfig()
+
+    def _config_from_form(self) -> RunConfig:
+        values = {}
+        by_name = {f.name: f for f in fields(RunConfig)}
+        for name in FORM_FIELDS:
+            text = self.query_one(f"#cfg-{name}", Input).value
+            try:
+                values[name] = _parse(by_name[name], text)
+            except ValueError:
+                raise ValueError(f"{name.replace('_', ' ')}: {text!r} is not a number") from None
+        values["loss_type"] = self.query_one("#cfg-loss_type", Select).value
+        scope = self.query_one("#cfg-scope", Select).value
+        values["session_id"] = self.app.chat.session_id if scope == "session" else None
+        base = self._base_config()
+        return base.replace(**values, train_model=None, dataset=None, max_steps=None)
+
+    # --- actions ---
+
+    @on(Button.Pressed, "#start")
+    def action_start(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.notify("A run is already training; cancel it first (ctrl+x).", severity="warning")
+            return
+        try:
+            config = self._config_from_form()
+            settings = self.app.settings
+            prepared = prepare_run(self.app.store, config, model_path=settings.train_model or settings.model)
+        except ValueError as exc:  # RunConfigError / PairSelectionError: user-facing messages
+            self._status(f"Cannot start: {exc}", error=True)
+            return
+        n_train = len(prepared.selection.train_ids)
+        per_epoch = math.ceil(n_train / (config.batch_size * config.grad_accum))
+        self.total_steps = config.max_steps or per_epoch * config.epochs
+        self._start_process(prepared.run_id, resume=False)
+        self._status(f"Run {prepared.run_id}: {n_train} training pairs, {len(prepared.selection.heldout_ids)} held "
+                     f"out, {self.total_steps} steps. {prepared.selection.report.describe()}")
+
+    def action_resume(self) -> None:
+        run = self._latest_run()
+        if run is None:
+            self.notify("No run to resume yet.", severity="warning")
+            return
+        if run.status in ACTIVE and self.process is not None and self.process.poll() is None:
+            self.notify("That run is still training.", severity="warning")
+            return
+        self.total_steps = None
+        self._start_process(run.id, resume=True)
+        self._status(f"Resuming run {run.id} from its last checkpoint…")
+
+    def action_cancel_run(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            self.notify("No run is training.", severity="warning")
+            return
+        request_cancel(self.process.pid)
+        self._status(f"Cancelling run {self.run_id}: it stops at the next step and saves the adapter so far…")
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    # --- process and polling ---
+
+    def _latest_run(self):  # noqa: ANN202
+        if self.run_id is not None:
+            return self.app.store.get_run(self.run_id)
+        runs = self.app.store.list_runs()
+        return runs[0] if runs else None
+
+    def _start_process(self, run_id: int, resume: bool) -> None:
+        process = start_run_process(run_id, self.app.store.path, resume=resume, store=self.app.store)
+        self._follow(run_id, process)
+        if not resume:
+            for plot in self.query(MetricPlot):
+                plot.clear_points()
+            self.query_one("#train-log", RichLog).clear()
+
+    def _follow(self, run_id: int, process: subprocess.Popen | None) -> None:
+        self.run_id = run_id
+        self.process = process
+        self.last_step = None if process is None or not self.last_step else self.last_step
+        run = self.app.store.get_run(run_id)
+        self.log_path = RunPaths(Path(run.output_dir)).log_path
+        self.log_offset = 0
+        self.started_at = time.monotonic()
+        self.first_step_at = None
+        self.app.training_run_id = run_id
+
+    def poll(self) -> None:
+        if self.run_id is None:
+            return
+        store = self.app.store
+        rows = store.run_metrics(self.run_id, after_step=self.last_step)
+        for row in rows:
+            step = row["step"]
+            for plot in self.query(MetricPlot):
+                plot.add(step, row)
+            self.last_step = step
+            if self.first_step_at is None:
+                self.first_step_at = (time.monotonic(), step)
+        if rows:
+            for plot in self.query(MetricPlot):
+                plot.redraw()
+            self._update_progress(rows[-1])
+        self._tail_log()
+        run = store.get_run(self.run_id)
+        if self.process is not None and self.process.poll() is not None:
+            # The process is gone: if it never recorded an end (killed, OOM), mark the run failed.
+            if finalize_dead_run(store, self.run_id, self.process.returncode):
+                run = store.get_run(self.run_id)
+            self.process = None
+            self._tail_log()
+        if run.status not in ACTIVE and self.started_at is not None:
+            self._finished(run)
+
+    def _update_progress(self, row: dict) -> None:
+        bar = self.query_one("#train-progress", ProgressBar)
+        total = row.get("total_steps") or self.total_steps
+        if total:
+            bar.update(total=total, progress=row["step"])
+        rate = ""
+        if self.first_step_at is not None and row["step"] > self.first_step_at[1]:
+            elapsed = time.monotonic() - self.first_step_at[0]
+            rate = f"{(row['step'] - self.first_step_at[1]) / elapsed:.2f} steps/s · "
+        loss = row.get("loss")
+        margin = row.get("rewards/margins")
+        acc = row.get("rewards/accuracies")
+        self.query_one("#train-rate", Static).update(
+            f"step {row['step']}/{total or '?'} · {rate}"
+            + (f"loss {loss:.4f} · " if loss is not None else "")
+            + (f"margin {margin:+.3f} · " if margin is not None else "")
+            + (f"accuracy {acc:.2f}" if acc is not None else "")
+        )
+
+    def _tail_log(self) -> None:
+        if self.log_path is None or not self.log_path.exists():
+            return
+        with self.log_path.open("rb") as fh:
+            fh.seek(self.log_offset)
+            chunk = fh.read()
+        if not chunk:
+            return
+        # Only whole lines; a partial last line waits for the next poll.
+        cut = chunk.rfind(b"\n") + 1
+        self.log_offset += cut
+        log = self.query_one("#train-log", RichLog)
+        for line in chunk[:cut].decode("utf-8", "replace").splitlines():
+            log.write(line.rstrip("\r"))
+
+    def _finished(self, run) -> None:  # noqa: ANN001
+        self.started_at = None
+        error = run.status == "failed"
+        word = {"done": "finished", "cancelled": "cancelled", "failed": "failed"}.get(run.status, run.status)
+        message = f"Run {run.id} {word}." + (f" {run.message}" if run.message else "")
+        if run.status in ("done", "cancelled"):
+            message += f" Adapter: {run.output_dir}"
+        self._status(message, error=error)
+        self.notify(message, severity="error" if error else "information", timeout=8)
+
+    def _status(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#train-status", Static)
+        status.update(text)
+        status.set_class(error, "error-text")

@@ -1,0 +1,135 @@
+"""Proof that the exported adapter is the trained adapter: llama.cpp (quantised GGUF base + GGUF LoRA) against
+transformers + PEFT (the same GGUF dequantised), on the real default model and an adapter trained by the
+studio's own DPO trainer.
+
+llama.cpp quantises activations inside its matmuls, so the two engines differ slightly even without an
+adapter; what must agree is the *change* the adapter causes, and greedy agreement must not get worse.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_adapter_export import all_logits
+from tiny_model import SEPARABLE_PAIRS
+
+from studio.adapter_files import validate_adapter
+from studio.adapter_runtime import AdapterSlots
+from trainers.gguf_adapter import export_gguf_adapter
+
+DEFAULT_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+SYSTEM = "You are a concise, friendly assistant."
+TEXT = (
+    "The old lighthouse keeper climbed the spiral stairs every evening at dusk. He trimmed the wick, polished "
+    "the great lens, and watched the ships pass far out on the grey water. One night a storm came in from the "
+    "west, and the wind howled around the tower until morning. By dawn the sea was calm again, and the keeper "
+    "wrote a long entry in his logbook about the night."
+)
+N_TOKENS = 64
+TOP_K = 20
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(default_model: Path, session_home: Path, tmp_path_factory) -> Path:
+    """Six real DPO steps (lr 1e-3, r 16, alpha 32, q/k/v/o) on the default model: a visible, trained effect.
+
+    At the trainer's default learning rate two steps move the logits by less than the two engines already
+    differ by; this run's logit change (std ≈ 1.2 over the top tokens) is well above that noise (≈ 0.2).
+    """
+    from store.studio_store import Store
+    from trainers.dpo_run import execute_run
+    from trainers.run_config import RunConfig
+    from trainers.run_lifecycle import prepare_run
+
+    work = tmp_path_factory.mktemp("exactness")
+    old = os.environ.get("PREFSTUDIO_HOME")
+    os.environ["PREFSTUDIO_HOME"] = str(session_home)  # the converted weights are shared by the whole run
+    try:
+        with Store.open(work / "studio.db") as store:
+            session = store.create_session(SYSTEM)
+            for prompt, chosen, rejected in SEPARABLE_PAIRS:
+                prompt_id = store.add_prompt(session, prompt, [])
+                rendered = f"{SYSTEM}\n\nUser: {prompt}\nAssistant:"
+                ids = [store.add_candidate(prompt_id, slot, " " + text, rendered, default_model.name, DEFAULT_SHA256,
+                                           {}, seed=slot) for slot, text in enumerate((chosen, rejected))]
+                store.record_judgement(prompt_id, "a", chosen_candidate_id=ids[0], rejected_candidate_id=ids[1])
+            config = RunConfig(max_steps=6, max_length=128, heldout_fraction=0.0, learning_rate=1e-3)
+            prepared = prepare_run(store, config, model_path=default_model, runs_root=work / "runs")
+            outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+            assert outcome.status == "done", outcome.message
+            return prepared.output_dir
+    finally:
+        if old is None:
+            os.environ.pop("PREFSTUDIO_HOME", None)
+        else:
+            os.environ["PREFSTUDIO_HOME"] = old
+
+
+def _transformers_logits(model_dir: Path, adapter_dir: Path, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(base, adapted) logits from transformers + PEFT on the dequantised GGUF weights."""
+    import torch
+    from peft import PeftModel
+
+    from trainers.model_source import load_model
+
+    model = PeftModel.from_pretrained(load_model(model_dir, device="cpu"), str(adapter_dir))
+    model.eval()
+    ids = torch.tensor([tokens])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits[0].float().numpy()
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits[0].float().numpy()
+    return base, adapted
+
+
+@pytest.mark.slow
+def test_llama_cpp_adapter_matches_transformers_peft(trained_adapter, default_model, session_home, engine,
+                                                     tmp_path, monkeypatch):
+    from trainers.model_source import resolve_model_source
+
+    gguf_path = export_gguf_adapter(trained_adapter, tmp_path / "tuned.gguf", engine.info.architecture,
+                                    engine.info.n_layers)
+    info = validate_adapter(gguf_path, engine.info)
+    assert info.ranks == (16,) and info.alpha == 32.0 and len(info.adapted) == 4 * engine.info.n_layers
+
+    tokens = engine.tokenize(TEXT)[:N_TOKENS]
+    assert len(tokens) == N_TOKENS
+    slots = AdapterSlots(engine.llama, engine.info)
+    try:
+        slots.load("tuned", gguf_path)
+        cpp_base = all_logits(engine.llama, tokens)
+        slots.activate("tuned")
+        switch_on = slots.last_switch_s
+        cpp_tuned = all_logits(engine.llama, tokens)
+        slots.activate(None)
+        switch_off = slots.last_switch_s
+        assert np.array_equal(all_logits(engine.llama, tokens), cpp_base)
+        load_s = slots.last_load_s
+    finally:
+        slots.close()
+
+    monkeypatch.setenv("PREFSTUDIO_HOME", str(session_home))
+    model_dir = resolve_model_source(default_model, sha256=DEFAULT_SHA256).model_dir
+    hf_base, hf_tuned = _transformers_logits(model_dir, trained_adapter, tokens)
+
+    # (a) The change the adapter causes, over each position's top tokens of the base, pooled.
+    top = np.argsort(-cpp_base, axis=1)[:, :TOP_K]
+    cpp_delta = np.take_along_axis(cpp_tuned - cpp_base, top, axis=1).ravel()
+    hf_delta = np.take_along_axis(hf_tuned - hf_base, top, axis=1).ravel()
+    correlation = float(np.corrcoef(cpp_delta, hf_delta)[0, 1])
+    engine_noise = float(np.take_along_axis(cpp_base - hf_base, top, axis=1).std())
+    # (b) Greedy next-token agreement between the engines, without and with the adapter.
+    agree_base = float((cpp_base.argmax(1) == hf_base.argmax(1)).mean())
+    agree_tuned = float((cpp_tuned.argmax(1) == hf_tuned.argmax(1)).mean())
+    print(
+        f"\nadapter exactness over {N_TOKENS} tokens (top-{TOP_K} of the base per position): "
+        f"Pearson r of the logit change = {correlation:.4f}; change std {hf_delta.std():.3f} vs engine noise "
+        f"{engine_noise:.3f}; greedy agreement base {agree_base:.1%}, tuned {agree_tuned:.1%}; "
+        f"load {load_s * 1000:.1f} ms, switch on {switch_on * 1e6:.0f} µs, off {switch_off * 1e6:.0f} µs"
+    )
+    assert hf_delta.std() > 3 * engine_noise, "the adapter's effect must stand clear of the engines' difference"
+    assert correlation >= 0.95
+    assert agree_tuned >= agree_base - 0.02

@@ -1,0 +1,168 @@
+"""Before and after on the real default model: a real DPO run, its adapter in llama.cpp, compare,
+blind votes through Pilot, report, export, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+from conftest import run_cli, wait_for
+from tiny_model import SEPARABLE_PAIRS, build_tiny_model
+
+from store.studio_store import Store
+from studio.comparison import BlindTally
+from studio.model_files import inspect_gguf
+from studio.run_adapters import RunAdapterError, gguf_adapter_for_run
+from studio.settings import load_settings
+from studio.tui.app import PreferenceStudioApp
+from studio.tui.screens.compare import CompareScreen
+
+SYSTEM = "You are a concise, friendly assistant."
+SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+pytestmark = pytest.mark.slow
+
+
+def _fill(store: Store, model_name: str) -> None:
+    session = store.create_session(SYSTEM)
+    for prompt, chosen, rejected in SEPARABLE_PAIRS:
+        prompt_id = store.add_prompt(session, prompt, [])
+        rendered = f"{SYSTEM}\n\nUser: {prompt}\nAssistant:"
+        ids = [store.add_candidate(prompt_id, slot, " " + text, rendered, model_name, SHA, {}, seed=slot)
+               for slot, text in enumerate((chosen, rejected))]
+        store.record_judgement(prompt_id, "a", chosen_candidate_id=ids[0], rejected_candidate_id=ids[1])
+
+
+@pytest.fixture(scope="module")
+def trained(default_model, session_home, tmp_path_factory):
+    """A store with six judged pairs, two held out, and a finished 6-step run on the default model."""
+    from trainers.dpo_run import execute_run
+    from trainers.run_config import RunConfig
+    from trainers.run_lifecycle import prepare_run
+
+    work = tmp_path_factory.mktemp("compare")
+    old = os.environ.get("PREFSTUDIO_HOME")
+    os.environ["PREFSTUDIO_HOME"] = str(session_home)  # shares the converted weights with other tests
+    try:
+        with Store.open(work / "studio.db") as store:
+            _fill(store, default_model.name)
+            config = RunConfig(max_steps=6, max_length=128, heldout_fraction=0.34, learning_rate=1e-3)
+            prepared = prepare_run(store, config, model_path=default_model, runs_root=work / "runs")
+            outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+            assert outcome.status == "done", outcome.message
+            return work / "studio.db", prepared.run_id
+    finally:
+        if old is None:
+            os.environ.pop("PREFSTUDIO_HOME", None)
+        else:
+            os.environ["PREFSTUDIO_HOME"] = old
+
+
+def test_compare_cli_answers_with_both_and_the_tuned_model_prefers_the_chosen_side(trained, default_model,
+                                                                                   studio_home):
+    db, run_id = trained
+    proc = run_cli("--db", str(db), "--model", str(default_model), "compare", "--run", str(run_id), "--json",
+                   home=studio_home, check=True, timeout=300)
+    result = json.loads(proc.stdout)
+    assert result["prompts_source"] == "held-out pairs" and len(result["rows"]) == 2
+    assert all(row["base_text"] is not None and row["tuned_text"] is not None for row in result["rows"])
+    before, after = result["before"], result["after"]
+    assert before["n"] == after["n"] == 2
+    # Trained to prefer the sensible reply over "Potato potato potato.": the held-out margin grows.
+    assert after["mean_margin"] > before["mean_margin"] + 1.0
+    assert after["implicit_reward_accuracy"] == 1.0
+    with Store.open(db) as store:
+        assert store.latest_evaluation(run_id, "comparison")["rows"] == result["rows"]
+
+
+def test_compare_with_a_prompts_file_and_bad_files(trained, default_model, studio_home, tmp_path):
+    db, run_id = trained
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Name a colour.\nSay goodbye.\n")
+    proc = run_cli("--db", str(db), "--model", str(default_model), "compare", "--run", str(run_id), "--prompts",
+                   str(prompts), home=studio_home, check=True, timeout=300)
+    assert "2 prompt(s) from file prompts.txt" in proc.stdout and "tuned:" in proc.stdout
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"prompt": \n')
+    for path, expected in ((empty, "empty"), (bad, "line 2")):
+        proc = run_cli("--db", str(db), "--model", str(default_model), "compare", "--run", str(run_id),
+                       "--prompts", str(path), home=studio_home)
+        assert proc.returncode == 1 and str(path) in proc.stderr and expected in proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_report_and_adapter_export(trained, default_model, studio_home, tmp_path):
+    db, run_id = trained
+    out = tmp_path / "report"
+    run_cli("--db", str(db), "--model", str(default_model), "report", "--run", str(run_id), "--out", str(out),
+            home=studio_home, check=True, timeout=300)
+    markdown = (out / "report.md").read_text()
+    assert "loss.png" in markdown and (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "report.html").stat().st_size > 1000
+    gguf = tmp_path / "adapter.gguf"
+    run_cli("--db", str(db), "--model", str(default_model), "adapters", "export", "--run", str(run_id), "--out",
+            str(gguf), home=studio_home, check=True)
+    info = inspect_gguf(gguf)
+    assert info.file_type == "adapter" and info.architecture == "gemma3"
+
+
+def test_failed_run_and_foreign_adapter_are_refused_clearly(trained, default_model, studio_home, tmp_path):
+    from trainers.dpo_run import execute_run
+    from trainers.run_config import RunConfig
+    from trainers.run_lifecycle import prepare_run
+
+    db, _ = trained
+    base = inspect_gguf(default_model)
+    with Store.open(tmp_path / "other.db") as store:
+        _fill(store, "tiny")
+        tiny = build_tiny_model(tmp_path / "tiny")
+        prepared = prepare_run(store, RunConfig(max_steps=1, heldout_fraction=0, target_modules=["q_proj"]),
+                               model_path=tiny, runs_root=tmp_path / "runs")
+        assert execute_run(store, prepared.run_id, log=lambda _l: None).status == "done"
+        run = store.get_run(prepared.run_id)
+        with pytest.raises(RunAdapterError, match="does not fit gemma-3-270m"):
+            gguf_adapter_for_run(run, base)
+        failed_id = store.create_run({}, "m", str(tmp_path / "nowhere"), [], [])
+        store.set_run_status(failed_id, "failed", "out of memory")
+        with pytest.raises(RunAdapterError, match="is failed: out of memory"):
+            gguf_adapter_for_run(store.get_run(failed_id), base)
+    proc = run_cli("--db", str(tmp_path / "other.db"), "--model", str(default_model), "adapters", "export", "--run",
+                   str(failed_id), "--out", str(tmp_path / "x.gguf"), home=studio_home)
+    assert proc.returncode == 1 and "only finished or cancelled runs" in proc.stderr
+    assert not (tmp_path / "x.gguf").exists()
+
+
+
+async def test_blind_votes_through_pilot_are_stored_and_tallied(trained, default_model, studio_home, tmp_path):
+    db, run_id = trained
+    store = Store.open(db)
+    settings = replace(load_settings(tmp_path / "none.toml"), model=default_model)
+    app = PreferenceStudioApp(settings=settings, store=store)
+    try:
+        async with app.run_test(size=(130, 40)) as pilot:
+            await wait_for(pilot, lambda: app.engine is not None)
+            await pilot.press("f6")
+            await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.result is not None)
+            screen = app.screen
+            assert screen.blind and "tuned" not in screen.query_one("#compare-left").border_title
+            before = len(store.votes(run_id))
+            await pilot.press("1")
+            await pilot.press("t")
+            await pilot.pause(0.2)
+            votes = store.votes(run_id)[before:]
+            assert [v["vote"] for v in votes] == ["a", "tie"]
+            assert [v["tuned_on_left"] for v in votes] == screen.order[:2]
+            expected = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in store.votes(run_id))
+            assert expected.describe() in str(screen.query_one("#compare-tally").render())
+            await pilot.press("b")
+            assert "tuned" in screen.query_one("#compare-left").border_title + screen.query_one(
+                "#compare-right").border_title
+            await pilot.press("escape")
+            await pilot.press("f7")
+            await wait_for(pilot, lambda: app.active_adapter == f"run-{run_id}")
+            assert f"adapter: run-{run_id}" in app.sub_title and app.engine.active_adapter == f"run-{run_id}"
+    finally:
+        store.close()

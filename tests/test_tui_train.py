@@ -1,0 +1,93 @@
+"""The train screen through Pilot: a tiny real DPO run in its own process, live progress, cancel."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from tiny_model import build_tiny_model, fill_separable
+
+from store.studio_store import Store
+from studio.settings import load_settings
+from studio.tui.app import PreferenceStudioApp
+from studio.tui.screens.train import MetricPlot, TrainScreen
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def train_app(tmp_path, default_model, tiny_model_dir, studio_home):
+    store = Store.open(tmp_path / "studio.db")
+    fill_separable(store, repeat=2)
+    settings = replace(load_settings(tmp_path / "none.toml"), model=default_model, train_model=tiny_model_dir)
+    app = PreferenceStudioApp(settings=settings, store=store)
+    yield app
+    store.close()
+
+
+def set_form(screen: TrainScreen, **values) -> None:
+    for name, value in values.items():
+        screen.query_one(f"#cfg-{name}").value = str(value)
+
+
+async def test_train_screen_runs_shows_progress_and_finishes(train_app):
+    app = train_app
+    async with app.run_test(size=(140, 44)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None)
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+        screen = app.screen
+        set_form(screen, epochs=3, learning_rate=0.005, batch_size=2, heldout_fraction=0)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen.run_id is not None)
+        run_id = screen.run_id
+        status = screen.query_one("#train-status")
+        await wait_for(pilot, lambda: "finished" in str(status.render()) or "failed" in str(status.render()))
+        run = app.store.get_run(run_id)
+        assert run.status == "done", run.message
+        metrics = app.store.run_metrics(run_id)
+        assert len(metrics) >= 3
+        loss_plot = screen.query_one("#plot-loss", MetricPlot)
+        assert len(loss_plot.points["loss"]) == len([m for m in metrics if "loss" in m])
+        bar = screen.query_one("#train-progress")
+        assert bar.total == screen.total_steps == 18 // 2 and bar.progress == bar.total
+        assert (Path(run.output_dir) / "adapter_model.safetensors").exists()
+
+
+async def test_train_screen_cancel_stops_the_process_and_keeps_the_adapter(train_app):
+    app = train_app
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+        screen = app.screen
+        set_form(screen, epochs=200, batch_size=1, heldout_fraction=0)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen.run_id is not None and screen.last_step is not None and screen.last_step >= 2)
+        await pilot.press("ctrl+x")
+        await wait_for(pilot, lambda: app.store.get_run(screen.run_id).status == "cancelled")
+        await wait_for(pilot, lambda: screen.process is None)
+        run = app.store.get_run(screen.run_id)
+        assert (Path(run.output_dir) / "adapter_model.safetensors").exists()
+        assert "cancelled" in str(screen.query_one("#train-status").render())
+
+
+async def test_train_screen_reports_no_pairs_clearly(tmp_path, default_model, tiny_model_dir, studio_home):
+    store = Store.open(tmp_path / "empty.db")
+    settings = replace(load_settings(tmp_path / "none.toml"), model=default_model, train_model=tiny_model_dir)
+    app = PreferenceStudioApp(settings=settings, store=store)
+    try:
+        async with app.run_test(size=(140, 44)) as pilot:
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+            await pilot.press("ctrl+s")
+            await pilot.pause(0.3)
+            status = str(app.screen.query_one("#train-status").render())
+            assert status.startswith("Cannot start:") and "pair" in status
+            assert app.store.list_runs() == []
+    finally:
+        store.close()

@@ -1,0 +1,241 @@
+"""Which pairs a run trains on: read, cleaned (with counts), sampled and split, deterministically.
+
+The store already leaves ties and both-bad verdicts out of its pairs. Here duplicates (same prompt,
+chosen and rejected) and pairs whose chosen equals its rejected are dropped and counted, an optional
+seeded sample keeps ``data_size`` pairs, and a seeded split holds ``heldout_fraction`` of them out. The
+ids of both parts and a sha256 over their content are recorded with the run, so a resumed run can check
+that it sees the same data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainers.prompt_format import ChatTurn, TranscriptFormat
+
+
+class PairSelectionError(ValueError):
+    """No usable pairs for a run; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """One row for TRL: the rendered prompt and the two completions, exactly as the model saw them."""
+
+    pair_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+
+    def to_trl(self) -> dict[str, str]:
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+
+@dataclass
+class SelectionReport:
+    """What happened to the pairs on their way to a run (shown to the user and stored in the summary)."""
+
+    source: str
+    total: int = 0
+    excluded_judgements: int = 0  # ties and both-bad: kept in the store, never pairs
+    duplicates: int = 0
+    chosen_equals_rejected: int = 0
+    empty: int = 0
+    sampled_out: int = 0
+    used: int = 0
+    train: int = 0
+    heldout: int = 0
+    too_long: int = 0  # filled in by the trainer once the tokenizer is loaded
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        parts = [f"{self.total} pair(s) from {self.source}"]
+        for label, count in (
+            ("tie/both-bad judgement(s) excluded", self.excluded_judgements),
+            ("duplicate(s) dropped", self.duplicates),
+            ("with chosen = rejected dropped", self.chosen_equals_rejected),
+            ("empty dropped", self.empty),
+            ("left out by --data-size", self.sampled_out),
+            ("prompt(s) too long for --max-length dropped", self.too_long),
+        ):
+            if count:
+                parts.append(f"{count} {label}")
+        parts.append(f"{self.train} for training, {self.heldout} held out")
+        return "; ".join(parts)
+
+
+@dataclass
+class PairSelection:
+    """The pairs of one run, split, with the dataset hash and the report."""
+
+    train: list[TrainingPair]
+    heldout: list[TrainingPair]
+    dataset_hash: str
+    report: SelectionReport
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_ids(self) -> list[str]:
+        return [p.pair_id for p in self.train]
+
+    @property
+    def heldout_ids(self) -> list[str]:
+        return [p.pair_id for p in self.heldout]
+
+
+def _leading_ws(text: str) -> str:
+    return text[: len(text) - len(text.lstrip())]
+
+
+def completion_like(reply: str, model_reply: str) -> str:
+    """Put a human-written reply into the whitespace convention of a reply the model generated.
+
+    Edited replies are stored stripped, while generated ones keep the model's leading space (``" Hi"``
+    after ``"Assistant:"``); training must tokenise both the way generation did.
+    """
+    return _leading_ws(model_reply) + reply.strip()
+
+
+def from_store_pairs(pairs: Iterable[Any]) -> list[TrainingPair]:
+    """Turn the store's ``PreferencePair`` records into training pairs (edits get the model's spacing)."""
+    out = []
+    for p in pairs:
+        chosen = completion_like(p.chosen, p.rejected) if p.verdict == "edited" else p.chosen
+        out.append(TrainingPair(pair_id=p.pair_id, prompt=p.prompt, chosen=chosen, rejected=p.rejected))
+    return out
+
+
+def read_dataset_file(path: Path, prompt_format: Any | None = None) -> list[TrainingPair]:
+    """Read TRL preference rows from a JSONL file.
+
+    A string ``prompt`` is used as the rendered prompt. A conversational prompt (a list of
+    ``{"role", "content"}``) is rendered with ``prompt_format`` (default: the transcript format), and its
+    completions (strings or one assistant message) are put in that format's whitespace convention.
+    """
+    fmt = prompt_format or TranscriptFormat()
+    path = Path(path).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PairSelectionError(f"cannot read dataset {path}: {exc.strerror or exc}") from exc
+    out: list[TrainingPair] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PairSelectionError(
+                f"{path} line {number} is not a preference row with prompt, chosen and rejected ({exc})"
+            ) from exc
+        if isinstance(prompt, list):
+            turns = [ChatTurn(m["role"], m["content"]) for m in prompt]
+            system = " ".join(t.content for t in turns if t.role == "system")
+            prompt = fmt.render(system, [t for t in turns if t.role != "system"])
+            chosen, rejected = (fmt.as_completion(_message_text(c)) for c in (chosen, rejected))
+        if not all(isinstance(v, str) for v in (prompt, chosen, rejected)):
+            raise PairSelectionError(f"{path} line {number}: prompt, chosen and rejected must be text")
+        digest = hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).hexdigest()[:12]
+        out.append(TrainingPair(pair_id=f"{path.stem}:{number}:{digest}", prompt=prompt, chosen=chosen,
+                                rejected=rejected))
+    return out
+
+
+def _message_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "".join(m["content"] for m in value if m.get("role") == "assistant")
+    return str(value)
+
+
+def dataset_hash(pairs: Sequence[TrainingPair]) -> str:
+    """sha256 over the pairs' ids and content, in order."""
+    digest = hashlib.sha256()
+    for p in pairs:
+        digest.update(json.dumps([p.pair_id, p.prompt, p.chosen, p.rejected], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def select_pairs(
+    pairs: Sequence[TrainingPair],
+    *,
+    seed: int,
+    heldout_fraction: float,
+    data_size: int | None = None,
+    source: str = "the store",
+    excluded_judgements: int = 0,
+) -> PairSelection:
+    """Clean, sample and split ``pairs``. Raises ``PairSelectionError`` when nothing usable is left."""
+    report = SelectionReport(source=source, total=len(pairs), excluded_judgements=excluded_judgements)
+    if not pairs:
+        hint = "judge some candidates in the studio first (A/B or an edit; ties and both-bad make no pairs)"
+        if excluded_judgements:
+            hint = (f"all {excluded_judgements} judgement(s) there are ties or both-bad, which make no pairs; "
+                    "pick a better reply (A/B) or edit one")
+        raise PairSelectionError(f"no preference pairs in {source}: {hint}")
+    seen: set[tuple[str, str, str]] = set()
+    kept: list[TrainingPair] = []
+    for p in pairs:
+        if not p.chosen.strip() or not p.rejected.strip() or not p.prompt.strip():
+            report.empty += 1
+            continue
+        if p.chosen.strip() == p.rejected.strip():
+            report.chosen_equals_rejected += 1
+            continue
+        key = (p.prompt, p.chosen.strip(), p.rejected.strip())
+        if key in seen:
+            report.duplicates += 1
+            continue
+        seen.add(key)
+        kept.append(p)
+    if not kept:
+        raise PairSelectionError(
+            f"all {report.total} pair(s) in {source} were filtered out ({report.duplicates} duplicate, "
+            f"{report.chosen_equals_rejected} with chosen = rejected, {report.empty} empty); judge pairs whose "
+            "replies differ"
+        )
+    rng = random.Random(seed)
+    order = list(range(len(kept)))
+    rng.shuffle(order)
+    if data_size is not None and data_size < len(kept):
+        report.sampled_out = len(kept) - data_size
+        order = order[:data_size]
+    n_heldout = int(len(order) * heldout_fraction)
+    if n_heldout >= len(order):
+        n_heldout = len(order) - 1
+    heldout_idx = set(order[:n_heldout])
+    used_idx = sorted(order)  # keep judgement order within each part
+    train = [kept[i] for i in used_idx if i not in heldout_idx]
+    heldout = [kept[i] for i in used_idx if i in heldout_idx]
+    report.used, report.train, report.heldout = len(used_idx), len(train), len(heldout)
+    return PairSelection(train=train, heldout=heldout, dataset_hash=dataset_hash(train + heldout), report=report)
+
+
+def select_from_store(store: Any, *, session_id: int | None, seed: int, heldout_fraction: float,
+                      data_size: int | None = None) -> PairSelection:
+    """Read a store's pairs (one session's or all) and select them."""
+    source = f"session {session_id}" if session_id is not None else "the store"
+    excluded = sum(1 for j in store.judgements(session_id=session_id) if j.verdict in ("tie", "both_bad"))
+    pairs = from_store_pairs(store.pairs(session_id=session_id))
+    return select_pairs(pairs, seed=seed, heldout_fraction=heldout_fraction, data_size=data_size, source=source,
+                        excluded_judgements=excluded)
+
+
+def pairs_by_ids(available: Sequence[TrainingPair], ids: Sequence[str]) -> list[TrainingPair]:
+    """The pairs with these ids, in this order; raises when some are gone."""
+    by_id = {p.pair_id: p for p in available}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise PairSelectionError(
+            f"{len(missing)} pair(s) of this run are no longer available (e.g. {missing[0]}); start a new run"
+        )
+    return [by_id[i] for i in ids]

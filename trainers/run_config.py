@@ -1,0 +1,196 @@
+"""``RunConfig``: every choice a DPO run makes, in TRL's config style (field help, checks in ``__post_init__``).
+
+The same fields are the ``prefstudio train`` flags (kebab-case, generated from this dataclass by
+``trainers.train_cli``), the TUI's train form and the JSON stored with each run, so a run can be
+repeated or resumed from its row alone. Defaults suit the embedded Gemma 3 270M on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
+
+# TRL 1.16's DPOConfig.loss_type values (trl/trainer/dpo_config.py).
+LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "fp32", "bf16")
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+class RunConfigError(ValueError):
+    """A run configuration value is out of range or inconsistent; the message names the flag."""
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field: ``lora_r`` → ``--lora-r``."""
+    return "--" + name.replace("_", "-")
+
+
+@dataclass
+class RunConfig:
+    r"""Configuration of one LoRA DPO run.
+
+    Every field is also a ``prefstudio train`` flag: ``learning_rate`` is ``--learning-rate``.
+    """
+
+    # Model
+    train_model: str | None = field(
+        default=None,
+        metadata={"help": "Model to train: a .gguf file (converted once, cached) or a Hugging Face model "
+                  "directory. Default: the model the studio serves."},
+    )
+    # Data
+    session_id: int | None = field(
+        default=None, metadata={"help": "Train only on this session's pairs (default: every session)."}
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Train on a JSONL file of TRL preference rows (prompt, chosen, rejected) instead of "
+                  "the store's pairs, e.g. one written by `prefstudio pairs export`."},
+    )
+    data_size: int | None = field(
+        default=None, metadata={"help": "Use at most this many pairs (a seeded sample; default: all)."}
+    )
+    heldout_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of pairs held out of training and evaluated at the end (seeded split; "
+                  "0 keeps all for training)."},
+    )
+    max_length: int = field(
+        default=256,
+        metadata={"help": "Maximum tokens of prompt + reply; longer sequences are cut at the end. Pairs whose "
+                  "prompt alone reaches it are dropped."},
+    )
+    # DPO
+    loss_type: str = field(
+        default="sigmoid",
+        metadata={"help": f"TRL DPO loss: {', '.join(LOSS_TYPES)}."},
+    )
+    beta: float = field(
+        default=0.1,
+        metadata={"help": "How far the model may move from the reference (higher: less). For ipo, the τ "
+                  "regulariser."},
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the LoRA weights."})
+    epochs: int = field(default=2, metadata={"help": "Passes over the training pairs."})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "Stop after this many optimizer steps (overrides --epochs)."}
+    )
+    batch_size: int = field(default=2, metadata={"help": "Pairs per forward pass."})
+    grad_accum: int = field(default=1, metadata={"help": "Forward passes per optimizer step."})
+    seed: int = field(default=42, metadata={"help": "Seed of the LoRA init, data order and held-out split."})
+    # LoRA
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        metadata={"help": "Modules that get LoRA, comma-separated (or all-linear)."},
+    )
+    # Hardware
+    device: str = field(default="auto", metadata={"help": f"Where to train: {', '.join(DEVICES)}."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "Compute dtype: auto (CUDA: bf16; CPU: bf16 autocast where the CPU has native bf16 "
+                  "(AVX512-BF16/AMX), ~1.6x faster per step there, else fp32), fp32 or bf16."},
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for training (default: all cores)."}
+    )
+    four_bit: bool = field(
+        default=False, metadata={"help": "QLoRA: load the base model in 4-bit NF4 (CUDA + bitsandbytes only)."}
+    )
+    paged_adamw_8bit: bool = field(
+        default=False, metadata={"help": "Use bitsandbytes' paged 8-bit AdamW (CUDA only)."}
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Recompute activations to save memory (default: on with CUDA, off on CPU, where "
+                  "memory is not the limit and it costs ~30 % speed)."},
+    )
+    save_steps: int = field(
+        default=10, metadata={"help": "Write a resumable checkpoint every this many steps."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        else:
+            self.target_modules = [str(m).strip() for m in self.target_modules if str(m).strip()]
+        self.loss_type = str(self.loss_type).strip().lower()
+        self.device = str(self.device).strip().lower()
+        self.dtype = {"float32": "fp32", "bfloat16": "bf16"}.get(str(self.dtype).strip().lower(),
+                                                                 str(self.dtype).strip().lower())
+        checks: list[tuple[bool, str, str]] = [
+            (self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}"),
+            (self.beta > 0, "beta", "must be greater than 0"),
+            (0 < self.learning_rate < 1, "learning_rate", "must be between 0 and 1 (e.g. 5e-5)"),
+            (self.epochs >= 1, "epochs", "must be 1 or more"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be 1 or more"),
+            (self.batch_size >= 1, "batch_size", "must be 1 or more"),
+            (self.grad_accum >= 1, "grad_accum", "must be 1 or more"),
+            (self.max_length >= 16, "max_length", "must be at least 16 tokens"),
+            (self.lora_r >= 1, "lora_r", "must be 1 or more"),
+            (self.lora_alpha > 0, "lora_alpha", "must be greater than 0"),
+            (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
+            (bool(self.target_modules), "target_modules", "must name at least one module"),
+            (self.threads is None or self.threads >= 1, "threads", "must be 1 or more"),
+            (self.data_size is None or self.data_size >= 1, "data_size", "must be 1 or more"),
+            (0 <= self.heldout_fraction < 0.5, "heldout_fraction", "must be in [0, 0.5)"),
+            (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}"),
+            (self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}"),
+            (self.save_steps >= 1, "save_steps", "must be 1 or more"),
+            (self.session_id is None or self.dataset is None, "dataset",
+             "cannot be combined with --session-id (a dataset file is not a store session)"),
+        ]
+        for ok, name, problem in checks:
+            if not ok:
+                raise RunConfigError(f"{flag(name)} {problem} (got {getattr(self, name)!r})")
+        if self.four_bit and self.device == "cpu":
+            raise RunConfigError(
+                "--four-bit needs a CUDA GPU (4-bit QLoRA on CPU ran ~10x slower than fp32); drop --four-bit "
+                "or use --device cuda"
+            )
+        if self.paged_adamw_8bit and self.device == "cpu":
+            raise RunConfigError("--paged-adamw-8bit needs a CUDA GPU; drop it or use --device cuda")
+        if self.target_modules != ["all-linear"] and "lm_head" in self.target_modules:
+            raise RunConfigError("--target-modules cannot include lm_head (TRL scores with it directly)")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a dict such as ``to_dict`` wrote; unknown keys raise, missing ones take the default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RunConfigError(f"unknown run setting(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with some fields changed (validated again)."""
+        return RunConfig.from_dict({**self.to_dict(), **changes})
+
+
+def field_defaults() -> dict[str, Any]:
+    """Each field's default value (factories called), for forms and help text."""
+    out: dict[str, Any] = {}
+    for f in fields(RunConfig):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
