@@ -98,3 +98,22 @@ def test_allocator_tuning_applies_on_linux() -> None:
     from trainers.allocator import keep_freed_memory
 
     assert keep_freed_memory() is sys.platform.startswith("linux")
+
+
+def test_prepare_only_records_a_queued_run_for_accelerate(tmp_path):
+    from conftest import run_cli
+    from tiny_model import build_tiny_model, fill_separable
+
+    from store.studio_store import Store
+
+    db = tmp_path / "s.db"
+    with Store.open(db) as store:
+        fill_separable(store)
+    tiny = build_tiny_model(tmp_path / "tiny")
+    proc = run_cli("--db", str(db), "train", "--prepare-only", "--train-model", str(tiny), "--heldout-fraction", "0",
+                   home=tmp_path / "home", check=True)
+    assert "accelerate launch -m trainers.train_cli" in proc.stdout and "--run-id 1" in proc.stdout
+    with Store.open(db) as store:
+        run = store.get_run(1)
+        assert run.status == "queued" and len(run.pair_ids) == 6
+        assert store.run_metrics(1) == []

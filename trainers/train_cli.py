@@ -84,8 +84,12 @@ def run_train(
     flags: dict[str, Any],
     default_model: Callable[[], Path] | None = None,
     echo: Callable[[str], None] = print,
+    prepare_only: bool = False,
 ) -> int:
-    """Prepare (when no run id is given) and train a run in this process; return the exit code."""
+    """Prepare (when no run id is given) and train a run in this process; return the exit code.
+
+    ``prepare_only`` records the run and stops: ``accelerate launch -m trainers.train_cli --run-id N``
+    then trains it on several GPUs (every process must train the same prepared run)."""
     from store.studio_store import Store
     from trainers.dpo_run import CancelController, RunCancelled, execute_run
     from trainers.run_lifecycle import prepare_run
@@ -104,6 +108,10 @@ def run_train(
                 echo(f"run {prepared.run_id}: {prepared.selection.report.describe()}")
                 echo(f"output: {prepared.output_dir}")
                 run_id = prepared.run_id
+                if prepare_only:
+                    echo(f"prepared run {run_id}; train it with: accelerate launch -m trainers.train_cli "
+                         f"--db {store.path} --run-id {run_id}")
+                    return 0
             elif given:
                 raise ValueError(
                     f"{', '.join(flag(k) for k in sorted(given))} cannot change prepared run {run_id}; its settings "
@@ -156,8 +164,9 @@ def make_train_command(
         """Train a LoRA DPO adapter on your preference pairs (prepares a run unless --run-id is given)."""
         run_id = kwargs.pop("run_id")
         resume = kwargs.pop("resume")
+        prepare_only = kwargs.pop("prepare_only")
         db = kwargs.pop("db", None) if with_db_option else (get_db() if get_db else None)
-        code = run_train(db, run_id, resume, kwargs, default_model=default_model)
+        code = run_train(db, run_id, resume, kwargs, default_model=default_model, prepare_only=prepare_only)
         raise typer.Exit(code)
 
     params = [
@@ -165,6 +174,9 @@ def make_train_command(
             int | None, typer.Option("--run-id", help="Train this prepared run (its settings are stored with it).")]),
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option("--resume", help="Continue --run-id from its last checkpoint.")]),
+        inspect.Parameter("prepare_only", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--prepare-only", help="Record the run and stop (then `accelerate launch -m "
+                               "trainers.train_cli --run-id N` trains it on several GPUs).")]),
     ]
     if with_db_option:
         params.append(inspect.Parameter("db", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
