@@ -86,8 +86,12 @@ class TrainScreen(Screen):
         Binding("escape", "back", "Back to chat"),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, prepared=None, on_finished=None) -> None:  # noqa: ANN001
+        """``prepared`` (a trainers PreparedRun) starts that run at once; ``on_finished(run)`` is called
+        when a run this screen follows ends (the exercise opens the comparison from there)."""
         super().__init__()
+        self._prepared = prepared
+        self._on_finished = on_finished
         self.run_id: int | None = None
         self.process: subprocess.Popen | None = None
         self.total_steps: int | None = None
@@ -133,6 +137,9 @@ class TrainScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#start", Button).focus()
         self.set_interval(POLL_SECONDS, self.poll)
+        if self._prepared is not None:
+            self._launch(self._prepared, self._prepared.config)
+            return
         runs = self.app.store.list_runs()
         if runs and runs[0].status in ACTIVE:
             self._follow(runs[0].id, None)
@@ -176,6 +183,9 @@ class TrainScreen(Screen):
         except ValueError as exc:  # RunConfigError / PairSelectionError: user-facing messages
             self._status(f"Cannot start: {exc}", error=True)
             return
+        self._launch(prepared, config)
+
+    def _launch(self, prepared, config: RunConfig) -> None:  # noqa: ANN001
         n_train = len(prepared.selection.train_ids)
         per_epoch = math.ceil(n_train / (config.batch_size * config.grad_accum))
         self.total_steps = config.max_steps or per_epoch * config.epochs
@@ -302,6 +312,8 @@ class TrainScreen(Screen):
             message += f" Adapter: {run.output_dir}"
         self._status(message, error=error)
         self.notify(message, severity="error" if error else "information", timeout=8)
+        if self._on_finished is not None:
+            self._on_finished(run)
 
     def _status(self, text: str, error: bool = False) -> None:
         status = self.query_one("#train-status", Static)
