@@ -11,7 +11,7 @@ import sqlite_utils
 from store.errors import SchemaTooNewError, StoreCorruptError
 from store.transactions import database_file, write_transaction
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _VERSION_KEY = "schema_version"
 
@@ -169,7 +169,62 @@ def _add_evaluations_v2(db: sqlite_utils.Database) -> None:
     db["run_evaluations"].create_index(["run_id", "kind"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_create_v1, _add_evaluations_v2]
+def _add_datasets_v3(db: sqlite_utils.Database) -> None:
+    """Version 3: imported datasets — labelled stance items, test prompts and preference pairs.
+
+    Each item table is unique on (dataset_id, content_hash): the hash covers a record's content, not
+    its id, so importing the same file twice adds nothing and a re-import adds only what is new.
+    """
+    db["datasets"].create(
+        {"id": int, "name": str, "kind": str, "format": str, "source_path": str, "created_at": str},
+        pk="id",
+        not_null=["name", "kind", "format", "created_at"],
+    )
+    db["dataset_stance_items"].create(
+        {
+            "id": int,
+            "dataset_id": int,
+            "item_key": str,
+            "prompt": str,
+            "support": str,
+            "oppose": str,
+            "content_hash": str,
+        },
+        pk="id",
+        not_null=["dataset_id", "item_key", "prompt", "support", "oppose", "content_hash"],
+        foreign_keys=[("dataset_id", "datasets", "id")],
+    )
+    db["dataset_test_prompts"].create(
+        {"id": int, "dataset_id": int, "item_key": str, "prompt": str, "content_hash": str},
+        pk="id",
+        not_null=["dataset_id", "item_key", "prompt", "content_hash"],
+        foreign_keys=[("dataset_id", "datasets", "id")],
+    )
+    db["dataset_pairs"].create(
+        {
+            "id": int,
+            "dataset_id": int,
+            "prompt": str,
+            "chosen": str,
+            "rejected": str,
+            "prompt_messages_json": str,
+            "content_hash": str,
+        },
+        pk="id",
+        not_null=["dataset_id", "prompt", "chosen", "rejected", "content_hash"],
+        foreign_keys=[("dataset_id", "datasets", "id")],
+    )
+    db["datasets"].create_index(["name"], unique=True)
+    # The unique (dataset_id, content_hash) indexes also serve "this dataset's rows" reads.
+    for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pairs"):
+        db[table].create_index(["dataset_id", "content_hash"], unique=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _create_v1,
+    _add_evaluations_v2,
+    _add_datasets_v3,
+]
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"
 

@@ -10,6 +10,7 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from store.database import open_database
+from store.datasets import Datasets
 from store.errors import RecordNotFoundError
 from store.evaluations import Evaluations
 from store.locations import default_db_path
@@ -58,7 +59,7 @@ def _parse_verdict(verdict: Verdict | str) -> Verdict:
         raise ValueError(f"unknown verdict {verdict!r}; expected one of {known}") from None
 
 
-class Store(RunLog, Evaluations):
+class Store(RunLog, Evaluations, Datasets):
     """The studio database: sessions, turns, prompts, candidates, judgements, pairs and runs.
 
     Every write is its own committed transaction (several rows at once commit together or not at

@@ -34,6 +34,15 @@ adapters_app = typer.Typer(help="LoRA adapters of finished runs, for llama.cpp."
 app.add_typer(adapters_app, name="adapters")
 
 
+def _datasets_app() -> typer.Typer:
+    from studio.datasets_command import make_datasets_app
+
+    return make_datasets_app(lambda: settings().db)
+
+
+app.add_typer(_datasets_app(), name="datasets")
+
+
 class _State:
     settings: StudioSettings | None = None
 
@@ -293,6 +302,16 @@ def compare(
     if result.before and result.after:
         typer.echo("")
         typer.echo(_metrics_line(result.before, result.after))
+    if result.stance:
+        typer.echo("")
+        typer.echo(_stance_line(result.stance))
+
+
+def _stance_line(stance: dict) -> str:
+    b, a = stance["before"], stance["after"]
+    return (f"stance metric on {b['n']} held-out labelled item(s): support preferred (logp support > oppose) "
+            f"base {b['support_preferred']}/{b['n']} ({b['share']:.0%}) → tuned {a['support_preferred']}/{a['n']} "
+            f"({a['share']:.0%})")
 
 
 def _metrics_line(before: dict, after: dict) -> str:
@@ -308,7 +327,7 @@ def report(
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file for the samples.")] = None,
 ) -> None:
     """Write a Markdown + HTML report: config, data, curves, before/after metrics, blind votes, samples."""
-    from studio.compare_session import run_comparison, stored_comparison
+    from studio.compare_session import report_columns, run_comparison, stored_comparison
     from studio.comparison import BlindTally
     from studio.report import write_report
 
@@ -321,7 +340,7 @@ def report(
                                         sampling=settings().sampling, prompts_file=prompts, limit=8)
             votes = store.votes(run)
             tally = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in votes) if votes else None
-            before_after = {"base": result.before, "tuned": result.after} if result.before else {}
+            before_after = report_columns(result)
             path = write_report(out, record, store.run_metrics(run), before_after, tally, result.rows)
     typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")
 

@@ -24,6 +24,7 @@ from studio.engine import ChatEngine, SamplingSettings
 from studio.prompt_bank import bundled_banks
 from studio.run_adapters import adapter_name, gguf_adapter_for_run
 from studio.scoring import preference_metrics
+from studio.stance_metric import StanceMetricError, run_exercise_system, run_stance_items, stance_before_after
 
 EVALUATION_KIND = "comparison"
 Progress = Callable[[str, int, int], None]
@@ -39,19 +40,21 @@ class ComparisonResult:
     before: dict | None = None  # held-out preference metrics of the base (raw accuracy, mean margin)
     after: dict | None = None  # of the tuned model, with the base as DPO's reference
     notes: list[str] = field(default_factory=list)
+    stance: dict | None = None  # exercise runs: support share of the held-out items, {"before", "after"}
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "prompts_source": self.prompts_source, "seed": self.seed,
             "rows": [asdict(r) for r in self.rows], "before": self.before, "after": self.after,
-            "notes": self.notes,
+            "notes": self.notes, "stance": self.stance,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ComparisonResult:
         rows = [ComparisonRow(**row) for row in data.get("rows", [])]
         return cls(run_id=data["run_id"], prompts_source=data["prompts_source"], rows=rows, seed=data["seed"],
-                   before=data.get("before"), after=data.get("after"), notes=data.get("notes", []))
+                   before=data.get("before"), after=data.get("after"), notes=data.get("notes", []),
+                   stance=data.get("stance"))
 
 
 def run_comparison(
@@ -75,14 +78,23 @@ def run_comparison(
     name = adapter_name(run)
     engine.load_adapter(name, gguf_adapter_for_run(run, engine.info))
     notes: list[str] = []
+    exercise = bool((run.config or {}).get("support_ratio") is not None)
+    if exercise:
+        # The exercise's own system prompt (short replies) and its test prompts; its held-out items are
+        # scored by the stance metric instead of as pairs.
+        system = run_exercise_system(run)
     try:
-        pairs = heldout_pairs(store, run)
+        pairs = [] if exercise else heldout_pairs(store, run)
     except ComparisonError as exc:
         pairs = []
         notes.append(str(exc))
+    test_prompts = _exercise_test_prompts(store, run) if exercise and prompts_file is None else []
     if prompts_file is not None:
         prompts: list[Any] = list(load_prompts_file(prompts_file))
         source = f"file {Path(prompts_file).name}"
+    elif test_prompts:
+        prompts = test_prompts
+        source = f"the test prompts of '{run.config['dataset']}'"
     elif pairs:
         prompts = list(comparison_prompts(pairs))
         source = "held-out pairs"
@@ -94,6 +106,8 @@ def run_comparison(
         prompts = prompts[:limit]
     result = ComparisonResult(run_id=run_id, prompts_source=source, rows=[], seed=seed, notes=notes)
     try:
+        if with_metrics and exercise:
+            result.stance = _stance(engine, store, run, system, name, progress, notes)
         if with_metrics and pairs:
             beta = float(run.config.get("beta", 0.1))
             result.before, result.after = _heldout_metrics(engine, name, pairs, beta, progress)
@@ -127,6 +141,40 @@ def _heldout_metrics(engine: ChatEngine, name: str, pairs: list, beta: float,
     return before.to_dict(), after.to_dict()
 
 
+def _exercise_test_prompts(store: Any, run: Any) -> list[str]:
+    try:
+        return [p.prompt for p in store.test_prompts(run.config["dataset"])]
+    except (LookupError, ValueError):
+        return []
+
+
+def _stance(engine: ChatEngine, store: Any, run: Any, system: str, name: str, progress: Progress | None,
+            notes: list[str]) -> dict | None:
+    try:
+        items = run_stance_items(store, run)
+    except StanceMetricError as exc:
+        notes.append(str(exc))
+        return None
+    if not items:
+        notes.append("no held-out labelled items (data size is the whole dataset): no stance metric")
+        return None
+    before, after = stance_before_after(
+        engine, items, system, name,
+        on_progress=(lambda done, total: progress("stance metric", done, total)) if progress else None,
+    )
+    return {"before": before.to_dict(), "after": after.to_dict()}
+
+
 def stored_comparison(store: Any, run_id: int) -> ComparisonResult | None:
     data = store.latest_evaluation(run_id, EVALUATION_KIND)
     return ComparisonResult.from_dict(data) if data else None
+
+
+def report_columns(result: ComparisonResult) -> dict[str, dict]:
+    """The report's before/after table: held-out preference metrics and, for exercises, the support share."""
+    columns: dict[str, dict] = {"base": dict(result.before or {}), "tuned": dict(result.after or {})}
+    if result.stance:
+        for column, key in (("base", "before"), ("tuned", "after")):
+            columns[column]["support_share"] = result.stance[key]["share"]
+            columns[column]["stance_items"] = result.stance[key]["n"]
+    return {k: v for k, v in columns.items() if v}

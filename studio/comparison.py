@@ -278,13 +278,15 @@ def _completion_like(pair: PreferencePair) -> PreferencePair:
     return dataclasses.replace(pair, chosen=completion_like(pair.chosen, pair.rejected))
 
 
-def _dataset_pairs(run: Any) -> list[PreferencePair]:
-    from trainers.pair_selection import PairSelectionError, read_dataset_file
+def _dataset_pairs(store: Any, run: Any) -> list[PreferencePair]:
+    from trainers.pair_selection import dataset_file, dataset_pairs
+    from trainers.run_config import RunConfig
 
-    try:
-        rows = read_dataset_file(Path(run.config["dataset"]))
-    except PairSelectionError as exc:
-        raise ComparisonError(f"run {run.id} trained on a dataset file that cannot be read now: {exc}") from exc
+    what = "dataset file" if dataset_file(run.config["dataset"]) is not None else "dataset"
+    try:  # a named stance dataset's pairs depend on the run's exercise settings, hence the whole config
+        rows = dataset_pairs(store, RunConfig.from_dict(run.config))
+    except ValueError as exc:  # PairSelectionError, RunConfigError
+        raise ComparisonError(f"run {run.id} trained on a {what} that cannot be read now: {exc}") from exc
     return [
         PreferencePair(
             pair_id=row.pair_id, prompt=row.prompt, prompt_text=row.prompt, chosen=row.chosen,
@@ -297,8 +299,8 @@ def _dataset_pairs(run: Any) -> list[PreferencePair]:
 def heldout_pairs(store: Any, run: Any) -> list[PreferencePair]:
     """The run's held-out pairs, in the run's order, as the trainer saw them.
 
-    Runs trained on a ``--dataset`` file read that file again; their pairs have ``verdict`` "dataset",
-    ``prompt_text`` equal to the rendered prompt and ``session_id``/``judgement_id`` -1.
+    Runs trained on a ``--dataset`` (a file, or a dataset in the store) read it again; their pairs have
+    ``verdict`` "dataset", ``prompt_text`` equal to the rendered prompt and ``session_id``/``judgement_id`` -1.
     """
     if not run.heldout_ids:
         fraction = (run.config or {}).get("heldout_fraction")
@@ -307,7 +309,7 @@ def heldout_pairs(store: Any, run: Any) -> list[PreferencePair]:
             "--heldout-fraction above 0 and enough pairs, or compare on --prompts FILE"
         )
     if (run.config or {}).get("dataset"):
-        available = _dataset_pairs(run)
+        available = _dataset_pairs(store, run)
     else:
         available = [_completion_like(p) for p in store.pairs(session_id=run.config.get("session_id"))]
     by_id = {p.pair_id: p for p in available}

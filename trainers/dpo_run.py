@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
+from store.run_log import ACTIVE_RUN_STATUSES as ACTIVE
 from trainers.model_source import ModelSourceError
 from trainers.pair_selection import PairSelectionError
 from trainers.run_config import RunConfig, RunConfigError
 from trainers.run_outputs import DiskFullError, RunPaths
-
-ACTIVE = ("queued", "loading", "training")
 
 
 class RunCancelled(BaseException):  # noqa: N818 - a control-flow signal like KeyboardInterrupt

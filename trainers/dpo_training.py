@@ -21,9 +21,9 @@ from trainers.pair_selection import (
     PairSelectionError,
     TrainingPair,
     dataset_hash,
+    dataset_pairs,
     from_store_pairs,
     pairs_by_ids,
-    read_dataset_file,
 )
 from trainers.run_config import RunConfig
 from trainers.run_outputs import RunPaths, publish_output
@@ -32,7 +32,7 @@ from trainers.run_outputs import RunPaths, publish_output
 def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPair], list[TrainingPair]]:
     """The run's recorded train and held-out pairs, checked against its dataset hash."""
     if config.dataset:
-        available = read_dataset_file(Path(config.dataset))
+        available = dataset_pairs(store, config)
     else:
         available = from_store_pairs(store.pairs(session_id=config.session_id))
     train = pairs_by_ids(available, run.pair_ids)

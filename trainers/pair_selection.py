@@ -52,12 +52,21 @@ class SelectionReport:
     train: int = 0
     heldout: int = 0
     too_long: int = 0  # filled in by the trainer once the tokenizer is loaded
+    # A named dataset from the store: name, id, kind; for a stance dataset also the exercise's settings and
+    # counts (data_size, support_ratio, support_preferred, oppose_preferred, heldout_items, shuffle_seed).
+    dataset: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
-        parts = [f"{self.total} pair(s) from {self.source}"]
+        exercise = self.dataset if self.dataset and self.dataset.get("kind") == "stance" else None
+        if exercise:
+            parts = [f"{self.total} item(s) in {self.source}",
+                     f"{exercise['support_preferred']} prefer support and {exercise['oppose_preferred']} prefer "
+                     f"oppose (--support-ratio {exercise['support_ratio']}, --data-size {exercise['data_size']})"]
+        else:
+            parts = [f"{self.total} pair(s) from {self.source}"]
         for label, count in (
             ("tie/both-bad judgement(s) excluded", self.excluded_judgements),
             ("duplicate(s) dropped", self.duplicates),
@@ -138,16 +147,22 @@ def read_dataset_file(path: Path, prompt_format: Any | None = None) -> list[Trai
                 f"{path} line {number} is not a preference row with prompt, chosen and rejected ({exc})"
             ) from exc
         if isinstance(prompt, list):
-            turns = [ChatTurn(m["role"], m["content"]) for m in prompt]
-            system = " ".join(t.content for t in turns if t.role == "system")
-            prompt = fmt.render(system, [t for t in turns if t.role != "system"])
-            chosen, rejected = (fmt.as_completion(_message_text(c)) for c in (chosen, rejected))
+            prompt, chosen, rejected = render_conversation(fmt, prompt, _message_text(chosen), _message_text(rejected))
         if not all(isinstance(v, str) for v in (prompt, chosen, rejected)):
             raise PairSelectionError(f"{path} line {number}: prompt, chosen and rejected must be text")
         digest = hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).hexdigest()[:12]
         out.append(TrainingPair(pair_id=f"{path.stem}:{number}:{digest}", prompt=prompt, chosen=chosen,
                                 rejected=rejected))
     return out
+
+
+def render_conversation(fmt: Any, messages: Sequence[Any], chosen: str, rejected: str) -> tuple[str, str, str]:
+    """A conversational prompt (``[{"role", "content"}]``) rendered with ``fmt``, and the two replies in its
+    completion convention: (prompt, chosen, rejected)."""
+    turns = [ChatTurn(m["role"], m["content"]) for m in messages]
+    system = " ".join(t.content for t in turns if t.role == "system")
+    prompt = fmt.render(system, [t for t in turns if t.role != "system"])
+    return prompt, fmt.as_completion(chosen), fmt.as_completion(rejected)
 
 
 def _message_text(value: Any) -> str:
@@ -228,6 +243,104 @@ def select_from_store(store: Any, *, session_id: int | None, seed: int, heldout_
     pairs = from_store_pairs(store.pairs(session_id=session_id))
     return select_pairs(pairs, seed=seed, heldout_fraction=heldout_fraction, data_size=data_size, source=source,
                         excluded_judgements=excluded)
+
+
+def dataset_file(value: str) -> Path | None:
+    """The JSONL file a ``--dataset`` value names, or None when it names a dataset in the store.
+
+    An existing path is a file; so is an absolute one (``prepare_run`` records files that way, so a run
+    whose file has gone fails as a missing file rather than as an unknown name).
+    """
+    path = Path(value).expanduser()
+    return path if path.exists() or path.is_absolute() else None
+
+
+def find_dataset(store: Any, name: str) -> Any:
+    """The store's dataset record called ``name`` (or with that id); a clear error when there is none."""
+    detail = "this store holds no datasets"
+    getter = getattr(store, "get_dataset", None)
+    if getter is not None:
+        try:
+            return getter(name)
+        except LookupError as exc:  # the store's message lists the names it knows
+            detail = str(exc).rstrip(".")
+    raise PairSelectionError(
+        f"--dataset {name}: no file at that path, and no dataset of that name in the store ({detail}); "
+        "import one with `prefstudio datasets import FILE|DIR`"
+    )
+
+
+def store_dataset_pairs(store: Any, record: Any, prompt_format: Any | None = None) -> list[TrainingPair]:
+    """A preference dataset's pairs for training: text prompts as stored (TRL's standard format, like a
+    JSONL file's), conversational and HH prompts rendered with ``prompt_format`` (default: transcript)."""
+    fmt = prompt_format or TranscriptFormat()
+    conversations = {row["pair_id"]: row for row in store.dataset_pair_messages(record)}
+    out = []
+    for pair in store.dataset_pairs(record):
+        row = conversations.get(pair.pair_id)
+        if row is None:
+            out.append(TrainingPair(pair.pair_id, pair.prompt, pair.chosen, pair.rejected))
+            continue
+        try:
+            prompt, chosen, rejected = render_conversation(fmt, row["prompt_messages"], row["chosen"], row["rejected"])
+        except ValueError as exc:  # a role the prompt format has no place for, a prompt ending in a reply
+            raise PairSelectionError(f"pair {pair.pair_id} of dataset '{record.name}' cannot be rendered: {exc}") \
+                from exc
+        out.append(TrainingPair(pair.pair_id, prompt, chosen, rejected))
+    return out
+
+
+def _check_stance_only(config: Any, what: str) -> None:
+    given = [flag for flag, value in (("--support-ratio", config.support_ratio),
+                                      ("--shuffle-seed", config.shuffle_seed),
+                                      ("--system-prompt", config.system_prompt)) if value is not None]
+    if given:  # refused, not ignored: a student who set a ratio expects it to matter
+        raise PairSelectionError(
+            f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to a labelled-stance dataset "
+            f"(--dataset NAME); {what}"
+        )
+
+
+def select_dataset(store: Any, config: Any) -> PairSelection:
+    """The pairs of ``config.dataset``: a JSONL file, or a named store dataset.
+
+    A labelled-stance dataset gives the exercise's pairs (``trainers.exercise.select_exercise``: the first
+    ``data_size`` items by the support-ratio rule, the following items held out, ``heldout_fraction`` 0 holding
+    none out); a preference dataset gives its pairs, sampled and split like the store's.
+    """
+    path = dataset_file(config.dataset)
+    if path is not None:
+        _check_stance_only(config, f"{path} is a file of preference rows")
+        return select_pairs(read_dataset_file(path), seed=config.seed, heldout_fraction=config.heldout_fraction,
+                            data_size=config.data_size, source=str(path))
+    record = find_dataset(store, config.dataset)
+    info = {"name": record.name, "id": record.id, "kind": record.kind}
+    if record.kind == "stance":
+        from trainers.exercise import select_exercise
+
+        return select_exercise(
+            store.stance_items(record), dataset_name=record.name, dataset_id=record.id, data_size=config.data_size,
+            support_ratio=config.support_ratio, shuffle_seed=config.shuffle_seed, system=config.system_prompt,
+            with_heldout=config.heldout_fraction > 0,
+        )
+    _check_stance_only(config, f"'{record.name}' is a {record.kind} dataset")
+    selection = select_pairs(store_dataset_pairs(store, record), seed=config.seed,
+                             heldout_fraction=config.heldout_fraction, data_size=config.data_size,
+                             source=f"{record.kind} dataset '{record.name}'")
+    selection.report.dataset = info
+    return selection
+
+
+def dataset_pairs(store: Any, config: Any) -> list[TrainingPair]:
+    """Every pair a run on ``config.dataset`` may name (its training and held-out pairs among them)."""
+    path = dataset_file(config.dataset)
+    if path is not None:
+        return read_dataset_file(path)
+    record = find_dataset(store, config.dataset)
+    if record.kind == "stance":
+        selection = select_dataset(store, config)
+        return selection.train + selection.heldout
+    return store_dataset_pairs(store, record)
 
 
 def pairs_by_ids(available: Sequence[TrainingPair], ids: Sequence[str]) -> list[TrainingPair]:

@@ -49,16 +49,36 @@ class RunConfig:
     )
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Train on a JSONL file of TRL preference rows (prompt, chosen, rejected) instead of "
-                  "the store's pairs, e.g. one written by `prefstudio pairs export`."},
+        metadata={"help": "Train on a dataset instead of the store's judged pairs: the NAME of a dataset imported "
+                  "with `prefstudio datasets import`, or a JSONL file of TRL preference rows (prompt, chosen, "
+                  "rejected; an existing path is read as a file)."},
     )
     data_size: int | None = field(
-        default=None, metadata={"help": "Use at most this many pairs (a seeded sample; default: all)."}
+        default=None,
+        metadata={"help": "Use at most this many pairs (a seeded sample; default: all). For a labelled-stance "
+                  "dataset: the first this-many items, as the homework does."},
+    )
+    support_ratio: float | None = field(
+        default=None,
+        metadata={"help": "Labelled-stance datasets only, and required there: share (0-1) of the --data-size "
+                  "training items that prefer the support answer; the first round(data_size x ratio) items "
+                  "(halves up) prefer support, the rest oppose."},
+    )
+    shuffle_seed: int | None = field(
+        default=None,
+        metadata={"help": "Labelled-stance datasets only: shuffle the items with this seed before taking the "
+                  "first --data-size (default: file order, as the homework)."},
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "Labelled-stance datasets only: the system prompt the items are rendered with "
+                  "(default: the exercise's own, which keeps replies under 20 words)."},
     )
     heldout_fraction: float = field(
         default=0.1,
         metadata={"help": "Fraction of pairs held out of training and evaluated at the end (seeded split; "
-                  "0 keeps all for training)."},
+                  "0 keeps all for training). A labelled-stance dataset holds out the items after --data-size "
+                  "instead (at most 100); 0 holds none out there too."},
     )
     max_length: int = field(
         default=256,
@@ -141,6 +161,8 @@ class RunConfig:
             (self.threads is None or self.threads >= 1, "threads", "must be 1 or more"),
             (self.data_size is None or self.data_size >= 1, "data_size", "must be 1 or more"),
             (0 <= self.heldout_fraction < 0.5, "heldout_fraction", "must be in [0, 0.5)"),
+            (self.support_ratio is None or 0 <= self.support_ratio <= 1, "support_ratio",
+             "must be between 0 and 1 (e.g. 0.1: the first 10 % of the items prefer support)"),
             (self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}"),
             (self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}"),
             (self.save_steps >= 1, "save_steps", "must be 1 or more"),

@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainers.pair_selection import PairSelection, read_dataset_file, select_from_store, select_pairs
+from store.run_log import ACTIVE_RUN_STATUSES
+from trainers.pair_selection import PairSelection, dataset_file, select_dataset, select_from_store
 from trainers.run_config import RunConfig, RunConfigError
 from trainers.run_outputs import RunPaths, unique_output_dir
 
-ACTIVE = ("queued", "loading", "training")
+ACTIVE = ACTIVE_RUN_STATUSES  # statuses of a run whose process should be alive
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,12 @@ class PreparedRun:
 
 
 def select_for_config(store: Any, config: RunConfig) -> PairSelection:
-    """The pairs ``config`` asks for (a dataset file, one session, or every pair), cleaned and split."""
+    """The pairs ``config`` asks for (a dataset by name or file, one session, or every pair), cleaned and split."""
     if config.dataset:
-        path = Path(config.dataset).expanduser()
-        return select_pairs(read_dataset_file(path), seed=config.seed, heldout_fraction=config.heldout_fraction,
-                            data_size=config.data_size, source=str(path))
+        return select_dataset(store, config)
+    if config.support_ratio is not None:
+        raise RunConfigError("--support-ratio needs --dataset NAME, a labelled-stance dataset in the store "
+                             "(e.g. one imported from assets/exercises/)")
     return select_from_store(store, session_id=config.session_id, seed=config.seed,
                              heldout_fraction=config.heldout_fraction, data_size=config.data_size)
 
@@ -69,7 +71,9 @@ def prepare_run(
     model = Path(model).expanduser().resolve()
     if not model.exists():
         raise RunConfigError(f"model to train not found: {model}")
-    dataset = str(Path(config.dataset).expanduser().resolve()) if config.dataset else None
+    dataset = config.dataset
+    if dataset and dataset_file(dataset) is not None:  # a file is recorded by its absolute path; a name as given
+        dataset = str(dataset_file(dataset).resolve())
     config = config.replace(train_model=str(model), dataset=dataset)
     selection = select_for_config(store, config)
     if runs_root is None:

@@ -27,6 +27,7 @@ class PreferenceStudioApp(App[None]):
         Binding("f5", "train", "Train"),
         Binding("f6", "compare", "Compare"),
         Binding("f7", "cycle_adapter", "Adapter"),
+        Binding("f8", "exercise", "Exercise"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -87,6 +88,12 @@ class PreferenceStudioApp(App[None]):
 
         if not isinstance(self.screen, TrainScreen):
             self.push_screen(TrainScreen())
+
+    def action_exercise(self) -> None:
+        from studio.tui.screens.exercise import ExerciseScreen
+
+        if not isinstance(self.screen, ExerciseScreen):
+            self.push_screen(ExerciseScreen())
 
     def action_compare(self, run_id: int | None = None) -> None:
         from studio.run_adapters import usable_runs
@@ -153,6 +160,8 @@ class PreferenceStudioApp(App[None]):
                             self.action_new_session)
         yield SystemCommand("Train a LoRA adapter with DPO", "Open the train screen (F5)", self.action_train)
         yield SystemCommand("Compare the newest run with the base", "Side by side, blind (F6)", self.action_compare)
+        yield SystemCommand("DPO exercise", "Labelled stance data, support ratio, data size, epochs (F8)",
+                            self.action_exercise)
         yield SystemCommand("Switch adapter", "Base → newest run → … (F7)", self.action_cycle_adapter)
         yield SystemCommand("Regenerate candidates", "New seeds for the prompt being judged",
                             lambda: self.chat.handle_judge_action(self.chat.query_one("#judge-bar").Action("regenerate")))

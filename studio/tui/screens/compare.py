@@ -18,7 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from studio.compare_session import ComparisonResult, run_comparison, stored_comparison
+from studio.compare_session import ComparisonResult, report_columns, run_comparison, stored_comparison
 from studio.comparison import BlindTally, blind_order
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
@@ -127,6 +127,11 @@ class CompareScreen(Screen):
 
     def _metrics_text(self) -> str:
         r = self.result
+        if r and r.stance:
+            b, a = r.stance["before"], r.stance["after"]
+            return (f"Stance metric on {b['n']} held-out labelled items (support answer more likely than oppose): "
+                    f"base {b['support_preferred']}/{b['n']} ({b['share']:.0%}) → tuned "
+                    f"{a['support_preferred']}/{a['n']} ({a['share']:.0%})")
         if not r or not r.before or not r.after:
             return "No held-out pairs in this run: no automatic metrics (votes still count)."
         b, a = r.before, r.after
@@ -200,7 +205,7 @@ class CompareScreen(Screen):
         result = self.result
         votes = store.votes(self.run_id)
         tally = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in votes) if votes else None
-        before_after = {"base": result.before, "tuned": result.after} if result and result.before else {}
+        before_after = report_columns(result) if result else {}
         try:
             path = write_report(Path(run.output_dir) / "report", run, store.run_metrics(self.run_id), before_after,
                                 tally, result.rows if result else [])

@@ -167,7 +167,8 @@ class TrainScreen(Screen):
         scope = self.query_one("#cfg-scope", Select).value
         values["session_id"] = self.app.chat.session_id if scope == "session" else None
         base = self._base_config()
-        return base.replace(**values, train_model=None, dataset=None, max_steps=None)
+        return base.replace(**values, train_model=None, dataset=None, max_steps=None, support_ratio=None,
+                            shuffle_seed=None, system_prompt=None)  # the exercise's settings stay with it
 
     # --- actions ---
 

@@ -1,0 +1,92 @@
+"""Importing a dataset file or folder into the store: find the data, recognise it, store it in one go.
+
+`import_dataset` is the one entry point the CLI and the TUI call. A folder is either one written by
+`datasets`' `save_to_disk`, or a folder holding one data file and, optionally, a companion test-prompt
+file (a name with "test" in it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from itertools import chain
+from pathlib import Path
+
+from store.dataset_files import DATA_SUFFIXES, DatasetImportError, is_hf_dir, iter_records, sniff_container
+from store.dataset_formats import SchemaReader, companion_prompt_rows, detect_schema, kind_of, parse_format
+from store.datasets import ImportReport
+from store.studio_store import Store
+
+
+def find_data_files(folder: Path) -> tuple[Path, Path | None]:
+    """The data file and the companion test-prompt file (or None) of a folder of JSON/parquet files."""
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.suffix.lower() in DATA_SUFFIXES and not p.name.startswith("."))
+    tests = [p for p in files if "test" in p.stem.lower()]
+    data = [p for p in files if p not in tests]
+    if not data:
+        found = f" (only {', '.join(p.name for p in tests)})" if tests else ""
+        raise DatasetImportError(
+            f"{folder} holds no data file (.json, .jsonl or .parquet){found}: import a FILE, or a folder "
+            "written by datasets' save_to_disk."
+        )
+    if len(data) > 1 or len(tests) > 1:
+        names = ", ".join(p.name for p in files)
+        raise DatasetImportError(
+            f"{folder} holds several data files ({names}): import one FILE at a time (with --name and "
+            "--test-prompts)."
+        )
+    return data[0], tests[0] if tests else None
+
+
+def default_name(path: Path) -> str:
+    """The dataset name an import gets without --name: the file's stem, or the folder's name."""
+    return path.name if path.is_dir() else path.stem
+
+
+def import_dataset(
+    store: Store,
+    path: Path,
+    name: str | None = None,
+    fmt: str | None = None,
+    test_prompts_path: Path | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import `path` (a file or folder) into dataset `name` and report what was stored.
+
+    `fmt` forces a schema (stance-json, trl-standard, trl-conversational, hh), a file type (json, jsonl,
+    parquet, hf-dir), or both ("hh,jsonl"); anything not forced is detected. The file is streamed into
+    one transaction: any bad record rolls the whole import back and raises DatasetImportError naming
+    the file and the records. `on_progress` gets the number of records read so far.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetImportError(f"{path}: no such file or folder.")
+    choice = parse_format(fmt)
+    source = path
+    if path.is_dir() and choice.container != "hf-dir" and not is_hf_dir(path):
+        source, found_tests = find_data_files(path)
+        test_prompts_path = test_prompts_path or found_tests
+    if choice.container == "hf-dir" and not path.is_dir():
+        raise DatasetImportError(f"{path}: --format hf-dir needs a folder written by save_to_disk.")
+    container = choice.container or sniff_container(source)
+    records = iter_records(source, container)
+    first = next(records)  # every reader raises a DatasetImportError for a file without records
+    schema = choice.schema or detect_schema(source, *first)
+    reader = SchemaReader(source, schema, auto=choice.schema is None)
+    rows = reader.rows(chain([first], records))
+    tests = None
+    if test_prompts_path is not None:
+        test_path = Path(test_prompts_path).expanduser()
+        if not test_path.exists():
+            raise DatasetImportError(f"{test_path}: no such test-prompt file.")
+        tests = companion_prompt_rows(test_path, iter_records(test_path, sniff_container(test_path)))
+    kind = kind_of(schema)
+    report = store.import_records(
+        name or default_name(path), kind, schema, path.resolve(),
+        stance_items=rows if kind == "stance" else None,
+        pairs=rows if kind == "preference" else None,
+        test_prompts=tests,
+        on_progress=on_progress,
+    )
+    return replace(report, n_skipped=reader.n_skipped, skipped=tuple(reader.skipped))

@@ -1,0 +1,394 @@
+"""Imported datasets in the store: labelled stance items, test prompts and preference pairs.
+
+A mixin of `Store` (like `RunLog`). Rows are deduplicated by a content hash — sha256 of a canonical JSON
+of the record's content, never its id — so importing a file twice adds nothing and a re-import into the
+same dataset adds only the new records. An import is one transaction: it is stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from itertools import islice
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import sqlite_utils
+
+from store.dataset_files import DatasetImportError
+from store.dataset_formats import KINDS
+from store.errors import RecordNotFoundError
+from store.pairs import PreferencePair
+from store.transactions import serialized, utc_now, write_transaction
+
+_INSERT_BATCH = 1000
+DATASET_VERDICT = "dataset"
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """One imported dataset and how much it holds (items are stance items or pairs, by kind)."""
+
+    id: int
+    name: str
+    kind: str  # 'stance' | 'preference'
+    format: str  # the schema it was read as: stance-json, trl-standard, trl-conversational, hh
+    source_path: str | None
+    created_at: str
+    n_items: int
+    n_test_prompts: int
+
+
+@dataclass(frozen=True)
+class StanceItem:
+    """A labelled item of the DPO homework schema: a prompt with a support and an oppose answer."""
+
+    id: int
+    item_key: str  # the record's own id, as text
+    prompt: str
+    support: str
+    oppose: str
+
+
+@dataclass(frozen=True)
+class TestPrompt:
+    """A prompt to compare answers on before and after training."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    item_key: str
+    prompt: str
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did: records read, stored and already present."""
+
+    dataset_id: int
+    name: str
+    kind: str
+    format: str
+    n_read: int
+    n_added: int
+    n_duplicates: int
+    n_test_prompts: int  # test prompts stored by this import
+    n_test_duplicates: int = 0
+    n_skipped: int = 0  # pairs whose chosen equals rejected
+    skipped: tuple[str, ...] = field(default_factory=tuple)  # where the first skipped ones were
+
+    def describe(self) -> str:
+        """One line for the user, e.g. "stored 50 items (0 duplicates) in dataset 'x' (stance)"."""
+        unit = "items" if self.kind == "stance" else "pairs"
+        text = f"stored {self.n_added} {unit} ({self.n_duplicates} duplicates) in dataset '{self.name}' ({self.kind})"
+        if self.n_test_prompts or self.n_test_duplicates:
+            text += f", and {self.n_test_prompts} test prompts ({self.n_test_duplicates} duplicates)"
+        if self.n_skipped:
+            shown = ", ".join(self.skipped)
+            more = ", …" if self.n_skipped > len(self.skipped) else ""
+            text += f"; skipped {self.n_skipped} with chosen equal to rejected ({shown}{more})"
+        return text
+
+
+class ExportPair(NamedTuple):
+    """A pair as export writes it; `prompt_messages` is set for pairs imported as conversations.
+
+    A NamedTuple rather than a frozen dataclass: exports build one per row, and a frozen dataclass's
+    __init__ costs several times a tuple's.
+    """
+
+    pair_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    prompt_messages: list[dict[str, str]] | None = None
+
+    def to_standard(self) -> dict[str, str]:
+        """TRL's standard preference row: prompt, chosen and rejected strings."""
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+
+    def to_conversational(self) -> dict[str, list[dict[str, str]]]:
+        """TRL's conversational preference row: the prompt messages and one assistant reply each."""
+        prompt = self.prompt_messages or [{"role": "user", "content": self.prompt}]
+        return {"prompt": prompt, "chosen": [{"role": "assistant", "content": self.chosen}],
+                "rejected": [{"role": "assistant", "content": self.rejected}]}
+
+
+_canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+
+def content_hash(content: list[Any]) -> str:
+    """sha256 of the canonical JSON of a record's content (sorted keys, no spaces, UTF-8)."""
+    return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
+
+
+def _text_hash(tag: str, *texts: str) -> str:
+    # The same bytes as content_hash([tag, *texts]), built from the C string encoder: imports hash
+    # every record, and json.dumps' generic path is most of an import's Python time.
+    body = ",".join(map(encode_basestring, (tag, *texts)))
+    return hashlib.sha256(f"[{body}]".encode()).hexdigest()
+
+
+def _stance_values(dataset_id: int, row: dict[str, Any]) -> tuple:
+    digest = _text_hash("stance", row["prompt"], row["support"], row["oppose"])
+    return (dataset_id, row["item_key"], row["prompt"], row["support"], row["oppose"], digest)
+
+
+def _test_values(dataset_id: int, row: dict[str, Any]) -> tuple:
+    return (dataset_id, row["item_key"], row["prompt"], _text_hash("test", row["prompt"]))
+
+
+def _pair_values(dataset_id: int, row: dict[str, Any]) -> tuple:
+    messages = row.get("prompt_messages")
+    if messages is not None:
+        digest = content_hash(["messages", messages, row["chosen"], row["rejected"]])
+        messages_json = json.dumps(messages, ensure_ascii=False)
+    else:
+        digest = _text_hash("pair", row["prompt"], row["chosen"], row["rejected"])
+        messages_json = None
+    return (dataset_id, row["prompt"], row["chosen"], row["rejected"], messages_json, digest)
+
+
+_INSERTS = {
+    "stance": ("INSERT OR IGNORE INTO dataset_stance_items "
+               "(dataset_id, item_key, prompt, support, oppose, content_hash) VALUES (?, ?, ?, ?, ?, ?)",
+               _stance_values),
+    "test": ("INSERT OR IGNORE INTO dataset_test_prompts (dataset_id, item_key, prompt, content_hash) "
+             "VALUES (?, ?, ?, ?)", _test_values),
+    "pairs": ("INSERT OR IGNORE INTO dataset_pairs "
+              "(dataset_id, prompt, chosen, rejected, prompt_messages_json, content_hash) "
+              "VALUES (?, ?, ?, ?, ?, ?)", _pair_values),
+}
+
+_DATASETS_SQL = """
+SELECT d.*,
+  CASE d.kind WHEN 'stance' THEN (SELECT COUNT(*) FROM dataset_stance_items s WHERE s.dataset_id = d.id)
+              ELSE (SELECT COUNT(*) FROM dataset_pairs p WHERE p.dataset_id = d.id) END AS n_items,
+  (SELECT COUNT(*) FROM dataset_test_prompts t WHERE t.dataset_id = d.id) AS n_test_prompts
+FROM datasets d
+"""
+
+class Datasets:
+    """The dataset methods of `Store`."""
+
+    db: sqlite_utils.Database
+    path: Path
+    _lock: threading.RLock
+
+    # Writing
+
+    @serialized
+    def import_records(
+        self,
+        name: str,
+        kind: str,
+        fmt: str,
+        source_path: str | Path | None,
+        stance_items: Iterable[dict[str, Any]] | None = None,
+        test_prompts: Iterable[dict[str, Any]] | None = None,
+        pairs: Iterable[dict[str, Any]] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> ImportReport:
+        """Store rows into dataset `name` (created if new) in one transaction, and say what was added.
+
+        Rows are dicts: stance items {item_key, prompt, support, oppose}; test prompts {item_key,
+        prompt}; pairs {prompt, chosen, rejected, prompt_messages (a message list or None)}. The
+        iterables are consumed inside the transaction, so an error they raise (a bad record found late
+        in a file) rolls back everything, the dataset row included. `on_progress` gets the number of
+        records read so far after each batch.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if not name or not name.strip():
+            raise DatasetImportError("a dataset needs a name")
+        if (kind == "stance" and pairs is not None) or (kind == "preference" and stance_items is not None):
+            raise ValueError(f"a {kind} dataset takes {'stance items' if kind == 'stance' else 'pairs'}")
+        with _large_cache(self.db), write_transaction(self.db):
+            dataset_id = self._dataset_for_import(name, kind, fmt, source_path)
+            items = stance_items if kind == "stance" else pairs
+            n_read, n_added = self._insert_rows("stance" if kind == "stance" else "pairs", dataset_id,
+                                                items or (), on_progress)
+            n_test, n_test_added = self._insert_rows("test", dataset_id, test_prompts or (), None)
+        return ImportReport(
+            dataset_id=dataset_id, name=name, kind=kind, format=fmt, n_read=n_read, n_added=n_added,
+            n_duplicates=n_read - n_added, n_test_prompts=n_test_added, n_test_duplicates=n_test - n_test_added,
+        )
+
+    def _dataset_for_import(self, name: str, kind: str, fmt: str, source_path: str | Path | None) -> int:
+        row = self.db.execute("SELECT id, kind FROM datasets WHERE name = ?", [name]).fetchone()
+        if row is not None:
+            if row[1] != kind:
+                raise DatasetImportError(
+                    f"dataset '{name}' holds {row[1]} data and this import is {kind} data: choose another "
+                    "--name."
+                )
+            return row[0]
+        return self.db["datasets"].insert({
+            "name": name, "kind": kind, "format": fmt,
+            "source_path": str(source_path) if source_path is not None else None, "created_at": utc_now(),
+        }).last_pk
+
+    def _insert_rows(self, table: str, dataset_id: int, rows: Iterable[dict[str, Any]],
+                     on_progress: Callable[[int], None] | None) -> tuple[int, int]:
+        sql, values = _INSERTS[table]
+        conn = self.db.conn
+        before = conn.total_changes
+        n_read = 0
+        iterator: Iterator[dict[str, Any]] = iter(rows)
+        while batch := [values(dataset_id, row) for row in islice(iterator, _INSERT_BATCH)]:
+            conn.executemany(sql, batch)
+            n_read += len(batch)
+            if on_progress is not None:
+                on_progress(n_read)
+        return n_read, conn.total_changes - before
+
+    # Reading
+
+    @serialized
+    def list_datasets(self) -> list[DatasetRecord]:
+        """Every imported dataset, oldest first."""
+        return [_dataset_record(row) for row in self.db.query(_DATASETS_SQL + " ORDER BY d.id")]
+
+    @serialized
+    def get_dataset(self, name_or_id: DatasetRecord | str | int) -> DatasetRecord:
+        """The dataset with this name (or id); RecordNotFoundError listing the known names otherwise."""
+        if isinstance(name_or_id, DatasetRecord):
+            name_or_id = name_or_id.id
+        rows = []
+        if isinstance(name_or_id, str):
+            rows = list(self.db.query(_DATASETS_SQL + " WHERE d.name = ?", [name_or_id]))
+            if not rows and name_or_id.strip().isdigit():
+                name_or_id = int(name_or_id)
+        if not rows and isinstance(name_or_id, int):
+            rows = list(self.db.query(_DATASETS_SQL + " WHERE d.id = ?", [name_or_id]))
+        if rows:
+            return _dataset_record(rows[0])
+        names = [row[0] for row in self.db.execute("SELECT name FROM datasets ORDER BY id")]
+        known = (f"known: {', '.join(names)}" if names
+                 else "none imported yet: import one with `prefstudio datasets import FILE`")
+        raise RecordNotFoundError(f"No dataset {name_or_id!r} in {self.path} ({known}).")
+
+    @serialized
+    def stance_items(self, dataset: DatasetRecord | str | int) -> list[StanceItem]:
+        """A stance dataset's labelled items in file order."""
+        record = self._dataset_of_kind(dataset, "stance")
+        rows = self.db.execute(
+            "SELECT id, item_key, prompt, support, oppose FROM dataset_stance_items WHERE dataset_id = ? "
+            "ORDER BY id", [record.id])
+        return [StanceItem(*row) for row in rows]
+
+    @serialized
+    def test_prompts(self, dataset: DatasetRecord | str | int) -> list[TestPrompt]:
+        """A dataset's test prompts in file order (empty when it was imported without them)."""
+        record = self.get_dataset(dataset)
+        rows = self.db.execute(
+            "SELECT item_key, prompt FROM dataset_test_prompts WHERE dataset_id = ? ORDER BY id", [record.id])
+        return [TestPrompt(*row) for row in rows]
+
+    @serialized
+    def dataset_pairs(self, dataset: DatasetRecord | str | int) -> list[PreferencePair]:
+        """A preference dataset's pairs in file order, as `PreferencePair`s.
+
+        pair_id is f"d{row id}", verdict 'dataset', session_id and judgement_id -1, and `prompt` the
+        prompt as stored (for conversational and HH records a readable flattening of the messages;
+        `dataset_pair_messages` gives the messages to render). A stance dataset raises ValueError: its
+        pairs depend on the exercise's support ratio.
+        """
+        record = self._dataset_of_kind(dataset, "preference")
+        rows = self.db.execute(
+            "SELECT id, prompt, chosen, rejected FROM dataset_pairs WHERE dataset_id = ? ORDER BY id",
+            [record.id])
+        return [
+            PreferencePair(pair_id=f"d{row_id}", prompt=prompt, prompt_text=prompt, chosen=chosen,
+                           rejected=rejected, session_id=-1, judgement_id=-1, verdict=DATASET_VERDICT,
+                           created_at=record.created_at)
+            for row_id, prompt, chosen, rejected in rows
+        ]
+
+    @serialized
+    def dataset_pair_messages(self, dataset: DatasetRecord | str | int) -> list[dict[str, Any]]:
+        """The conversational pairs of a dataset, raw: {pair_id, prompt_messages, chosen, rejected}.
+
+        `prompt_messages` is the [{role, content}] list as imported; chosen and rejected are the reply
+        texts. Pairs imported as plain text are not included.
+        """
+        record = self._dataset_of_kind(dataset, "preference")
+        rows = self.db.execute(
+            "SELECT id, prompt_messages_json, chosen, rejected FROM dataset_pairs "
+            "WHERE dataset_id = ? AND prompt_messages_json IS NOT NULL ORDER BY id", [record.id])
+        return [{"pair_id": f"d{row_id}", "prompt_messages": json.loads(messages), "chosen": chosen,
+                 "rejected": rejected} for row_id, messages, chosen, rejected in rows]
+
+    @serialized
+    def dataset_pairs_by_row_ids(self, row_ids: Iterable[int]) -> list[ExportPair]:
+        """Dataset pairs by row id (pair ids "d<id>", as a run's held-out ids name them), in id order."""
+        wanted = sorted(set(row_ids))
+        found: list[ExportPair] = []
+        for start in range(0, len(wanted), 500):  # SQLite caps the number of bound parameters
+            chunk = wanted[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT id, prompt, chosen, rejected, prompt_messages_json FROM dataset_pairs "
+                f"WHERE id IN ({', '.join('?' * len(chunk))}) ORDER BY id", chunk)
+            found.extend(
+                ExportPair(f"d{row_id}", prompt, chosen, rejected,
+                               json.loads(messages) if messages is not None else None)
+                for row_id, prompt, chosen, rejected, messages in rows
+            )
+        return found
+
+    def iter_dataset_pairs(self, dataset_id: int, batch: int = 2000) -> Iterator[ExportPair]:
+        """Stream a preference dataset's pairs in file order, a page at a time under the lock.
+
+        An export of 100k pairs never holds them all, and never holds the lock between pages.
+        """
+        with self._lock:
+            first = self.db.execute("SELECT MIN(id) FROM dataset_pairs WHERE dataset_id = ?",
+                                    [dataset_id]).fetchone()[0]
+        if first is None:
+            return
+        last = first - 1
+        while True:
+            # NOT INDEXED: walk the rowid from where the last page ended. Through the (dataset_id,
+            # content_hash) index every page would sort the whole dataset again.
+            with self._lock:
+                rows = self.db.execute(
+                    "SELECT id, prompt, chosen, rejected, prompt_messages_json FROM dataset_pairs NOT INDEXED "
+                    "WHERE id > ? AND dataset_id = ? ORDER BY id LIMIT ?", [last, dataset_id, batch]).fetchall()
+            if not rows:
+                return
+            for row_id, prompt, chosen, rejected, messages in rows:
+                yield ExportPair(f"d{row_id}", prompt, chosen, rejected,
+                                 json.loads(messages) if messages is not None else None)
+            last = rows[-1][0]
+
+    def _dataset_of_kind(self, dataset: DatasetRecord | str | int, kind: str) -> DatasetRecord:
+        record = self.get_dataset(dataset)
+        if record.kind != kind:
+            hint = ("its pairs come from the exercise's support ratio: use stance_items"
+                    if record.kind == "stance" else "it holds preference pairs: use dataset_pairs")
+            raise ValueError(f"dataset '{record.name}' is a {record.kind} dataset, not {kind} ({hint}).")
+        return record
+
+
+@contextmanager
+def _large_cache(db: sqlite_utils.Database, kib: int = 65536) -> Iterator[None]:
+    """A bigger page cache while importing: inserts land at random places in the content-hash index,
+    and with the default 2 MB cache a large import spills pages to the WAL over and over."""
+    previous = db.execute("PRAGMA cache_size").fetchone()[0]
+    db.execute(f"PRAGMA cache_size = {-int(kib)}")
+    try:
+        yield
+    finally:
+        db.execute(f"PRAGMA cache_size = {int(previous)}")
+
+
+def _dataset_record(row: dict[str, Any]) -> DatasetRecord:
+    return DatasetRecord(
+        id=row["id"], name=row["name"], kind=row["kind"], format=row["format"],
+        source_path=row["source_path"], created_at=row["created_at"], n_items=row["n_items"],
+        n_test_prompts=row["n_test_prompts"],
+    )

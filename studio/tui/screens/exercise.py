@@ -1,0 +1,156 @@
+"""Exercise mode: the DPO homework in the studio.
+
+Pick a labelled-stance dataset (prompt / support / oppose), set data size, support ratio and epochs; the
+preview shows each training pair, its position and the preferred side (the first
+``support_count(data_size, support_ratio)`` prefer support, the rest oppose). ``ctrl+s`` trains with the
+regular trainer; when the run ends, the comparison opens on the dataset's test prompts with the stance
+metric before and after.
+"""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Label, Select, Static, TextArea
+
+from store.dataset_import import import_dataset
+from studio.assets import assets_dir
+from trainers.exercise import EXERCISE_SYSTEM_PROMPT, build_exercise_pairs
+from trainers.pair_selection import PairSelectionError
+from trainers.run_config import RunConfig
+
+DEFAULTS = {"data_size": "50", "support_ratio": "0.1", "epochs": "1", "shuffle_seed": "0"}
+
+
+def import_bundled_exercises(store) -> list[str]:  # noqa: ANN001
+    """Import every exercise under assets/exercises/ (content hashes make a repeat a no-op)."""
+    names = []
+    for folder in sorted((assets_dir() / "exercises").iterdir()):
+        if folder.is_dir():
+            names.append(import_dataset(store, folder).name)
+    return names
+
+
+class ExerciseScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+s", "train", "Train", priority=True),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="exercise-body"):
+            with Vertical(id="exercise-form"):
+                yield Label("DPO exercise", classes="dialog-title")
+                yield Select([], id="ex-dataset", prompt="labelled-stance dataset")
+                with Grid(id="exercise-grid"):
+                    for name, label in (("data_size", "data size"), ("support_ratio", "support ratio"),
+                                        ("epochs", "epochs"), ("shuffle_seed", "shuffle seed")):
+                        yield Label(label, classes="form-label")
+                        yield Input(DEFAULTS[name], id=f"ex-{name}")
+                yield Checkbox("shuffle before taking the first items", value=False, id="ex-shuffle")
+                yield Label("system prompt (keeps replies short)", classes="form-label")
+                yield TextArea(EXERCISE_SYSTEM_PROMPT, id="ex-system", soft_wrap=True)
+                yield Static("", id="ex-status")
+            with Vertical(id="exercise-preview"):
+                yield Static("", id="ex-summary")
+                yield DataTable(id="ex-table", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        store = self.app.store
+        if not [d for d in store.list_datasets() if d.kind == "stance"]:
+            try:
+                import_bundled_exercises(store)
+            except ValueError as exc:
+                self._status(f"The bundled exercise could not be imported: {exc}", error=True)
+        stance = [d for d in store.list_datasets() if d.kind == "stance"]
+        select = self.query_one("#ex-dataset", Select)
+        select.set_options([(f"{d.name} ({d.n_items} items, {d.n_test_prompts} test prompts)", d.name)
+                            for d in stance])
+        if stance:
+            select.value = stance[0].name
+        table = self.query_one("#ex-table", DataTable)
+        table.add_columns("#", "item", "prefers", "prompt", "chosen", "rejected")
+        self.refresh_preview()
+
+    # --- the form ---
+
+    def settings(self) -> dict:
+        """The form's values, parsed; raises ValueError naming the field."""
+        def number(name: str, kind: type):  # noqa: ANN202
+            text = self.query_one(f"#ex-{name}", Input).value.strip()
+            try:
+                return kind(text)
+            except ValueError:
+                raise ValueError(f"{name.replace('_', ' ')}: {text!r} is not a {kind.__name__}") from None
+
+        dataset = self.query_one("#ex-dataset", Select).value
+        if dataset is Select.BLANK:
+            raise ValueError("choose a labelled-stance dataset (import one with `prefstudio datasets import`)")
+        shuffle = self.query_one("#ex-shuffle", Checkbox).value
+        return {
+            "dataset": dataset,
+            "data_size": number("data_size", int),
+            "support_ratio": number("support_ratio", float),
+            "epochs": number("epochs", int),
+            "shuffle_seed": number("shuffle_seed", int) if shuffle else None,
+            "system_prompt": self.query_one("#ex-system", TextArea).text.strip() or EXERCISE_SYSTEM_PROMPT,
+        }
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    @on(Checkbox.Changed)
+    def refresh_preview(self) -> None:
+        table = self.query_one("#ex-table", DataTable)
+        table.clear()
+        try:
+            s = self.settings()
+            items = self.app.store.stance_items(s["dataset"])
+            pairs = build_exercise_pairs(items, s["data_size"], s["support_ratio"], s["shuffle_seed"],
+                                         system=s["system_prompt"], dataset_name=s["dataset"])
+        except (ValueError, PairSelectionError) as exc:
+            self._status(str(exc), error=True)
+            self.query_one("#ex-summary", Static).update("")
+            return
+        for pair in pairs:
+            table.add_row(str(pair.position + 1), pair.item_key, pair.prefers, pair.prompt_text,
+                          pair.chosen.strip(), pair.rejected.strip())
+        n_support = sum(p.prefers == "support" for p in pairs)
+        self.query_one("#ex-summary", Static).update(
+            f"{len(pairs)} training pairs: {n_support} prefer support, {len(pairs) - n_support} prefer oppose "
+            f"· {len(items) - len(pairs)} items left for the stance metric")
+        self._status("ctrl+s trains; the comparison on the test prompts opens when it ends.")
+
+    def _status(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#ex-status", Static)
+        status.update(text)
+        status.set_class(error, "error-text")
+
+    # --- actions ---
+
+    def action_train(self) -> None:
+        from studio.tui.screens.train import TrainScreen
+        from trainers.run_lifecycle import prepare_run
+
+        try:
+            s = self.settings()
+            config = RunConfig(**s)
+            settings = self.app.settings
+            prepared = prepare_run(self.app.store, config, model_path=settings.train_model or settings.model)
+        except (ValueError, PairSelectionError) as exc:
+            self._status(f"Cannot start: {exc}", error=True)
+            return
+        self.app.push_screen(TrainScreen(prepared=prepared, on_finished=self._open_comparison))
+
+    def _open_comparison(self, run) -> None:  # noqa: ANN001
+        from studio.tui.screens.compare import CompareScreen
+
+        if run.status in ("done", "cancelled"):
+            self.app.push_screen(CompareScreen(run.id, fresh=True))
+
+    def action_back(self) -> None:
+        self.app.pop_screen()

@@ -1,0 +1,224 @@
+"""Exporting pairs in TRL's formats from real SQLite: round trips, sources, filters, atomic writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from store import Store
+from store.dataset_export import (
+    dataset_export_pairs,
+    heldout_export_pairs,
+    judged_export_pairs,
+    sibling_path,
+    write_pairs,
+)
+from store.dataset_import import import_dataset
+from store.datasets import ExportPair
+from studio.datasets_command import make_datasets_app
+
+FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
+SHA = "0" * 64
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "studio.db"
+
+
+@pytest.fixture
+def store(db_path: Path):
+    with Store.open(db_path) as opened:
+        yield opened
+
+
+def triples(store: Store, dataset: str) -> list[tuple[str, str, str]]:
+    return [(p.prompt, p.chosen, p.rejected) for p in store.dataset_pairs(dataset)]
+
+
+def judge(store: Store, session_id: int, verdict: str, texts=("reply A", "reply B"), edited=None) -> int:
+    prompt_id = store.add_prompt(session_id, f"question {verdict}", [])
+    ids = [store.add_candidate(prompt_id, slot, text, f"rendered {prompt_id}", "gemma", SHA, {}, slot)
+           for slot, text in enumerate(texts)]
+    if verdict in ("a", "b"):
+        chosen, rejected = (ids[0], ids[1]) if verdict == "a" else (ids[1], ids[0])
+        return store.record_judgement(prompt_id, verdict, chosen, rejected)
+    return store.record_judgement(prompt_id, verdict, edited_text=edited)
+
+
+def set_judged_at(store: Store, judgement_id: int, when: str) -> None:
+    with store.db.conn:
+        store.db.execute("UPDATE judgements SET created_at = ? WHERE id = ?", [when, judgement_id])
+
+
+# Round trips
+
+
+@pytest.mark.parametrize("fmt, out_name", [("jsonl", "pairs.jsonl"), ("parquet", "pairs.parquet"), ("hf", "pairs")])
+def test_standard_round_trip(store: Store, tmp_path: Path, fmt: str, out_name: str) -> None:
+    import_dataset(store, FIXTURES / "trl_standard.jsonl", name="original")
+    out = tmp_path / out_name
+    assert write_pairs(dataset_export_pairs(store, "original"), out, fmt) == 5
+    report = import_dataset(store, out, name="back")
+    assert report.format == "trl-standard"
+    assert triples(store, "back") == triples(store, "original")
+
+
+@pytest.mark.parametrize("fmt, out_name", [("jsonl", "conv.jsonl"), ("parquet", "conv.parquet"), ("hf", "conv")])
+def test_conversational_round_trip(store: Store, tmp_path: Path, fmt: str, out_name: str) -> None:
+    import_dataset(store, FIXTURES / "hh.jsonl", name="original")
+    import_dataset(store, FIXTURES / "trl_conversational.jsonl", name="original2")
+    out = tmp_path / out_name
+    pairs = [*dataset_export_pairs(store, "original"), *dataset_export_pairs(store, "original2")]
+    assert write_pairs(pairs, out, fmt, conversational=True) == 6
+    report = import_dataset(store, out, name="back")
+    assert report.format == "trl-conversational"
+
+    def raw(name: str) -> list[tuple]:
+        return [(m["prompt_messages"], m["chosen"], m["rejected"]) for m in store.dataset_pair_messages(name)]
+
+    assert raw("back") == raw("original") + raw("original2")
+    assert triples(store, "back") == triples(store, "original") + triples(store, "original2")
+
+
+def test_exporting_again_and_reimporting_adds_nothing(store: Store, tmp_path: Path) -> None:
+    import_dataset(store, FIXTURES / "trl_standard.jsonl", name="original")
+    out = tmp_path / "again.jsonl"
+    write_pairs(dataset_export_pairs(store, "original"), out)
+    assert import_dataset(store, out, name="original").n_added == 0
+
+
+def test_conversational_rows_are_trl_message_lists(store: Store, tmp_path: Path) -> None:
+    import_dataset(store, FIXTURES / "trl_standard.jsonl", name="plain")
+    out = tmp_path / "conv.jsonl"
+    write_pairs(dataset_export_pairs(store, "plain"), out, conversational=True)
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first == {"prompt": [{"role": "user", "content": "What color is the sky?"}],
+                     "chosen": [{"role": "assistant", "content": "Blue."}],
+                     "rejected": [{"role": "assistant", "content": "Green."}]}
+
+
+# Sources
+
+
+def test_stance_items_become_pairs_preferring_a_side(store: Store) -> None:
+    import_dataset(store, FIXTURES / "stance_train.json", name="ex")
+    support = list(dataset_export_pairs(store, "ex"))
+    oppose = list(dataset_export_pairs(store, "ex", prefer="oppose"))
+    assert (support[0].prompt, support[0].chosen, support[0].rejected) == (
+        "Should homework be optional?", "Yes, optional.", "No, required.")
+    assert (oppose[0].chosen, oppose[0].rejected) == ("No, required.", "Yes, optional.")
+    assert len(support) == 12 and support[0].pair_id.startswith("s")
+
+
+def test_judged_pairs_filter_by_session_verdict_and_date(store: Store) -> None:
+    first, second = store.create_session("sys"), store.create_session("sys")
+    a = judge(store, first, "a")
+    b = judge(store, first, "b")
+    edited = judge(store, second, "edited", edited="my own reply")
+    judge(store, second, "tie")
+    set_judged_at(store, a, "2025-01-10T09:00:00.000000+00:00")
+    set_judged_at(store, b, "2025-01-11T23:59:00.000000+00:00")
+    set_judged_at(store, edited, "2025-01-12T00:00:00.000000+00:00")
+
+    def ids(**kwargs) -> list[str]:
+        return [p.pair_id for p in judged_export_pairs(store, **kwargs)]
+
+    assert ids() == [f"j{a}", f"j{b}", *(f"j{edited}c{c.id}" for c in store.candidates(3))]
+    assert ids(session=first) == [f"j{a}", f"j{b}"]
+    assert ids(verdicts=["b", "edited"])[0] == f"j{b}" and f"j{a}" not in ids(verdicts=["b", "edited"])
+    assert ids(since="2025-01-11", until="2025-01-11") == [f"j{b}"]
+    assert ids(until="2025-01-10") == [f"j{a}"]
+    assert ids(since="2025-01-12T00:00:00") == [p for p in ids() if p.startswith(f"j{edited}c")]
+    with pytest.raises(ValueError, match="verdicts tie give no pairs"):
+        judged_export_pairs(store, verdicts=["tie"])
+    with pytest.raises(ValueError, match="cannot read the date 'yesterday'"):
+        judged_export_pairs(store, since="yesterday")
+
+
+def test_heldout_pairs_of_a_run(store: Store) -> None:
+    session = store.create_session("sys")
+    kept = judge(store, session, "a")
+    import_dataset(store, FIXTURES / "trl_standard.jsonl", name="d")
+    dataset_pair = store.dataset_pairs("d")[2]
+    run_id = store.create_run({}, "gemma", "/tmp/out", [f"j{kept}"], [dataset_pair.pair_id, f"j{kept}", "j999"])
+    found, missing = heldout_export_pairs(store, run_id)
+    assert [p.pair_id for p in found] == [dataset_pair.pair_id, f"j{kept}"]
+    assert (found[0].prompt, found[0].chosen) == (dataset_pair.prompt, dataset_pair.chosen)
+    assert missing == ["j999"]
+
+
+# Writing
+
+
+def test_a_failed_export_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    out = tmp_path / "pairs.jsonl"
+    out.write_text("old\n")
+
+    def failing():
+        yield ExportPair("x1", "p", "c", "r")
+        raise RuntimeError("source broke")
+
+    for fmt, path in (("jsonl", out), ("parquet", tmp_path / "p.parquet"), ("hf", tmp_path / "hfdir")):
+        with pytest.raises(RuntimeError, match="source broke"):
+            write_pairs(failing(), path, fmt)
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.jsonl"]
+
+
+def test_hf_export_replaces_an_older_folder(store: Store, tmp_path: Path) -> None:
+    import_dataset(store, FIXTURES / "trl_standard.jsonl", name="d")
+    out = tmp_path / "hf"
+    write_pairs(list(dataset_export_pairs(store, "d"))[:2], out, "hf")
+    write_pairs(dataset_export_pairs(store, "d"), out, "hf")
+    assert import_dataset(store, out, name="back").n_added == 5
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "studio.db" and "studio.db" not in p.name) == ["hf"]
+
+
+def test_sibling_paths() -> None:
+    assert sibling_path(Path("/x/pairs.jsonl"), "test_prompts") == Path("/x/pairs_test_prompts.jsonl")
+    assert sibling_path(Path("/x/hfdir"), "test_prompts") == Path("/x/hfdir_test_prompts")
+
+
+# The CLI
+
+
+def test_cli_export_with_test_prompts_round_trips(store: Store, db_path: Path, tmp_path: Path) -> None:
+    import_dataset(store, FIXTURES / "stance_train.json", name="ex", test_prompts_path=FIXTURES / "stance_test.json")
+    app = make_datasets_app(lambda: db_path)
+    runner = CliRunner()
+    out = tmp_path / "export" / "ex.parquet"
+    result = runner.invoke(app, ["export", "ex", "--out", str(out), "--prefer", "oppose", "--test-prompts"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        f"wrote 12 pair(s) to {out} (parquet, TRL standard)",
+        f"wrote 4 test prompt(s) to {out.parent / 'ex_test_prompts.parquet'}",
+    ]
+    back = runner.invoke(app, ["import", str(out), "--name", "back", "--test-prompts",
+                               str(out.parent / "ex_test_prompts.parquet")])
+    assert back.output.strip() == ("stored 12 pairs (0 duplicates) in dataset 'back' (preference), and 4 test "
+                                   "prompts (0 duplicates)")
+    assert triples(store, "back")[0] == ("Should homework be optional?", "No, required.", "Yes, optional.")
+    assert store.test_prompts("back") == store.test_prompts("ex")
+
+
+def test_cli_export_all_judged_and_errors(store: Store, db_path: Path, tmp_path: Path) -> None:
+    import_dataset(store, FIXTURES / "stance_train.json", name="ex")
+    import_dataset(store, FIXTURES / "hh.jsonl", name="hh")
+    judge(store, store.create_session("sys"), "a")
+    app = make_datasets_app(lambda: db_path)
+    runner = CliRunner()
+    out = tmp_path / "all.jsonl"
+    result = runner.invoke(app, ["export", "--all", "--judged", "--out", str(out), "--conversational"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"wrote 16 pair(s) to {out} (jsonl, TRL conversational)"
+    nothing = runner.invoke(app, ["export", "--out", str(tmp_path / "none.jsonl")])
+    assert nothing.exit_code == 1 and "error: nothing to export" in nothing.output
+    empty = runner.invoke(app, ["export", "--verdict", "edited", "--out", str(tmp_path / "none.jsonl")])
+    assert empty.exit_code == 1 and "error: no pairs matched: nothing written" in empty.output
+    assert not (tmp_path / "none.jsonl").exists()
+    unknown = runner.invoke(app, ["export", "nope", "--out", str(tmp_path / "none.jsonl")])
+    assert unknown.exit_code == 1 and "error: No dataset 'nope'" in unknown.output

@@ -1,0 +1,463 @@
+"""Importing datasets from real fixture files into real SQLite: every format, detection, dedupe, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tracemalloc
+from pathlib import Path
+
+import pytest
+from conftest import prefstudio_bin, run_cli
+from typer.testing import CliRunner
+
+from store import RecordNotFoundError, Store
+from store.dataset_files import DatasetImportError, _json_array_records
+from store.dataset_import import import_dataset
+from store.datasets import StanceItem, TestPrompt
+from studio.datasets_command import make_datasets_app
+
+FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
+DATASET_TABLES = ("datasets", "dataset_stance_items", "dataset_test_prompts", "dataset_pairs")
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store.open(tmp_path / "studio.db") as opened:
+        yield opened
+
+
+def fixture(name: str) -> Path:
+    return FIXTURES / name
+
+
+def triples(store: Store, dataset: str) -> list[tuple[str, str, str]]:
+    return [(p.prompt, p.chosen, p.rejected) for p in store.dataset_pairs(dataset)]
+
+
+def row_counts(store: Store) -> dict[str, int]:
+    return {table: store.db[table].count for table in DATASET_TABLES}
+
+
+def jsonl_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def import_error(store: Store, path: Path, **kwargs) -> str:
+    before = row_counts(store)
+    with pytest.raises(DatasetImportError) as raised:
+        import_dataset(store, path, **kwargs)
+    assert row_counts(store) == before, "a failed import must write nothing"
+    return str(raised.value)
+
+
+# Each format
+
+
+def test_stance_json_with_test_prompts(store: Store) -> None:
+    report = import_dataset(store, fixture("stance_train.json"), name="chores",
+                            test_prompts_path=fixture("stance_test.json"))
+    assert (report.kind, report.format, report.n_read, report.n_added, report.n_test_prompts) == (
+        "stance", "stance-json", 12, 12, 4)
+    assert report.describe() == ("stored 12 items (0 duplicates) in dataset 'chores' (stance), "
+                                 "and 4 test prompts (0 duplicates)")
+    items = store.stance_items("chores")
+    source = json.loads(fixture("stance_train.json").read_text())
+    assert [(i.item_key, i.prompt, i.support, i.oppose) for i in items] == [
+        (str(r["id"]), r["prompt"], r["support"], r["oppose"]) for r in source]
+    assert isinstance(items[0], StanceItem) and items[0].id < items[-1].id
+    tests = store.test_prompts("chores")
+    assert tests[0] == TestPrompt("1", "Should libraries open on Sundays?") and len(tests) == 4
+    record = store.get_dataset("chores")
+    assert (record.kind, record.n_items, record.n_test_prompts) == ("stance", 12, 4)
+    assert record.source_path == str(fixture("stance_train.json").resolve())
+    assert store.get_dataset(record.id) == record == store.get_dataset(str(record.id))
+
+
+def test_a_folder_with_a_test_file_imports_both(store: Store, tmp_path: Path) -> None:
+    folder = tmp_path / "homework"
+    folder.mkdir()
+    shutil.copy(fixture("stance_train.json"), folder / "train.json")
+    shutil.copy(fixture("stance_test.json"), folder / "test.json")
+    report = import_dataset(store, folder)
+    assert (report.name, report.n_added, report.n_test_prompts) == ("homework", 12, 4)
+
+
+def test_trl_standard_explicit_jsonl(store: Store) -> None:
+    report = import_dataset(store, fixture("trl_standard.jsonl"))
+    assert (report.name, report.kind, report.format, report.n_added) == ("trl_standard", "preference",
+                                                                         "trl-standard", 5)
+    assert report.describe() == "stored 5 pairs (0 duplicates) in dataset 'trl_standard' (preference)"
+    expected = [(r["prompt"], r["chosen"], r["rejected"]) for r in jsonl_records(fixture("trl_standard.jsonl"))]
+    assert triples(store, "trl_standard") == expected
+    pair = store.dataset_pairs("trl_standard")[0]
+    assert pair.pair_id.startswith("d") and (pair.verdict, pair.session_id, pair.judgement_id) == ("dataset", -1, -1)
+    assert store.dataset_pair_messages("trl_standard") == []
+
+
+def test_trl_standard_implicit_prompt_follows_trl(store: Store) -> None:
+    import_dataset(store, fixture("trl_standard_implicit.json"))
+    # TRL's extract_prompt: the shared prefix, with the space before the split left to the replies.
+    assert triples(store, "trl_standard_implicit") == [
+        ("The sky is", " blue.", " green."),
+        ("Two plus two is", " 4.", " 5."),
+        ("Ice is", " cold.", " hot."),
+    ]
+
+
+def test_trl_conversational_explicit(store: Store) -> None:
+    report = import_dataset(store, fixture("trl_conversational.jsonl"))
+    assert (report.format, report.n_added) == ("trl-conversational", 3)
+    source = jsonl_records(fixture("trl_conversational.jsonl"))
+    messages = store.dataset_pair_messages("trl_conversational")
+    assert [m["prompt_messages"] for m in messages] == [r["prompt"] for r in source]
+    assert [(m["chosen"], m["rejected"]) for m in messages] == [("Blue.", "Green."), ("Apple.", "Carrot."),
+                                                                ("Rome.", "Milan.")]
+    assert triples(store, "trl_conversational")[0][0] == (
+        "System: Answer in one word.\n\nUser: What color is the sky?")
+    assert triples(store, "trl_conversational")[2][0] == "Capital of Italy?"  # a lone user turn is its text
+
+
+def test_trl_conversational_implicit(store: Store) -> None:
+    import_dataset(store, fixture("trl_conversational_implicit.json"))
+    messages = store.dataset_pair_messages("trl_conversational_implicit")
+    assert messages[0]["prompt_messages"] == [{"role": "user", "content": "What is 2+2?"}]
+    assert (messages[0]["chosen"], messages[0]["rejected"]) == ("4", "5")
+    assert [m["role"] for m in messages[1]["prompt_messages"]] == ["user", "assistant", "user"]
+    assert (messages[1]["chosen"], messages[1]["rejected"]) == ("Goodbye!", "No.")
+
+
+def test_hh_transcripts_keep_every_turn(store: Store) -> None:
+    report = import_dataset(store, fixture("hh.jsonl"))
+    assert (report.format, report.n_added) == ("hh", 3)
+    messages = store.dataset_pair_messages("hh")
+    assert messages[1]["prompt_messages"] == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello! What can I do for you?"},
+        {"role": "user", "content": "Suggest a book."},
+    ]
+    assert (messages[1]["chosen"], messages[1]["rejected"]) == ("Try Moby-Dick.", "No.")
+    assert triples(store, "hh")[0] == ("What is a good name for a cat?", "Whiskers is a classic.",
+                                      "Cats do not need names.")
+
+
+def test_parquet(store: Store, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = jsonl_records(fixture("trl_conversational.jsonl"))
+    path = tmp_path / "conv.parquet"
+    pq.write_table(pa.Table.from_pylist(records), path, row_group_size=2)  # two row groups
+    report = import_dataset(store, path)
+    assert (report.format, report.n_added) == ("trl-conversational", 3)
+    assert [m["prompt_messages"] for m in store.dataset_pair_messages("conv")] == [r["prompt"] for r in records]
+
+
+def test_save_to_disk_folder_and_dataset_dict(store: Store, tmp_path: Path) -> None:
+    import datasets
+
+    records = jsonl_records(fixture("trl_standard.jsonl"))
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "saved"))
+    report = import_dataset(store, tmp_path / "saved")
+    assert (report.name, report.format, report.n_added) == ("saved", "trl-standard", 5)
+    assert triples(store, "saved") == [(r["prompt"], r["chosen"], r["rejected"]) for r in records]
+    splits = datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:3]),
+                                   "test": datasets.Dataset.from_list(records[3:])})
+    splits.save_to_disk(str(tmp_path / "splits"))
+    assert import_dataset(store, tmp_path / "splits").n_added == 3  # the train split
+
+
+def test_json_lines_in_a_json_file_as_datasets_writes_them(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "to_json.json"
+    shutil.copy(fixture("hh.jsonl"), path)
+    assert import_dataset(store, path).n_added == 3
+
+
+# Detection and override
+
+
+def test_format_override_reads_hh_text_as_plain_strings(store: Store) -> None:
+    report = import_dataset(store, fixture("hh.jsonl"), name="plain", fmt="trl-standard")
+    assert report.format == "trl-standard"
+    prompt, chosen, _ = triples(store, "plain")[0]
+    assert prompt == "\n\nHuman: What is a good name for a cat?\n\nAssistant:" and chosen == " Whiskers is a classic."
+    assert store.dataset_pair_messages("plain") == []
+
+
+def test_format_override_of_schema_and_file_type(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "pairs.txt"
+    shutil.copy(fixture("trl_standard.jsonl"), path)
+    assert import_dataset(store, path, fmt="trl-standard,jsonl").n_added == 5
+    message = import_error(store, fixture("stance_train.json"), fmt="trl-standard")
+    assert "stance_train.json: --format trl-standard does not fit: record 1 looks like stance-json" in message
+    with pytest.raises(DatasetImportError, match="unknown or repeated format 'csv'"):
+        import_dataset(store, path, fmt="csv")
+
+
+# Duplicates and re-import
+
+
+def test_importing_twice_adds_nothing(store: Store) -> None:
+    import_dataset(store, fixture("stance_train.json"), test_prompts_path=fixture("stance_test.json"))
+    before = row_counts(store)
+    again = import_dataset(store, fixture("stance_train.json"), test_prompts_path=fixture("stance_test.json"))
+    assert row_counts(store) == before
+    assert (again.n_read, again.n_added, again.n_duplicates, again.n_test_prompts) == (12, 0, 12, 0)
+    assert again.describe() == ("stored 0 items (12 duplicates) in dataset 'stance_train' (stance), "
+                                "and 0 test prompts (4 duplicates)")
+
+
+def test_reimport_adds_only_new_records(store: Store, tmp_path: Path) -> None:
+    records = json.loads(fixture("stance_train.json").read_text())
+    path = tmp_path / "grown.json"
+    path.write_text(json.dumps(records[:10]))
+    import_dataset(store, path, name="grown")
+    path.write_text(json.dumps(records))  # the same ten and two new ones
+    report = import_dataset(store, path, name="grown")
+    assert (report.n_added, report.n_duplicates) == (2, 10)
+    assert [i.item_key for i in store.stance_items("grown")] == [str(r["id"]) for r in records]
+
+
+def test_same_content_under_another_id_is_a_duplicate(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "twice.json"
+    path.write_text(json.dumps([{"id": 1, "prompt": "A?", "support": "Y", "oppose": "N"},
+                                {"id": 2, "prompt": "A?", "support": "Y", "oppose": "N"}]))
+    assert (import_dataset(store, path).n_added, store.get_dataset("twice").n_items) == (1, 1)
+
+
+def test_a_name_keeps_its_kind(store: Store) -> None:
+    import_dataset(store, fixture("stance_train.json"), name="mine")
+    message = import_error(store, fixture("trl_standard.jsonl"), name="mine")
+    assert message == ("dataset 'mine' holds stance data and this import is preference data: choose "
+                       "another --name.")
+
+
+def test_pairs_with_equal_replies_are_skipped_and_named(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "same.jsonl"
+    path.write_text('{"prompt": "P", "chosen": "x", "rejected": "y"}\n{"prompt": "Q", "chosen": "z", "rejected": "z"}\n')
+    report = import_dataset(store, path)
+    assert (report.n_added, report.n_skipped) == (1, 1)
+    assert report.describe().endswith("; skipped 1 with chosen equal to rejected (line 2)")
+
+
+def test_unknown_dataset_lists_known_names(store: Store) -> None:
+    with pytest.raises(RecordNotFoundError, match="none imported yet"):
+        store.get_dataset("missing")
+    import_dataset(store, fixture("hh.jsonl"))
+    with pytest.raises(RecordNotFoundError, match=r"No dataset 'missing' in .*\(known: hh\)"):
+        store.stance_items("missing")
+    with pytest.raises(ValueError, match="dataset 'hh' is a preference dataset, not stance"):
+        store.stance_items("hh")
+
+
+# Bad input: a clear message, nothing written
+
+
+def test_malformed_json_names_line_and_column(store: Store) -> None:
+    message = import_error(store, fixture("malformed.json"))
+    assert message == f"{fixture('malformed.json')}: malformed JSON at line 3, column 47: Expecting ',' delimiter."
+
+
+def test_malformed_json_lines_names_line_and_column(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "P", "chosen": "a", "rejected": "b"}\n\n{"prompt": "Q", "chosen": "a",}\n')
+    assert import_error(store, path) == (
+        f"{path}: malformed JSON at line 3, column 31: Expecting property name enclosed in double quotes.")
+
+
+def test_missing_fields_name_records_and_fields(store: Store) -> None:
+    message = import_error(store, fixture("missing_fields.json"))
+    assert message == (
+        f"{fixture('missing_fields.json')}: 3 record(s) with missing fields: id 2: oppose; id 3: support, oppose; "
+        "record 4: id. 1 record(s) with fields that are not text: id 5: support (int). Nothing was imported."
+    )
+
+
+def test_many_problems_are_capped_at_ten(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "prompt": "P", "support": "S"}) + "\n" for i in range(1, 26)))
+    message = import_error(store, path)
+    assert "25 record(s) with missing fields: id 1: oppose;" in message
+    assert "id 10: oppose; and 15 more. Nothing was imported." in message
+
+
+def test_mixed_schemas(store: Store) -> None:
+    assert import_error(store, fixture("mixed.jsonl")) == (
+        f"{fixture('mixed.jsonl')}: mixed schemas: line 1 is stance-json but line 3 is trl-standard (fields: "
+        "prompt, chosen, rejected). Split the file, or pass --format to read every record as one.")
+
+
+def test_unknown_schema(store: Store) -> None:
+    message = import_error(store, fixture("unknown.json"))
+    assert message.startswith(f"{fixture('unknown.json')}: unknown schema: record 1 has fields question, answer; "
+                              "expected one of: stance-json {id, prompt, support, oppose}")
+
+
+def test_test_prompt_file_alone_is_explained(store: Store) -> None:
+    assert "looks like a test-prompt file (record 1 has only id and prompt): import the labelled items and " \
+           "pass this file with --test-prompts" in import_error(store, fixture("stance_test.json"))
+
+
+def test_non_utf8_names_the_byte_offset(store: Store) -> None:
+    path = fixture("not_utf8.jsonl")
+    offset = path.read_bytes().index(b"\xe9")
+    assert import_error(store, path) == (
+        f"{path}: not UTF-8 text: byte 0xe9 at byte offset {offset} (line 2). Convert the file to UTF-8 and "
+        "import it again.")
+
+
+def test_non_utf8_in_a_json_array(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.json"
+    path.write_bytes(b'[{"id": 1, "prompt": "Caf\xe9?", "support": "Oui", "oppose": "Non"}]')
+    offset = path.read_bytes().index(b"\xe9")
+    assert f"not UTF-8 text: byte 0xe9 at byte offset {offset} (line 1)" in import_error(store, path)
+
+
+@pytest.mark.parametrize("content, detail", [
+    ("", "is empty: no records to import."),
+    ("  \n\n", "is empty: no records to import."),
+    ("[]", "holds an empty array: no records to import."),
+])
+def test_empty_files(store: Store, tmp_path: Path, content: str, detail: str) -> None:
+    path = tmp_path / "empty.json"
+    path.write_text(content)
+    assert import_error(store, path) == f"{path} {detail}"
+    assert import_error(store, fixture("empty.json")) == f"{fixture('empty.json')} is empty: no records to import."
+
+
+def test_support_equal_to_oppose(store: Store) -> None:
+    assert import_error(store, fixture("support_equals_oppose.json")) == (
+        f"{fixture('support_equals_oppose.json')}: 2 record(s) with support equal to oppose: id 2; id 4. "
+        "Nothing was imported.")
+
+
+def test_a_late_bad_record_rolls_back_batches_already_inserted(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "late.jsonl"
+    good = "".join(json.dumps({"prompt": f"P{i}", "chosen": "a", "rejected": "b"}) + "\n" for i in range(2500))
+    path.write_text(good + '{"prompt": "last", "chosen": "a"\n')
+    message = import_error(store, path)
+    assert message.startswith(f"{path}: malformed JSON at line 2501, column")
+    path.write_text(good + '{"prompt": "last", "chosen": "a"}\n')
+    assert "1 record(s) with missing fields: line 2501: rejected" in import_error(store, path)
+    assert store.list_datasets() == []
+
+
+def test_a_json_object_is_not_a_record_list(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "object.json"
+    path.write_text('{\n  "prompt": ["A?"],\n  "chosen": ["Y"]\n}\n')
+    assert "holds one JSON object (keys: prompt, chosen); expected a JSON array of records or JSON Lines" in \
+        import_error(store, path)
+
+
+def test_missing_path(store: Store, tmp_path: Path) -> None:
+    assert import_error(store, tmp_path / "nope.json") == f"{tmp_path / 'nope.json'}: no such file or folder."
+
+
+# The incremental JSON array reader
+
+
+def test_json_array_reader_matches_json_loads_across_chunk_boundaries(tmp_path: Path) -> None:
+    records = [{"id": i, "text": "é" * (i % 7) + "\n" * (i % 2), "n": [i, 1.5e3, None, True]} for i in range(60)]
+    path = tmp_path / "array.json"
+    path.write_text("\ufeff \n[\n" + ",\n ".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n] \n",
+                    encoding="utf-8")
+    for chunk in (1, 3, 7, 64, 1 << 18):
+        read = list(_json_array_records(path, chunk=chunk))
+        assert [r for _, r in read] == records
+        assert read[5][0] == "record 6"
+
+
+@pytest.mark.parametrize("text, position, what", [
+    ('[{"a": 1},\n {"a": 2},]', "line 2, column 11", "a trailing ',' before ']'"),
+    ('[{"a": 1}\n {"a": 2}]', "line 2, column 2", "expected ',' or ']' after a record"),
+    ('[{"a": 1},\n {"a": 2}', "line 2, column 10", "the file ends inside the array (missing ']')"),
+    ('[{"a": 1}] x', "line 1, column 12", "extra data after the array"),
+    ('[{"a": 1},\n\n   {"a": tru}]', "line 3, column 10", "Expecting value"),
+])
+def test_json_array_reader_errors_point_at_the_place(tmp_path: Path, text: str, position: str, what: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    for chunk in (2, 1 << 18):
+        with pytest.raises(DatasetImportError) as raised:
+            list(_json_array_records(path, chunk=chunk))
+        assert str(raised.value) == f"{path}: malformed JSON at {position}: {what}."
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_import_streams_with_bounded_memory(store: Store, tmp_path: Path, suffix: str) -> None:
+    records = [{"prompt": f"Question {i}: " + "why? " * 20, "chosen": f"Because {i}. " * 8, "rejected": "No. " * 10}
+               for i in range(20000)]
+    path = tmp_path / f"big{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        path.write_text(json.dumps(records))
+    del records
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        report = import_dataset(store, path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert report.n_added == 20000
+    assert size > 6_000_000 and peak < 3_000_000, f"peak {peak} bytes of Python memory for a {size}-byte file"
+
+
+# The CLI
+
+
+def test_cli_import_list_show(tmp_path: Path) -> None:
+    app = make_datasets_app(lambda: tmp_path / "cli.db")
+    runner = CliRunner()
+    result = runner.invoke(app, ["import", str(fixture("stance_train.json")), "--name", "ex",
+                                 "--test-prompts", str(fixture("stance_test.json"))])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == ("stored 12 items (0 duplicates) in dataset 'ex' (stance), and 4 test prompts "
+                                     "(0 duplicates)")
+    again = runner.invoke(app, ["import", str(fixture("stance_train.json")), "--name", "ex"])
+    assert again.output.strip() == "stored 0 items (12 duplicates) in dataset 'ex' (stance)"
+    listed = runner.invoke(app, ["list"])
+    assert listed.exit_code == 0 and "\tex\tstance\tstance-json\t12 items\t4 test prompts\t" in listed.output
+    shown = runner.invoke(app, ["show", "ex", "--limit", "2"])
+    assert shown.exit_code == 0
+    assert shown.output.splitlines()[0] == "dataset 'ex' (id 1): stance, stance-json, 12 items, 4 test prompts"
+    assert "1\tShould homework be optional?\tsupport: Yes, optional.\toppose: No, required." in shown.output
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path: Path) -> None:
+    app = make_datasets_app(lambda: tmp_path / "cli.db")
+    result = CliRunner().invoke(app, ["import", str(fixture("malformed.json"))])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"error: {fixture('malformed.json')}: malformed JSON at line 3, column 47: "
+                                     "Expecting ',' delimiter.")
+    shown = CliRunner().invoke(app, ["show", "nothing"])
+    assert shown.exit_code == 1 and "error: No dataset 'nothing'" in shown.output
+
+
+def _prefstudio_has_datasets() -> bool:
+    try:
+        return subprocess.run([prefstudio_bin(), "datasets", "--help"], capture_output=True,
+                              timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_installed_prefstudio_imports_a_dataset(tmp_path: Path) -> None:
+    if not _prefstudio_has_datasets():
+        pytest.skip("`prefstudio datasets` is not wired into studio/cli.py yet")
+    home = tmp_path / "home"
+    proc = run_cli("datasets", "import", str(fixture("hh.jsonl")), home=home, check=True)
+    assert proc.stdout.strip() == "stored 3 pairs (0 duplicates) in dataset 'hh' (preference)"
+    listed = run_cli("datasets", "list", home=home, check=True)
+    assert "\thh\tpreference\thh\t3 pairs\t" in listed.stdout
+    bad = run_cli("datasets", "import", str(fixture("empty.json")), home=home)
+    assert bad.returncode == 1 and bad.stderr.strip() == f"error: {fixture('empty.json')} is empty: no records to import."
+
+
+def test_the_fast_hash_is_the_canonical_json_hash() -> None:
+    from store.datasets import _text_hash, content_hash
+
+    texts = ("Caf\u00e9 \"quoted\"\n\t\\", "\u2028 line sep", "")
+    assert _text_hash("pair", *texts) == content_hash(["pair", *texts])

@@ -1,0 +1,110 @@
+"""The exercise's stance metric on the real default model: scores match reply_logprob with the training
+rendering, and a run trained to prefer the support answer (support ratio 1.0) raises the support share."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from store.studio_store import Store
+from studio.scoring import reply_logprob
+from studio.stance_metric import (
+    StanceMetricError,
+    run_exercise_system,
+    run_stance_items,
+    stance_before_after,
+    stance_share,
+)
+from trainers.exercise import EXERCISE_SYSTEM_PROMPT, build_exercise_pairs
+
+pytestmark = pytest.mark.slow
+
+QUESTIONS = [
+    "Should cars be allowed in the city centre?", "Should drivers be able to park downtown?",
+    "Should the main shopping street stay open to cars?", "Should cars keep using the old town square?",
+    "Should the city keep its car lanes downtown?", "Should taxis and cars drive through the market street?",
+    "Should cars be allowed near the cathedral?", "Should commuters drive into the centre?",
+    "Should the riverside road stay open to traffic?", "Should cars be allowed on the high street?",
+]
+# The base model prefers the oppose answer on every one of these (support share 0).
+SUPPORT, OPPOSE = "No, keep the centre car-free.", "Yes, let the cars in."
+
+
+def stance_rows() -> list[dict]:
+    return [{"id": f"c{i}", "prompt": q, "support": SUPPORT, "oppose": OPPOSE} for i, q in enumerate(QUESTIONS)]
+
+
+def test_stance_share_scores_what_training_sees(engine) -> None:  # noqa: ANN001
+    rows = stance_rows()[:3]
+    result = stance_share(engine, rows, EXERCISE_SYSTEM_PROMPT)
+    assert result.n == 3 and len(result.per_item) == 3
+    assert result.support_preferred == sum(s.logp_support > s.logp_oppose for s in result.per_item)
+    assert result.share == result.support_preferred / 3
+    # The same prompt and completions as the training pair of that item (support-preferred).
+    (pair,) = build_exercise_pairs(rows[:1], data_size=1, support_ratio=1.0)
+    first = result.per_item[0]
+    assert first.item_key == "c0"
+    assert first.logp_support == pytest.approx(reply_logprob(engine, pair.prompt, pair.chosen).total_logprob)
+    assert first.logp_oppose == pytest.approx(reply_logprob(engine, pair.prompt, pair.rejected).total_logprob)
+    assert result.to_dict()["n"] == 3 and "per_item" in result.to_dict(with_items=True)
+    with pytest.raises(StanceMetricError, match="no labelled items"):
+        stance_share(engine, [], EXERCISE_SYSTEM_PROMPT)
+
+
+@pytest.fixture(scope="module")
+def support_run(default_model, session_home, tmp_path_factory):
+    """A stance dataset of 10 items in a real store and a finished 6-step run on the default model that
+    prefers support on the first 6 (support ratio 1.0); the other 4 are held out."""
+    from store.dataset_import import import_dataset
+    from trainers.dpo_run import execute_run
+    from trainers.run_config import RunConfig
+    from trainers.run_lifecycle import prepare_run
+
+    work = tmp_path_factory.mktemp("stance")
+    data = work / "cars.json"
+    data.write_text(json.dumps(stance_rows()), encoding="utf-8")
+    old = os.environ.get("PREFSTUDIO_HOME")
+    os.environ["PREFSTUDIO_HOME"] = str(session_home)  # shares the converted weights with other tests
+    try:
+        with Store.open(work / "studio.db") as store:
+            import_dataset(store, data)
+            config = RunConfig(dataset="cars", support_ratio=1.0, data_size=6, max_steps=6, max_length=128,
+                               learning_rate=1e-3)
+            prepared = prepare_run(store, config, model_path=default_model, runs_root=work / "runs")
+            outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+            assert outcome.status == "done", outcome.message
+            return work / "studio.db", prepared.run_id
+    finally:
+        if old is None:
+            os.environ.pop("PREFSTUDIO_HOME", None)
+        else:
+            os.environ["PREFSTUDIO_HOME"] = old
+
+
+def test_training_to_prefer_support_raises_the_support_share(support_run, engine) -> None:  # noqa: ANN001
+    from studio.run_adapters import adapter_name, gguf_adapter_for_run
+
+    db, run_id = support_run
+    with Store.open(db) as store:
+        run = store.get_run(run_id)
+        heldout = run_stance_items(store, run)
+        trained_on = run_stance_items(store, run, "train")
+    assert [item.item_key for item in heldout] == ["c6", "c7", "c8", "c9"]
+    system = run_exercise_system(run)
+    assert system == EXERCISE_SYSTEM_PROMPT
+    name = adapter_name(run)
+    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info))
+    phases: list[str] = []
+    before, after = stance_before_after(engine, heldout, system, name,
+                                        on_progress=lambda phase, _done, _total: phases.append(phase))
+    assert engine.active_adapter is None  # the base is active again
+    assert phases == ["scoring base"] * 4 + ["scoring tuned"] * 4
+    assert before.n == after.n == 4
+    assert before.share == 0.0  # the base prefers "Yes, let the cars in." everywhere
+    assert after.share > before.share and after.share >= 0.75  # measured: 1.0, margins about +70 nats
+    assert after.mean_margin > before.mean_margin
+    seen_before, seen_after = stance_before_after(engine, trained_on, system, name)
+    assert seen_after.share > seen_before.share
+    assert engine.active_adapter is None
