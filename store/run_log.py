@@ -134,6 +134,20 @@ class RunLog:
             return self.db["run_metrics"].insert(row).last_pk
 
     @serialized
+    def delete_run_metrics(self, run_id: int, after_step: int | None = None) -> int:
+        """Forget a run's metric rows after ``after_step`` (all with None); return how many.
+
+        A resume restarts from the last checkpoint: the steps logged after it, before the process died,
+        are logged again and would otherwise appear twice."""
+        with write_transaction(self.db):
+            self._run_row(run_id)
+            cursor = self.db.execute(
+                "DELETE FROM run_metrics WHERE run_id = ? AND (? IS NULL OR step > ?)",
+                [run_id, after_step, after_step],
+            )
+            return cursor.rowcount
+
+    @serialized
     def run_metrics(self, run_id: int, after_step: int | None = None) -> list[dict[str, Any]]:
         """A run's metrics in step order, each the logged dict plus 'step' and 'epoch'.
 

@@ -124,3 +124,21 @@ def test_headless_train_without_pairs_is_one_error_line(db: Path, tiny_model_dir
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: no preference pairs in the store")
     assert "Traceback" not in proc.stderr
+
+
+def test_resume_after_a_kill_logs_each_step_once(db: Path, tiny_model_dir: Path, tmp_path: Path) -> None:
+    with Store.open(db) as store:
+        fill_separable(store)
+        config = RunConfig(max_steps=40, learning_rate=5e-3, heldout_fraction=0.0, save_steps=5)
+        prepared = prepare_run(store, config, model_path=tiny_model_dir, runs_root=tmp_path / "runs")
+        proc = start(launch_command(prepared.run_id, db))
+        wait_until(lambda: len(store.run_metrics(prepared.run_id)) >= 8, proc=proc)  # past the step-5 checkpoint
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        finalize_dead_run(store, prepared.run_id, proc.returncode)
+        assert store.get_run(prepared.run_id).status == "failed"
+        resumed = start(launch_command(prepared.run_id, db, resume=True))
+        resumed.communicate(timeout=300)
+        assert resumed.returncode == 0 and store.get_run(prepared.run_id).status == "done"
+        steps = [m["step"] for m in store.run_metrics(prepared.run_id)]
+        assert steps == list(range(1, 41))  # the steps after the checkpoint were logged again, once

@@ -195,8 +195,10 @@ def train_and_publish(
         log("no checkpoint to resume from; training from the start")
     if not resume or checkpoint is None:
         paths.live_metrics.unlink(missing_ok=True)
+        store.delete_run_metrics(run.id)
     else:
         _truncate_metrics(paths.live_metrics, _checkpoint_step(checkpoint))
+        store.delete_run_metrics(run.id, after_step=_checkpoint_step(checkpoint))
 
     args = build_dpo_config(config, paths.work_dir, device, dtype, bool(heldout_pairs))
     recorder = MetricsRecorder(
