@@ -21,6 +21,7 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
+from store.atomic_files import write_lines
 from store.datasets import DatasetRecord, ExportPair, TestPrompt
 from store.pairs import PreferencePair
 from store.records import Verdict
@@ -138,28 +139,6 @@ def write_test_prompts(prompts: Iterable[TestPrompt], out: Path, fmt: str = "jso
     """Write test prompts as `{id, prompt}` records (the companion file `import --test-prompts` reads)."""
     rows = ({"id": p.item_key, "prompt": p.prompt} for p in prompts)
     return write_rows(rows, out, fmt, _prompt_schema())
-
-
-def write_lines(lines: Iterable[str], out: Path) -> int:
-    """Write text lines (each ending in a newline) to `out` atomically; return how many."""
-    out = Path(out).expanduser()
-    if out.is_dir():
-        raise ValueError(f"{out} is a folder; --format jsonl writes a file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            count = 0
-            for line in lines:
-                handle.write(line)
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, out)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return count
 
 
 def write_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str, schema: Any) -> int:

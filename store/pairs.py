@@ -10,8 +10,6 @@ Pairs are never stored: they are derived on demand, so a changed rule applies to
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
+from store.atomic_files import write_lines
 from store.records import Verdict
 
 
@@ -121,19 +120,5 @@ def write_pairs_jsonl(pairs: Iterable[PreferencePair], path: Path) -> int:
     The file is written beside its destination and renamed into place, so a reader (or a crash) never
     sees half an export.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for pair in pairs:
-                handle.write(json.dumps(pair.to_trl(), ensure_ascii=False) + "\n")
-                count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return count
+    lines = (json.dumps(pair.to_trl(), ensure_ascii=False) + "\n" for pair in pairs)
+    return write_lines(lines, Path(path))

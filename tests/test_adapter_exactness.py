@@ -8,11 +8,11 @@ adapter; what must agree is the *change* the adapter causes, and greedy agreemen
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import prefstudio_home
 from test_adapter_export import all_logits
 from tiny_model import SEPARABLE_PAIRS
 
@@ -45,9 +45,7 @@ def trained_adapter(default_model: Path, session_home: Path, tmp_path_factory) -
     from trainers.run_lifecycle import prepare_run
 
     work = tmp_path_factory.mktemp("exactness")
-    old = os.environ.get("PREFSTUDIO_HOME")
-    os.environ["PREFSTUDIO_HOME"] = str(session_home)  # the converted weights are shared by the whole run
-    try:
+    with prefstudio_home(session_home):  # shares the converted weights with other tests
         with Store.open(work / "studio.db") as store:
             session = store.create_session(SYSTEM)
             for prompt, chosen, rejected in SEPARABLE_PAIRS:
@@ -61,11 +59,6 @@ def trained_adapter(default_model: Path, session_home: Path, tmp_path_factory) -
             outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
             assert outcome.status == "done", outcome.message
             return prepared.output_dir
-    finally:
-        if old is None:
-            os.environ.pop("PREFSTUDIO_HOME", None)
-        else:
-            os.environ["PREFSTUDIO_HOME"] = old
 
 
 def _transformers_logits(model_dir: Path, adapter_dir: Path, tokens: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -4,11 +4,10 @@ blind votes through Pilot, report, export, and the refusals."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 
 import pytest
-from conftest import run_cli, wait_for
+from conftest import prefstudio_home, run_cli, wait_for
 from tiny_model import SEPARABLE_PAIRS, build_tiny_model
 
 from store.studio_store import Store
@@ -42,9 +41,7 @@ def trained(default_model, session_home, tmp_path_factory):
     from trainers.run_lifecycle import prepare_run
 
     work = tmp_path_factory.mktemp("compare")
-    old = os.environ.get("PREFSTUDIO_HOME")
-    os.environ["PREFSTUDIO_HOME"] = str(session_home)  # shares the converted weights with other tests
-    try:
+    with prefstudio_home(session_home):  # shares the converted weights with other tests
         with Store.open(work / "studio.db") as store:
             _fill(store, default_model.name)
             config = RunConfig(max_steps=6, max_length=128, heldout_fraction=0.34, learning_rate=1e-3)
@@ -52,11 +49,6 @@ def trained(default_model, session_home, tmp_path_factory):
             outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
             assert outcome.status == "done", outcome.message
             return work / "studio.db", prepared.run_id
-    finally:
-        if old is None:
-            os.environ.pop("PREFSTUDIO_HOME", None)
-        else:
-            os.environ["PREFSTUDIO_HOME"] = old
 
 
 def test_compare_cli_answers_with_both_and_the_tuned_model_prefers_the_chosen_side(trained, default_model,

@@ -4,9 +4,9 @@ rendering, and a run trained to prefer the support answer (support ratio 1.0) ra
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
+from conftest import prefstudio_home
 
 from store.studio_store import Store
 from studio.scoring import reply_logprob
@@ -65,9 +65,7 @@ def support_run(default_model, session_home, tmp_path_factory):
     work = tmp_path_factory.mktemp("stance")
     data = work / "cars.json"
     data.write_text(json.dumps(stance_rows()), encoding="utf-8")
-    old = os.environ.get("PREFSTUDIO_HOME")
-    os.environ["PREFSTUDIO_HOME"] = str(session_home)  # shares the converted weights with other tests
-    try:
+    with prefstudio_home(session_home):  # shares the converted weights with other tests
         with Store.open(work / "studio.db") as store:
             import_dataset(store, data)
             config = RunConfig(dataset="cars", support_ratio=1.0, data_size=6, max_steps=6, max_length=128,
@@ -76,11 +74,6 @@ def support_run(default_model, session_home, tmp_path_factory):
             outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
             assert outcome.status == "done", outcome.message
             return work / "studio.db", prepared.run_id
-    finally:
-        if old is None:
-            os.environ.pop("PREFSTUDIO_HOME", None)
-        else:
-            os.environ["PREFSTUDIO_HOME"] = old
 
 
 def test_training_to_prefer_support_raises_the_support_share(support_run, engine) -> None:  # noqa: ANN001
