@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from conftest import wait_for
@@ -13,6 +14,8 @@ from studio.tui.app import PreferenceStudioApp
 from studio.tui.screens.compare import CompareScreen
 from studio.tui.screens.exercise import ExerciseScreen
 from studio.tui.screens.train import TrainScreen
+
+FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
 
 @pytest.fixture
@@ -86,3 +89,31 @@ async def test_one_key_trains_and_then_opens_the_comparison(exercise_app):
         title = app.screen.query_one("#compare-title")
         await wait_for(pilot, lambda: "cannot compare" in str(title.render()))
         assert "does not fit gemma-3-270m" in str(title.render())
+
+
+async def test_import_from_the_tui_stores_the_file_or_names_the_problem(exercise_app, tmp_path):
+    app = exercise_app
+    good = FIXTURES / "trl_standard.jsonl"
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "d", "chosen": \n')
+    async with app.run_test(size=(150, 44)) as pilot:
+        await pilot.press("f8")
+        await wait_for(pilot, lambda: isinstance(app.screen, ExerciseScreen))
+        screen = app.screen
+        status = screen.query_one("#ex-status")
+        screen.query_one("#ex-import").value = str(bad)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: "Import failed" in str(status.render()))
+        assert f"{bad}" in str(status.render()) and "line 2" in str(status.render())
+        assert "broken" not in [d.name for d in app.store.list_datasets()]  # nothing stored
+        screen.query_one("#ex-import").value = str(good)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: "stored" in str(status.render()))
+        record = app.store.get_dataset(good.stem)
+        assert record.kind == "preference" and record.n_items > 0
+        # The train screen offers the imported pairs as a source.
+        await pilot.press("escape")
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+        scope = app.screen.query_one("#cfg-scope")
+        assert f"dataset:{good.stem}" in [value for _, value in scope._options]

@@ -9,7 +9,7 @@ metric before and after.
 
 from __future__ import annotations
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
@@ -37,6 +37,7 @@ def import_bundled_exercises(store) -> list[str]:  # noqa: ANN001
 class ExerciseScreen(Screen):
     BINDINGS = [
         Binding("ctrl+s", "train", "Train", priority=True),
+        Binding("ctrl+o", "import_file", "Import", priority=True),
         Binding("escape", "back", "Back"),
     ]
 
@@ -55,6 +56,8 @@ class ExerciseScreen(Screen):
                 yield Label("system prompt (keeps replies short)", classes="form-label")
                 yield TextArea(EXERCISE_SYSTEM_PROMPT, id="ex-system", soft_wrap=True)
                 yield Static("", id="ex-status")
+                yield Label("import a dataset (file or folder; ctrl+o)", classes="form-label")
+                yield Input(placeholder="path to .json / .jsonl / .parquet / save_to_disk folder", id="ex-import")
             with Vertical(id="exercise-preview"):
                 yield Static("", id="ex-summary")
                 yield DataTable(id="ex-table", cursor_type="row", zebra_stripes=True)
@@ -67,15 +70,19 @@ class ExerciseScreen(Screen):
                 import_bundled_exercises(store)
             except ValueError as exc:
                 self._status(f"The bundled exercise could not be imported: {exc}", error=True)
-        stance = [d for d in store.list_datasets() if d.kind == "stance"]
+        table = self.query_one("#ex-table", DataTable)
+        table.add_columns("#", "item", "prefers", "prompt", "chosen", "rejected")
+        self._load_datasets()
+        self.refresh_preview()
+
+    def _load_datasets(self, choose: str | None = None) -> None:
+        stance = [d for d in self.app.store.list_datasets() if d.kind == "stance"]
         select = self.query_one("#ex-dataset", Select)
         select.set_options([(f"{d.name} ({d.n_items} items, {d.n_test_prompts} test prompts)", d.name)
                             for d in stance])
-        if stance:
-            select.value = stance[0].name
-        table = self.query_one("#ex-table", DataTable)
-        table.add_columns("#", "item", "prefers", "prompt", "chosen", "rejected")
-        self.refresh_preview()
+        names = [d.name for d in stance]
+        if names:
+            select.value = choose if choose in names else names[0]
 
     # --- the form ---
 
@@ -123,7 +130,11 @@ class ExerciseScreen(Screen):
         self.query_one("#ex-summary", Static).update(
             f"{len(pairs)} training pairs: {n_support} prefer support, {len(pairs) - n_support} prefer oppose "
             f"· {len(items) - len(pairs)} items left for the stance metric")
-        self._status("ctrl+s trains; the comparison on the test prompts opens when it ends.")
+        status = self.query_one("#ex-status", Static)
+        # Replace only an earlier settings error (or nothing): an import's report stays readable even when
+        # the dataset list's Changed event re-runs the preview after it.
+        if status.has_class("error-text") or not str(status.render()).strip():
+            self._status("ctrl+s trains; the comparison on the test prompts opens when it ends.")
 
     def _status(self, text: str, error: bool = False) -> None:
         status = self.query_one("#ex-status", Static)
@@ -151,6 +162,35 @@ class ExerciseScreen(Screen):
 
         if run.status in ("done", "cancelled"):
             self.app.push_screen(CompareScreen(run.id, fresh=True))
+
+    @on(Input.Submitted, "#ex-import")
+    def action_import_file(self) -> None:
+        path = self.query_one("#ex-import", Input).value.strip()
+        if not path:
+            self.query_one("#ex-import", Input).focus()
+            self._status("Type the path of a dataset file or folder, then enter.")
+            return
+        self._status(f"Importing {path}…")
+        self.import_file(path)
+
+    @work(thread=True, exclusive=True, group="import", exit_on_error=False)
+    def import_file(self, path: str) -> None:
+        """In a worker: a 100k-record file streams for a second or two; the UI stays live."""
+        from pathlib import Path
+
+        try:
+            report = import_dataset(self.app.store, Path(path))
+        except ValueError as exc:  # DatasetImportError: names the file, line, records
+            self.app.call_from_thread(self._status, f"Import failed, nothing stored: {exc}", True)
+            return
+        self.app.call_from_thread(self._imported, report)
+
+    def _imported(self, report) -> None:  # noqa: ANN001
+        self._load_datasets(choose=report.name)
+        self.refresh_preview()
+        hint = "" if report.kind == "stance" else " Train on it from the train screen (F5) or with --dataset."
+        self._status(f"{report.describe()}.{hint}")
+        self.notify(report.describe())
 
     def action_back(self) -> None:
         self.app.pop_screen()

@@ -120,8 +120,10 @@ class TrainScreen(Screen):
                     yield Select([(name, name) for name in LOSS_TYPES], value=base.loss_type, allow_blank=False,
                                  id="cfg-loss_type")
                     yield Label("pairs from", classes="form-label")
-                    yield Select([("every session", "all"), ("this session", "session")], value="all",
-                                 allow_blank=False, id="cfg-scope")
+                    datasets = [d for d in self.app.store.list_datasets() if d.kind == "preference"]
+                    yield Select([("every session", "all"), ("this session", "session")]
+                                 + [(f"dataset {d.name} ({d.n_items} pairs)", f"dataset:{d.name}") for d in datasets],
+                                 value="all", allow_blank=False, id="cfg-scope")
                 yield Button("Start training (ctrl+s)", id="start", variant="success")
                 yield Static("", id="train-status")
             with Vertical(id="train-live"):
@@ -166,8 +168,9 @@ class TrainScreen(Screen):
         values["loss_type"] = self.query_one("#cfg-loss_type", Select).value
         scope = self.query_one("#cfg-scope", Select).value
         values["session_id"] = self.app.chat.session_id if scope == "session" else None
+        dataset = scope.removeprefix("dataset:") if scope.startswith("dataset:") else None
         base = self._base_config()
-        return base.replace(**values, train_model=None, dataset=None, max_steps=None, support_ratio=None,
+        return base.replace(**values, train_model=None, dataset=dataset, max_steps=None, support_ratio=None,
                             shuffle_seed=None, system_prompt=None)  # the exercise's settings stay with it
 
     # --- actions ---
