@@ -91,3 +91,23 @@ async def test_train_screen_reports_no_pairs_clearly(tmp_path, default_model, ti
             assert app.store.list_runs() == []
     finally:
         store.close()
+
+
+async def test_a_second_run_on_the_same_screen_is_shown_from_its_first_step(train_app):
+    app = train_app
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+        screen = app.screen
+        status = screen.query_one("#train-status")
+        for epochs, expected_run in ((3, 1), (2, 2)):
+            set_form(screen, epochs=epochs, learning_rate=0.005, batch_size=2, heldout_fraction=0)
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: screen.run_id == expected_run)  # noqa: B023
+            run_id = screen.run_id
+            await wait_for(pilot, lambda: f"Run {run_id} finished" in str(status.render()))  # noqa: B023
+            await wait_for(pilot, lambda: screen.process is None)
+            metrics = app.store.run_metrics(run_id)
+            loss_steps = [step for step, _ in screen.query_one("#plot-loss", MetricPlot).points["loss"]]
+            assert len(metrics) == 3 * epochs
+            assert loss_steps == [m["step"] for m in metrics if "loss" in m] and loss_steps[0] == 1

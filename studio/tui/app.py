@@ -45,7 +45,6 @@ class PreferenceStudioApp(App[None]):
         self.store = store
         self.engine: ChatEngine | None = engine
         self.active_adapter: str | None = None
-        self.training_run_id: int | None = None
         self.stale_runs = list(stale_runs)
         try:
             self.prompt_banks: list[PromptBank] = bundled_banks()

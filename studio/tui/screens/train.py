@@ -230,21 +230,21 @@ class TrainScreen(Screen):
     def _start_process(self, run_id: int, resume: bool) -> None:
         process = start_run_process(run_id, self.app.store.path, resume=resume, store=self.app.store)
         self._follow(run_id, process)
-        if not resume:
-            for plot in self.query(MetricPlot):
-                plot.clear_points()
-            self.query_one("#train-log", RichLog).clear()
 
     def _follow(self, run_id: int, process: subprocess.Popen | None) -> None:
+        """Show ``run_id`` from its first metric row and log line. A resumed run is re-read too: its rows
+        after the checkpoint were replaced, and its log file holds the earlier attempt as well."""
         self.run_id = run_id
         self.process = process
-        self.last_step = None if process is None or not self.last_step else self.last_step
+        self.last_step = None
+        for plot in self.query(MetricPlot):
+            plot.clear_points()
+        self.query_one("#train-log", RichLog).clear()
         run = self.app.store.get_run(run_id)
         self.log_path = RunPaths(Path(run.output_dir)).log_path
         self.log_offset = 0
         self.started_at = time.monotonic()
         self.first_step_at = None
-        self.app.training_run_id = run_id
 
     def poll(self) -> None:
         if self.run_id is None:
