@@ -327,21 +327,16 @@ def report(
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file for the samples.")] = None,
 ) -> None:
     """Write a Markdown + HTML report: config, data, curves, before/after metrics, blind votes, samples."""
-    from studio.compare_session import report_columns, run_comparison, stored_comparison
-    from studio.comparison import BlindTally
-    from studio.report import write_report
+    from studio.compare_session import run_comparison, stored_comparison, write_run_report
 
     with user_errors():
         with Store.open(settings().db) as store:
-            record = store.get_run(run)
+            store.get_run(run)  # a missing run is named before any model is loaded
             result = None if prompts else stored_comparison(store, run)
             if result is None:
                 result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
                                         sampling=settings().sampling, prompts_file=prompts, limit=8)
-            votes = store.votes(run)
-            tally = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in votes) if votes else None
-            before_after = report_columns(result)
-            path = write_report(out, record, store.run_metrics(run), before_after, tally, result.rows)
+            path = write_run_report(store, run, result, out)
     typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")
 
 

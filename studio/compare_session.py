@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.comparison import (
+    BlindTally,
     ComparisonError,
     ComparisonRow,
     comparison_prompts,
@@ -178,3 +179,19 @@ def report_columns(result: ComparisonResult) -> dict[str, dict]:
             columns[column]["support_share"] = result.stance[key]["share"]
             columns[column]["stance_items"] = result.stance[key]["n"]
     return {k: v for k, v in columns.items() if v}
+
+
+def vote_tally(store: Any, run_id: int) -> BlindTally:
+    """The blind votes stored with a run, counted as tuned wins / ties / losses."""
+    return BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in store.votes(run_id))
+
+
+def write_run_report(store: Any, run_id: int, result: ComparisonResult | None, out_dir: Path) -> Path:
+    """``prefstudio report`` and the compare screen's ``w``: the run, its curves, the before/after metrics,
+    the blind tally (when anyone voted) and the side-by-side samples."""
+    from studio.report import write_report
+
+    tally = vote_tally(store, run_id)
+    return write_report(out_dir, store.get_run(run_id), store.run_metrics(run_id),
+                        report_columns(result) if result else {}, tally if tally.total else None,
+                        result.rows if result else [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from conftest import prefstudio_home, run_cli, wait_for
@@ -152,6 +153,10 @@ async def test_blind_votes_through_pilot_are_stored_and_tallied(trained, default
             await pilot.press("b")
             assert "tuned" in screen.query_one("#compare-left").border_title + screen.query_one(
                 "#compare-right").border_title
+            report = Path(store.get_run(run_id).output_dir) / "report" / "report.md"
+            await pilot.press("w")
+            await wait_for(pilot, report.exists)
+            assert "Blind" in report.read_text() or "blind" in report.read_text()
             await pilot.press("escape")
             await pilot.press("f7")
             await wait_for(pilot, lambda: app.active_adapter == f"run-{run_id}")

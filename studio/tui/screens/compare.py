@@ -18,8 +18,14 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 from textual.worker import get_current_worker
 
-from studio.compare_session import ComparisonResult, report_columns, run_comparison, stored_comparison
-from studio.comparison import BlindTally, blind_order
+from studio.compare_session import (
+    ComparisonResult,
+    run_comparison,
+    stored_comparison,
+    vote_tally,
+    write_run_report,
+)
+from studio.comparison import blind_order
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
 
@@ -158,8 +164,7 @@ class CompareScreen(Screen):
         self._update_tally()
 
     def _update_tally(self) -> None:
-        votes = self.app.store.votes(self.run_id)
-        tally = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in votes)
+        tally = vote_tally(self.app.store, self.run_id)
         self.query_one("#compare-tally", Static).update(f"Blind votes: {tally.describe()}")
 
     # --- actions ---
@@ -198,17 +203,9 @@ class CompareScreen(Screen):
     def write_report(self) -> None:
         from pathlib import Path
 
-        from studio.report import write_report
-
-        store = self.app.store
-        run = store.get_run(self.run_id)
-        result = self.result
-        votes = store.votes(self.run_id)
-        tally = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in votes) if votes else None
-        before_after = report_columns(result) if result else {}
+        run = self.app.store.get_run(self.run_id)
         try:
-            path = write_report(Path(run.output_dir) / "report", run, store.run_metrics(self.run_id), before_after,
-                                tally, result.rows if result else [])
+            path = write_run_report(self.app.store, self.run_id, self.result, Path(run.output_dir) / "report")
         except (ValueError, OSError) as exc:
             self.app.call_from_thread(self.notify, f"Report not written: {exc}", severity="error")
             return
