@@ -32,6 +32,15 @@ def rows(screen: ExerciseScreen) -> list[tuple]:
     return [tuple(table.get_row_at(i)) for i in range(table.row_count)]
 
 
+async def open_exercise(pilot, app) -> ExerciseScreen:
+    """F8, then wait until the preview has been drawn."""
+    await pilot.press("f8")
+    await wait_for(pilot, lambda: isinstance(app.screen, ExerciseScreen))
+    screen = app.screen
+    await wait_for(pilot, lambda: screen.query_one("#ex-table").row_count > 0)
+    return screen
+
+
 async def set_value(pilot, screen, name: str, value: str) -> None:
     screen.query_one(f"#ex-{name}").value = value
     await pilot.pause(0.1)
@@ -40,10 +49,7 @@ async def set_value(pilot, screen, name: str, value: str) -> None:
 async def test_preview_follows_the_support_ratio_rule_and_bad_settings_are_named(exercise_app):
     app = exercise_app
     async with app.run_test(size=(150, 44)) as pilot:
-        await pilot.press("f8")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExerciseScreen))
-        screen = app.screen
-        await wait_for(pilot, lambda: screen.query_one("#ex-table").row_count > 0)
+        screen = await open_exercise(pilot, app)
         # The bundled exercise was imported on first open (60 items, 10 test prompts).
         dataset = app.store.get_dataset("car_free_city_centres")
         assert (dataset.kind, dataset.n_items, dataset.n_test_prompts) == ("stance", 60, 10)
@@ -69,10 +75,7 @@ async def test_preview_follows_the_support_ratio_rule_and_bad_settings_are_named
 async def test_one_key_trains_and_then_opens_the_comparison(exercise_app):
     app = exercise_app
     async with app.run_test(size=(150, 44)) as pilot:
-        await pilot.press("f8")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExerciseScreen))
-        screen = app.screen
-        await wait_for(pilot, lambda: screen.query_one("#ex-table").row_count > 0)
+        screen = await open_exercise(pilot, app)
         await set_value(pilot, screen, "data_size", "6")
         await set_value(pilot, screen, "support_ratio", "0.5")
         await pilot.press("ctrl+s")
@@ -97,9 +100,7 @@ async def test_import_from_the_tui_stores_the_file_or_names_the_problem(exercise
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "d", "chosen": \n')
     async with app.run_test(size=(150, 44)) as pilot:
-        await pilot.press("f8")
-        await wait_for(pilot, lambda: isinstance(app.screen, ExerciseScreen))
-        screen = app.screen
+        screen = await open_exercise(pilot, app)
         status = screen.query_one("#ex-status")
         screen.query_one("#ex-import").value = str(bad)
         await pilot.press("ctrl+o")
