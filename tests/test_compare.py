@@ -163,5 +163,14 @@ async def test_blind_votes_through_pilot_are_stored_and_tallied(trained, default
             await pilot.press("f7")
             await wait_for(pilot, lambda: app.active_adapter == f"run-{run_id}")
             assert f"adapter: run-{run_id}" in app.sub_title and app.engine.active_adapter == f"run-{run_id}"
+            # Candidates and judgements made now record the adapter that produced them (iterative DPO).
+            app.chat.query_one("#prompt-input").value = "Say hello."
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: app.chat.state == "judging")
+            await pilot.press("1")
+            await wait_for(pilot, lambda: app.chat.state == "input")
+            judgement = store.judgements()[-1]
+            assert judgement.adapter == f"run-{run_id}"
+            assert {c.adapter for c in store.candidates(judgement.prompt_id)} == {f"run-{run_id}"}
     finally:
         store.close()
