@@ -138,7 +138,23 @@ def test_resume_after_a_kill_logs_each_step_once(db: Path, tiny_model_dir: Path,
         finalize_dead_run(store, prepared.run_id, proc.returncode)
         assert store.get_run(prepared.run_id).status == "failed"
         resumed = start(launch_command(prepared.run_id, db, resume=True))
-        resumed.communicate(timeout=300)
-        assert resumed.returncode == 0 and store.get_run(prepared.run_id).status == "done"
+        out, _ = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0 and store.get_run(prepared.run_id).status == "done", out[-3000:]
         steps = [m["step"] for m in store.run_metrics(prepared.run_id)]
         assert steps == list(range(1, 41))  # the steps after the checkpoint were logged again, once
+
+
+def test_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path: Path) -> None:
+    from trainers.dpo_training import last_complete_checkpoint
+
+    for step, complete in ((5, True), (10, False), (2, True)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    said: list[str] = []
+    assert last_complete_checkpoint(tmp_path, said.append) == str(tmp_path / "checkpoint-5")
+    assert not (tmp_path / "checkpoint-10").exists() and (tmp_path / "checkpoint-2").exists()
+    assert said == ["removing incomplete checkpoint-10 (the trainer stopped while writing it)"]
+    assert last_complete_checkpoint(tmp_path / "nothing-here", said.append) is None

@@ -155,7 +155,6 @@ def train_and_publish(
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
     from trainers.dpo_run import RunError, RunOutcome, peak_rss_mb, resolve_device, resolve_dtype
@@ -190,7 +189,7 @@ def train_and_publish(
     load_seconds = time.monotonic() - load_started
 
     paths.work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = get_last_checkpoint(str(paths.work_dir)) if resume and paths.work_dir.is_dir() else None
+    checkpoint = last_complete_checkpoint(paths.work_dir, log) if resume and paths.work_dir.is_dir() else None
     if resume and checkpoint is None:
         log("no checkpoint to resume from; training from the start")
     if not resume or checkpoint is None:
@@ -301,6 +300,26 @@ def _quiet_progress_bars() -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+
+
+def last_complete_checkpoint(work_dir: Path, log: Callable[[str], None] = print) -> str | None:
+    """The newest checkpoint a resume can use, removing newer ones the trainer was killed while writing.
+
+    The Trainer writes a checkpoint's files one by one and ``trainer_state.json`` last; a kill in between
+    leaves a folder that transformers' ``get_last_checkpoint`` still picks, and resuming from it fails.
+    """
+    import shutil
+
+    numbered = sorted(
+        (d for d in Path(work_dir).glob("checkpoint-*") if d.is_dir() and d.name.split("-")[-1].isdigit()),
+        key=lambda d: int(d.name.split("-")[-1]), reverse=True,
+    )
+    for folder in numbered:
+        if (folder / "trainer_state.json").exists():
+            return str(folder)
+        log(f"removing incomplete {folder.name} (the trainer stopped while writing it)")
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _checkpoint_step(checkpoint: str | None) -> int:
