@@ -36,6 +36,12 @@ _EXPECTED = (
 )
 _SHOWN_PROBLEMS = 10
 
+# The rows readers hand to `Store.import_records`: plain tuples, because a large import builds one per
+# record and a tuple costs a fraction of a dict or a dataclass.
+PairRow = tuple[str, str, str, "list[dict[str, str]] | None"]  # prompt, chosen, rejected, prompt messages
+StanceRow = tuple[str, str, str, str]  # item_key, prompt, support, oppose
+TestRow = tuple[str, str]  # item_key, prompt
+
 
 def kind_of(schema: str) -> str:
     """'stance' for labelled stance items, 'preference' for every pair schema."""
@@ -242,7 +248,7 @@ class SchemaReader:
         self.skipped: list[str] = []
         self._first: str | None = None
 
-    def rows(self, records: Iterable[Located]) -> Iterator[dict[str, Any]]:
+    def rows(self, records: Iterable[Located]) -> Iterator[StanceRow | PairRow]:
         """Rows in file order; at the end, every collected problem is raised in one error."""
         convert = self._stance_row if self.schema == "stance-json" else self._pair_row
         plain = self.schema == "trl-standard"
@@ -253,7 +259,7 @@ class SchemaReader:
                 prompt, chosen, rejected = record.get("prompt"), record.get("chosen"), record.get("rejected")
                 if (type(prompt) is str and type(chosen) is str and type(rejected) is str and chosen != rejected
                         and "support" not in record and "oppose" not in record):
-                    yield {"prompt": prompt, "chosen": chosen, "rejected": rejected, "prompt_messages": None}
+                    yield (prompt, chosen, rejected, None)
                     continue
             if not isinstance(record, dict):
                 self.problems.add("records that are not JSON objects", where)
@@ -280,7 +286,7 @@ class SchemaReader:
                 f"(fields: {_fields(record)}). Split the file, or pass --format to read every record as one."
             )
 
-    def _stance_row(self, where: str, record: dict) -> dict[str, Any] | None:
+    def _stance_row(self, where: str, record: dict) -> StanceRow | None:
         name = _record_name(record, where)
         ok = True
         key = record.get("id")
@@ -297,10 +303,9 @@ class SchemaReader:
             return None
         if not ok:
             return None
-        return {"item_key": str(key), "prompt": record["prompt"], "support": record["support"],
-                "oppose": record["oppose"]}
+        return (str(key), record["prompt"], record["support"], record["oppose"])
 
-    def _pair_row(self, where: str, record: dict) -> dict[str, Any] | None:
+    def _pair_row(self, where: str, record: dict) -> PairRow | None:
         if self.schema == "trl-conversational":
             row = self._conversational(where, record)
         elif self.schema == "hh":
@@ -309,14 +314,14 @@ class SchemaReader:
             row = self._standard(where, record)
         if row is None:
             return None
-        if row["chosen"] == row["rejected"]:
+        if row[1] == row[2]:  # chosen == rejected
             self.n_skipped += 1
             if len(self.skipped) < _SHOWN_PROBLEMS:
                 self.skipped.append(where)
             return None
         return row
 
-    def _standard(self, where: str, record: dict) -> dict[str, Any] | None:
+    def _standard(self, where: str, record: dict) -> PairRow | None:
         name = _record_name(record, where)
         explicit = record.get("prompt") is not None
         names = ("prompt", "chosen", "rejected") if explicit else ("chosen", "rejected")
@@ -324,12 +329,11 @@ class SchemaReader:
             return None
         chosen, rejected = record["chosen"], record["rejected"]
         if explicit:
-            return {"prompt": record["prompt"], "chosen": chosen, "rejected": rejected, "prompt_messages": None}
+            return (record["prompt"], chosen, rejected, None)
         idx = _shared_prefix(chosen, rejected)
-        return {"prompt": chosen[:idx], "chosen": chosen[idx:], "rejected": rejected[idx:],
-                "prompt_messages": None}
+        return (chosen[:idx], chosen[idx:], rejected[idx:], None)
 
-    def _conversational(self, where: str, record: dict) -> dict[str, Any] | None:
+    def _conversational(self, where: str, record: dict) -> PairRow | None:
         name = _record_name(record, where)
         missing = [key for key in ("chosen", "rejected") if record.get(key) is None]
         if missing:
@@ -353,7 +357,7 @@ class SchemaReader:
             prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
         return self._one_reply(name, prompt, chosen, rejected)
 
-    def _hh(self, where: str, record: dict) -> dict[str, Any] | None:
+    def _hh(self, where: str, record: dict) -> PairRow | None:
         name = _record_name(record, where)
         if not _check_text(record, ("chosen", "rejected"), name, self.problems, allow_empty=True):
             return None
@@ -368,7 +372,7 @@ class SchemaReader:
         return self._one_reply(name, chosen[:-1], chosen[-1:], rejected[-1:])
 
     def _one_reply(self, name: str, prompt: list[dict], chosen: list[dict], rejected: list[dict]
-                   ) -> dict[str, Any] | None:
+                   ) -> PairRow | None:
         if not prompt:
             self.problems.add("no prompt messages", name)
             return None
@@ -379,11 +383,10 @@ class SchemaReader:
                                   f"{name}: {side} ({len(messages)} message(s) after the prompt)")
                 return None
             replies.append(messages[0]["content"])
-        return {"prompt": flatten_messages(prompt), "chosen": replies[0], "rejected": replies[1],
-                "prompt_messages": prompt}
+        return (flatten_messages(prompt), replies[0], replies[1], prompt)
 
 
-def companion_prompt_rows(path: Path, records: Iterable[Located]) -> Iterator[dict[str, Any]]:
+def companion_prompt_rows(path: Path, records: Iterable[Located]) -> Iterator[TestRow]:
     """Rows of a companion test-prompt file: `{id, prompt}` records (labelled items also do: their prompt)."""
     problems = RecordProblems(path)
     for number, (where, record) in enumerate(records, start=1):
@@ -399,5 +402,5 @@ def companion_prompt_rows(path: Path, records: Iterable[Located]) -> Iterator[di
         if not _check_text(record, ("prompt",), name, problems, allow_empty=False):
             continue
         key = record.get("id")
-        yield {"item_key": str(key) if key is not None else str(number), "prompt": record["prompt"]}
+        yield (str(key) if key is not None else str(number), record["prompt"])
     problems.raise_if_any()

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import sqlite_utils
 
 from store.dataset_files import DatasetImportError
-from store.dataset_formats import KINDS
+from store.dataset_formats import KINDS, PairRow, StanceRow, TestRow
 from store.errors import RecordNotFoundError
 from store.pairs import PreferencePair
 from store.transactions import serialized, utc_now, write_transaction
@@ -122,46 +122,69 @@ _canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_ke
 
 
 def content_hash(content: list[Any]) -> str:
-    """sha256 of the canonical JSON of a record's content (sorted keys, no spaces, UTF-8)."""
-    return hashlib.sha256(_canonical(content).encode("utf-8")).hexdigest()
+    """sha256 of the canonical JSON of a record's content (sorted keys, no spaces, UTF-8), as hex."""
+    return _content_digest(content).hex()
 
 
-def _text_hash(tag: str, *texts: str) -> str:
+def _content_digest(content: list[Any]) -> bytes:
+    return hashlib.sha256(_canonical(content).encode("utf-8")).digest()
+
+
+def _text_digest(tag: str, *texts: str) -> bytes:
     # The same bytes as content_hash([tag, *texts]), built from the C string encoder: imports hash
     # every record, and json.dumps' generic path is most of an import's Python time.
     body = ",".join(map(encode_basestring, (tag, *texts)))
-    return hashlib.sha256(f"[{body}]".encode()).hexdigest()
+    return hashlib.sha256(f"[{body}]".encode()).digest()
 
 
-def _stance_values(dataset_id: int, row: dict[str, Any]) -> tuple:
-    digest = _text_hash("stance", row["prompt"], row["support"], row["oppose"])
-    return (dataset_id, row["item_key"], row["prompt"], row["support"], row["oppose"], digest)
+# An import keeps a set of the raw sha256 digests it has seen (32 bytes each, half the hex text) and
+# stores the hex text, so rows stay readable in any SQLite browser.
 
 
-def _test_values(dataset_id: int, row: dict[str, Any]) -> tuple:
-    return (dataset_id, row["item_key"], row["prompt"], _text_hash("test", row["prompt"]))
+def _stance_digest(row: StanceRow) -> bytes:
+    return _text_digest("stance", row[1], row[2], row[3])
 
 
-def _pair_values(dataset_id: int, row: dict[str, Any]) -> tuple:
-    messages = row.get("prompt_messages")
+def _test_digest(row: TestRow) -> bytes:
+    return _text_digest("test", row[1])
+
+
+def _pair_digest(row: PairRow) -> bytes:
+    prompt, chosen, rejected, messages = row
     if messages is not None:
-        digest = content_hash(["messages", messages, row["chosen"], row["rejected"]])
-        messages_json = json.dumps(messages, ensure_ascii=False)
-    else:
-        digest = _text_hash("pair", row["prompt"], row["chosen"], row["rejected"])
-        messages_json = None
-    return (dataset_id, row["prompt"], row["chosen"], row["rejected"], messages_json, digest)
+        return _content_digest(["messages", messages, chosen, rejected])
+    return _text_digest("pair", prompt, chosen, rejected)
 
 
-_INSERTS = {
-    "stance": ("INSERT OR IGNORE INTO dataset_stance_items "
-               "(dataset_id, item_key, prompt, support, oppose, content_hash) VALUES (?, ?, ?, ?, ?, ?)",
-               _stance_values),
-    "test": ("INSERT OR IGNORE INTO dataset_test_prompts (dataset_id, item_key, prompt, content_hash) "
-             "VALUES (?, ?, ?, ?)", _test_values),
-    "pairs": ("INSERT OR IGNORE INTO dataset_pairs "
-              "(dataset_id, prompt, chosen, rejected, prompt_messages_json, content_hash) "
-              "VALUES (?, ?, ?, ?, ?, ?)", _pair_values),
+def _pair_values(dataset_id: int, row: PairRow, digest: bytes) -> tuple:
+    prompt, chosen, rejected, messages = row
+    messages_json = json.dumps(messages, ensure_ascii=False) if messages is not None else None
+    return (dataset_id, prompt, chosen, rejected, messages_json, digest.hex())
+
+
+def _plain_values(dataset_id: int, row: tuple, digest: bytes) -> tuple:
+    return (dataset_id, *row, digest.hex())
+
+
+class _Table(NamedTuple):
+    """How one item table takes rows: its INSERT, the content hash of a row, and the row's values."""
+
+    name: str
+    insert: str
+    digest: Callable[[Any], bytes]
+    values: Callable[[int, Any, bytes], tuple]
+
+
+_TABLES = {
+    "stance": _Table("dataset_stance_items",
+                     "INSERT INTO dataset_stance_items (dataset_id, item_key, prompt, support, oppose, content_hash) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", _stance_digest, _plain_values),
+    "test": _Table("dataset_test_prompts",
+                   "INSERT INTO dataset_test_prompts (dataset_id, item_key, prompt, content_hash) VALUES (?, ?, ?, ?)",
+                   _test_digest, _plain_values),
+    "pairs": _Table("dataset_pairs",
+                    "INSERT INTO dataset_pairs (dataset_id, prompt, chosen, rejected, prompt_messages_json, "
+                    "content_hash) VALUES (?, ?, ?, ?, ?, ?)", _pair_digest, _pair_values),
 }
 
 _DATASETS_SQL = """
@@ -188,15 +211,16 @@ class Datasets:
         kind: str,
         fmt: str,
         source_path: str | Path | None,
-        stance_items: Iterable[dict[str, Any]] | None = None,
-        test_prompts: Iterable[dict[str, Any]] | None = None,
-        pairs: Iterable[dict[str, Any]] | None = None,
+        stance_items: Iterable[StanceRow] | None = None,
+        test_prompts: Iterable[TestRow] | None = None,
+        pairs: Iterable[PairRow] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> ImportReport:
         """Store rows into dataset `name` (created if new) in one transaction, and say what was added.
 
-        Rows are dicts: stance items {item_key, prompt, support, oppose}; test prompts {item_key,
-        prompt}; pairs {prompt, chosen, rejected, prompt_messages (a message list or None)}. The
+        Rows are tuples: stance items (item_key, prompt, support, oppose); test prompts (item_key,
+        prompt); pairs (prompt, chosen, rejected, prompt messages: a message list or None). A row whose
+        content the dataset already holds (or that came earlier in this import) is counted, not stored. The
         iterables are consumed inside the transaction, so an error they raise (a bad record found late
         in a file) rolls back everything, the dataset row included. `on_progress` gets the number of
         records read so far after each batch.
@@ -232,19 +256,31 @@ class Datasets:
             "source_path": str(source_path) if source_path is not None else None, "created_at": utc_now(),
         }).last_pk
 
-    def _insert_rows(self, table: str, dataset_id: int, rows: Iterable[dict[str, Any]],
+    def _insert_rows(self, table: str, dataset_id: int, rows: Iterable[tuple],
                      on_progress: Callable[[int], None] | None) -> tuple[int, int]:
-        sql, values = _INSERTS[table]
+        # Content is kept unique here rather than by a unique index (see schema v4): the dataset's
+        # hashes are read once, inside the import's write transaction, so no other writer can add
+        # rows between this read and the inserts.
+        spec = _TABLES[table]
         conn = self.db.conn
-        before = conn.total_changes
-        n_read = 0
-        iterator: Iterator[dict[str, Any]] = iter(rows)
-        while batch := [values(dataset_id, row) for row in islice(iterator, _INSERT_BATCH)]:
-            conn.executemany(sql, batch)
+        seen = {bytes.fromhex(digest) for (digest,) in conn.execute(
+            f"SELECT content_hash FROM {spec.name} WHERE dataset_id = ?", [dataset_id])}
+        digest_of, values = spec.digest, spec.values
+        n_read = n_added = 0
+        iterator: Iterator[tuple] = iter(rows)
+        while batch := list(islice(iterator, _INSERT_BATCH)):
+            fresh = []
+            for row in batch:
+                digest = digest_of(row)
+                if digest not in seen:
+                    seen.add(digest)
+                    fresh.append(values(dataset_id, row, digest))
+            conn.executemany(spec.insert, fresh)
             n_read += len(batch)
+            n_added += len(fresh)
             if on_progress is not None:
                 on_progress(n_read)
-        return n_read, conn.total_changes - before
+        return n_read, n_added
 
     # Reading
 
@@ -352,12 +388,12 @@ class Datasets:
             return
         last = first - 1
         while True:
-            # NOT INDEXED: walk the rowid from where the last page ended. Through the (dataset_id,
-            # content_hash) index every page would sort the whole dataset again.
+            # The (dataset_id) index holds the rowid too, so each page is a range scan from where the
+            # last one ended, already in order.
             with self._lock:
                 rows = self.db.execute(
-                    "SELECT id, prompt, chosen, rejected, prompt_messages_json FROM dataset_pairs NOT INDEXED "
-                    "WHERE id > ? AND dataset_id = ? ORDER BY id LIMIT ?", [last, dataset_id, batch]).fetchall()
+                    "SELECT id, prompt, chosen, rejected, prompt_messages_json FROM dataset_pairs "
+                    "WHERE dataset_id = ? AND id > ? ORDER BY id LIMIT ?", [dataset_id, last, batch]).fetchall()
             if not rows:
                 return
             for row_id, prompt, chosen, rejected, messages in rows:

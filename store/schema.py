@@ -11,7 +11,7 @@ import sqlite_utils
 from store.errors import SchemaTooNewError, StoreCorruptError
 from store.transactions import database_file, write_transaction
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _VERSION_KEY = "schema_version"
 
@@ -220,10 +220,24 @@ def _add_datasets_v3(db: sqlite_utils.Database) -> None:
         db[table].create_index(["dataset_id", "content_hash"], unique=True)
 
 
+def _dataset_indexes_v4(db: sqlite_utils.Database) -> None:
+    """Version 4: dataset rows are indexed by dataset only; the import itself keeps content unique.
+
+    A unique (dataset_id, content_hash) index made every imported row a random insert into a B-tree of
+    64-character keys: half of a 100k-pair import's time. The import now reads a dataset's hashes once
+    (under the write lock, inside its transaction) and skips what is already there, so the index only
+    has to find a dataset's rows, and rows of one import append to it in order.
+    """
+    for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pairs"):
+        db.execute(f"DROP INDEX IF EXISTS idx_{table}_dataset_id_content_hash")
+        db[table].create_index(["dataset_id"], find_unique_name=True)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _create_v1,
     _add_evaluations_v2,
     _add_datasets_v3,
+    _dataset_indexes_v4,
 ]
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"

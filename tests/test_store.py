@@ -56,14 +56,14 @@ def count(store: Store, table: str) -> int:
 
 
 def test_fresh_file_gets_current_schema(store: Store, db_path: Path) -> None:
-    assert SCHEMA_VERSION == 3 and len(MIGRATIONS) == SCHEMA_VERSION
+    assert SCHEMA_VERSION == 4 and len(MIGRATIONS) == SCHEMA_VERSION
     assert store.schema_version == SCHEMA_VERSION
     assert store.path == db_path and db_path.is_file()
     expected = {"meta", "sessions", "turns", "prompts", "candidates", "judgements", "runs", "run_metrics",
                 "comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
                 "dataset_test_prompts", "dataset_pairs"}
     assert expected <= set(store.db.table_names())
-    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
 
 
 def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     with Store.open(db_path) as store:
-        assert store.schema_version == 3
+        assert store.schema_version == 4
         assert {"comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
                 "dataset_test_prompts", "dataset_pairs"} <= set(store.db.table_names())
         assert store.get_session(session_id).system_prompt == "kept"
@@ -110,7 +110,7 @@ def test_file_from_a_newer_version_is_refused(db_path: Path) -> None:
     with pytest.raises(SchemaTooNewError) as raised:
         Store.open(db_path)
     message = str(raised.value)
-    assert str(db_path) in message and "schema 99" in message and "this one knows 3" in message
+    assert str(db_path) in message and "schema 99" in message and f"this one knows {SCHEMA_VERSION}" in message
 
 
 def test_parent_that_is_a_file_is_unwritable(tmp_path: Path) -> None:
