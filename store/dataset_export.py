@@ -16,13 +16,14 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from itertools import islice
+from itertools import chain, islice
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any
 
 from store.atomic_files import write_lines
-from store.datasets import DatasetRecord, ExportPair, TestPrompt
+from store.datasets import STANCE_PAIR_PREFIX, DatasetRecord, ExportPair, StanceItem, TestPrompt
+from store.errors import RecordNotFoundError
 from store.pairs import PreferencePair
 from store.records import Verdict
 from store.studio_store import Store
@@ -93,20 +94,55 @@ def judged_export_pairs(store: Store, session: int | None = None, verdicts: Iter
 
 
 def heldout_export_pairs(store: Store, run_id: int) -> tuple[list[ExportPair], list[str]]:
-    """A run's held-out pairs (judged ones and imported dataset ones), and the ids no longer found."""
-    ids = store.get_run(run_id).heldout_ids
-    judged = {pair.pair_id: pair for pair in store.pairs()} if any(not i.startswith("d") for i in ids) else {}
+    """A run's held-out pairs (judged ones, imported dataset ones, and an exercise's held-out stance items
+    with support chosen, as the stance metric scores them), and the ids no longer found."""
+    run = store.get_run(run_id)
+    ids = run.heldout_ids
+    judged = ({pair.pair_id: pair for pair in store.pairs()}
+              if any(i.startswith("j") for i in ids) else {})
     row_ids = [int(i[1:]) for i in ids if i.startswith("d") and i[1:].isdigit()]
     from_datasets = {pair.pair_id: pair for pair in store.dataset_pairs_by_row_ids(row_ids)}
+    stance = _heldout_stance_items(store, run.config, ids)
     found, missing = [], []
     for pair_id in ids:
         if pair_id in judged:
             found.append(_from_preference(judged[pair_id]))
         elif pair_id in from_datasets:
             found.append(from_datasets[pair_id])
+        elif pair_id in stance:
+            item = stance[pair_id]
+            found.append(ExportPair(pair_id, item.prompt, item.support, item.oppose))
         else:
             missing.append(pair_id)
     return found, missing
+
+
+def _heldout_stance_items(store: Store, config: dict[str, Any], ids: list[str]) -> dict[str, StanceItem]:
+    """The stance items an exercise run's held-out ids ("stance:<item key>") name, by those ids."""
+    name = config.get("dataset")
+    if not name or not any(i.startswith(STANCE_PAIR_PREFIX) for i in ids):
+        return {}
+    try:
+        items = store.stance_items(name)
+    except (RecordNotFoundError, ValueError):  # the dataset is gone, or is not a stance dataset
+        return {}
+    return {STANCE_PAIR_PREFIX + item.item_key: item for item in items}
+
+
+def write_dataset_pairs(store: Store, datasets: Iterable[DatasetRecord], out: Path, fmt: str = "jsonl",
+                        conversational: bool = False, prefer: str = "support") -> int:
+    """Write the pairs of imported datasets to `out`; return how many.
+
+    Preference datasets in TRL's standard format go straight from their stored Arrow batches to the
+    file, without a Python object per pair; anything else goes through `write_pairs`.
+    """
+    chosen = list(datasets)
+    if not conversational and all(record.kind == "preference" for record in chosen):
+        batches = (batch.select(["prompt", "chosen", "rejected"])
+                   for record in chosen for batch in store.iter_pair_batches(record.id))
+        return write_standard_batches(batches, out, fmt)
+    return write_pairs(chain.from_iterable(dataset_export_pairs(store, record, prefer) for record in chosen),
+                       out, fmt, conversational)
 
 
 # Writers
@@ -126,6 +162,22 @@ def write_pairs(pairs: Iterable[ExportPair], out: Path, fmt: str = "jsonl", conv
         return write_lines(map(_standard_line, pairs), out)
     schema = _pair_schema(conversational)
     return write_batches(_standard_batches(pairs, schema), out, fmt, schema)
+
+
+def write_standard_batches(batches: Iterable[Any], out: Path, fmt: str = "jsonl") -> int:
+    """Write Arrow batches of prompt, chosen and rejected strings in TRL's standard format; return the rows."""
+    schema = _pair_schema(conversational=False)
+    if fmt == "jsonl":
+        return write_lines(chain.from_iterable(map(_batch_lines, batches)), out)
+    return write_batches((batch.cast(schema) for batch in batches), out, fmt, schema)
+
+
+def _batch_lines(batch: Any) -> list[str]:
+    # The same lines as _standard_line, from whole columns.
+    prompts, chosen, rejected = (batch.column(name).to_pylist() for name in ("prompt", "chosen", "rejected"))
+    encode = encode_basestring
+    return [f'{{"prompt": {encode(p)}, "chosen": {encode(c)}, "rejected": {encode(r)}}}\n'
+            for p, c, r in zip(prompts, chosen, rejected, strict=True)]
 
 
 def _standard_line(pair: ExportPair) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import codecs
 import json
 import json.scanner
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,38 +110,44 @@ def _malformed(path: Path, line: int, column: int, message: str) -> DatasetImpor
 
 
 def _jsonl_records(path: Path) -> Iterator[Located]:
-    decoder = json.JSONDecoder()
-    scan = json.scanner.make_scanner(decoder)  # the C scanner json.loads ends in, without its wrappers
     seen_any = False
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _not_utf8(path) from None
-            if number == 1:
-                line = line.removeprefix("\ufeff")
-            start = 0
-            if not line.startswith("{"):
-                stripped = line.lstrip()
-                if not stripped:
-                    continue
-                start = len(line) - len(stripped)
-            try:
-                record, end = scan(line, start)
-                if line[end:].strip():
-                    raise ValueError
-            except (StopIteration, ValueError):
-                try:
-                    record = decoder.decode(line)  # the same parse, for json's own message and column
-                except json.JSONDecodeError as error:
-                    if number == 1:
-                        _refuse_single_object(path)
-                    raise _malformed(path, number, error.colno, error.msg) from None
+        for located in jsonl_line_records(path, enumerate(handle, start=1)):
             seen_any = True
-            yield f"line {number}", record
+            yield located
     if not seen_any:
         raise DatasetImportError(f"{path} is empty: no records to import.")
+
+
+def jsonl_line_records(path: Path, lines: Iterable[tuple[int, bytes]]) -> Iterator[Located]:
+    """The records of numbered raw JSON Lines (all of a file, or a run of its lines), blank lines skipped."""
+    decoder = json.JSONDecoder()
+    scan = json.scanner.make_scanner(decoder)  # the C scanner json.loads ends in, without its wrappers
+    for number, raw in lines:
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        start = 0
+        if not line.startswith("{"):
+            stripped = line.lstrip()
+            if not stripped:
+                continue
+            start = len(line) - len(stripped)
+        try:
+            record, end = scan(line, start)
+            if line[end:].strip():
+                raise ValueError
+        except (StopIteration, ValueError):
+            try:
+                record = decoder.decode(line)  # the same parse, for json's own message and column
+            except json.JSONDecodeError as error:
+                if number == 1:
+                    _refuse_single_object(path)
+                raise _malformed(path, number, error.colno, error.msg) from None
+        yield f"line {number}", record
 
 
 def _refuse_single_object(path: Path) -> None:
@@ -300,6 +306,18 @@ def _parquet_records(path: Path) -> Iterator[Located]:
 
 
 def _hf_dir_records(path: Path) -> Iterator[Located]:
+    loaded, where_prefix = load_hf_split(path)
+    number = 0
+    for batch in loaded.iter(batch_size=_BATCH_ROWS):
+        columns = list(batch)
+        for values in zip(*(batch[name] for name in columns), strict=True):
+            number += 1
+            yield f"{where_prefix}row {number}", dict(zip(columns, values, strict=True))
+
+
+def load_hf_split(path: Path) -> tuple[Any, str]:
+    """The split of a save_to_disk folder to import (its 'train' split, or its only one) and the prefix
+    of its records' places ("train " for a DatasetDict, "" for a Dataset)."""
     import datasets
 
     try:
@@ -322,9 +340,4 @@ def _hf_dir_records(path: Path) -> Iterator[Located]:
         where_prefix = f"{split} "
     if loaded.num_rows == 0:
         raise DatasetImportError(f"{path} is empty: the saved dataset has no rows.")
-    number = 0
-    for batch in loaded.iter(batch_size=_BATCH_ROWS):
-        columns = list(batch)
-        for values in zip(*(batch[name] for name in columns), strict=True):
-            number += 1
-            yield f"{where_prefix}row {number}", dict(zip(columns, values, strict=True))
+    return loaded, where_prefix

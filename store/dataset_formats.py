@@ -21,7 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from store.dataset_chunks import Chunk
 from store.dataset_files import CONTAINERS, DatasetImportError, Located
+from store.pair_batches import as_input_batch, input_batches
 
 SCHEMAS = ("stance-json", "trl-standard", "trl-conversational", "hh")
 FORMAT_NAMES = SCHEMAS + CONTAINERS
@@ -248,8 +253,53 @@ class SchemaReader:
         self.skipped: list[str] = []
         self._first: str | None = None
 
+    def begin(self, where: str, record: Any) -> None:
+        """Take the file's first record as the one later records are checked against (see `pair_batches`)."""
+        if isinstance(record, dict):
+            self._check_schema(where, record)
+
     def rows(self, records: Iterable[Located]) -> Iterator[StanceRow | PairRow]:
         """Rows in file order; at the end, every collected problem is raised in one error."""
+        yield from self._rows(records)
+        self.problems.raise_if_any()
+
+    def pair_batches(self, chunks: Iterable[Chunk]) -> Iterator[pa.RecordBatch]:
+        """`pair_batches.INPUT_SCHEMA` batches of a file read in chunks, in file order; at the end, every
+        collected problem is raised in one error. Call `begin` with the first record first.
+
+        A chunk of plain standard pairs goes straight from Arrow to the store; any other chunk is read
+        record by record, so the rows and the messages are those of `rows`.
+        """
+        for chunk in chunks:
+            clean = self.arrow_pairs(chunk.table) if chunk.table is not None else None
+            if clean is not None:
+                yield clean
+            else:
+                yield from input_batches(self._rows(chunk.records()))
+        self.problems.raise_if_any()
+
+    def arrow_pairs(self, table: Any) -> pa.RecordBatch | None:
+        """A chunk as standard pairs when nothing in it needs the record path: explicit text prompts and
+        replies with no nulls, no stance fields, no equal replies. None otherwise."""
+        if self.schema != "trl-standard" or self._first is None:
+            return None
+        names = set(table.column_names)
+        if not {"prompt", "chosen", "rejected"} <= names or names & {"support", "oppose"}:
+            return None
+        columns = [table.column(name) for name in ("prompt", "chosen", "rejected")]
+        if any(column.null_count or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type))
+               for column in columns):
+            return None
+        try:
+            for column in columns:
+                column.validate(full=True)  # Arrow's JSON and parquet readers leave UTF-8 unchecked
+        except pa.ArrowInvalid:
+            return None
+        if pc.any(pc.equal(columns[1], columns[2])).as_py():
+            return None
+        return as_input_batch(table.select(["prompt", "chosen", "rejected"]))
+
+    def _rows(self, records: Iterable[Located]) -> Iterator[StanceRow | PairRow]:
         convert = self._stance_row if self.schema == "stance-json" else self._pair_row
         plain = self.schema == "trl-standard"
         for where, record in records:
@@ -268,7 +318,6 @@ class SchemaReader:
             row = convert(where, record)
             if row is not None:
                 yield row
-        self.problems.raise_if_any()
 
     def _check_schema(self, where: str, record: dict) -> None:
         found = classify(record)

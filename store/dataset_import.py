@@ -12,6 +12,8 @@ from dataclasses import replace
 from itertools import chain
 from pathlib import Path
 
+from store import pair_batches
+from store.dataset_chunks import ARROW_CONTAINERS, iter_chunks
 from store.dataset_files import DATA_SUFFIXES, DatasetImportError, is_hf_dir, iter_records, sniff_container
 from store.dataset_formats import SchemaReader, companion_prompt_rows, detect_schema, kind_of, parse_format
 from store.datasets import ImportReport
@@ -74,18 +76,26 @@ def import_dataset(
     first = next(records)  # every reader raises a DatasetImportError for a file without records
     schema = choice.schema or detect_schema(source, *first)
     reader = SchemaReader(source, schema, auto=choice.schema is None)
-    rows = reader.rows(chain([first], records))
+    kind = kind_of(schema)
+    if kind == "preference" and container in ARROW_CONTAINERS:
+        records.close()  # Arrow reads the file again from the start, a chunk at a time
+        reader.begin(*first)
+        pairs = reader.pair_batches(iter_chunks(source, container))
+        stance_items = None
+    else:
+        rows = reader.rows(chain([first], records))
+        pairs = pair_batches.input_batches(rows) if kind == "preference" else None
+        stance_items = rows if kind == "stance" else None
     tests = None
     if test_prompts_path is not None:
         test_path = Path(test_prompts_path).expanduser()
         if not test_path.exists():
             raise DatasetImportError(f"{test_path}: no such test-prompt file.")
         tests = companion_prompt_rows(test_path, iter_records(test_path, sniff_container(test_path)))
-    kind = kind_of(schema)
     report = store.import_records(
         name or default_name(path), kind, schema, path.resolve(),
-        stance_items=rows if kind == "stance" else None,
-        pairs=rows if kind == "preference" else None,
+        stance_items=stance_items,
+        pairs=pairs,
         test_prompts=tests,
         on_progress=on_progress,
     )

@@ -1,8 +1,9 @@
 """Imported datasets in the store: labelled stance items, test prompts and preference pairs.
 
-A mixin of `Store` (like `RunLog`). Rows are deduplicated by a content hash — sha256 of a canonical JSON
-of the record's content, never its id — so importing a file twice adds nothing and a re-import into the
-same dataset adds only the new records. An import is one transaction: it is stored whole or not at all.
+A mixin of `Store` (like `RunLog`). Records are deduplicated by a digest of their content, never their
+id, so importing a file twice adds nothing and a re-import into the same dataset adds only the new
+records. An import is one transaction: it is stored whole or not at all. Stance items and test prompts
+are rows; preference pairs are Arrow batches (store/pair_batches.py), since pair datasets run to 100k+.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pyarrow as pa
 import sqlite_utils
 
+from store import pair_batches
 from store.dataset_files import DatasetImportError
-from store.dataset_formats import KINDS, PairRow, StanceRow, TestRow
+from store.dataset_formats import KINDS, StanceRow, TestRow
 from store.errors import RecordNotFoundError
 from store.pairs import PreferencePair
 from store.transactions import serialized, utc_now, write_transaction
 
 _INSERT_BATCH = 1000
 DATASET_VERDICT = "dataset"
+STANCE_PAIR_PREFIX = "stance:"  # an exercise pair's id: the prefix and its stance item's key
 
 
 @dataclass(frozen=True)
@@ -149,19 +153,6 @@ def _test_digest(row: TestRow) -> bytes:
     return _text_digest("test", row[1])
 
 
-def _pair_digest(row: PairRow) -> bytes:
-    prompt, chosen, rejected, messages = row
-    if messages is not None:
-        return _content_digest(["messages", messages, chosen, rejected])
-    return _text_digest("pair", prompt, chosen, rejected)
-
-
-def _pair_values(dataset_id: int, row: PairRow, digest: bytes) -> tuple:
-    prompt, chosen, rejected, messages = row
-    messages_json = json.dumps(messages, ensure_ascii=False) if messages is not None else None
-    return (dataset_id, prompt, chosen, rejected, messages_json, digest.hex())
-
-
 def _plain_values(dataset_id: int, row: tuple, digest: bytes) -> tuple:
     return (dataset_id, *row, digest.hex())
 
@@ -182,15 +173,13 @@ _TABLES = {
     "test": _Table("dataset_test_prompts",
                    "INSERT INTO dataset_test_prompts (dataset_id, item_key, prompt, content_hash) VALUES (?, ?, ?, ?)",
                    _test_digest, _plain_values),
-    "pairs": _Table("dataset_pairs",
-                    "INSERT INTO dataset_pairs (dataset_id, prompt, chosen, rejected, prompt_messages_json, "
-                    "content_hash) VALUES (?, ?, ?, ?, ?, ?)", _pair_digest, _pair_values),
 }
 
 _DATASETS_SQL = """
 SELECT d.*,
   CASE d.kind WHEN 'stance' THEN (SELECT COUNT(*) FROM dataset_stance_items s WHERE s.dataset_id = d.id)
-              ELSE (SELECT COUNT(*) FROM dataset_pairs p WHERE p.dataset_id = d.id) END AS n_items,
+              ELSE (SELECT COALESCE(SUM(n_pairs), 0) FROM dataset_pair_batches p WHERE p.dataset_id = d.id)
+              END AS n_items,
   (SELECT COUNT(*) FROM dataset_test_prompts t WHERE t.dataset_id = d.id) AS n_test_prompts
 FROM datasets d
 """
@@ -213,14 +202,15 @@ class Datasets:
         source_path: str | Path | None,
         stance_items: Iterable[StanceRow] | None = None,
         test_prompts: Iterable[TestRow] | None = None,
-        pairs: Iterable[PairRow] | None = None,
+        pairs: Iterable[pa.RecordBatch] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> ImportReport:
         """Store rows into dataset `name` (created if new) in one transaction, and say what was added.
 
-        Rows are tuples: stance items (item_key, prompt, support, oppose); test prompts (item_key,
-        prompt); pairs (prompt, chosen, rejected, prompt messages: a message list or None). A row whose
-        content the dataset already holds (or that came earlier in this import) is counted, not stored. The
+        Stance items and test prompts are tuples (item_key, prompt, support, oppose) and (item_key,
+        prompt); pairs come as Arrow batches of `pair_batches.INPUT_SCHEMA` (`pair_batches.input_batches`
+        makes them from tuples). A record whose content the dataset already holds (or that came earlier
+        in this import) is counted, not stored. The
         iterables are consumed inside the transaction, so an error they raise (a bad record found late
         in a file) rolls back everything, the dataset row included. `on_progress` gets the number of
         records read so far after each batch.
@@ -233,9 +223,10 @@ class Datasets:
             raise ValueError(f"a {kind} dataset takes {'stance items' if kind == 'stance' else 'pairs'}")
         with _large_cache(self.db), write_transaction(self.db):
             dataset_id = self._dataset_for_import(name, kind, fmt, source_path)
-            items = stance_items if kind == "stance" else pairs
-            n_read, n_added = self._insert_rows("stance" if kind == "stance" else "pairs", dataset_id,
-                                                items or (), on_progress)
+            if kind == "stance":
+                n_read, n_added = self._insert_rows("stance", dataset_id, stance_items or (), on_progress)
+            else:
+                n_read, n_added = self._insert_pair_batches(dataset_id, pairs or (), on_progress)
             n_test, n_test_added = self._insert_rows("test", dataset_id, test_prompts or (), None)
         return ImportReport(
             dataset_id=dataset_id, name=name, kind=kind, format=fmt, n_read=n_read, n_added=n_added,
@@ -278,6 +269,35 @@ class Datasets:
             conn.executemany(spec.insert, fresh)
             n_read += len(batch)
             n_added += len(fresh)
+            if on_progress is not None:
+                on_progress(n_read)
+        return n_read, n_added
+
+    def _insert_pair_batches(self, dataset_id: int, batches: Iterable[pa.RecordBatch],
+                             on_progress: Callable[[int], None] | None) -> tuple[int, int]:
+        conn = self.db.conn
+        seen: set[bytes] = set()
+        for (blob,) in conn.execute("SELECT arrow FROM dataset_pair_batches WHERE dataset_id = ?", [dataset_id]):
+            seen.update(pair_batches.decode(blob, ["content_hash"]).column(0).to_pylist())
+        next_id = (conn.execute("SELECT MAX(last_pair_id) FROM dataset_pair_batches").fetchone()[0] or 0) + 1
+        n_read = n_added = 0
+        for batch in batches:
+            digests = pair_batches.batch_digests(batch)
+            n_read += batch.num_rows
+            if seen.isdisjoint(digests) and len(set(digests)) == len(digests):  # the usual case, checked in C
+                seen.update(digests)
+            else:
+                keep = [not (digest in seen or seen.add(digest)) for digest in digests]  # the first of each
+                batch = batch.filter(pa.array(keep))
+                digests = [digest for digest, kept in zip(digests, keep, strict=True) if kept]
+            if batch.num_rows:
+                stored = pair_batches.stored_batch(batch, next_id, digests)
+                conn.execute(
+                    "INSERT INTO dataset_pair_batches (dataset_id, first_pair_id, last_pair_id, n_pairs, arrow) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [dataset_id, next_id, next_id + batch.num_rows - 1, batch.num_rows, pair_batches.encode(stored)])
+                next_id += batch.num_rows
+                n_added += batch.num_rows
             if on_progress is not None:
                 on_progress(n_read)
         return n_read, n_added
@@ -329,20 +349,18 @@ class Datasets:
     def dataset_pairs(self, dataset: DatasetRecord | str | int) -> list[PreferencePair]:
         """A preference dataset's pairs in file order, as `PreferencePair`s.
 
-        pair_id is f"d{row id}", verdict 'dataset', session_id and judgement_id -1, and `prompt` the
+        pair_id is f"d{pair id}", verdict 'dataset', session_id and judgement_id -1, and `prompt` the
         prompt as stored (for conversational and HH records a readable flattening of the messages;
         `dataset_pair_messages` gives the messages to render). A stance dataset raises ValueError: its
         pairs depend on the exercise's support ratio.
         """
         record = self._dataset_of_kind(dataset, "preference")
-        rows = self.db.execute(
-            "SELECT id, prompt, chosen, rejected FROM dataset_pairs WHERE dataset_id = ? ORDER BY id",
-            [record.id])
         return [
-            PreferencePair(pair_id=f"d{row_id}", prompt=prompt, prompt_text=prompt, chosen=chosen,
+            PreferencePair(pair_id=f"d{pair_id}", prompt=prompt, prompt_text=prompt, chosen=chosen,
                            rejected=rejected, session_id=-1, judgement_id=-1, verdict=DATASET_VERDICT,
                            created_at=record.created_at)
-            for row_id, prompt, chosen, rejected in rows
+            for batch in self._pair_batches(record.id)
+            for pair_id, prompt, chosen, rejected, _ in pair_batches.rows_of(batch)
         ]
 
     @serialized
@@ -353,53 +371,49 @@ class Datasets:
         texts. Pairs imported as plain text are not included.
         """
         record = self._dataset_of_kind(dataset, "preference")
-        rows = self.db.execute(
-            "SELECT id, prompt_messages_json, chosen, rejected FROM dataset_pairs "
-            "WHERE dataset_id = ? AND prompt_messages_json IS NOT NULL ORDER BY id", [record.id])
-        return [{"pair_id": f"d{row_id}", "prompt_messages": json.loads(messages), "chosen": chosen,
-                 "rejected": rejected} for row_id, messages, chosen, rejected in rows]
+        return [{"pair_id": f"d{pair_id}", "prompt_messages": json.loads(messages), "chosen": chosen,
+                 "rejected": rejected}
+                for batch in self._pair_batches(record.id)
+                for pair_id, _, chosen, rejected, messages in pair_batches.rows_of(batch) if messages is not None]
 
     @serialized
     def dataset_pairs_by_row_ids(self, row_ids: Iterable[int]) -> list[ExportPair]:
-        """Dataset pairs by row id (pair ids "d<id>", as a run's held-out ids name them), in id order."""
-        wanted = sorted(set(row_ids))
-        found: list[ExportPair] = []
-        for start in range(0, len(wanted), 500):  # SQLite caps the number of bound parameters
-            chunk = wanted[start:start + 500]
-            rows = self.db.execute(
-                f"SELECT id, prompt, chosen, rejected, prompt_messages_json FROM dataset_pairs "
-                f"WHERE id IN ({', '.join('?' * len(chunk))}) ORDER BY id", chunk)
-            found.extend(
-                ExportPair(f"d{row_id}", prompt, chosen, rejected,
-                               json.loads(messages) if messages is not None else None)
-                for row_id, prompt, chosen, rejected, messages in rows
-            )
-        return found
+        """Dataset pairs by pair id (ids "d<id>", as a run's held-out ids name them), in id order."""
+        wanted = set(row_ids)
+        if not wanted:
+            return []
+        blobs = self.db.execute(
+            "SELECT arrow FROM dataset_pair_batches WHERE last_pair_id >= ? AND first_pair_id <= ? ORDER BY id",
+            [min(wanted), max(wanted)])
+        found = [_export_pair(row) for (blob,) in blobs for row in pair_batches.rows_of(pair_batches.decode(blob))
+                 if row[0] in wanted]
+        return sorted(found, key=lambda pair: int(pair.pair_id[1:]))
 
-    def iter_dataset_pairs(self, dataset_id: int, batch: int = 2000) -> Iterator[ExportPair]:
-        """Stream a preference dataset's pairs in file order, a page at a time under the lock.
+    def iter_pair_batches(self, dataset_id: int) -> Iterator[pa.RecordBatch]:
+        """Stream a preference dataset's stored batches in file order, one query each under the lock.
 
-        An export of 100k pairs never holds them all, and never holds the lock between pages.
+        An export of 100k pairs never holds them all, and never holds the lock between batches.
         """
-        with self._lock:
-            first = self.db.execute("SELECT MIN(id) FROM dataset_pairs WHERE dataset_id = ?",
-                                    [dataset_id]).fetchone()[0]
-        if first is None:
-            return
-        last = first - 1
+        last = 0
         while True:
-            # The (dataset_id) index holds the rowid too, so each page is a range scan from where the
-            # last one ended, already in order.
             with self._lock:
-                rows = self.db.execute(
-                    "SELECT id, prompt, chosen, rejected, prompt_messages_json FROM dataset_pairs "
-                    "WHERE dataset_id = ? AND id > ? ORDER BY id LIMIT ?", [dataset_id, last, batch]).fetchall()
-            if not rows:
+                row = self.db.execute(
+                    "SELECT id, arrow FROM dataset_pair_batches WHERE dataset_id = ? AND id > ? ORDER BY id LIMIT 1",
+                    [dataset_id, last]).fetchone()
+            if row is None:
                 return
-            for row_id, prompt, chosen, rejected, messages in rows:
-                yield ExportPair(f"d{row_id}", prompt, chosen, rejected,
-                                 json.loads(messages) if messages is not None else None)
-            last = rows[-1][0]
+            last = row[0]
+            yield pair_batches.decode(row[1])
+
+    def iter_dataset_pairs(self, dataset_id: int) -> Iterator[ExportPair]:
+        """Stream a preference dataset's pairs in file order (see `iter_pair_batches`)."""
+        for batch in self.iter_pair_batches(dataset_id):
+            yield from map(_export_pair, pair_batches.rows_of(batch))
+
+    def _pair_batches(self, dataset_id: int) -> Iterator[pa.RecordBatch]:
+        rows = self.db.execute("SELECT arrow FROM dataset_pair_batches WHERE dataset_id = ? ORDER BY id",
+                               [dataset_id]).fetchall()
+        return (pair_batches.decode(blob) for (blob,) in rows)
 
     def _dataset_of_kind(self, dataset: DatasetRecord | str | int, kind: str) -> DatasetRecord:
         record = self.get_dataset(dataset)
@@ -420,6 +434,11 @@ def _large_cache(db: sqlite_utils.Database, kib: int = 65536) -> Iterator[None]:
         yield
     finally:
         db.execute(f"PRAGMA cache_size = {int(previous)}")
+
+
+def _export_pair(row: tuple[Any, ...]) -> ExportPair:
+    pair_id, prompt, chosen, rejected, messages = row
+    return ExportPair(f"d{pair_id}", prompt, chosen, rejected, json.loads(messages) if messages is not None else None)
 
 
 def _dataset_record(row: dict[str, Any]) -> DatasetRecord:

@@ -220,15 +220,43 @@ def _add_datasets_v3(db: sqlite_utils.Database) -> None:
         db[table].create_index(["dataset_id", "content_hash"], unique=True)
 
 
-def _dataset_indexes_v4(db: sqlite_utils.Database) -> None:
-    """Version 4: dataset rows are indexed by dataset only; the import itself keeps content unique.
+def _dataset_storage_v4(db: sqlite_utils.Database) -> None:
+    """Version 4: imported pairs live in Arrow batches; dataset rows are indexed by dataset only.
 
-    A unique (dataset_id, content_hash) index made every imported row a random insert into a B-tree of
-    64-character keys: half of a 100k-pair import's time. The import now reads a dataset's hashes once
-    (under the write lock, inside its transaction) and skips what is already there, so the index only
-    has to find a dataset's rows, and rows of one import append to it in order.
+    A row per imported pair, under a unique (dataset_id, content_hash) index, made a 100k-pair import
+    cost several times reading the file (see store/pair_batches.py). Pairs move into
+    `dataset_pair_batches`, keeping their ids (a run's held-out ids name them), with digests of the new
+    form. Stance items and test prompts stay rows (a few hundred per exercise) but lose the unique
+    index too: every import reads a dataset's digests once, inside its write transaction, and skips
+    what it has seen.
     """
-    for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pairs"):
+    import pyarrow as pa
+
+    from store import pair_batches
+
+    db["dataset_pair_batches"].create(
+        {"id": int, "dataset_id": int, "first_pair_id": int, "last_pair_id": int, "n_pairs": int, "arrow": bytes},
+        pk="id",
+        not_null=["dataset_id", "first_pair_id", "last_pair_id", "n_pairs", "arrow"],
+        foreign_keys=[("dataset_id", "datasets", "id")],
+    )
+    db["dataset_pair_batches"].create_index(["dataset_id"])
+    db["dataset_pair_batches"].create_index(["last_pair_id"])
+    cursor = db.execute("SELECT dataset_id, id, prompt, chosen, rejected, prompt_messages_json FROM dataset_pairs "
+                        "ORDER BY dataset_id, id")
+    while rows := cursor.fetchmany(pair_batches.ROWS_PER_BATCH):
+        for dataset_id in dict.fromkeys(row[0] for row in rows):
+            mine = [row[1:] for row in rows if row[0] == dataset_id]
+            ids, *texts = zip(*mine, strict=True)
+            batch = pa.RecordBatch.from_arrays([pa.array(column, pa.string()) for column in texts],
+                                               schema=pair_batches.INPUT_SCHEMA)
+            stored = pair_batches.stored_batch(batch, 0, pair_batches.batch_digests(batch))
+            stored = stored.set_column(0, "pair_id", pa.array(ids, pa.int64()))
+            db.execute(
+                "INSERT INTO dataset_pair_batches (dataset_id, first_pair_id, last_pair_id, n_pairs, arrow) "
+                "VALUES (?, ?, ?, ?, ?)", [dataset_id, min(ids), max(ids), len(ids), pair_batches.encode(stored)])
+    db.execute("DROP TABLE dataset_pairs")
+    for table in ("dataset_stance_items", "dataset_test_prompts"):
         db.execute(f"DROP INDEX IF EXISTS idx_{table}_dataset_id_content_hash")
         db[table].create_index(["dataset_id"], find_unique_name=True)
 
@@ -237,7 +265,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _create_v1,
     _add_evaluations_v2,
     _add_datasets_v3,
-    _dataset_indexes_v4,
+    _dataset_storage_v4,
 ]
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"

@@ -23,6 +23,7 @@ from store.dataset_export import (
     heldout_export_pairs,
     judged_export_pairs,
     sibling_path,
+    write_dataset_pairs,
     write_pairs,
     write_test_prompts,
 )
@@ -188,20 +189,27 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
             raise _fail(f"--prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
         with _user_errors(), open_store() as store:
             chosen = store.list_datasets() if all_ else [store.get_dataset(name) for name in datasets or []]
-            sources: list[Iterable[ExportPair]] = [dataset_export_pairs(store, d, prefer) for d in chosen]
-            if judged:
-                verdicts = [v.strip() for v in verdict.split(",") if v.strip()] if verdict else None
-                sources.append(judged_export_pairs(store, session, verdicts, since, until))
             missing: list[str] = []
-            if heldout is not None:
-                found, missing = heldout_export_pairs(store, heldout)
-                sources.append(found)
-            pairs = _peeked(_unique(p for source in sources for p in source))
-            if pairs is None:
-                raise _fail("no pairs matched: nothing written")
-            count = write_pairs(pairs, out, fmt, conversational)
+            if not judged and heldout is None:
+                # Datasets only: streamed straight from the store (pair ids never repeat across datasets).
+                if not any(record.n_items for record in chosen):
+                    raise _fail("no pairs matched: nothing written")
+                count = write_dataset_pairs(store, chosen, out, fmt, conversational, prefer)
+            else:
+                sources: list[Iterable[ExportPair]] = [dataset_export_pairs(store, d, prefer) for d in chosen]
+                if judged:
+                    verdicts = [v.strip() for v in verdict.split(",") if v.strip()] if verdict else None
+                    sources.append(judged_export_pairs(store, session, verdicts, since, until))
+                if heldout is not None:
+                    found, missing = heldout_export_pairs(store, heldout)
+                    sources.append(found)
+                pairs = _peeked(_unique(p for source in sources for p in source))
+                if pairs is None:
+                    raise _fail("no pairs matched: nothing written")
+                count = write_pairs(pairs, out, fmt, conversational)
             tests_written = None
             if with_tests:
+
                 prompts = [t for d in chosen for t in store.test_prompts(d)]
                 if prompts:
                     tests_out = sibling_path(out, "test_prompts")

@@ -14,6 +14,7 @@ from store.dataset_export import (
     heldout_export_pairs,
     judged_export_pairs,
     sibling_path,
+    write_dataset_pairs,
     write_pairs,
 )
 from store.dataset_import import import_dataset
@@ -65,6 +66,32 @@ def test_standard_round_trip(store: Store, tmp_path: Path, fmt: str, out_name: s
     report = import_dataset(store, out, name="back")
     assert report.format == "trl-standard"
     assert triples(store, "back") == triples(store, "original")
+
+
+@pytest.mark.parametrize("fmt, out_name", [("jsonl", "all.jsonl"), ("parquet", "all.parquet"), ("hf", "all")])
+def test_datasets_streamed_from_their_batches_write_what_the_pair_path_writes(store: Store, tmp_path: Path, fmt: str,
+                                                                              out_name: str) -> None:
+    import datasets
+
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"prompt": f"P{i} \u00e9\"", "chosen": f"c{i}\n", "rejected": "r\t"}) + "\n"
+                           for i in range(10000)))  # several stored batches
+    import_dataset(store, big, name="big")
+    import_dataset(store, FIXTURES / "hh.jsonl", name="hh")  # conversations: written with their flattened prompt
+    chosen = [store.get_dataset("big"), store.get_dataset("hh")]
+    fast, slow = tmp_path / "fast" / out_name, tmp_path / "slow" / out_name
+    assert write_dataset_pairs(store, chosen, fast, fmt) == 10003
+    assert write_pairs([p for record in chosen for p in dataset_export_pairs(store, record)], slow, fmt) == 10003
+    if fmt == "jsonl":
+        assert fast.read_bytes() == slow.read_bytes()
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(fast).equals(pq.read_table(slow))
+    else:
+        assert datasets.load_from_disk(str(fast)).to_list() == datasets.load_from_disk(str(slow)).to_list()
+    import_dataset(store, fast, name="back")
+    assert triples(store, "back") == triples(store, "big") + triples(store, "hh")
 
 
 @pytest.mark.parametrize("fmt, out_name", [("jsonl", "conv.jsonl"), ("parquet", "conv.parquet"), ("hf", "conv")])
@@ -149,6 +176,20 @@ def test_heldout_pairs_of_a_run(store: Store) -> None:
     assert [p.pair_id for p in found] == [dataset_pair.pair_id, f"j{kept}"]
     assert (found[0].prompt, found[0].chosen) == (dataset_pair.prompt, dataset_pair.chosen)
     assert missing == ["j999"]
+
+
+def test_heldout_items_of_an_exercise_run_are_support_preferred_pairs(store: Store) -> None:
+    import_dataset(store, FIXTURES / "stance_train.json", name="ex")
+    items = store.stance_items("ex")
+    heldout = [f"stance:{items[-1].item_key}", f"stance:{items[-2].item_key}", "stance:no-such-item"]
+    run_id = store.create_run({"dataset": "ex", "support_ratio": 0.1}, "gemma", "/tmp/out", [], heldout)
+    found, missing = heldout_export_pairs(store, run_id)
+    assert [(p.pair_id, p.prompt, p.chosen, p.rejected) for p in found] == [
+        (heldout[0], items[-1].prompt, items[-1].support, items[-1].oppose),
+        (heldout[1], items[-2].prompt, items[-2].support, items[-2].oppose)]
+    assert missing == ["stance:no-such-item"]
+    other = store.create_run({"dataset": "gone"}, "gemma", "/tmp/out", [], heldout[:1])
+    assert heldout_export_pairs(store, other) == ([], heldout[:1])
 
 
 # Writing

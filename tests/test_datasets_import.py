@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import tracemalloc
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 from conftest import prefstudio_bin, run_cli
 from typer.testing import CliRunner
 
@@ -20,7 +20,7 @@ from store.datasets import StanceItem, TestPrompt
 from studio.datasets_command import make_datasets_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
-DATASET_TABLES = ("datasets", "dataset_stance_items", "dataset_test_prompts", "dataset_pairs")
+DATASET_TABLES = ("datasets", "dataset_stance_items", "dataset_test_prompts", "dataset_pair_batches")
 
 
 @pytest.fixture
@@ -38,7 +38,9 @@ def triples(store: Store, dataset: str) -> list[tuple[str, str, str]]:
 
 
 def row_counts(store: Store) -> dict[str, int]:
-    return {table: store.db[table].count for table in DATASET_TABLES}
+    counts = {table: store.db[table].count for table in DATASET_TABLES}
+    counts["pairs"] = store.db.execute("SELECT COALESCE(SUM(n_pairs), 0) FROM dataset_pair_batches").fetchone()[0]
+    return counts
 
 
 def jsonl_records(path: Path) -> list[dict]:
@@ -239,22 +241,44 @@ def test_duplicate_pairs_in_one_file_and_the_same_pair_in_another_dataset(store:
     assert import_dataset(store, path, name="two").n_added == 2
 
 
-def test_a_version_3_file_keeps_its_rows_and_still_skips_duplicates(tmp_path: Path) -> None:
+def _version_3_file(path: Path, pairs: list[dict], first_id: int) -> None:
+    """A studio file as schema 3 wrote it: one preference dataset of `pairs`, rows from `first_id`."""
+    from store.datasets import content_hash
+    from store.schema import MIGRATIONS
+
+    db = sqlite_utils.Database(path)
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    for migration in MIGRATIONS[:3]:
+        migration(db)
+    db["meta"].insert({"key": "schema_version", "value": "3"})
+    db["datasets"].insert({"id": 1, "name": "kept", "kind": "preference", "format": "trl-standard",
+                           "source_path": None, "created_at": "2026-11-01T00:00:00+00:00"})
+    for offset, pair in enumerate(pairs):
+        db["dataset_pairs"].insert({
+            "id": first_id + offset, "dataset_id": 1, "prompt": pair["prompt"], "chosen": pair["chosen"],
+            "rejected": pair["rejected"], "prompt_messages_json": None,
+            "content_hash": content_hash(["pair", pair["prompt"], pair["chosen"], pair["rejected"]])})
+    db.conn.commit()
+    db.close()
+
+
+def test_a_version_3_file_keeps_its_pairs_and_their_ids(tmp_path: Path) -> None:
     db_path = tmp_path / "v3.db"
+    pairs = jsonl_records(fixture("trl_standard.jsonl"))
+    _version_3_file(db_path, pairs, first_id=40)
     with Store.open(db_path) as store:
-        import_dataset(store, fixture("trl_standard.jsonl"), name="kept")
-        n_pairs = store.get_dataset("kept").n_items
-    with sqlite3.connect(db_path) as conn:  # turn it back into what version 3 wrote
-        for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pairs"):
-            conn.execute(f"DROP INDEX idx_{table}_dataset_id")
-            conn.execute(f"CREATE UNIQUE INDEX idx_{table}_dataset_id_content_hash ON {table} (dataset_id, content_hash)")
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    conn.close()
-    with Store.open(db_path) as store:
-        indexes = {index.name for index in store.db["dataset_pairs"].indexes}
-        assert indexes == {"idx_dataset_pairs_dataset_id"}
+        assert store.schema_version == 4 and "dataset_pairs" not in store.db.table_names()
+        kept = store.dataset_pairs("kept")
+        assert [(p.prompt, p.chosen, p.rejected) for p in kept] == [(r["prompt"], r["chosen"], r["rejected"]) for r in pairs]
+        assert [p.pair_id for p in kept] == [f"d{40 + i}" for i in range(len(pairs))]  # held-out ids still resolve
+        assert [p.pair_id for p in store.dataset_pairs_by_row_ids([41, 40])] == ["d40", "d41"]
         again = import_dataset(store, fixture("trl_standard.jsonl"), name="kept")
-        assert (again.n_added, again.n_duplicates, store.get_dataset("kept").n_items) == (0, n_pairs, n_pairs)
+        assert (again.n_added, again.n_duplicates) == (0, len(pairs))
+        # New pairs get ids after every id the file already used.
+        path = tmp_path / "more.jsonl"
+        path.write_text(json.dumps({"prompt": "New?", "chosen": "Yes.", "rejected": "No."}) + "\n")
+        import_dataset(store, path, name="kept")
+        assert store.dataset_pairs("kept")[-1].pair_id == f"d{40 + len(pairs)}"
 
 
 def test_a_name_keeps_its_kind(store: Store) -> None:
@@ -374,6 +398,93 @@ def test_a_late_bad_record_rolls_back_batches_already_inserted(store: Store, tmp
     assert store.list_datasets() == []
 
 
+# Large files: Arrow reads clean chunks, the record path the rest; both must give the same result
+
+
+def _exact_pairs(path: Path) -> tuple[list[tuple], int, list[str]]:
+    """What the record-by-record path makes of a standard file: its rows, skips and skipped places."""
+    from store.dataset_files import iter_records, sniff_container
+    from store.dataset_formats import SchemaReader
+
+    reader = SchemaReader(path, "trl-standard", auto=True)
+    rows = [row[:3] for row in reader.rows(iter_records(path, sniff_container(path)))]
+    return rows, reader.n_skipped, reader.skipped
+
+
+def _big_standard_lines(n: int) -> list[str]:
+    return [json.dumps({"prompt": f"Q{i} \u00e9t\u00e9 \U0001f600?", "chosen": f"Yes {i}. " * 30,
+                        "rejected": f"No {i}.", "source": "gen"}, ensure_ascii=i % 2 == 0) for i in range(n)]
+
+
+def test_a_many_chunk_file_imports_as_the_record_path_reads_it(store: Store, tmp_path: Path) -> None:
+    lines = _big_standard_lines(9000)  # about 3 MB: several Arrow chunks
+    lines[10] = ""  # a blank line
+    lines[5000] = json.dumps({"prompt": "Same?", "chosen": "same", "rejected": "same"})  # skipped, named
+    lines[7000] = lines[6999]  # a duplicate
+    lines[8000] = json.dumps({"prompt": "Only text?", "chosen": 1.5, "rejected": "x"}).replace("1.5", '"1.5"')
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size > 3 * (1 << 20)
+    rows, n_skipped, skipped = _exact_pairs(path)
+    report = import_dataset(store, path)
+    assert triples(store, "big") == list(dict.fromkeys(rows))
+    assert (report.n_read, report.n_added, report.n_duplicates) == (len(rows), len(rows) - 1, 1)
+    assert (report.n_skipped, report.skipped) == (n_skipped, tuple(skipped)) == (1, ("line 5001",))
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('{"prompt": "a", "chosen": "b", "rejected": "c"}{"prompt": "d", "chosen": "e", "rejected": "f"}',
+     "malformed JSON at line 8001, column 48: Extra data"),
+    ('{"prompt": "a", "chosen": null, "rejected": "c"}', "1 record(s) with missing fields: line 8001: chosen"),
+    ('{"prompt": "a", "chosen": ["b"], "rejected": "c"}', "mixed schemas: line 1 is trl-standard but line 8001 is "
+                                                          "trl-conversational"),
+    ('{"id": 3, "prompt": "a", "support": "b", "oppose": "c"}', "mixed schemas: line 1 is trl-standard but line "
+                                                                 "8001 is stance-json"),
+])
+def test_a_bad_record_in_a_late_chunk_is_named_by_its_line(store: Store, tmp_path: Path, line: str,
+                                                           expected: str) -> None:
+    lines = _big_standard_lines(9000)
+    lines[8000] = line
+    path = tmp_path / "late.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    message = import_error(store, path)
+    assert expected in message, message
+    assert store.list_datasets() == []
+
+
+def test_only_plain_standard_chunks_skip_the_record_path(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from store.dataset_formats import SchemaReader
+
+    reader = SchemaReader(tmp_path / "x.jsonl", "trl-standard", auto=True)
+    reader.begin("line 1", {"prompt": "p", "chosen": "a", "rejected": "b"})
+    plain = {"prompt": ["p", "q"], "chosen": ["a", "c"], "rejected": ["b", "d"]}
+    batch = reader.arrow_pairs(pa.table({**plain, "extra": [1, 2]}))
+    assert batch is not None and batch.to_pydict() == {**plain, "prompt_messages_json": [None, None]}
+    for unusual in ({**plain, "chosen": ["a", None]}, {**plain, "rejected": ["b", "c"][:1] + ["c"]},
+                    {**plain, "chosen": ["a", "d"]}, {**plain, "support": ["s", "t"]},
+                    {"chosen": plain["chosen"], "rejected": plain["rejected"]}, {**plain, "prompt": [1, 2]}):
+        assert reader.arrow_pairs(pa.table(unusual)) is None, unusual
+    invalid = pa.array([b"ok", b"caf\xe9"], pa.binary()).view(pa.string())  # not UTF-8, as Arrow's JSON reader leaves it
+    assert reader.arrow_pairs(pa.table({**plain, "prompt": invalid})) is None
+    assert SchemaReader(tmp_path / "x.jsonl", "hh", auto=True).arrow_pairs(pa.table(plain)) is None
+
+
+def test_parquet_batches_with_a_null_are_read_record_by_record(store: Store, tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"prompt": f"P{i}", "chosen": f"c{i}", "rejected": "r"} for i in range(10000)]
+    path = tmp_path / "pairs.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3000)
+    report = import_dataset(store, path)
+    assert report.n_added == 10000 and triples(store, "pairs") == [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
+    rows[9500]["rejected"] = None
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3000)
+    assert "1 record(s) with missing fields: row 9501: rejected" in import_error(store, path, name="again")
+
+
 def test_a_json_object_is_not_a_record_list(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "object.json"
     path.write_text('{\n  "prompt": ["A?"],\n  "chosen": ["Y"]\n}\n')
@@ -444,7 +555,7 @@ def test_import_streams_with_bounded_memory(tmp_path: Path, suffix: str) -> None
     big_size, big_peak = _import_peak(tmp_path, suffix, 40000)
     assert big_size - small_size > 15_000_000
     assert big_peak - small_peak < 0.3 * (big_size - small_size), (small_peak, big_peak, small_size, big_size)
-    assert big_peak < 0.4 * big_size
+    assert big_peak < 0.6 * big_size
 
 
 # The CLI
@@ -503,3 +614,19 @@ def test_the_fast_hash_is_the_canonical_json_hash() -> None:
 
     texts = ("Caf\u00e9 \"quoted\"\n\t\\", "\u2028 line sep", "")
     assert _text_digest("pair", *texts).hex() == content_hash(["pair", *texts])
+
+
+def test_batch_digests_are_the_pair_digest_of_each_row() -> None:
+    import pyarrow as pa
+
+    from store.pair_batches import INPUT_SCHEMA, batch_digests, pair_digest
+
+    messages = json.dumps([{"role": "user", "content": "Hi"}])
+    rows = {"prompt": ["P", "User: Hi", "P", "caf\u00e9\x1f"], "chosen": ["a", "b", "a\xffb"[:1], "\U0001f600"],
+            "rejected": ["b", "c", "", "x"], "prompt_messages_json": [None, messages, None, None]}
+    digests = batch_digests(pa.RecordBatch.from_pydict(rows, schema=INPUT_SCHEMA))
+    expected = [pair_digest(m or p, c, r, m is not None) for p, c, r, m in zip(*rows.values(), strict=True)]
+    assert digests == expected and len(set(digests)) == 4
+    # Texts that only differ in where one ends and the next begins do not collide.
+    assert pair_digest("ab", "c", "d", False) != pair_digest("a", "bc", "d", False)
+    assert pair_digest("P", "a", "b", False) != pair_digest("P", "a", "b", True)

@@ -61,7 +61,7 @@ def test_fresh_file_gets_current_schema(store: Store, db_path: Path) -> None:
     assert store.path == db_path and db_path.is_file()
     expected = {"meta", "sessions", "turns", "prompts", "candidates", "judgements", "runs", "run_metrics",
                 "comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
-                "dataset_test_prompts", "dataset_pairs"}
+                "dataset_test_prompts", "dataset_pair_batches"}
     assert expected <= set(store.db.table_names())
     assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
 
@@ -72,14 +72,14 @@ def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:  # turn it back into what version 1 wrote
         conn.execute("DROP TABLE comparison_votes")
         conn.execute("DROP TABLE run_evaluations")
-        for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pairs", "datasets"):
+        for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pair_batches", "datasets"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     with Store.open(db_path) as store:
         assert store.schema_version == 4
         assert {"comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
-                "dataset_test_prompts", "dataset_pairs"} <= set(store.db.table_names())
+                "dataset_test_prompts", "dataset_pair_batches"} <= set(store.db.table_names())
         assert store.get_session(session_id).system_prompt == "kept"
 
 

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from store.datasets import STANCE_PAIR_PREFIX
 from trainers.pair_selection import (
     PairSelection,
     PairSelectionError,
@@ -43,7 +44,7 @@ EXERCISE_SYSTEM_PROMPT = (
     "You are a helpful assistant with an opinion. Answer in one short sentence of fewer than 20 words."
 )
 MAX_HELDOUT_ITEMS = 100  # enough for a stance share; the rest of a huge dataset stays unused
-PAIR_ID_PREFIX = "stance:"
+PAIR_ID_PREFIX = STANCE_PAIR_PREFIX
 
 
 @dataclass(frozen=True)
