@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import Annotated
 
@@ -144,7 +144,8 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
                          f"oppose: {_one_line(i.oppose, 30)}" for i in store.stance_items(record)[:limit]]
             else:
                 lines = [f"{p.pair_id}\t{_one_line(p.prompt, 50)}\tchosen: {_one_line(p.chosen, 30)}\t"
-                         f"rejected: {_one_line(p.rejected, 30)}" for p in store.dataset_pairs(record)[:limit]]
+                         f"rejected: {_one_line(p.rejected, 30)}"
+                         for p in islice(store.iter_dataset_pairs(record.id), limit)]  # not all 100k
         unit = "items" if record.kind == "stance" else "pairs"
         typer.echo(f"dataset '{record.name}' (id {record.id}): {record.kind}, {record.format}, "
                    f"{record.n_items} {unit}, {record.n_test_prompts} test prompts")

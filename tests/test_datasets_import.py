@@ -577,6 +577,11 @@ def test_cli_import_list_show(tmp_path: Path) -> None:
     assert shown.exit_code == 0
     assert shown.output.splitlines()[0] == "dataset 'ex' (id 1): stance, stance-json, 12 items, 4 test prompts"
     assert "1\tShould homework be optional?\tsupport: Yes, optional.\toppose: No, required." in shown.output
+    assert runner.invoke(app, ["import", str(fixture("trl_standard.jsonl"))]).exit_code == 0
+    pairs = runner.invoke(app, ["show", "trl_standard", "--limit", "2"])
+    assert pairs.exit_code == 0
+    assert pairs.output.splitlines()[2:] == ["d1\tWhat color is the sky?\tchosen: Blue.\trejected: Green.",
+                                             "d2\tName a prime number.\tchosen: Seven.\trejected: Nine."]
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path: Path) -> None:
