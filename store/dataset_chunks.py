@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,10 @@ ARROW_CONTAINERS = ("jsonl", "parquet", "hf-dir")
 
 @dataclass(frozen=True)
 class Chunk:
-    """Consecutive records of a file: Arrow's reading of them (None where Arrow could not read them)
-    and the exact record-by-record reading, on demand."""
+    """Consecutive records of a file, both readings on demand: Arrow's (a Table or RecordBatch, or None
+    where Arrow cannot read them) and the exact record-by-record one."""
 
-    table: Any  # a pyarrow Table or RecordBatch, or None
+    arrow: Callable[[], Any]
     records: Callable[[], Iterator[Located]]
 
 
@@ -60,7 +61,7 @@ def _jsonl_chunks(path: Path, chunk_bytes: int = _JSONL_CHUNK_BYTES) -> Iterator
                 return
             else:
                 rest = b""
-            yield Chunk(_arrow_json(text), _line_reader(path, text, first_line))
+            yield Chunk(partial(_arrow_json, text), _line_reader(path, text, first_line))
             first_line += text.count(b"\n")
             if not block:
                 return
@@ -96,22 +97,22 @@ def _parquet_chunks(path: Path) -> Iterator[Chunk]:
         parquet = pq.ParquetFile(path)
         batches = parquet.iter_batches(batch_size=ROWS_PER_CHUNK)
     except Exception:  # noqa: BLE001 - a damaged file: the exact reader names the problem
-        yield Chunk(None, lambda: _parquet_records(path))
+        yield Chunk(lambda: None, lambda: _parquet_records(path))
         return
     done = 0
     try:
         for batch in batches:
-            yield Chunk(batch, _batch_reader(batch, done, ""))
+            yield Chunk(partial(_same, batch), _batch_reader(batch, done, ""))
             done += batch.num_rows
     except (OSError, ValueError):
-        yield Chunk(None, lambda: _skip(_parquet_records(path), done))
+        yield Chunk(lambda: None, lambda: _skip(_parquet_records(path), done))
 
 
 def _hf_dir_chunks(path: Path) -> Iterator[Chunk]:
     loaded, where_prefix = load_hf_split(path)
     done = 0
     for batch in loaded.with_format("arrow").iter(batch_size=ROWS_PER_CHUNK):
-        yield Chunk(batch, _batch_reader(batch, done, where_prefix))
+        yield Chunk(partial(_same, batch), _batch_reader(batch, done, where_prefix))
         done += batch.num_rows
 
 
@@ -121,6 +122,10 @@ def _batch_reader(batch: Any, done: int, where_prefix: str) -> Callable[[], Iter
             yield f"{where_prefix}row {number}", record
 
     return records
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _skip(records: Iterator[Located], n: int) -> Iterator[Located]:

@@ -271,7 +271,8 @@ class SchemaReader:
         record by record, so the rows and the messages are those of `rows`.
         """
         for chunk in chunks:
-            clean = self.arrow_pairs(chunk.table) if chunk.table is not None else None
+            table = chunk.arrow() if self.schema == "trl-standard" else None  # only plain text skips records
+            clean = self.arrow_pairs(table) if table is not None else None
             if clean is not None:
                 yield clean
             else:

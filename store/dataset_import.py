@@ -7,14 +7,22 @@ file (a name with "test" in it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import replace
 from itertools import chain
 from pathlib import Path
 
 from store import pair_batches
-from store.dataset_chunks import ARROW_CONTAINERS, iter_chunks
-from store.dataset_files import DATA_SUFFIXES, DatasetImportError, is_hf_dir, iter_records, sniff_container
+from store.dataset_chunks import ARROW_CONTAINERS, Chunk, iter_chunks
+from store.dataset_files import (
+    DATA_SUFFIXES,
+    DatasetImportError,
+    Located,
+    is_hf_dir,
+    iter_records,
+    sniff_container,
+)
 from store.dataset_formats import SchemaReader, companion_prompt_rows, detect_schema, kind_of, parse_format
 from store.datasets import ImportReport
 from store.studio_store import Store
@@ -39,6 +47,18 @@ def find_data_files(folder: Path) -> tuple[Path, Path | None]:
             "--test-prompts)."
         )
     return data[0], tests[0] if tests else None
+
+
+def _chunks_and_first_record(source: Path, container: str) -> tuple[Iterator[Chunk], Located]:
+    """The file's chunks (all of them, from the start) and its first record, read exactly, to detect
+    the schema from. The file is opened once: the first record comes from the first chunk."""
+    chunks = iter_chunks(source, container)
+    head = next(chunks, None)
+    first = next(head.records(), None) if head is not None else None
+    if first is None:  # nothing in the first chunk: the record reader finds the first record, or says why not
+        with closing(iter_records(source, container)) as records:
+            first = next(records)
+    return (chain([head], chunks) if head is not None else chunks), first
 
 
 def default_name(path: Path) -> str:
@@ -72,18 +92,23 @@ def import_dataset(
     if choice.container == "hf-dir" and not path.is_dir():
         raise DatasetImportError(f"{path}: --format hf-dir needs a folder written by save_to_disk.")
     container = choice.container or sniff_container(source)
-    records = iter_records(source, container)
-    first = next(records)  # every reader raises a DatasetImportError for a file without records
+    if container in ARROW_CONTAINERS:
+        chunks, first = _chunks_and_first_record(source, container)
+    else:
+        records = iter_records(source, container)
+        first = next(records)  # every reader raises a DatasetImportError for a file without records
     schema = choice.schema or detect_schema(source, *first)
     reader = SchemaReader(source, schema, auto=choice.schema is None)
     kind = kind_of(schema)
     if kind == "preference" and container in ARROW_CONTAINERS:
-        records.close()  # Arrow reads the file again from the start, a chunk at a time
         reader.begin(*first)
-        pairs = reader.pair_batches(iter_chunks(source, container))
-        stance_items = None
+        pairs, stance_items = reader.pair_batches(chunks), None
     else:
-        rows = reader.rows(chain([first], records))
+        if container in ARROW_CONTAINERS:
+            records = chain.from_iterable(chunk.records() for chunk in chunks)
+        else:
+            records = chain([first], records)
+        rows = reader.rows(records)
         pairs = pair_batches.input_batches(rows) if kind == "preference" else None
         stance_items = rows if kind == "stance" else None
     tests = None
