@@ -167,18 +167,35 @@ def _record_name(record: dict, where: str) -> str:
 
 def _check_text(record: dict, names: Iterable[str], name: str, problems: RecordProblems,
                 allow_empty: bool) -> bool:
-    missing, wrong = [], []
+    missing, wrong, broken = [], [], []
     for key in names:
         value = record.get(key)
         if value is None or (not allow_empty and isinstance(value, str) and not value.strip()):
             missing.append(key)
         elif not isinstance(value, str):
             wrong.append(f"{key} ({type(value).__name__})")
+        elif not _is_unicode(value):
+            broken.append(key)
     if missing:
         problems.add("missing fields", f"{name}: {', '.join(missing)}")
     if wrong:
         problems.add("fields that are not text", f"{name}: {', '.join(wrong)}")
-    return not missing and not wrong
+    if broken:
+        problems.add("text with an unpaired surrogate escape such as \\ud800 (not Unicode)",
+                     f"{name}: {', '.join(broken)}")
+    return not missing and not wrong and not broken
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate, which JSON's \\uD800-style escapes can produce but UTF-8
+    (and so SQLite and Arrow) cannot store."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # Messages and the prompt shown for them
@@ -200,7 +217,7 @@ def _messages(value: Any) -> list[dict[str, str]] | None:
         if not isinstance(message, dict):
             return None
         role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not isinstance(content, str):
+        if not isinstance(role, str) or not isinstance(content, str) or not _is_unicode(content):
             return None
         out.append({"role": role, "content": content})
     return out
@@ -309,7 +326,8 @@ class SchemaReader:
                 # another schema, replies that differ. Anything else takes the full path below.
                 prompt, chosen, rejected = record.get("prompt"), record.get("chosen"), record.get("rejected")
                 if (type(prompt) is str and type(chosen) is str and type(rejected) is str and chosen != rejected
-                        and "support" not in record and "oppose" not in record):
+                        and "support" not in record and "oppose" not in record
+                        and _is_unicode(prompt) and _is_unicode(chosen) and _is_unicode(rejected)):
                     yield (prompt, chosen, rejected, None)
                     continue
             if not isinstance(record, dict):

@@ -485,6 +485,18 @@ def test_parquet_batches_with_a_null_are_read_record_by_record(store: Store, tmp
     assert "1 record(s) with missing fields: row 9501: rejected" in import_error(store, path, name="again")
 
 
+def test_lone_surrogate_escapes_are_named(store: Store, tmp_path: Path) -> None:
+    # Valid JSON, but "\ud800" alone is no Unicode character: UTF-8, SQLite and Arrow cannot hold it.
+    path = tmp_path / "surrogate.jsonl"
+    path.write_text('{"prompt": "P", "chosen": "x", "rejected": "y"}\n'
+                    '{"prompt": "Q\\ud800", "chosen": "x", "rejected": "y\\udfff"}\n')
+    assert ("1 record(s) with text with an unpaired surrogate escape such as \\ud800 (not Unicode): "
+            "line 2: prompt, rejected") in import_error(store, path)
+    paired = tmp_path / "emoji.jsonl"
+    paired.write_text('{"prompt": "\\ud83d\\ude00", "chosen": "x", "rejected": "y"}\n')  # a pair: fine
+    assert import_dataset(store, paired).n_added == 1 and triples(store, "emoji")[0][0] == "\U0001f600"
+
+
 def test_a_json_object_is_not_a_record_list(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "object.json"
     path.write_text('{\n  "prompt": ["A?"],\n  "chosen": ["Y"]\n}\n')
