@@ -12,7 +12,6 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -153,26 +152,22 @@ def _test_digest(row: TestRow) -> bytes:
     return _text_digest("test", row[1])
 
 
-def _plain_values(dataset_id: int, row: tuple, digest: bytes) -> tuple:
-    return (dataset_id, *row, digest.hex())
-
-
 class _Table(NamedTuple):
-    """How one item table takes rows: its INSERT, the content hash of a row, and the row's values."""
+    """How one row table takes rows: reading a dataset's stored hashes, its INSERT (dataset_id, the row's
+    fields, its hash), and a row's content digest."""
 
-    name: str
+    digests: str
     insert: str
     digest: Callable[[Any], bytes]
-    values: Callable[[int, Any, bytes], tuple]
 
 
 _TABLES = {
-    "stance": _Table("dataset_stance_items",
+    "stance": _Table("SELECT content_hash FROM dataset_stance_items WHERE dataset_id = ?",
                      "INSERT INTO dataset_stance_items (dataset_id, item_key, prompt, support, oppose, content_hash) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", _stance_digest, _plain_values),
-    "test": _Table("dataset_test_prompts",
+                     "VALUES (?, ?, ?, ?, ?, ?)", _stance_digest),
+    "test": _Table("SELECT content_hash FROM dataset_test_prompts WHERE dataset_id = ?",
                    "INSERT INTO dataset_test_prompts (dataset_id, item_key, prompt, content_hash) VALUES (?, ?, ?, ?)",
-                   _test_digest, _plain_values),
+                   _test_digest),
 }
 
 _DATASETS_SQL = """
@@ -210,10 +205,9 @@ class Datasets:
         Stance items and test prompts are tuples (item_key, prompt, support, oppose) and (item_key,
         prompt); pairs come as Arrow batches of `pair_batches.INPUT_SCHEMA` (`pair_batches.input_batches`
         makes them from tuples). A record whose content the dataset already holds (or that came earlier
-        in this import) is counted, not stored. The
-        iterables are consumed inside the transaction, so an error they raise (a bad record found late
-        in a file) rolls back everything, the dataset row included. `on_progress` gets the number of
-        records read so far after each batch.
+        in this import) is counted, not stored. The iterables are consumed inside the transaction, so
+        an error they raise (a bad record found late in a file) rolls back everything, the dataset row
+        included. `on_progress` gets the number of records read so far after each batch.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -221,7 +215,7 @@ class Datasets:
             raise DatasetImportError("a dataset needs a name")
         if (kind == "stance" and pairs is not None) or (kind == "preference" and stance_items is not None):
             raise ValueError(f"a {kind} dataset takes {'stance items' if kind == 'stance' else 'pairs'}")
-        with _large_cache(self.db), write_transaction(self.db):
+        with write_transaction(self.db):
             dataset_id = self._dataset_for_import(name, kind, fmt, source_path)
             if kind == "stance":
                 n_read, n_added = self._insert_rows("stance", dataset_id, stance_items or (), on_progress)
@@ -254,9 +248,8 @@ class Datasets:
         # rows between this read and the inserts.
         spec = _TABLES[table]
         conn = self.db.conn
-        seen = {bytes.fromhex(digest) for (digest,) in conn.execute(
-            f"SELECT content_hash FROM {spec.name} WHERE dataset_id = ?", [dataset_id])}
-        digest_of, values = spec.digest, spec.values
+        seen = {bytes.fromhex(digest) for (digest,) in conn.execute(spec.digests, [dataset_id])}
+        digest_of = spec.digest
         n_read = n_added = 0
         iterator: Iterator[tuple] = iter(rows)
         while batch := list(islice(iterator, _INSERT_BATCH)):
@@ -265,7 +258,7 @@ class Datasets:
                 digest = digest_of(row)
                 if digest not in seen:
                     seen.add(digest)
-                    fresh.append(values(dataset_id, row, digest))
+                    fresh.append((dataset_id, *row, digest.hex()))
             conn.executemany(spec.insert, fresh)
             n_read += len(batch)
             n_added += len(fresh)
@@ -422,18 +415,6 @@ class Datasets:
                     if record.kind == "stance" else "it holds preference pairs: use dataset_pairs")
             raise ValueError(f"dataset '{record.name}' is a {record.kind} dataset, not {kind} ({hint}).")
         return record
-
-
-@contextmanager
-def _large_cache(db: sqlite_utils.Database, kib: int = 65536) -> Iterator[None]:
-    """A bigger page cache while importing: inserts land at random places in the content-hash index,
-    and with the default 2 MB cache a large import spills pages to the WAL over and over."""
-    previous = db.execute("PRAGMA cache_size").fetchone()[0]
-    db.execute(f"PRAGMA cache_size = {-int(kib)}")
-    try:
-        yield
-    finally:
-        db.execute(f"PRAGMA cache_size = {int(previous)}")
 
 
 def _export_pair(row: tuple[Any, ...]) -> ExportPair:
