@@ -16,11 +16,11 @@ from pathlib import Path
 
 from store.locations import cache_dir, models_cache_dir
 from studio.gguf_header import GGUFFormatError, TensorEntry, read_gguf_header
+from trainers.model_source import gguf_file_problem
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (bytes done, bytes total)."""
 
-GGUF_MAGIC = b"GGUF"
 
 
 class ModelFileError(Exception):
@@ -147,20 +147,9 @@ def file_sha256(path: Path) -> str:
 def inspect_gguf(path: Path | str) -> GGUFInfo:
     """Read and check a GGUF's header, metadata and tensor table. Raises ModelFileError naming the file."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelFileError(f"model file not found: {path}")
-    if path.is_dir():
-        raise ModelFileError(f"{path} is a directory; pass the .gguf file inside it")
-    try:
-        with path.open("rb") as fh:
-            magic = fh.read(4)
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
-    if magic != GGUF_MAGIC:
-        raise ModelFileError(
-            f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
-            "convert it with llama.cpp's convert_hf_to_gguf.py or pick a .gguf file"
-        )
+    problem = gguf_file_problem(path)
+    if problem is not None:
+        raise ModelFileError(problem)
     size = path.stat().st_size
     try:
         header = read_gguf_header(path)

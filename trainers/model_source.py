@@ -69,18 +69,31 @@ def converted_dir(sha256: str, cache_root: Path | None = None) -> Path:
     return Path(cache_root) / f"hf-{sha256[:16]}"
 
 
-def _check_gguf_file(path: Path) -> None:
+def gguf_file_problem(path: Path) -> str | None:
+    """Why `path` cannot be a GGUF model file (missing, a folder, unreadable, wrong magic), or None.
+
+    The chat engine (studio/model_files.py) and the trainer check a model file the same way and say
+    the same thing; each raises it as its own error.
+    """
     if not path.exists():
-        raise ModelSourceError(f"model file not found: {path}")
+        return f"model file not found: {path}"
     if path.is_dir():
-        raise ModelSourceError(f"{path} is a directory; pass the .gguf file inside it")
+        return f"{path} is a directory; pass the .gguf file inside it"
     try:
         with path.open("rb") as fh:
             magic = fh.read(4)
     except OSError as exc:
-        raise ModelSourceError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
+        return f"cannot read model file {path}: {exc.strerror or exc}"
     if magic != GGUF_MAGIC:
-        raise ModelSourceError(f"{path} is not a GGUF file (it starts with {magic!r}); pick a .gguf file")
+        return (f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF'); "
+                "convert it with llama.cpp's convert_hf_to_gguf.py or pick a .gguf file")
+    return None
+
+
+def _check_gguf_file(path: Path) -> None:
+    problem = gguf_file_problem(path)
+    if problem is not None:
+        raise ModelSourceError(problem)
 
 
 def _check_hf_dir(path: Path) -> None:
