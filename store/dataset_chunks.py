@@ -2,24 +2,23 @@
 
 The record readers of `dataset_files` are the reference: they read every file the studio accepts and
 name every problem by line or row. Building a Python dict per record is also most of the time a large
-import takes. Here a file is cut into chunks that Arrow parses in C (JSON Lines by runs of whole lines,
-parquet and `save_to_disk` folders by record batches); each chunk carries both Arrow's table and a way
-to read the same records exactly. The caller uses the table when it is plainly clean and the records
+import takes. Here a file is cut into chunks that Arrow parses in C (JSON Lines by runs of whole lines;
+parquet and `save_to_disk` folders by the record batches the exact reader reads too); each chunk
+carries both Arrow's table and a way to read the same records exactly. The caller uses the table when it is plainly clean and the records
 otherwise, so what is imported, and every message, is the same either way; only the time differs.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from store.dataset_files import Located, _parquet_records, jsonl_line_records, load_hf_split
+from store.dataset_files import Located, batch_records, hf_dir_batches, jsonl_line_records, parquet_batches
 
-ROWS_PER_CHUNK = 4096
 _JSONL_CHUNK_BYTES = 1 << 20
 ARROW_CONTAINERS = ("jsonl", "parquet", "hf-dir")
 
@@ -90,45 +89,21 @@ def _line_reader(path: Path, text: bytes, first_line: int) -> Callable[[], Itera
 
 
 def _parquet_chunks(path: Path) -> Iterator[Chunk]:
-    # The exact reader already reads by Arrow batches; read the same batches here, labelled alike.
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        batches = parquet.iter_batches(batch_size=ROWS_PER_CHUNK)
-    except Exception:  # noqa: BLE001 - a damaged file: the exact reader names the problem
-        yield Chunk(lambda: None, lambda: _parquet_records(path))
-        return
-    done = 0
-    try:
-        for batch in batches:
-            yield Chunk(partial(_same, batch), _batch_reader(batch, done, ""))
-            done += batch.num_rows
-    except (OSError, ValueError):
-        yield Chunk(lambda: None, lambda: _skip(_parquet_records(path), done))
+    return _batch_chunks(parquet_batches(path), "")
 
 
 def _hf_dir_chunks(path: Path) -> Iterator[Chunk]:
-    loaded, where_prefix = load_hf_split(path)
+    where_prefix, batches = hf_dir_batches(path)
+    yield from _batch_chunks(batches, where_prefix)
+
+
+def _batch_chunks(batches: Iterable[Any], where_prefix: str) -> Iterator[Chunk]:
+    # A batch is already Arrow's reading; its records are the exact reader's, placed alike.
     done = 0
-    for batch in loaded.with_format("arrow").iter(batch_size=ROWS_PER_CHUNK):
-        yield Chunk(partial(_same, batch), _batch_reader(batch, done, where_prefix))
+    for batch in batches:
+        yield Chunk(partial(_same, batch), partial(batch_records, [batch], where_prefix, done))
         done += batch.num_rows
-
-
-def _batch_reader(batch: Any, done: int, where_prefix: str) -> Callable[[], Iterator[Located]]:
-    def records() -> Iterator[Located]:
-        for number, record in enumerate(batch.to_pylist(), start=done + 1):
-            yield f"{where_prefix}row {number}", record
-
-    return records
 
 
 def _same(value: Any) -> Any:
     return value
-
-
-def _skip(records: Iterator[Located], n: int) -> Iterator[Located]:
-    for index, located in enumerate(records):
-        if index >= n:
-            yield located

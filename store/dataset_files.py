@@ -24,7 +24,7 @@ CONTAINERS = ("json", "jsonl", "parquet", "hf-dir")
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 
 _CHUNK = 1 << 18
-_BATCH_ROWS = 1000
+ARROW_BATCH_ROWS = 4096  # records per Arrow batch read from parquet and save_to_disk
 _WHITESPACE = " \t\n\r"
 
 Located = tuple[str, Any]  # (where, record)
@@ -285,6 +285,25 @@ def _json_array_records(path: Path, chunk: int = _CHUNK) -> Iterator[Located]:
 
 
 def _parquet_records(path: Path) -> Iterator[Located]:
+    return batch_records(parquet_batches(path))
+
+
+def _hf_dir_records(path: Path) -> Iterator[Located]:
+    where_prefix, batches = hf_dir_batches(path)
+    yield from batch_records(batches, where_prefix)
+
+
+def batch_records(batches: Iterable[Any], where_prefix: str = "", done: int = 0) -> Iterator[Located]:
+    """The records of Arrow batches as dicts, placed as "row N" counting on from `done` rows."""
+    number = done
+    for batch in batches:
+        for record in batch.to_pylist():
+            number += 1
+            yield f"{where_prefix}row {number}", record
+
+
+def parquet_batches(path: Path) -> Iterator[Any]:
+    """A parquet file's record batches in order; a damaged or empty file raises DatasetImportError."""
     import pyarrow.parquet as pq
 
     try:
@@ -293,26 +312,23 @@ def _parquet_records(path: Path) -> Iterator[Located]:
         raise DatasetImportError(f"{path}: not a readable parquet file ({error}).") from None
     if parquet.metadata.num_rows == 0:
         raise DatasetImportError(f"{path} is empty: the parquet file has no rows.")
-    number = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
-            for record in batch.to_pylist():
-                number += 1
-                yield f"row {number}", record
-    except DatasetImportError:
-        raise
-    except (OSError, ValueError) as error:
-        raise DatasetImportError(f"{path}: cannot read parquet row group after row {number} ({error}).") from None
+    done = 0
+    batches = parquet.iter_batches(batch_size=ARROW_BATCH_ROWS)
+    while True:
+        try:
+            batch = next(batches, None)
+        except (OSError, ValueError) as error:
+            raise DatasetImportError(f"{path}: cannot read parquet row group after row {done} ({error}).") from None
+        if batch is None:
+            return
+        yield batch
+        done += batch.num_rows
 
 
-def _hf_dir_records(path: Path) -> Iterator[Located]:
+def hf_dir_batches(path: Path) -> tuple[str, Iterator[Any]]:
+    """The prefix of a save_to_disk folder's record places and its record batches (see `load_hf_split`)."""
     loaded, where_prefix = load_hf_split(path)
-    number = 0
-    for batch in loaded.iter(batch_size=_BATCH_ROWS):
-        columns = list(batch)
-        for values in zip(*(batch[name] for name in columns), strict=True):
-            number += 1
-            yield f"{where_prefix}row {number}", dict(zip(columns, values, strict=True))
+    return where_prefix, loaded.with_format("arrow").iter(batch_size=ARROW_BATCH_ROWS)
 
 
 def load_hf_split(path: Path) -> tuple[Any, str]:
