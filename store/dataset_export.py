@@ -158,10 +158,7 @@ def write_pairs(pairs: Iterable[ExportPair], out: Path, fmt: str = "jsonl", conv
     if conversational:
         rows = (pair.to_conversational() for pair in pairs)
         return write_rows(rows, out, fmt, _pair_schema(conversational))
-    if fmt == "jsonl":
-        return write_lines(map(_standard_line, pairs), out)
-    schema = _pair_schema(conversational)
-    return write_batches(_standard_batches(pairs, schema), out, fmt, schema)
+    return write_standard_batches(_standard_batches(pairs, _pair_schema(conversational)), out, fmt)
 
 
 def write_standard_batches(batches: Iterable[Any], out: Path, fmt: str = "jsonl") -> int:
@@ -173,18 +170,12 @@ def write_standard_batches(batches: Iterable[Any], out: Path, fmt: str = "jsonl"
 
 
 def _batch_lines(batch: Any) -> list[str]:
-    # The same lines as _standard_line, from whole columns.
+    # The C string encoder gives the same text as json.dumps(row, ensure_ascii=False) at a fraction of
+    # its per-call cost, which is most of a large export's time.
     prompts, chosen, rejected = (batch.column(name).to_pylist() for name in ("prompt", "chosen", "rejected"))
     encode = encode_basestring
     return [f'{{"prompt": {encode(p)}, "chosen": {encode(c)}, "rejected": {encode(r)}}}\n'
             for p, c, r in zip(prompts, chosen, rejected, strict=True)]
-
-
-def _standard_line(pair: ExportPair) -> str:
-    # The C string encoder gives the same text as json.dumps(pair.to_standard(), ensure_ascii=False)
-    # at a fraction of its per-call cost, which is most of a large export's time.
-    return (f'{{"prompt": {encode_basestring(pair.prompt)}, "chosen": {encode_basestring(pair.chosen)}, '
-            f'"rejected": {encode_basestring(pair.rejected)}}}\n')
 
 
 def write_test_prompts(prompts: Iterable[TestPrompt], out: Path, fmt: str = "jsonl") -> int:
