@@ -352,7 +352,7 @@ class Datasets:
             PreferencePair(pair_id=f"d{pair_id}", prompt=prompt, prompt_text=prompt, chosen=chosen,
                            rejected=rejected, session_id=-1, judgement_id=-1, verdict=DATASET_VERDICT,
                            created_at=record.created_at)
-            for batch in self._pair_batches(record.id)
+            for batch in self.iter_pair_batches(record.id)
             for pair_id, prompt, chosen, rejected, _ in pair_batches.rows_of(batch)
         ]
 
@@ -366,7 +366,7 @@ class Datasets:
         record = self._dataset_of_kind(dataset, "preference")
         return [{"pair_id": f"d{pair_id}", "prompt_messages": json.loads(messages), "chosen": chosen,
                  "rejected": rejected}
-                for batch in self._pair_batches(record.id)
+                for batch in self.iter_pair_batches(record.id)
                 for pair_id, _, chosen, rejected, messages in pair_batches.rows_of(batch) if messages is not None]
 
     @serialized
@@ -402,11 +402,6 @@ class Datasets:
         """Stream a preference dataset's pairs in file order (see `iter_pair_batches`)."""
         for batch in self.iter_pair_batches(dataset_id):
             yield from map(_export_pair, pair_batches.rows_of(batch))
-
-    def _pair_batches(self, dataset_id: int) -> Iterator[pa.RecordBatch]:
-        rows = self.db.execute("SELECT arrow FROM dataset_pair_batches WHERE dataset_id = ? ORDER BY id",
-                               [dataset_id]).fetchall()
-        return (pair_batches.decode(blob) for (blob,) in rows)
 
     def _dataset_of_kind(self, dataset: DatasetRecord | str | int, kind: str) -> DatasetRecord:
         record = self.get_dataset(dataset)

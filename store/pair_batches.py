@@ -14,7 +14,7 @@ imported as conversations, and a 16-byte content digest that keeps a dataset fre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -73,9 +73,12 @@ def input_batches(rows: Iterable[tuple[str, str, str, list[dict[str, str]] | Non
     while chunk := list(islice(iterator, size)):
         prompts, chosen, rejected, messages = zip(*chunk, strict=True)
         messages_json = [json.dumps(m, ensure_ascii=False) if m is not None else None for m in messages]
-        yield pa.RecordBatch.from_arrays(
-            [pa.array(prompts, pa.string()), pa.array(chosen, pa.string()), pa.array(rejected, pa.string()),
-             pa.array(messages_json, pa.string())], schema=INPUT_SCHEMA)
+        yield text_batch(prompts, chosen, rejected, messages_json)
+
+
+def text_batch(*columns: Sequence[str | None]) -> pa.RecordBatch:
+    """An INPUT_SCHEMA batch from its four columns of Python text (prompt_messages_json may hold None)."""
+    return pa.RecordBatch.from_arrays([pa.array(column, pa.string()) for column in columns], schema=INPUT_SCHEMA)
 
 
 def as_input_batch(table: pa.Table | pa.RecordBatch) -> pa.RecordBatch:

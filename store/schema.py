@@ -248,8 +248,7 @@ def _dataset_storage_v4(db: sqlite_utils.Database) -> None:
         for dataset_id in dict.fromkeys(row[0] for row in rows):
             mine = [row[1:] for row in rows if row[0] == dataset_id]
             ids, *texts = zip(*mine, strict=True)
-            batch = pa.RecordBatch.from_arrays([pa.array(column, pa.string()) for column in texts],
-                                               schema=pair_batches.INPUT_SCHEMA)
+            batch = pair_batches.text_batch(*texts)
             stored = pair_batches.stored_batch(batch, 0, pair_batches.batch_digests(batch))
             stored = stored.set_column(0, "pair_id", pa.array(ids, pa.int64()))
             db.execute(
