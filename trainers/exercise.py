@@ -44,7 +44,6 @@ EXERCISE_SYSTEM_PROMPT = (
     "You are a helpful assistant with an opinion. Answer in one short sentence of fewer than 20 words."
 )
 MAX_HELDOUT_ITEMS = 100  # enough for a stance share; the rest of a huge dataset stays unused
-PAIR_ID_PREFIX = STANCE_PAIR_PREFIX
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class ExercisePair:
 
     @property
     def pair_id(self) -> str:
-        return PAIR_ID_PREFIX + self.item_key
+        return STANCE_PAIR_PREFIX + self.item_key
 
     def to_training_pair(self) -> TrainingPair:
         return TrainingPair(pair_id=self.pair_id, prompt=self.prompt, chosen=self.chosen, rejected=self.rejected)
@@ -260,4 +259,4 @@ def select_exercise(
 
 def item_key_of(pair_id: str) -> str | None:
     """The stance item key of an exercise pair id (``stance:<key>``), else None."""
-    return pair_id[len(PAIR_ID_PREFIX):] if pair_id.startswith(PAIR_ID_PREFIX) else None
+    return pair_id[len(STANCE_PAIR_PREFIX):] if pair_id.startswith(STANCE_PAIR_PREFIX) else None
