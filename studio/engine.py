@@ -20,7 +20,7 @@ from pathlib import Path
 from studio import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.adapter_runtime import AdapterSlots
 from studio.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
-from trainers.prompt_format import ChatTurn, PromptFormat, format_for_metadata
+from trainers.prompt_format import ChatTurn, PromptFormat, PromptFormatError, format_for_metadata
 
 
 class EngineError(Exception):
@@ -156,6 +156,8 @@ class ChatEngine:
         self.identity = ModelIdentity(
             model_id=self.info.path.name, sha256=file_sha256(self.info.path), path=self.info.path
         )
+        # A broken chat template is refused before the (slower) load, and never at the first prompt.
+        self._prompt_format_for({})
         decode, batch = default_threads()
         self.n_threads = config.n_threads or decode
         self.n_threads_batch = config.n_threads_batch or batch
@@ -166,13 +168,22 @@ class ChatEngine:
         import llama_cpp
 
         self._logits_processors = llama_cpp.LogitsProcessorList([self._ban_unprintable])
-        self.prompt_format: PromptFormat = format_for_metadata(
-            self.info.metadata,
+        self.prompt_format: PromptFormat = self._prompt_format_for(
             {
                 "bos": self._token_text(self._llm.token_bos()),
                 "eos": self._token_text(self._llm.token_eos()),
             },
         )
+
+    def _prompt_format_for(self, token_texts: dict[str, str]) -> PromptFormat:
+        """The model's prompt format, tried on a probe conversation; EngineError naming the file if it fails."""
+        try:
+            return format_for_metadata(self.info.metadata, token_texts)
+        except PromptFormatError as exc:
+            raise EngineError(
+                f"{self.info.path}: the model's chat template (GGUF key tokenizer.chat_template) cannot be used: "
+                f"{str(exc).removeprefix('chat template: ')}. Use another model file, or fix the template in it."
+            ) from None
 
     # --- loading ---
 
@@ -248,7 +259,10 @@ class ChatEngine:
         turns = list(turns)
         dropped = 0
         while True:
-            text = self.prompt_format.render(system, turns)
+            try:
+                text = self.prompt_format.render(system, turns)
+            except PromptFormatError as exc:
+                raise EngineError(f"{self.identity.model_id}: this conversation cannot be rendered. {exc}") from None
             n_tokens = len(self.tokenize(text))
             if n_tokens + max_tokens <= self.n_ctx:
                 return FittedPrompt(text=text, n_tokens=n_tokens, dropped_turns=dropped)

@@ -85,3 +85,41 @@ def test_control_and_modality_tokens_are_never_sampled(engine):
         assert banned[token(text)], text
     for text in ("<eos>", "<end_of_turn>", " Hello", "<table>", "\n\n"):
         assert not banned[token(text)], text
+
+
+@pytest.mark.parametrize("template, phrase", [
+    ("{% for m in messages %}{{ m.content }", "syntax error on line 1"),
+    ("{{ raise_exception('This model needs a tool list') }}", "the template refused: This model needs a tool list"),
+    ("{{ 'x' * 10 ** 10 }}", "would build 10,000,000,000 characters"),
+])
+def test_a_model_whose_chat_template_fails_is_refused_at_load_naming_file_and_problem(tmp_path, template, phrase):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "bad-template.gguf"
+    writer = GGUFWriter(str(path), "gemma3")
+    writer.add_string("tokenizer.chat_template", template)
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(EngineError) as caught:
+        ChatEngine(EngineConfig(model_path=path))
+    message = str(caught.value)
+    assert str(path) in message and "tokenizer.chat_template" in message and phrase in message
+
+
+def test_a_conversation_the_template_refuses_is_an_engine_error_naming_the_model(engine):
+    from trainers.prompt_format import ChatTemplateFormat
+
+    template = ("{% for m in messages %}{% if '[/]' in m['content'] %}{{ raise_exception('no brackets') }}"
+                "{% endif %}{{ m['content'] }}\n{% endfor %}")
+    original = engine.prompt_format
+    engine.prompt_format = ChatTemplateFormat(template=template)
+    try:
+        assert engine.fit_prompt("", [ChatTurn("user", "fine")], 8).text == "fine\n"
+        with pytest.raises(EngineError, match=r"gemma-3-270m.*cannot be rendered.*no brackets"):
+            engine.fit_prompt("", [ChatTurn("user", "a [/] here")], 8)
+    finally:
+        engine.prompt_format = original

@@ -48,3 +48,65 @@ def test_chat_template_is_rendered_and_bos_left_to_the_tokenizer():
 
 def test_metadata_without_template_gives_transcript():
     assert isinstance(format_for_metadata({"general.architecture": "gemma3"}), TranscriptFormat)
+
+
+# --- chat templates that fail: a clear message, at once, never a crash or a 10 GB string ---------------
+
+BAD_TEMPLATES = {
+    "syntax error": ("{% for m in messages %}{{ m.content }", "syntax error on line 1"),
+    "raise_exception": ("{{ raise_exception('Conversation roles must alternate') }}",
+                        "the template refused: Conversation roles must alternate"),
+    "sandbox violation": ("{{ ''.__class__.__mro__[1].__subclasses__() }}", "not allowed in the sandbox"),
+    "huge repeat": ("{{ 'x' * 10 ** 10 }}", "the * operator would build 10,000,000,000 characters"),
+    "doubling loop": ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
+                      "{% endfor %}{{ ns.s }}", "the ~ operator would build"),
+    "doubling with +": ("{% set ns = namespace(s='x') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}"
+                        "{% endfor %}{{ ns.s }}", "the + operator would build"),
+    "padding method": ("{{ 'x'.ljust(10000000000) }}", "str.ljust() would build"),
+    "format width": ("{{ '{:>10000000000}'.format('x') }}", "str.format() would build"),
+    "percent width": ("{{ '%10000000000s' % 'x' }}", "the % operator would build"),
+    "center filter": ("{{ 'x'|center(10000000000) }}", "the center filter would build"),
+    "join of repeats": ("{{ ([('x' * 900000)] * 1000)|join }}", "the join filter would build"),
+    "endless output": ("{% for i in range(100000) %}{% for j in range(100000) %}0123456789{% endfor %}"
+                       "{% endfor %}", "passed 1,000,000 characters"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_TEMPLATES))
+def test_a_failing_chat_template_is_refused_with_its_problem_named(name):
+    import time
+
+    from trainers.prompt_format import PromptFormatError
+
+    template, phrase = BAD_TEMPLATES[name]
+    start = time.monotonic()
+    with pytest.raises(PromptFormatError, match="chat template") as caught:
+        format_for_metadata({"tokenizer.chat_template": template})
+    assert phrase in str(caught.value)
+    assert time.monotonic() - start < 5  # refused before the string is built, not after
+
+
+def test_a_template_that_fails_only_on_some_content_fails_at_render_with_a_clear_error():
+    from trainers.prompt_format import PromptFormatError
+
+    template = ("{% for m in messages %}{% if 'forbidden' in m['content'] %}{{ raise_exception('no forbidden "
+                "words') }}{% endif %}{{ m['content'] }}\n{% endfor %}")
+    fmt = format_for_metadata({"tokenizer.chat_template": template})  # the probe conversation renders
+    assert fmt.render("", [ChatTurn("user", "fine")]) == "fine\n"
+    with pytest.raises(PromptFormatError, match="the template refused: no forbidden words"):
+        fmt.render("", [ChatTurn("user", "a forbidden word")])
+
+
+def test_a_template_that_refuses_the_system_turn_gets_the_system_text_in_the_first_user_turn():
+    template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                "{% endif %}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}<assistant>")
+    fmt = format_for_metadata({"tokenizer.chat_template": template})
+    assert fmt.fold_system
+    text = fmt.render("Be kind.", [ChatTurn("user", "Hi"), ChatTurn("assistant", "Hello"), ChatTurn("user", "Bye")])
+    assert text == "<user>Be kind.\n\nHi\n<assistant>Hello\n<user>Bye\n<assistant>"
+    assert fmt.render("", [ChatTurn("user", "Hi")]) == "<user>Hi\n<assistant>"
+
+
+def test_an_ordinary_template_keeps_its_system_turn():
+    fmt = format_for_metadata({"tokenizer.chat_template": GEMMA_LIKE_TEMPLATE})
+    assert not fmt.fold_system

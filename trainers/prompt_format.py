@@ -17,11 +17,18 @@ tokenizer saw them during generation, and how they must be tokenised during trai
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Protocol
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from trainers.template_sandbox import TemplateLimitError, compile_template, render_capped
+
+# What a template is tried on when a model loads: a system text and a finished exchange before the question,
+# so a template that fails on any ordinary conversation fails at load time, not at the first prompt.
+PROBE_SYSTEM = "You are a helpful assistant."
+PROBE_TURNS = ("Hello!", "Hello! How can I help?", "What is the capital of France?")
 
 ROLES = ("system", "user", "assistant")
 
@@ -90,33 +97,73 @@ class TranscriptFormat:
         return " " + reply.strip()
 
 
-def _raise_exception(message: str) -> None:
-    # Templates call raise_exception() to reject, e.g., a system turn they do not support.
-    raise jinja2.TemplateError(message)
+class PromptFormatError(ValueError):
+    """A chat template that cannot render a conversation; the message says which problem, and where."""
+
+
+def _template_problem(exc: Exception) -> str:
+    """One line naming what went wrong in a template, with its line number when Jinja knows it."""
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        return f"syntax error on line {exc.lineno}: {exc.message}"
+    if isinstance(exc, jinja2.exceptions.SecurityError):
+        return f"not allowed in the sandbox: {exc}"
+    if isinstance(exc, TemplateLimitError):
+        return str(exc)
+    if isinstance(exc, jinja2.TemplateError):
+        # raise_exception(...) from the template itself lands here with the template's own words.
+        return f"the template refused: {exc.message or type(exc).__name__}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(frozen=True)
 class ChatTemplateFormat:
-    """A model's own Jinja chat template, rendered as transformers does."""
+    """A model's own Jinja chat template, rendered as transformers does, in a sandbox with limits.
+
+    ``fold_system``: the template refuses a system turn (Gemma's and Mistral's do), so the system text
+    is put at the top of the first user turn instead, as transformers users do by hand.
+    """
 
     template: str
     bos_token: str = ""
     eos_token: str = ""
     stop: tuple[str, ...] = ()
     name: str = "chat_template"
+    fold_system: bool = False
+
+    @cached_property
+    def _compiled(self) -> jinja2.Template:
+        try:
+            return compile_template(self.template)
+        except jinja2.TemplateSyntaxError as exc:
+            raise PromptFormatError(f"chat template: {_template_problem(exc)}") from None
+
+    def check(self) -> None:
+        """Compile the template now (a syntax error raises PromptFormatError)."""
+        self._compiled  # noqa: B018 - compiling is the check
 
     def render(self, system: str, turns: Sequence[ChatTurn]) -> str:
         _check_turns(turns)
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = _raise_exception
-        messages = [{"role": "system", "content": system.strip()}] if system.strip() else []
-        messages += [{"role": t.role, "content": t.content.strip()} for t in turns if t.role != "system"]
-        text = env.from_string(self.template).render(
-            messages=messages,
-            add_generation_prompt=True,
-            bos_token=self.bos_token,
-            eos_token=self.eos_token,
-        )
+        turns = [t for t in turns if t.role != "system"]
+        messages = []
+        system = system.strip()
+        if system and self.fold_system:
+            first, *rest = turns
+            turns = [ChatTurn(first.role, f"{system}\n\n{first.content.strip()}"), *rest]
+        elif system:
+            messages.append({"role": "system", "content": system})
+        messages += [{"role": t.role, "content": t.content.strip()} for t in turns]
+        try:
+            text = render_capped(
+                self._compiled,
+                messages=messages,
+                add_generation_prompt=True,
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
+            )
+        except PromptFormatError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure inside a template is the template's problem
+            raise PromptFormatError(f"chat template: {_template_problem(exc)}") from None
         # llama.cpp and the HF tokenizer both add BOS themselves; a template that writes it too would
         # give the model two of them.
         if self.bos_token and text.startswith(self.bos_token):
@@ -128,18 +175,46 @@ class ChatTemplateFormat:
 
 
 def format_for_metadata(metadata: Mapping[str, str], token_texts: Mapping[str, str] | None = None) -> PromptFormat:
-    """Choose the format for a model from its GGUF metadata (``tokenizer.chat_template`` or not).
+    """Choose the format for a model from its GGUF metadata (``tokenizer.chat_template`` or not), and try
+    it on a probe conversation (``probe_format``): a template that cannot work fails here, with
+    PromptFormatError, rather than at the first prompt.
 
     ``token_texts`` may carry ``bos``/``eos`` token strings for templates that reference them.
     """
     template = metadata.get("tokenizer.chat_template")
     if template:
+        if not isinstance(template, str):
+            raise PromptFormatError(f"chat template: tokenizer.chat_template is a {type(template).__name__}, "
+                                    "not text")
         tokens = token_texts or {}
         eos = tokens.get("eos", "")
-        return ChatTemplateFormat(
+        return probe_format(ChatTemplateFormat(
             template=template,
             bos_token=tokens.get("bos", ""),
             eos_token=eos,
             stop=(eos,) if eos else (),
-        )
+        ))
     return TranscriptFormat()
+
+
+def probe_format(fmt: PromptFormat) -> PromptFormat:
+    """Render a short conversation with ``fmt``; return the format to use, or raise PromptFormatError.
+
+    A chat template that refuses the system turn but renders the rest gets ``fold_system`` (the system
+    text goes into the first user turn), so the studio's system prompt still reaches the model.
+    """
+    turns = [ChatTurn(role, text) for role, text in zip(("user", "assistant", "user"), PROBE_TURNS, strict=True)]
+    if not isinstance(fmt, ChatTemplateFormat):
+        fmt.render(PROBE_SYSTEM, turns)
+        return fmt
+    fmt.check()
+    try:
+        fmt.render(PROBE_SYSTEM, turns)
+        return fmt
+    except PromptFormatError as with_system:
+        folded = replace(fmt, fold_system=True)
+        try:
+            folded.render(PROBE_SYSTEM, turns)
+        except PromptFormatError:
+            raise with_system from None
+        return folded
