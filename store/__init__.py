@@ -6,6 +6,7 @@ Headless by design: nothing here imports the app (`studio`), the trainers or Tex
 from store.errors import (
     RecordNotFoundError,
     SchemaTooNewError,
+    StoreBusyError,
     StoreCorruptError,
     StoreError,
     StoreUnwritableError,
@@ -32,6 +33,7 @@ __all__ = [
     "SchemaTooNewError",
     "SessionRecord",
     "Store",
+    "StoreBusyError",
     "StoreCorruptError",
     "StoreError",
     "StoreUnwritableError",

@@ -2,15 +2,16 @@
 
 A mixin of `Store` (like `RunLog`). Records are deduplicated by a digest of their content, never their
 id, so importing a file twice adds nothing and a re-import into the same dataset adds only the new
-records. An import is one transaction: it is stored whole or not at all. Stance items and test prompts
-are rows; preference pairs are Arrow batches (store/pair_batches.py), since pair datasets run to 100k+.
+records. An import is stored whole or not at all, without holding the database while it reads the file:
+it writes staged rows in short transactions and makes them visible in one (store/import_staging.py).
+Stance items and test prompts are rows; preference pairs are Arrow batches (store/pair_batches.py),
+since pair datasets run to 100k+.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -21,14 +22,17 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import sqlite_utils
 
-from store import pair_batches
+from store import import_staging, pair_batches
 from store.dataset_files import DatasetImportError
 from store.dataset_formats import KINDS, StanceRow, TestRow
 from store.errors import RecordNotFoundError
+from store.import_staging import visible
 from store.pairs import PreferencePair
-from store.transactions import serialized, utc_now, write_transaction
+from store.transactions import StoreLock, serialized
 
 _INSERT_BATCH = 1000
+STAGE_ROWS = 5000  # stance items or test prompts written per staged transaction
+STAGE_BYTES = 4 << 20  # Arrow bytes of pairs written (compressed) per staged transaction
 DATASET_VERDICT = "dataset"
 STANCE_PAIR_PREFIX = "stance:"  # an exercise pair's id: the prefix and its stance item's key
 
@@ -162,21 +166,26 @@ class _Table(NamedTuple):
 
 
 _TABLES = {
-    "stance": _Table("SELECT content_hash FROM dataset_stance_items WHERE dataset_id = ?",
-                     "INSERT INTO dataset_stance_items (dataset_id, item_key, prompt, support, oppose, content_hash) "
-                     "VALUES (?, ?, ?, ?, ?, ?)", _stance_digest),
-    "test": _Table("SELECT content_hash FROM dataset_test_prompts WHERE dataset_id = ?",
-                   "INSERT INTO dataset_test_prompts (dataset_id, item_key, prompt, content_hash) VALUES (?, ?, ?, ?)",
-                   _test_digest),
+    "stance": _Table(f"SELECT content_hash FROM dataset_stance_items s WHERE dataset_id = ? AND {visible('s')}",
+                     "INSERT INTO dataset_stance_items (import_id, dataset_id, item_key, prompt, support, oppose, "
+                     "content_hash) VALUES (?, ?, ?, ?, ?, ?, ?)", _stance_digest),
+    "test": _Table(f"SELECT content_hash FROM dataset_test_prompts t WHERE dataset_id = ? AND {visible('t')}",
+                   "INSERT INTO dataset_test_prompts (import_id, dataset_id, item_key, prompt, content_hash) "
+                   "VALUES (?, ?, ?, ?, ?)", _test_digest),
 }
 
-_DATASETS_SQL = """
+# Every read shows only what finished imports wrote (see store/import_staging.py). Callers add
+# "AND ..." conditions and an ORDER BY.
+_DATASETS_SQL = f"""
 SELECT d.*,
-  CASE d.kind WHEN 'stance' THEN (SELECT COUNT(*) FROM dataset_stance_items s WHERE s.dataset_id = d.id)
-              ELSE (SELECT COALESCE(SUM(n_pairs), 0) FROM dataset_pair_batches p WHERE p.dataset_id = d.id)
+  CASE d.kind WHEN 'stance' THEN (SELECT COUNT(*) FROM dataset_stance_items s WHERE s.dataset_id = d.id
+                                  AND {visible('s')})
+              ELSE (SELECT COALESCE(SUM(n_pairs), 0) FROM dataset_pair_batches p WHERE p.dataset_id = d.id
+                    AND {visible('p')})
               END AS n_items,
-  (SELECT COUNT(*) FROM dataset_test_prompts t WHERE t.dataset_id = d.id) AS n_test_prompts
+  (SELECT COUNT(*) FROM dataset_test_prompts t WHERE t.dataset_id = d.id AND {visible('t')}) AS n_test_prompts
 FROM datasets d
+WHERE {visible('d')}
 """
 
 class Datasets:
@@ -184,11 +193,10 @@ class Datasets:
 
     db: sqlite_utils.Database
     path: Path
-    _lock: threading.RLock
+    _lock: StoreLock
 
     # Writing
 
-    @serialized
     def import_records(
         self,
         name: str,
@@ -199,15 +207,23 @@ class Datasets:
         test_prompts: Iterable[TestRow] | None = None,
         pairs: Iterable[pa.RecordBatch] | None = None,
         on_progress: Callable[[int], None] | None = None,
+        *,
+        stage_rows: int = STAGE_ROWS,
+        stage_bytes: int = STAGE_BYTES,
+        claim_wait_s: float = import_staging.CLAIM_WAIT_S,
     ) -> ImportReport:
-        """Store rows into dataset `name` (created if new) in one transaction, and say what was added.
+        """Store rows into dataset `name` (created if new), all or nothing, and say what was added.
 
         Stance items and test prompts are tuples (item_key, prompt, support, oppose) and (item_key,
         prompt); pairs come as Arrow batches of `pair_batches.INPUT_SCHEMA` (`pair_batches.input_batches`
         makes them from tuples). A record whose content the dataset already holds (or that came earlier
-        in this import) is counted, not stored. The iterables are consumed inside the transaction, so
-        an error they raise (a bad record found late in a file) rolls back everything, the dataset row
-        included. `on_progress` gets the number of records read so far after each batch.
+        in this import) is counted, not stored. The iterables are consumed outside any transaction;
+        what they yield is written in short staged transactions (`stage_rows` rows, `stage_bytes` of
+        pairs each) that stay invisible until the import finishes, so other writers wait at most one of
+        them. An error the iterables raise (a bad record found late in a file) discards everything this
+        import wrote, the dataset row included. `on_progress` gets the number of records read so far
+        after each batch. Another import of the same name that is still running is waited for, up to
+        `claim_wait_s` seconds.
         """
         if kind not in KINDS:
             raise ValueError(f"unknown dataset kind {kind!r}; expected one of {', '.join(KINDS)}")
@@ -215,64 +231,71 @@ class Datasets:
             raise DatasetImportError("a dataset needs a name")
         if (kind == "stance" and pairs is not None) or (kind == "preference" and stance_items is not None):
             raise ValueError(f"a {kind} dataset takes {'stance items' if kind == 'stance' else 'pairs'}")
-        with write_transaction(self.db):
-            dataset_id = self._dataset_for_import(name, kind, fmt, source_path)
+        import_staging.sweep_dead(self)
+        import_id, dataset_id = import_staging.claim(self, name, kind, fmt, source_path, claim_wait_s)
+        try:
             if kind == "stance":
-                n_read, n_added = self._insert_rows("stance", dataset_id, stance_items or (), on_progress)
+                n_read, n_added = self._stage_rows("stance", import_id, dataset_id, stance_items or (),
+                                                   on_progress, stage_rows)
             else:
-                n_read, n_added = self._insert_pair_batches(dataset_id, pairs or (), on_progress)
-            n_test, n_test_added = self._insert_rows("test", dataset_id, test_prompts or (), None)
+                n_read, n_added = self._stage_pair_batches(import_id, dataset_id, pairs or (), on_progress,
+                                                           stage_bytes)
+            n_test, n_test_added = self._stage_rows("test", import_id, dataset_id, test_prompts or (), None,
+                                                    stage_rows)
+            import_staging.finish(self, import_id)
+        except BaseException:
+            import_staging.discard_quietly(self, import_id)
+            raise
         return ImportReport(
             dataset_id=dataset_id, name=name, kind=kind, format=fmt, n_read=n_read, n_added=n_added,
             n_duplicates=n_read - n_added, n_test_prompts=n_test_added, n_test_duplicates=n_test - n_test_added,
         )
 
-    def _dataset_for_import(self, name: str, kind: str, fmt: str, source_path: str | Path | None) -> int:
-        row = self.db.execute("SELECT id, kind FROM datasets WHERE name = ?", [name]).fetchone()
-        if row is not None:
-            if row[1] != kind:
-                raise DatasetImportError(
-                    f"dataset '{name}' holds {row[1]} data and this import is {kind} data: choose another "
-                    "--name."
-                )
-            return row[0]
-        return self.db["datasets"].insert({
-            "name": name, "kind": kind, "format": fmt,
-            "source_path": str(source_path) if source_path is not None else None, "created_at": utc_now(),
-        }).last_pk
-
-    def _insert_rows(self, table: str, dataset_id: int, rows: Iterable[tuple],
-                     on_progress: Callable[[int], None] | None) -> tuple[int, int]:
+    def _stage_rows(self, table: str, import_id: int, dataset_id: int, rows: Iterable[tuple],
+                    on_progress: Callable[[int], None] | None, stage_rows: int) -> tuple[int, int]:
         # Content is kept unique here rather than by a unique index (see schema v4): the dataset's
-        # hashes are read once, inside the import's write transaction, so no other writer can add
-        # rows between this read and the inserts.
+        # hashes are read once, after this import claimed the dataset, so no other import can add rows
+        # to it between this read and the inserts (see store/import_staging.py).
         spec = _TABLES[table]
         conn = self.db.conn
-        seen = {bytes.fromhex(digest) for (digest,) in conn.execute(spec.digests, [dataset_id])}
+        seen = import_staging.locked_read(
+            self, lambda: {bytes.fromhex(digest) for (digest,) in conn.execute(spec.digests, [dataset_id])})
         digest_of = spec.digest
         n_read = n_added = 0
+        fresh: list[tuple] = []
         iterator: Iterator[tuple] = iter(rows)
         while batch := list(islice(iterator, _INSERT_BATCH)):
-            fresh = []
             for row in batch:
                 digest = digest_of(row)
                 if digest not in seen:
                     seen.add(digest)
-                    fresh.append((dataset_id, *row, digest.hex()))
-            conn.executemany(spec.insert, fresh)
+                    fresh.append((import_id, dataset_id, *row, digest.hex()))
+            if len(fresh) >= stage_rows:
+                self._write_staged_rows(spec.insert, fresh)
+                n_added += len(fresh)
+                fresh = []
             n_read += len(batch)
-            n_added += len(fresh)
             if on_progress is not None:
                 on_progress(n_read)
+        if fresh:
+            self._write_staged_rows(spec.insert, fresh)
+            n_added += len(fresh)
         return n_read, n_added
 
-    def _insert_pair_batches(self, dataset_id: int, batches: Iterable[pa.RecordBatch],
-                             on_progress: Callable[[int], None] | None) -> tuple[int, int]:
-        conn = self.db.conn
+    def _write_staged_rows(self, insert: str, rows: list[tuple]) -> None:
+        import_staging.short_write(self, "importing a dataset", lambda: self.db.conn.executemany(insert, rows))
+
+    def _stored_digests(self, dataset_id: int) -> set[bytes]:
         seen: set[bytes] = set()
-        for (blob,) in conn.execute("SELECT arrow FROM dataset_pair_batches WHERE dataset_id = ?", [dataset_id]):
-            seen.update(pair_batches.decode(blob, ["content_hash"]).column(0).to_pylist())
-        next_id = (conn.execute("SELECT MAX(last_pair_id) FROM dataset_pair_batches").fetchone()[0] or 0) + 1
+        for batch in self.iter_pair_batches(dataset_id, ["content_hash"]):
+            seen.update(batch.column(0).to_pylist())
+        return seen
+
+    def _stage_pair_batches(self, import_id: int, dataset_id: int, batches: Iterable[pa.RecordBatch],
+                            on_progress: Callable[[int], None] | None, stage_bytes: int) -> tuple[int, int]:
+        seen = self._stored_digests(dataset_id)
+        pending: list[tuple[pa.RecordBatch, list[bytes]]] = []
+        pending_bytes = 0
         n_read = n_added = 0
         for batch in batches:
             digests = pair_batches.batch_digests(batch)
@@ -284,16 +307,35 @@ class Datasets:
                 batch = batch.filter(pa.array(keep))
                 digests = [digest for digest, kept in zip(digests, keep, strict=True) if kept]
             if batch.num_rows:
-                stored = pair_batches.stored_batch(batch, next_id, digests)
-                conn.execute(
-                    "INSERT INTO dataset_pair_batches (dataset_id, first_pair_id, last_pair_id, n_pairs, arrow) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [dataset_id, next_id, next_id + batch.num_rows - 1, batch.num_rows, pair_batches.encode(stored)])
-                next_id += batch.num_rows
+                pending.append((batch, digests))
+                pending_bytes += batch.nbytes
                 n_added += batch.num_rows
+            if pending_bytes >= stage_bytes:
+                self._write_staged_pairs(import_id, dataset_id, pending)
+                pending, pending_bytes = [], 0
             if on_progress is not None:
                 on_progress(n_read)
+        if pending:
+            self._write_staged_pairs(import_id, dataset_id, pending)
         return n_read, n_added
+
+    def _write_staged_pairs(self, import_id: int, dataset_id: int,
+                            pending: list[tuple[pa.RecordBatch, list[bytes]]]) -> None:
+        conn = self.db.conn
+
+        def write() -> None:
+            # Ids follow every stored batch, staged ones of other imports included, so they never clash.
+            next_id = (conn.execute("SELECT MAX(last_pair_id) FROM dataset_pair_batches").fetchone()[0] or 0) + 1
+            for batch, digests in pending:
+                stored = pair_batches.stored_batch(batch, next_id, digests)
+                conn.execute(
+                    "INSERT INTO dataset_pair_batches (import_id, dataset_id, first_pair_id, last_pair_id, n_pairs, "
+                    "arrow) VALUES (?, ?, ?, ?, ?, ?)",
+                    [import_id, dataset_id, next_id, next_id + batch.num_rows - 1, batch.num_rows,
+                     pair_batches.encode(stored)])
+                next_id += batch.num_rows
+
+        import_staging.short_write(self, "importing a dataset", write)
 
     # Reading
 
@@ -309,14 +351,14 @@ class Datasets:
             name_or_id = name_or_id.id
         rows = []
         if isinstance(name_or_id, str):
-            rows = list(self.db.query(_DATASETS_SQL + " WHERE d.name = ?", [name_or_id]))
+            rows = list(self.db.query(_DATASETS_SQL + " AND d.name = ?", [name_or_id]))
             if not rows and name_or_id.strip().isdigit():
                 name_or_id = int(name_or_id)
         if not rows and isinstance(name_or_id, int):
-            rows = list(self.db.query(_DATASETS_SQL + " WHERE d.id = ?", [name_or_id]))
+            rows = list(self.db.query(_DATASETS_SQL + " AND d.id = ?", [name_or_id]))
         if rows:
             return _dataset_record(rows[0])
-        names = [row[0] for row in self.db.execute("SELECT name FROM datasets ORDER BY id")]
+        names = [row[0] for row in self.db.execute(f"SELECT name FROM datasets d WHERE {visible('d')} ORDER BY id")]
         known = (f"known: {', '.join(names)}" if names
                  else "none imported yet: import one with `prefstudio datasets import FILE`")
         raise RecordNotFoundError(f"No dataset {name_or_id!r} in {self.path} ({known}).")
@@ -326,7 +368,8 @@ class Datasets:
         """A stance dataset's labelled items in file order."""
         record = self._dataset_of_kind(dataset, "stance")
         rows = self.db.execute(
-            "SELECT id, item_key, prompt, support, oppose FROM dataset_stance_items WHERE dataset_id = ? "
+            f"SELECT id, item_key, prompt, support, oppose FROM dataset_stance_items s WHERE dataset_id = ? "
+            f"AND {visible('s')} "
             "ORDER BY id", [record.id])
         return [StanceItem(*row) for row in rows]
 
@@ -335,7 +378,8 @@ class Datasets:
         """A dataset's test prompts in file order (empty when it was imported without them)."""
         record = self.get_dataset(dataset)
         rows = self.db.execute(
-            "SELECT item_key, prompt FROM dataset_test_prompts WHERE dataset_id = ? ORDER BY id", [record.id])
+            f"SELECT item_key, prompt FROM dataset_test_prompts t WHERE dataset_id = ? AND {visible('t')} ORDER BY id",
+            [record.id])
         return [TestPrompt(*row) for row in rows]
 
     @serialized
@@ -376,14 +420,16 @@ class Datasets:
         if not wanted:
             return []
         blobs = self.db.execute(
-            "SELECT arrow FROM dataset_pair_batches WHERE last_pair_id >= ? AND first_pair_id <= ? ORDER BY id",
+            f"SELECT arrow FROM dataset_pair_batches p WHERE last_pair_id >= ? AND first_pair_id <= ? AND {visible('p')} "
+            "ORDER BY id",
             [min(wanted), max(wanted)])
         found = [_export_pair(row) for (blob,) in blobs for row in pair_batches.rows_of(pair_batches.decode(blob))
                  if row[0] in wanted]
         return sorted(found, key=lambda pair: int(pair.pair_id[1:]))
 
-    def iter_pair_batches(self, dataset_id: int) -> Iterator[pa.RecordBatch]:
-        """Stream a preference dataset's stored batches in file order, one query each under the lock.
+    def iter_pair_batches(self, dataset_id: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream a preference dataset's stored batches (only `columns`, when given) in file order, one
+        query each under the lock.
 
         An export of 100k pairs never holds them all, and never holds the lock between batches.
         """
@@ -391,12 +437,12 @@ class Datasets:
         while True:
             with self._lock:
                 row = self.db.execute(
-                    "SELECT id, arrow FROM dataset_pair_batches WHERE dataset_id = ? AND id > ? ORDER BY id LIMIT 1",
-                    [dataset_id, last]).fetchone()
+                    f"SELECT id, arrow FROM dataset_pair_batches p WHERE dataset_id = ? AND id > ? AND {visible('p')} "
+                    "ORDER BY id LIMIT 1", [dataset_id, last]).fetchone()
             if row is None:
                 return
             last = row[0]
-            yield pair_batches.decode(row[1])
+            yield pair_batches.decode(row[1], columns)
 
     def iter_dataset_pairs(self, dataset_id: int) -> Iterator[ExportPair]:
         """Stream a preference dataset's pairs in file order (see `iter_pair_batches`)."""

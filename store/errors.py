@@ -19,3 +19,7 @@ class StoreCorruptError(StoreError):
 
 class RecordNotFoundError(StoreError, LookupError):
     """A session, run or other record asked for by id does not exist."""
+
+
+class StoreBusyError(StoreError):
+    """Another writer kept the database locked for longer than the store is willing to wait."""

@@ -36,6 +36,7 @@ class TurnRecord:
     role: str
     content: str
     candidate_id: int | None
+    judgement_id: int | None = None  # the judgement that added it (None for turns added on their own)
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,7 @@ conversation code.
 """
 
 import json
-import os
-import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,9 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from store.errors import RecordNotFoundError
+from store.processes import process_alive, process_start_time
 from store.records import RunRecord
-from store.transactions import serialized, utc_now, write_transaction
+from store.transactions import StoreLock, serialized, utc_now, write_transaction
 
 RUN_STATUSES = ("queued", "loading", "training", "done", "failed", "cancelled")
 ACTIVE_RUN_STATUSES = ("queued", "loading", "training")
@@ -39,19 +39,7 @@ def _run_record(row: dict[str, Any]) -> RunRecord:
     )
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists (it may belong to another user)."""
-    if os.name == "nt":
-        # os.kill on Windows terminates the target whatever the signal, so it cannot be used to
-        # probe; assume alive rather than kill a live trainer.
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+__all__ = ["ACTIVE_RUN_STATUSES", "RUN_STATUSES", "RunLog", "process_alive"]
 
 
 class RunLog:
@@ -59,7 +47,7 @@ class RunLog:
 
     db: sqlite_utils.Database
     path: Path
-    _lock: threading.RLock
+    _lock: StoreLock
 
     def _run_row(self, run_id: int) -> dict[str, Any]:
         try:
@@ -100,12 +88,16 @@ class RunLog:
     def set_run_status(
         self, run_id: int, status: str, message: str | None = None, pid: int | None = None
     ) -> None:
-        """Move a run to `status`; `message` replaces the previous one, `pid` is kept unless given."""
+        """Move a run to `status`; `message` replaces the previous one, `pid` is kept unless given.
+
+        A pid is recorded with its process's start time, so a later check is not fooled by another
+        program that got the same pid after the trainer died."""
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
         updates: dict[str, Any] = {"status": status, "message": message, "updated_at": utc_now()}
         if pid is not None:
             updates["pid"] = pid
+            updates["pid_started"] = process_start_time(pid)
         with write_transaction(self.db):
             self._run_row(run_id)
             self.db["runs"].update(run_id, updates)
@@ -175,30 +167,42 @@ class RunLog:
         ]
 
     @serialized
-    def mark_stale_runs(self) -> list[int]:
-        """Fail every unfinished run whose training process is gone; return their ids.
+    def mark_stale_runs(self, run_ids: Iterable[int] | None = None, when: str = "when the studio started") -> list[int]:
+        """Fail every unfinished run (or each of `run_ids`) whose training process is gone; return their ids.
 
-        Called when the studio starts: a run left 'training' by a crash or a reboot would otherwise
-        look alive for ever.
+        Called when the studio starts, and by commands about one run (report, compare, the train
+        screen): a run left 'training' by a crash, a kill, a reboot, or a trainer that could not record
+        its own failure (a locked database, a full disk) would otherwise look alive for ever. A pid
+        now used by another program (its start time differs) counts as gone. A 'queued' run with no
+        pid is a prepared run (`train --prepare-only`, or one about to start): it is not dead.
         """
+        wanted = None if run_ids is None else set(run_ids)
         stale: list[int] = []
         with write_transaction(self.db):
             rows = self.db.query(
-                "SELECT id, pid FROM runs WHERE status IN (?, ?, ?) ORDER BY id", list(ACTIVE_RUN_STATUSES)
+                "SELECT id, status, pid, pid_started FROM runs WHERE status IN (?, ?, ?) ORDER BY id",
+                list(ACTIVE_RUN_STATUSES),
             )
             for row in list(rows):
-                pid = row["pid"]
-                if pid is not None and process_alive(pid):
+                if wanted is not None and row["id"] not in wanted:
                     continue
-                who = f"pid {pid}" if pid is not None else "no pid recorded"
-                message = f"the training process ({who}) is gone; marked failed when the studio started"
-                self.db["runs"].update(
-                    row["id"],
-                    {
-                        "status": "failed",
-                        "message": message,
-                        "updated_at": utc_now(),
-                    },
-                )
+                message = _gone_message(row["status"], row["pid"], row["pid_started"], when)
+                if message is None:
+                    continue
+                self.db["runs"].update(row["id"], {"status": "failed", "message": message, "updated_at": utc_now()})
                 stale.append(row["id"])
         return stale
+
+
+def _gone_message(status: str, pid: int | None, started: str | None, when: str) -> str | None:
+    """Why an active run is dead (its failure message), or None while it may still be running."""
+    if pid is None:
+        if status == "queued":
+            return None
+        return f"the training process (no pid recorded) is gone; marked failed {when}"
+    if process_alive(pid):
+        if process_alive(pid, started):
+            return None
+        return (f"the training process (pid {pid}) is gone: that pid now belongs to another program; "
+                f"marked failed {when}")
+    return f"the training process (pid {pid}) is gone; marked failed {when}"

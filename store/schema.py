@@ -11,7 +11,7 @@ import sqlite_utils
 from store.errors import SchemaTooNewError, StoreCorruptError
 from store.transactions import database_file, write_transaction
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _VERSION_KEY = "schema_version"
 
@@ -260,11 +260,50 @@ def _dataset_storage_v4(db: sqlite_utils.Database) -> None:
         db[table].create_index(["dataset_id"], find_unique_name=True)
 
 
+IMPORT_DATA_TABLES = ("dataset_pair_batches", "dataset_stance_items", "dataset_test_prompts")
+
+
+def _staged_imports_and_process_identity_v5(db: sqlite_utils.Database) -> None:
+    """Version 5: imports staged outside one long transaction; turns know their judgement; a run's pid
+    comes with its process's start time.
+
+    An import used to hold the write lock while it read the whole file (13 s for a 470 MB file: every
+    other writer failed). Now it writes its rows in short transactions, each row tagged with its
+    `dataset_imports` row, and they stay invisible while that import's state is 'staging'; one tiny
+    UPDATE to 'done' makes them all visible at once. A killed import leaves invisible rows that the
+    next import deletes. At most one import of a dataset name is staging at a time (a partial unique
+    index), which keeps the dataset's duplicate check exact. The columns are added without a default,
+    so existing rows (NULL) stay visible and nothing is rewritten.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS dataset_imports (id INTEGER PRIMARY KEY, dataset_name TEXT NOT NULL, "
+        "state TEXT NOT NULL, pid INTEGER, pid_started TEXT, source_path TEXT, created_at TEXT NOT NULL, "
+        "finished_at TEXT)"
+    )
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_dataset_imports_staging_name ON dataset_imports (dataset_name) "
+               "WHERE state = 'staging'")
+    # `datasets.import_id`: the import that created the dataset row, hidden until that import is done.
+    for table in ("datasets", *IMPORT_DATA_TABLES):
+        _add_column(db, table, "import_id", "INTEGER REFERENCES dataset_imports(id)", indexed=True)
+    _add_column(db, "turns", "judgement_id", "INTEGER REFERENCES judgements(id)", indexed=True)
+    _add_column(db, "runs", "pid_started", "TEXT")
+
+
+def _add_column(db: sqlite_utils.Database, table: str, column: str, declaration: str, indexed: bool = False) -> None:
+    # Idempotent: a file whose recorded version was set back (restored from a copy, or by hand to replay
+    # an upgrade) may already carry the column, and adding it twice would fail the whole upgrade.
+    if column not in db[table].columns_dict:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+    if indexed:
+        db.execute(f"CREATE INDEX IF NOT EXISTS idx_{table}_{column} ON {table} ({column})")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _create_v1,
     _add_evaluations_v2,
     _add_datasets_v3,
     _dataset_storage_v4,
+    _staged_imports_and_process_identity_v5,
 ]
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"

@@ -2,6 +2,8 @@
 
 import json
 import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -11,14 +13,23 @@ from sqlite_utils.db import NotFoundError
 
 from store.database import open_database
 from store.datasets import Datasets
-from store.errors import RecordNotFoundError
+from store.errors import RecordNotFoundError, StoreError
 from store.evaluations import Evaluations
 from store.locations import default_db_path
 from store.pairs import PreferencePair, read_pairs
 from store.records import CandidateRecord, JudgementRecord, SessionRecord, TurnRecord, Verdict
 from store.run_log import RunLog
 from store.schema import schema_version
-from store.transactions import serialized, utc_now, write_transaction
+from store.transactions import (
+    ATTEMPT_BUSY_TIMEOUT_MS,
+    BUSY_LIMIT_S,
+    StoreLock,
+    is_busy,
+    retry_busy,
+    serialized,
+    utc_now,
+    write_transaction,
+)
 
 TURN_ROLES = ("user", "assistant", "system")
 
@@ -51,6 +62,11 @@ def _candidate_record(row: dict[str, Any]) -> CandidateRecord:
     )
 
 
+def _check_role(role: str) -> None:
+    if role not in TURN_ROLES:
+        raise ValueError(f"unknown turn role {role!r}; expected one of {', '.join(TURN_ROLES)}")
+
+
 def _parse_verdict(verdict: Verdict | str) -> Verdict:
     try:
         return Verdict(verdict)
@@ -63,19 +79,56 @@ class Store(RunLog, Evaluations, Datasets):
     """The studio database: sessions, turns, prompts, candidates, judgements, pairs and runs.
 
     Every write is its own committed transaction (several rows at once commit together or not at
-    all). Methods are safe to call from the UI thread and from workers.
+    all). Methods are safe to call from the UI thread and from workers. While another process holds
+    the write lock, a call retries for up to `busy_limit_s` seconds (see `waiting_at_most`), then raises
+    StoreBusyError having written nothing.
     """
 
-    def __init__(self, path: Path, db: sqlite_utils.Database) -> None:
+    def __init__(self, path: Path, db: sqlite_utils.Database, busy_limit_s: float = BUSY_LIMIT_S) -> None:
         self.path = path
         self.db = db
-        self._lock = threading.RLock()
+        self._lock = StoreLock()
+        self.busy_limit_s = busy_limit_s
+        self._limits = threading.local()
+        # PRAGMAs take no parameters; the value is our own constant.
+        db.execute(f"PRAGMA busy_timeout = {int(ATTEMPT_BUSY_TIMEOUT_MS)}")
 
     @classmethod
-    def open(cls, path: Path | None = None) -> Self:
+    def open(cls, path: Path | None = None, busy_limit_s: float = BUSY_LIMIT_S) -> Self:
         """Open the database at `path` (the user's default one when None), creating and migrating it."""
         resolved = Path(path).expanduser() if path is not None else default_db_path()
-        return cls(resolved, open_database(resolved))
+
+        def attempt() -> sqlite_utils.Database:
+            try:
+                return open_database(resolved)
+            except StoreError as error:
+                if is_busy(error.__cause__):  # another writer held it past the open's own wait: retry
+                    raise error.__cause__ from None
+                raise
+
+        db = retry_busy(attempt, path=resolved, limit_s=busy_limit_s, what="opening it")
+        return cls(resolved, db, busy_limit_s)
+
+    def busy_limit(self) -> float:
+        """How long a call from this thread keeps retrying a busy database."""
+        return getattr(self._limits, "seconds", self.busy_limit_s)
+
+    @contextmanager
+    def waiting_at_most(self, seconds: float) -> Iterator[None]:
+        """Within the block, calls from this thread give up on a busy database after `seconds`.
+
+        The UI thread uses a short limit and hands a write that did not get through to a worker, so a
+        busy file never freezes the screen.
+        """
+        previous = getattr(self._limits, "seconds", None)
+        self._limits.seconds = seconds
+        try:
+            yield
+        finally:
+            if previous is None:
+                del self._limits.seconds
+            else:
+                self._limits.seconds = previous
 
     @serialized
     def close(self) -> None:
@@ -145,31 +198,35 @@ class Store(RunLog, Evaluations, Datasets):
     @serialized
     def add_turn(self, session_id: int, role: str, content: str, candidate_id: int | None = None) -> int:
         """Append a message to a session's conversation and return its id; its idx is the next free one."""
-        if role not in TURN_ROLES:
-            raise ValueError(f"unknown turn role {role!r}; expected one of {', '.join(TURN_ROLES)}")
+        _check_role(role)
         with write_transaction(self.db):
             self._row("sessions", session_id, "session")
             if candidate_id is not None:
                 self._row("candidates", candidate_id, "candidate")
-            # Computed under the write lock, so two writers cannot take the same index.
-            idx = self.db.execute(
-                "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?", [session_id]
-            ).fetchone()[0]
-            row = {
-                "session_id": session_id,
-                "idx": idx,
-                "role": role,
-                "content": content,
-                "candidate_id": candidate_id,
-                "created_at": utc_now(),
-            }
-            return self.db["turns"].insert(row).last_pk
+            return self._insert_turn(session_id, role, content, candidate_id, None)
+
+    def _insert_turn(self, session_id: int, role: str, content: str, candidate_id: int | None,
+                     judgement_id: int | None) -> int:
+        # Computed under the write lock, so two writers cannot take the same index.
+        idx = self.db.execute(
+            "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?", [session_id]
+        ).fetchone()[0]
+        row = {
+            "session_id": session_id,
+            "idx": idx,
+            "role": role,
+            "content": content,
+            "candidate_id": candidate_id,
+            "judgement_id": judgement_id,
+            "created_at": utc_now(),
+        }
+        return self.db["turns"].insert(row).last_pk
 
     @serialized
     def turns(self, session_id: int) -> list[TurnRecord]:
         """A session's conversation in order."""
         rows = self.db.query(
-            "SELECT id, session_id, idx, role, content, candidate_id FROM turns "
+            "SELECT id, session_id, idx, role, content, candidate_id, judgement_id FROM turns "
             "WHERE session_id = ? ORDER BY idx",
             [session_id],
         )
@@ -244,12 +301,19 @@ class Store(RunLog, Evaluations, Datasets):
         edited_text: str | None = None,
         source: str = "tui",
         adapter: str | None = None,
+        turns: Sequence[tuple[str, str]] = (),
     ) -> int:
         """Record the user's verdict on a prompt and return its id, committed before this returns.
 
         'a'/'b' need the chosen and the rejected candidate, both of this prompt; 'edited' needs the
         edited text. Anything else raises ValueError and writes nothing.
+
+        `turns` are the (role, content) messages the verdict adds to the prompt's session (the user's
+        prompt and the reply that continues the conversation). They are written in the same
+        transaction, each pointing at the judgement: a crash can never keep one without the other.
         """
+        for role, _ in turns:
+            _check_role(role)
         verdict = _parse_verdict(verdict)
         if verdict in (Verdict.A, Verdict.B):
             if chosen_candidate_id is None or rejected_candidate_id is None:
@@ -286,7 +350,12 @@ class Store(RunLog, Evaluations, Datasets):
                 "adapter": adapter,
                 "created_at": utc_now(),
             }
-            return self.db["judgements"].insert(row).last_pk
+            judgement_id = self.db["judgements"].insert(row).last_pk
+            if turns:
+                session_id = self.db.execute("SELECT session_id FROM prompts WHERE id = ?", [prompt_id]).fetchone()[0]
+                for role, content in turns:
+                    self._insert_turn(session_id, role, content, None, judgement_id)
+            return judgement_id
 
     @serialized
     def judgements(

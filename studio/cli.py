@@ -287,6 +287,7 @@ def compare(
     with user_errors():
         engine = open_engine()
         with Store.open(settings().db) as store:
+            store.mark_stale_runs([run], when="when it was compared")  # a dead trainer's run is not running
             result = run_comparison(engine, store, run, system=settings().system_prompt,
                                     sampling=settings().sampling, seed=seed, prompts_file=prompts, limit=limit)
     if as_json:
@@ -332,6 +333,7 @@ def report(
     with user_errors():
         with Store.open(settings().db) as store:
             store.get_run(run)  # a missing run is named before any model is loaded
+            store.mark_stale_runs([run], when="when its report was asked for")  # not "still training"
             result = None if prompts else stored_comparison(store, run)
             if result is None:
                 result = run_comparison(open_engine(), store, run, system=settings().system_prompt,

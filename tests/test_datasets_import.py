@@ -13,7 +13,7 @@ import sqlite_utils
 from conftest import prefstudio_bin, run_cli
 from typer.testing import CliRunner
 
-from store import RecordNotFoundError, Store
+from store import SCHEMA_VERSION, RecordNotFoundError, Store
 from store.dataset_files import DatasetImportError, _json_array_records
 from store.dataset_import import import_dataset
 from store.datasets import StanceItem, TestPrompt
@@ -267,7 +267,7 @@ def test_a_version_3_file_keeps_its_pairs_and_their_ids(tmp_path: Path) -> None:
     pairs = jsonl_records(fixture("trl_standard.jsonl"))
     _version_3_file(db_path, pairs, first_id=40)
     with Store.open(db_path) as store:
-        assert store.schema_version == 4 and "dataset_pairs" not in store.db.table_names()
+        assert store.schema_version == SCHEMA_VERSION and "dataset_pairs" not in store.db.table_names()
         kept = store.dataset_pairs("kept")
         assert [(p.prompt, p.chosen, p.rejected) for p in kept] == [(r["prompt"], r["chosen"], r["rejected"]) for r in pairs]
         assert [p.pair_id for p in kept] == [f"d{40 + i}" for i in range(len(pairs))]  # held-out ids still resolve

@@ -22,6 +22,7 @@ from store import (
 )
 from store.database import integrity_ok, open_database
 from store.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from store.transactions import ATTEMPT_BUSY_TIMEOUT_MS
 
 SHA = "0" * 64
 
@@ -56,14 +57,14 @@ def count(store: Store, table: str) -> int:
 
 
 def test_fresh_file_gets_current_schema(store: Store, db_path: Path) -> None:
-    assert SCHEMA_VERSION == 4 and len(MIGRATIONS) == SCHEMA_VERSION
+    assert SCHEMA_VERSION == 5 and len(MIGRATIONS) == SCHEMA_VERSION
     assert store.schema_version == SCHEMA_VERSION
     assert store.path == db_path and db_path.is_file()
     expected = {"meta", "sessions", "turns", "prompts", "candidates", "judgements", "runs", "run_metrics",
                 "comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
                 "dataset_test_prompts", "dataset_pair_batches"}
     assert expected <= set(store.db.table_names())
-    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
 
 
 def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
@@ -77,7 +78,7 @@ def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     with Store.open(db_path) as store:
-        assert store.schema_version == 4
+        assert store.schema_version == SCHEMA_VERSION
         assert {"comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
                 "dataset_test_prompts", "dataset_pair_batches"} <= set(store.db.table_names())
         assert store.get_session(session_id).system_prompt == "kept"
@@ -87,7 +88,8 @@ def test_connection_settings(store: Store) -> None:
     assert store.db.journal_mode == "wal"
     assert store.db.execute("PRAGMA foreign_keys").fetchone() == (1,)
     assert store.db.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
-    assert store.db.execute("PRAGMA busy_timeout").fetchone() == (5000,)
+    # Short per attempt: longer waits are retries that let other threads use the store in between.
+    assert store.db.execute("PRAGMA busy_timeout").fetchone() == (ATTEMPT_BUSY_TIMEOUT_MS,)
     assert integrity_ok(store.db)
 
 

@@ -6,8 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
+from tiny_model import fill_separable
 
 from store import RecordNotFoundError, Store
+from store.processes import process_start_time
 
 
 @pytest.fixture
@@ -88,21 +91,95 @@ def test_mark_stale_runs(store: Store) -> None:
     store.set_run_status(gone, "training", pid=exited.pid)
     alive = new_run(store)
     store.set_run_status(alive, "loading", pid=os.getpid())
-    never_started = new_run(store)
+    prepared = new_run(store)  # `train --prepare-only`: queued, no process yet
+    started_without_pid = new_run(store)
+    store.set_run_status(started_without_pid, "training")
     finished = new_run(store)
     store.set_run_status(finished, "done", pid=exited.pid)
 
-    assert store.mark_stale_runs() == [gone, never_started]
+    assert store.mark_stale_runs() == [gone, started_without_pid]
 
     run = store.get_run(gone)
     assert run.status == "failed"
     assert run.message == (
         f"the training process (pid {exited.pid}) is gone; marked failed when the studio started"
     )
+    assert store.get_run(started_without_pid).message == (
+        "the training process (no pid recorded) is gone; marked failed when the studio started")
     assert store.get_run(alive).status == "loading"
-    assert store.get_run(never_started).status == "failed"
+    assert store.get_run(prepared).status == "queued" and store.get_run(prepared).message is None
     assert store.get_run(finished).status == "done"
     assert store.mark_stale_runs() == []
+
+
+@pytest.mark.skipif(process_start_time(os.getpid()) is None, reason="needs /proc to tell a process's start time")
+def test_a_pid_taken_by_another_program_is_not_the_trainer(store: Store) -> None:
+    # The trainer died without recording it; later another program got its pid (here: this test process,
+    # alive, but started at another time than the one recorded with the pid).
+    reused = new_run(store)
+    store.set_run_status(reused, "training", pid=os.getpid())
+    store.db.execute("UPDATE runs SET pid_started = 'linux-ticks:1' WHERE id = ?", [reused])
+    mine = new_run(store)
+    store.set_run_status(mine, "training", pid=os.getpid())  # recorded with the true start time
+
+    assert store.mark_stale_runs([reused, mine], when="by the test") == [reused]
+    run = store.get_run(reused)
+    assert run.status == "failed" and run.message == (
+        f"the training process (pid {os.getpid()}) is gone: that pid now belongs to another program; "
+        "marked failed by the test")
+    assert store.get_run(mine).status == "training"
+
+
+def _dead_pid() -> int:
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    return exited.pid
+
+
+def test_report_and_compare_say_a_run_whose_process_is_gone_is_not_running(
+        tmp_path: Path, studio_home: Path, default_model: Path) -> None:
+    # A trainer that could not record its own failure (a locked database, a full disk) leaves 'training'.
+    db = tmp_path / "studio.db"
+    with Store.open(db) as store:
+        run_id = new_run(store, output_dir=str(tmp_path / "runs" / "r1"))
+        store.set_run_status(run_id, "training", pid=_dead_pid())
+    report = run_cli("--db", str(db), "--model", str(default_model), "report", "--run", str(run_id),
+                     "--out", str(tmp_path / "report"), home=studio_home)
+    assert report.returncode == 1 and "Traceback" not in report.stderr
+    assert "still training" not in report.stderr
+    assert f"run {run_id} is failed: the training process (pid " in report.stderr and "is gone" in report.stderr
+    with Store.open(db) as store:
+        run = store.get_run(run_id)
+        assert run.status == "failed" and run.message.endswith("marked failed when its report was asked for")
+        store.set_run_status(run_id, "training", pid=_dead_pid())
+    compare = run_cli("--db", str(db), "--model", str(default_model), "compare", "--run", str(run_id),
+                      home=studio_home)
+    assert compare.returncode == 1 and "Traceback" not in compare.stderr
+    assert f"run {run_id} is failed: the training process (pid " in compare.stderr and "is gone" in compare.stderr
+    with Store.open(db) as store:
+        assert store.get_run(run_id).status == "failed"
+
+
+def test_a_prepared_run_survives_opening_the_studio_and_still_trains(
+        tmp_path: Path, studio_home: Path, tiny_model_dir: Path) -> None:
+    db = tmp_path / "studio.db"
+    with Store.open(db) as store:
+        fill_separable(store)
+    base = [sys.executable, "-m", "trainers.train_cli", "--db", str(db)]
+    prepared = subprocess.run([*base, "--train-model", str(tiny_model_dir), "--max-steps", "2", "--lora-r", "4",
+                               "--heldout-fraction", "0", "--prepare-only"], capture_output=True, text=True,
+                              timeout=180)
+    assert prepared.returncode == 0, prepared.stderr
+    with Store.open(db) as store:
+        (run,) = store.list_runs()
+        assert f"--run-id {run.id}" in prepared.stdout  # the accelerate launch command it printed
+        assert store.mark_stale_runs() == []  # what opening the studio does
+        assert store.get_run(run.id).status == "queued"
+    # What `accelerate launch -m trainers.train_cli --db DB --run-id N` runs in each process.
+    trained = subprocess.run([*base, "--run-id", str(run.id)], capture_output=True, text=True, timeout=180)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    with Store.open(db) as store:
+        assert store.get_run(run.id).status == "done"
 
 
 def test_votes_and_evaluations_are_kept_with_the_run(tmp_path) -> None:
