@@ -14,6 +14,8 @@ from studio.engine import SamplingSettings
 from studio.settings import load_settings
 from studio.tui.app import PreferenceStudioApp
 from studio.tui.screens.modals import ErrorScreen, TextEditScreen
+from studio.tui.widgets.conversation_turn import ConversationTurn
+from trainers.prompt_format import ChatTurn
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ def make_app(tmp_path, default_model, studio_home):
         store = Store.open(tmp_path / "studio.db")
         stores.append(store)
         chosen = {"model": default_model, "seed": 100, "sampling": SamplingSettings(max_tokens=16), **overrides}
-        settings = replace(load_settings(tmp_path / "no-config.toml"), **chosen)
+        settings = replace(load_settings(), **chosen)  # PREFSTUDIO_HOME is the test's own: no config file
         return PreferenceStudioApp(settings=settings, store=store)
 
     yield build
@@ -85,15 +87,21 @@ async def test_both_bad_then_regenerate_then_b(make_app):
         assert pair.chosen == second.generations[1].text
 
 
-async def test_tie_continues_with_a_and_makes_no_pair(make_app):
+async def test_tie_says_what_was_recorded_and_continues_with_the_highlighted_reply(make_app):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
         await ask(pilot, app, "What is two plus two?")
+        chat = app.chat
+        texts = [panel.text for panel in chat.panels]
+        await pilot.press("right")  # highlight B: the tie continues with B
         await pilot.press("t")
-        await wait_for(pilot, lambda: app.chat.state == "input")
+        await wait_for(pilot, lambda: chat.state == "input")
         assert [j.verdict for j in app.store.judgements()] == ["tie"]
         assert app.store.count_pairs() == 0
-        assert len(app.chat.turns) == 2
+        assert chat.turns[-1] == ChatTurn("assistant", texts[1].strip())
+        assert [t.content for t in app.store.turns(chat.session_id)][-1] == texts[1].strip()
+        messages = [n.message for n in app._notifications]
+        assert any("Tie recorded" in m and "continues with B's reply" in m for m in messages), messages
 
 
 async def test_edit_writes_a_better_reply_that_becomes_chosen(make_app):
@@ -130,20 +138,118 @@ async def test_system_prompt_edit_is_stored_and_rendered(make_app):
         assert chat.job.fitted.text.startswith("You are a pirate. Answer like one.\n\nUser: Hello?")
 
 
-async def test_prompt_bank_feeds_prompts_one_after_another(make_app):
+async def test_prompt_bank_fills_the_input_only_when_asked(make_app):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        chat = app.chat
         bank = app.prompt_banks[0]
-        await pilot.press("f3")
-        prompt_input = app.chat.query_one("#prompt-input")
+        prompt_input = chat.query_one("#prompt-input")
+        await pilot.press("f3")  # one bank prompt, on request
         assert prompt_input.value == bank.prompts[0]
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.chat.state == "judging")
+        await wait_for(pilot, lambda: chat.state == "judging")
         await pilot.press("1")
-        await wait_for(pilot, lambda: app.chat.state == "input")
-        assert prompt_input.value == bank.prompts[1]  # the next one is ready after judging
-        assert f"bank: {bank.name} 2/{len(bank.prompts)}" in str(app.chat.query_one("#counter").render())
+        await wait_for(pilot, lambda: chat.state == "input")
+        assert prompt_input.value == ""  # F3 filled one prompt; judging it does not fetch another
+        await ask(pilot, app, "A question I typed myself.")
+        await pilot.press("2")
+        await wait_for(pilot, lambda: chat.state == "input")
+        assert prompt_input.value == ""
+        await pilot.press("f4")  # bank mode: now every judgement brings the next one
+        assert prompt_input.value == bank.prompts[1]
+        assert "bank mode on" in str(chat.query_one("#counter").render())
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.state == "judging")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: chat.state == "input")
+        assert prompt_input.value == bank.prompts[2]
+        assert f"bank: {bank.name} 3/{len(bank.prompts)}" in str(chat.query_one("#counter").render())
+        await pilot.press("f4")
+        prompt_input.value = ""
+        await ask(pilot, app, "Bank mode is off again.")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: chat.state == "input")
+        assert prompt_input.value == ""
+
+
+async def test_escape_stops_the_generation_and_puts_the_prompt_back(make_app):
+    app = make_app(sampling=SamplingSettings(max_tokens=400))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        chat = app.chat
+        question = "Write a very long story about a lighthouse keeper and the sea, in many chapters."
+        chat.query_one("#prompt-input").value = question
+        await pilot.press("enter")
+        assert chat.state == "generating"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: chat.state == "input")
+        assert chat.query_one("#prompt-input").value == question
+        assert not chat.query(ConversationTurn)  # the pending question left the conversation pane
+        assert app.store.db["prompts"].count == 0 and app.store.judgements() == []
+
+
+async def test_the_question_being_judged_is_shown_pending_and_turns_say_who_spoke(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ask(pilot, app, "Which ocean is the largest?")
+        chat = app.chat
+        (pending,) = chat.query(ConversationTurn)
+        shown = str(pending.render())
+        assert pending.pending and "Which ocean is the largest?" in shown and "pending" in shown
+        assert shown.startswith("you")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: chat.state == "input")
+        user_turn, reply_turn = chat.query(ConversationTurn)
+        assert not user_turn.pending and not reply_turn.pending
+        assert str(user_turn.render()) == "you\nWhich ocean is the largest?"
+        assert str(reply_turn.render()) == f"assistant · {app.engine.identity.model_id}\n{chat.turns[-1].content}"
+        # A regenerate keeps one pending question; "i" (move on without a verdict) takes it away.
+        await ask(pilot, app, "And the smallest?")
+        await pilot.press("r")
+        await wait_for(pilot, lambda: chat.state == "judging" and chat.job.seeds[0] != 102)
+        assert [t.pending for t in chat.query(ConversationTurn)] == [False, False, True]
+        await pilot.press("i")
+        await pilot.pause(0.1)
+        assert [t.pending for t in chat.query(ConversationTurn)] == [False, False]
+
+
+async def test_the_system_prompt_survives_a_restart(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        app.screen.query_one("TextArea").text = "You are a patient maths tutor."
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TextEditScreen))
+        first_session = app.chat.session_id
+    again = make_app()
+    async with again.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: again.engine is not None and again.chat.state == "input")
+        assert again.chat.session_id != first_session  # a new session…
+        assert again.chat.system_prompt == "You are a patient maths tutor."  # …with the last system prompt
+        await ask(pilot, again, "What is a prime?")
+        assert again.chat.job.fitted.text.startswith("You are a patient maths tutor.\n\nUser: What is a prime?")
+
+
+async def test_the_editor_clears_with_ctrl_u_and_replaces_after_ctrl_a(make_app):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        area = app.screen.query_one("TextArea")
+        area.text = "line one\nline two\nline three"
+        await pilot.press("ctrl+u")
+        assert area.text == ""
+        await pilot.press(*"Be brief.")
+        await pilot.press("ctrl+a")
+        await pilot.press(*"Be kind.")
+        assert area.text == "Be kind."
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TextEditScreen))
+        assert app.chat.system_prompt == "Be kind."
 
 
 async def test_empty_prompt_is_refused_and_nothing_stored(make_app):

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from store.studio_store import Store
@@ -23,6 +24,7 @@ class PreferenceStudioApp(App[None]):
     BINDINGS = [
         Binding("f2", "edit_system_prompt", "System prompt"),
         Binding("f3", "next_bank_prompt", "Bank prompt"),
+        Binding("f4", "toggle_bank_mode", "Bank mode"),
         Binding("ctrl+n", "new_session", "New session"),
         Binding("f5", "train", "Train"),
         Binding("f6", "compare", "Compare"),
@@ -63,6 +65,13 @@ class PreferenceStudioApp(App[None]):
         if self._bank_error:
             self.notify(f"Prompt bank not loaded: {self._bank_error}", severity="warning")
 
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """Every notification is plain text, whoever sends it (screens pass ``markup=True`` by default):
+        they quote prompts, model replies, dataset names, paths and error messages, and a ``[/]`` in any
+        of them would raise MarkupError and end the app."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
+
     def update_header(self) -> None:
         model = self.engine.identity.model_id if self.engine else self.settings.model.name
         self.sub_title = f"model: {model} · adapter: {self.active_adapter or 'none'}"
@@ -78,6 +87,9 @@ class PreferenceStudioApp(App[None]):
 
     def action_next_bank_prompt(self) -> None:
         self.chat.next_bank_prompt()
+
+    def action_toggle_bank_mode(self) -> None:
+        self.chat.toggle_bank_mode()
 
     def action_new_session(self) -> None:
         self.chat.new_session()
@@ -152,6 +164,8 @@ class PreferenceStudioApp(App[None]):
                             self.action_edit_system_prompt)
         yield SystemCommand("Next prompt from the bank", "Fill the input with the next bundled prompt",
                             self.action_next_bank_prompt)
+        yield SystemCommand("Bank mode on/off", "After each judgement, fill the input with the next bank prompt (F4)",
+                            self.action_toggle_bank_mode)
         for bank in self.prompt_banks:
             yield SystemCommand(f"Use prompt bank: {bank.name}", f"{len(bank.prompts)} prompts from {bank.path.name}",
                                 lambda bank=bank: self.chat.use_bank(bank))

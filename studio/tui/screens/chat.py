@@ -7,7 +7,9 @@ judgement is committed before the screen moves on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -17,6 +19,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
+from store.errors import StoreBusyError, StoreError
 from store.records import Verdict
 from studio.engine import ChatEngine, EngineConfig, EngineError, FittedPrompt, Generation, new_seed
 from studio.prompt_bank import PromptBank, PromptFeed
@@ -29,9 +32,12 @@ from studio.tui.messages import (
 )
 from studio.tui.screens.modals import ErrorScreen, TextEditScreen
 from studio.tui.widgets.candidate_panel import CandidatePanel
+from studio.tui.widgets.conversation_turn import ConversationTurn
 from studio.tui.widgets.judge_bar import JudgeBar
 from trainers.prompt_format import ChatTurn
 
+FIRST_SAVE_WAIT_S = 0.1  # how long the UI thread waits on a busy database before a worker takes over
+SAVE_RETRY_WAIT_S = 1.0  # each retry in the worker; between them it checks whether it was cancelled
 JUDGE_HINT = "1 A better · 2 B better · t tie · x both bad · r regenerate · e edit (◀ ▶ pick) · i input"
 
 
@@ -62,6 +68,9 @@ class ChatScreen(Screen):
         self.job: GenerationJob | None = None
         self._job_counter = 0
         self.feed: PromptFeed | None = None
+        # Bank mode: after each judgement the input gets the next bank prompt. Off until the user turns it
+        # on (F4, or choosing a bank in the palette); F3 alone fills one prompt and changes nothing else.
+        self.bank_mode = False
         self.session_id: int | None = None
 
     # --- layout ---
@@ -70,14 +79,14 @@ class ChatScreen(Screen):
         yield Header()
         with Vertical(id="chat-body"):
             yield VerticalScroll(id="conversation")
-            yield Static("", id="notice")
+            yield Static("", id="notice", markup=False)
             with Horizontal(id="candidates"):
                 for slot in range(self.app.settings.candidates):
                     yield CandidatePanel(slot, id=f"candidate-{slot}")
             yield JudgeBar(JUDGE_HINT, id="judge-bar")
             with Horizontal(id="status-line"):
-                yield Static("", id="counter")
-                yield Static("", id="engine-status")
+                yield Static("", id="counter", markup=False)
+                yield Static("", id="engine-status", markup=False)
             yield Input(placeholder="Loading the model…", id="prompt-input", disabled=True)
         yield Footer()
 
@@ -85,7 +94,7 @@ class ChatScreen(Screen):
         self.query_one("#conversation").border_title = "conversation"
         store = self.app.store
         self.session_id = store.create_session(
-            self.app.settings.system_prompt, model_id=self.app.settings.model.name if self.app.settings.model else None
+            self._starting_system_prompt(), model_id=self.app.settings.model.name if self.app.settings.model else None
         )
         self.panels[0].highlighted = True
         self._update_counter()
@@ -103,6 +112,32 @@ class ChatScreen(Screen):
     @property
     def system_prompt(self) -> str:
         return self.app.store.get_session(self.session_id).system_prompt
+
+    def _starting_system_prompt(self) -> str:
+        """The last session's system prompt, so an edit survives a restart; a new store starts with the
+        configured one (``system_prompt`` in the config file, or the default)."""
+        latest = self.app.store.latest_session()
+        return latest.system_prompt if latest is not None else self.app.settings.system_prompt
+
+    def _speaker(self, role: str) -> str:
+        if role == "user":
+            return "you"
+        engine = self.app.engine
+        name = engine.identity.model_id if engine is not None else "assistant"
+        adapter = f" + {self.app.active_adapter}" if self.app.active_adapter else ""
+        return f"assistant · {name}{adapter}"
+
+    def _show_pending(self, user_text: str) -> None:
+        """The question being answered stays on screen, marked pending, until it is judged or dropped."""
+        self._clear_pending()
+        conversation = self.query_one("#conversation", VerticalScroll)
+        conversation.mount(ConversationTurn("user", user_text, self._speaker("user"), pending=True))
+        conversation.scroll_end(animate=False)
+
+    def _clear_pending(self) -> None:
+        for turn in self.query(ConversationTurn):
+            if turn.pending:
+                turn.remove()
 
     # --- engine ---
 
@@ -155,8 +190,10 @@ class ChatScreen(Screen):
         sampling = self.app.settings.sampling
         try:
             fitted = engine.fit_prompt(self.system_prompt, [*self.turns, ChatTurn("user", user_text)], sampling.max_tokens)
-        except EngineError as exc:
-            self.app.push_screen(ErrorScreen("The prompt does not fit", str(exc)))
+        except EngineError as exc:  # too long for the context, or the model's chat template refused it
+            if self.state == "input":
+                self.query_one("#prompt-input", Input).value = user_text  # nothing typed is lost
+            self.app.push_screen(ErrorScreen("The prompt could not be prepared", str(exc)))
             return
         notice = self.query_one("#notice", Static)
         if fitted.dropped_turns:
@@ -180,6 +217,7 @@ class ChatScreen(Screen):
         self.panels[0].reset("thinking…")
         self.state = "generating"
         self.query_one("#prompt-input", Input).disabled = True
+        self._show_pending(user_text)
         self.query_one("#judge-bar", JudgeBar).update(f"generating for: {user_text[:80]} · escape stops")
         self.run_generation(self.job)
 
@@ -252,11 +290,17 @@ class ChatScreen(Screen):
     def action_cancel_generation(self) -> None:
         if self.state == "generating":
             self.workers.cancel_group(self, "generate")
+            question = self.job.user_text if self.job else ""
             self.job = None
             for panel in self.panels:
                 panel.reset("(stopped)")
-            self.notify("Generation stopped; nothing was stored for it.")
+            self._clear_pending()
+            self.notify("Generation stopped; nothing was stored for it. Your prompt is back in the input.")
             self._back_to_input()
+            # The question goes back where it was typed, to edit or send again.
+            prompt_input = self.query_one("#prompt-input", Input)
+            prompt_input.value = question
+            prompt_input.cursor_position = len(question)
 
     # --- judging ---
 
@@ -264,6 +308,7 @@ class ChatScreen(Screen):
     def handle_judge_action(self, event: JudgeBar.Action) -> None:
         action = event.action
         if action == "input":
+            self._clear_pending()
             self._back_to_input()
             return
         if self.state != "judging" or self.job is None:
@@ -280,20 +325,32 @@ class ChatScreen(Screen):
             self._edit_reply(job)
         elif action in ("a", "b"):
             picked = 0 if action == "a" else 1
-            self._record(job, Verdict(action), chosen=picked, rejected=1 - picked)
-            self._continue_with(job, job.generations[picked].text)
+            self._record(job, Verdict(action), chosen=picked, rejected=1 - picked, reply=job.generations[picked].text)
         elif action == "tie":
-            self._record(job, Verdict.TIE)
-            self._continue_with(job, job.generations[0].text)
+            # No pair is made; the conversation goes on with the highlighted reply (◀ ▶ choose; A by default).
+            picked = next(i for i, p in enumerate(self.panels) if p.highlighted)
+            self._record(job, Verdict.TIE, reply=job.generations[picked].text)
+            self.notify(f"Tie recorded (no training pair). The conversation continues with "
+                        f"{self.panels[picked].letter}'s reply.")
         elif action == "both_bad":
             self._record(job, Verdict.BOTH_BAD)
             self.query_one("#judge-bar", JudgeBar).update(
                 "Both bad, recorded. r regenerate · e write a better one · i move on (no reply kept)"
             )
 
+    _busy_shown = False  # the "database busy" notice is up
+
     def _record(self, job: GenerationJob, verdict: Verdict, chosen: int | None = None, rejected: int | None = None,
-                edited_text: str | None = None) -> int:
-        judgement_id = self.app.store.record_judgement(
+                edited_text: str | None = None, reply: str | None = None) -> None:
+        """Store the verdict and, when `reply` continues the conversation, the user's turn and that reply,
+        in one transaction (a kill can never keep the judgement without its turns); then go on with it.
+
+        A busy database (another program writing) never loses the judgement: it is kept and retried in a
+        worker until stored, the screen says so, and it moves on once the judgement is saved.
+        """
+        turns = (("user", job.user_text), ("assistant", reply.strip())) if reply is not None else ()
+        save = partial(
+            self.app.store.record_judgement,
             job.prompt_id,
             verdict,
             chosen_candidate_id=job.candidate_ids[chosen] if chosen is not None else None,
@@ -301,9 +358,64 @@ class ChatScreen(Screen):
             edited_text=edited_text,
             source="tui",
             adapter=self.app.active_adapter,
+            turns=turns,
         )
+        job.judged = True
+        self.state = "saving"  # judge keys wait until this verdict is stored
+        try:
+            # A short wait on the UI thread; a longer one would freeze the screen.
+            with self.app.store.waiting_at_most(FIRST_SAVE_WAIT_S):
+                save()
+        except StoreBusyError:
+            self._saving_notice(True)
+            self._save_when_free(job, save, reply)
+            return
+        except (StoreError, ValueError) as exc:
+            self._judgement_failed(job, str(exc))
+            return
+        self._judgement_saved(job, reply)
+
+    @work(thread=True, group="save-judgement", exit_on_error=False)
+    def _save_when_free(self, job: GenerationJob, save: Callable[[], int], reply: str | None) -> None:
+        worker = get_current_worker()
+        while not worker.is_cancelled:
+            try:
+                with self.app.store.waiting_at_most(SAVE_RETRY_WAIT_S):
+                    save()
+            except StoreBusyError:
+                continue  # still busy: the judgement stays kept, the notice stays up
+            except (StoreError, ValueError) as exc:
+                self.app.call_from_thread(self._judgement_failed, job, str(exc))
+                return
+            self.app.call_from_thread(self._judgement_saved, job, reply)
+            return
+
+    def _saving_notice(self, busy: bool) -> None:
+        if not busy and not self._busy_shown:
+            return  # the notice holds something else (the context note): leave it
+        notice = self.query_one("#notice", Static)
+        if busy:
+            notice.update("database busy, retrying… another program is writing to it; your judgement is kept "
+                          "and will be saved")
+            self.query_one("#judge-bar", JudgeBar).update("saving your judgement: database busy, retrying…")
+        notice.display = busy
+        self._busy_shown = busy
+
+    def _judgement_saved(self, job: GenerationJob, reply: str | None) -> None:
+        if self._busy_shown:
+            self._saving_notice(False)
+            self.notify("The database is free again: your judgement is saved.")
+        self.state = "judging"
         self._update_counter()
-        return judgement_id
+        if reply is not None:
+            self._continue_with(job, reply)
+
+    def _judgement_failed(self, job: GenerationJob, error: str) -> None:
+        self._saving_notice(False)
+        self.state = "judging"  # the verdict was not stored: the same keys try again
+        job.judged = False
+        self.query_one("#judge-bar", JudgeBar).update(JUDGE_HINT)
+        self.app.push_screen(ErrorScreen("The judgement was not saved", error))
 
     def _edit_reply(self, job: GenerationJob) -> None:
         base = next(i for i, p in enumerate(self.panels) if p.highlighted)
@@ -315,8 +427,7 @@ class ChatScreen(Screen):
             completion = self.app.engine.prompt_format.as_completion(text)
             others = [i for i in range(len(job.candidate_ids)) if i != base]
             self._record(job, Verdict.EDITED, chosen=base, rejected=others[0] if others else None,
-                         edited_text=completion)
-            self._continue_with(job, completion)
+                         edited_text=completion, reply=completion)
 
         self.app.push_screen(
             TextEditScreen(
@@ -328,21 +439,22 @@ class ChatScreen(Screen):
         )
 
     def _continue_with(self, job: GenerationJob, reply: str) -> None:
-        """The chosen reply becomes the assistant turn, so the conversation goes on from it."""
-        job.judged = True
-        store = self.app.store
-        store.add_turn(self.session_id, "user", job.user_text)
-        store.add_turn(self.session_id, "assistant", reply.strip())
+        """The chosen reply (stored as the assistant turn with the judgement) continues the conversation."""
         self.turns += [ChatTurn("user", job.user_text), ChatTurn("assistant", reply.strip())]
-        conversation = self.query_one("#conversation", VerticalScroll)
-        conversation.mount(Static(job.user_text, classes="turn user-turn", markup=False))
-        conversation.mount(Static(reply.strip(), classes="turn assistant-turn", markup=False))
-        conversation.scroll_end(animate=False)
+        self._show_exchange(job.user_text, reply.strip())
         self.job = None
         self._back_to_input()
-        if self.feed is not None:
+        if self.bank_mode and self.feed is not None:
             self.query_one("#prompt-input", Input).value = self.feed.next()
             self._update_counter()
+
+    def _show_exchange(self, user_text: str, reply: str) -> None:
+        """The judged question and the reply that continues it, each labelled with who said it."""
+        self._clear_pending()
+        conversation = self.query_one("#conversation", VerticalScroll)
+        conversation.mount(ConversationTurn("user", user_text, self._speaker("user")))
+        conversation.mount(ConversationTurn("assistant", reply, self._speaker("assistant")))
+        conversation.scroll_end(animate=False)
 
     def _back_to_input(self) -> None:
         if self.app.engine is None:
@@ -356,6 +468,7 @@ class ChatScreen(Screen):
     def _update_counter(self) -> None:
         pairs = self.app.store.count_pairs(session_id=self.session_id)
         bank = f" · bank: {self.feed.label}" if self.feed else ""
+        bank += " · bank mode on (F4)" if self.bank_mode else ""
         self.query_one("#counter", Static).update(f"pairs this session: {pairs}{bank}")
 
     # --- session, system prompt, prompt bank (also reachable from the command palette) ---
@@ -373,8 +486,20 @@ class ChatScreen(Screen):
         )
 
     def use_bank(self, bank: PromptBank) -> None:
+        """Choosing a bank means working through it: bank mode goes on."""
         self.feed = PromptFeed(bank)
+        self.bank_mode = True
         self.next_bank_prompt()
+
+    def toggle_bank_mode(self) -> None:
+        self.bank_mode = not self.bank_mode
+        if self.bank_mode:
+            self.notify("Bank mode on: after each judgement the input gets the next bank prompt (F4 turns it off).")
+            if self.state in ("input", "loading") and not self.query_one("#prompt-input", Input).value.strip():
+                self.next_bank_prompt()
+        else:
+            self.notify("Bank mode off: judging leaves the input empty (F3 still fills one prompt).")
+        self._update_counter()
 
     def next_bank_prompt(self) -> None:
         if self.feed is None:

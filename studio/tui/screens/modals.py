@@ -10,10 +10,16 @@ from textual.widgets import Label, Static, TextArea
 
 
 class TextEditScreen(ModalScreen[str | None]):
-    """Edit a block of text; ctrl+s saves (returns the text), escape cancels (returns None)."""
+    """Edit a block of text; ctrl+s saves (returns the text), escape cancels (returns None).
+
+    ctrl+u clears the whole text and ctrl+a selects all of it (typing then replaces it): rewriting a system
+    prompt from scratch is common. Both take priority over the TextArea's own line-wise keys.
+    """
 
     BINDINGS = [
         Binding("ctrl+s", "save", "Save", priority=True),
+        Binding("ctrl+u", "clear", "Clear", priority=True),
+        Binding("ctrl+a", "select_all", "Select all", priority=True),
         Binding("escape", "cancel", "Cancel"),
     ]
 
@@ -25,11 +31,12 @@ class TextEditScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label(self._title, classes="dialog-title")
+            yield Label(self._title, classes="dialog-title", markup=False)
             if self._hint:
-                yield Static(self._hint, classes="dialog-hint")
+                yield Static(self._hint, classes="dialog-hint", markup=False)
             yield TextArea(self._text, id="edit-area", soft_wrap=True)
-            yield Static("ctrl+s save · escape cancel", classes="dialog-hint")
+            yield Static("ctrl+s save · ctrl+u clear · ctrl+a select all · escape cancel", classes="dialog-hint",
+                         markup=False)
 
     def on_mount(self) -> None:
         area = self.query_one(TextArea)
@@ -42,6 +49,12 @@ class TextEditScreen(ModalScreen[str | None]):
             self.notify("empty text: nothing saved (escape to cancel)", severity="warning")
             return
         self.dismiss(text)
+
+    def action_clear(self) -> None:
+        self.query_one(TextArea).clear()
+
+    def action_select_all(self) -> None:
+        self.query_one(TextArea).select_all()
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -60,9 +73,9 @@ class ErrorScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog error-dialog"):
-            yield Label(self._title, classes="dialog-title")
+            yield Label(self._title, classes="dialog-title", markup=False)
             yield Static(self._message, id="error-message", markup=False)
-            yield Static("q quit" if self._fatal else "escape close · q quit", classes="dialog-hint")
+            yield Static("q quit" if self._fatal else "escape close · q quit", classes="dialog-hint", markup=False)
 
     def action_close(self) -> None:
         if not self._fatal:

@@ -22,6 +22,11 @@ class JudgeBar(Static, can_focus=True):
         Binding("i", "judge('input')", "Input"),
     ]
 
+    def __init__(self, content: str = "", **kwargs) -> None:
+        # The bar quotes the user's prompt ("generating for: …"): never parse it as markup.
+        kwargs.setdefault("markup", False)
+        super().__init__(content, **kwargs)
+
     class Action(Message):
         def __init__(self, action: str) -> None:
             super().__init__()
