@@ -12,6 +12,7 @@ from contextlib import closing
 from dataclasses import replace
 from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from store import pair_batches
 from store.dataset_chunks import ARROW_CONTAINERS, Chunk, iter_chunks
@@ -73,13 +74,16 @@ def import_dataset(
     fmt: str | None = None,
     test_prompts_path: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    **staging: Any,
 ) -> ImportReport:
     """Import `path` (a file or folder) into dataset `name` and report what was stored.
 
     `fmt` forces a schema (stance-json, trl-standard, trl-conversational, hh), a file type (json, jsonl,
-    parquet, hf-dir), or both ("hh,jsonl"); anything not forced is detected. The file is streamed into
-    one transaction: any bad record rolls the whole import back and raises DatasetImportError naming
-    the file and the records. `on_progress` gets the number of records read so far.
+    parquet, hf-dir), or both ("hh,jsonl"); anything not forced is detected. The file is streamed in,
+    all or nothing, without holding the database while it is read: any bad record discards the whole
+    import and raises DatasetImportError naming the file and the records. `on_progress` gets the number
+    of records read so far. `staging` passes `stage_rows`, `stage_bytes` and `claim_wait_s` on to
+    `Store.import_records`.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -123,5 +127,6 @@ def import_dataset(
         pairs=pairs,
         test_prompts=tests,
         on_progress=on_progress,
+        **staging,
     )
     return replace(report, n_skipped=reader.n_skipped, skipped=tuple(reader.skipped))

@@ -18,6 +18,8 @@ from typing import Any
 # Importing any trainers.* module runs trainers/__init__ first, which sets the HF offline env.
 from transformers import TrainerCallback
 
+from store.errors import StoreBusyError
+
 # Keys TRL logs that a chart or the summary wants; anything numeric is kept, these are just renamed.
 _END_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 
@@ -59,6 +61,7 @@ class MetricsRecorder(TrainerCallback):
         self._last_tokens: float | None = None
         self._last_step = 0
         self.step_seconds: list[float] = []
+        self._unsaved: list[tuple[int, float | None, dict[str, float]]] = []
 
     def step_time_stats(self) -> dict[str, float]:
         """Median and worst seconds per step (spikes show up in the max)."""
@@ -96,7 +99,8 @@ class MetricsRecorder(TrainerCallback):
                 logs["tokens_per_s"] = tokens / elapsed
         self._last_time, self._last_tokens, self._last_step = now, tokens, step
         epoch = logs.get("epoch")
-        self.add_metrics(step, epoch, logs)
+        self._unsaved.append((step, epoch, logs))
+        self._save_metrics()
         if not self.first:
             self.first = dict(logs)
         self.last = dict(logs)
@@ -109,6 +113,23 @@ class MetricsRecorder(TrainerCallback):
                 f"acc {logs.get('rewards/accuracies', 0.0):.2f} "
                 f"{logs.get('tokens_per_s', 0.0):.0f} tok/s epoch {epoch or 0:.2f}"
             )
+
+
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        self._save_metrics()
+
+    def _save_metrics(self) -> None:
+        """Store the logged steps not stored yet, oldest first. A database another program kept locked
+        past the store's own long retry does not end the run: the steps wait (they are in the JSONL log
+        already) and go in with the next one."""
+        while self._unsaved:
+            try:
+                self.add_metrics(*self._unsaved[0])
+            except StoreBusyError as exc:
+                if self.echo:
+                    self.echo(f"warning: {exc} The step is kept and stored with the next one.")
+                return
+            self._unsaved.pop(0)
 
 
 class CancelAtStepBoundary(TrainerCallback):
