@@ -177,21 +177,30 @@ class RunLog:
         pid is a prepared run (`train --prepare-only`, or one about to start): it is not dead.
         """
         wanted = None if run_ids is None else set(run_ids)
-        stale: list[int] = []
-        with write_transaction(self.db):
+
+        def dead_runs() -> list[tuple[int, str]]:
             rows = self.db.query(
                 "SELECT id, status, pid, pid_started FROM runs WHERE status IN (?, ?, ?) ORDER BY id",
                 list(ACTIVE_RUN_STATUSES),
             )
+            found = []
             for row in list(rows):
                 if wanted is not None and row["id"] not in wanted:
                     continue
                 message = _gone_message(row["status"], row["pid"], row["pid_started"], when)
-                if message is None:
-                    continue
-                self.db["runs"].update(row["id"], {"status": "failed", "message": message, "updated_at": utc_now()})
-                stale.append(row["id"])
-        return stale
+                if message is not None:
+                    found.append((row["id"], message))
+            return found
+
+        # Read first, so a screen can ask every second without taking the write lock each time; then
+        # decide again inside the transaction (a trainer may have recorded its end in between).
+        if not dead_runs():
+            return []
+        with write_transaction(self.db):
+            stale = dead_runs()
+            for run_id, message in stale:
+                self.db["runs"].update(run_id, {"status": "failed", "message": message, "updated_at": utc_now()})
+        return [run_id for run_id, _ in stale]
 
 
 def _gone_message(status: str, pid: int | None, started: str | None, when: str) -> str | None:

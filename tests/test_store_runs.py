@@ -197,3 +197,31 @@ def test_votes_and_evaluations_are_kept_with_the_run(tmp_path) -> None:
         assert store.latest_evaluation(run_id, "heldout_metrics") == {"accuracy": 0.75}
         with pytest.raises(RecordNotFoundError):
             store.record_vote(999, "Q", 1, True, "a")
+
+
+async def test_the_train_screen_says_a_followed_run_whose_trainer_died_is_not_running(
+        tmp_path: Path, studio_home: Path, default_model: Path) -> None:
+    from dataclasses import replace
+
+    from conftest import wait_for
+
+    from studio.settings import StudioSettings
+    from studio.tui.app import PreferenceStudioApp
+    from studio.tui.screens.train import TrainScreen
+
+    with Store.open(tmp_path / "studio.db") as store:
+        # Started by an earlier studio; its trainer died after this studio opened (so not marked at start).
+        run_id = new_run(store, output_dir=str(tmp_path / "runs" / "r1"))
+        store.set_run_status(run_id, "training", "step 3", pid=os.getpid())
+        app = PreferenceStudioApp(settings=replace(StudioSettings(), model=default_model), store=store)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen) and app.screen.run_id == run_id)
+            await pilot.pause(1.2)  # polled while the trainer lives: still training
+            assert store.get_run(run_id).status == "training"
+            store.set_run_status(run_id, "training", "step 3", pid=_dead_pid())
+            status = app.screen.query_one("#train-status")
+            await wait_for(pilot, lambda: "is gone" in str(status.render()), timeout=10)
+            text = str(status.render())
+            assert f"Run {run_id} failed." in text and "marked failed when the train screen found it" in text
+            assert store.get_run(run_id).status == "failed"

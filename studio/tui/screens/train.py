@@ -270,6 +270,9 @@ class TrainScreen(Screen):
                 run = store.get_run(self.run_id)
             self.process = None
             self._tail_log()
+        elif self.process is None and run.status in ACTIVE and store.mark_stale_runs(
+                [self.run_id], when="when the train screen found it"):
+            run = store.get_run(self.run_id)  # followed from an earlier studio, and its trainer has died since
         if run.status not in ACTIVE and self.started_at is not None:
             self._finished(run)
 
