@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.markup import escape
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
@@ -167,7 +168,9 @@ class PreferenceStudioApp(App[None]):
         yield SystemCommand("Bank mode on/off", "After each judgement, fill the input with the next bank prompt (F4)",
                             self.action_toggle_bank_mode)
         for bank in self.prompt_banks:
-            yield SystemCommand(f"Use prompt bank: {bank.name}", f"{len(bank.prompts)} prompts from {bank.path.name}",
+            # The palette parses titles as markup; a bank's name is a file name, so it is escaped.
+            yield SystemCommand(f"Use prompt bank: {escape(bank.name)}",
+                                f"{len(bank.prompts)} prompts from {escape(bank.path.name)}",
                                 lambda bank=bank: self.chat.use_bank(bank))
         yield SystemCommand("New session", "Start a fresh conversation (pairs so far stay stored)",
                             self.action_new_session)

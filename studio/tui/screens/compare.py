@@ -80,8 +80,8 @@ class CompareScreen(Screen):
             with Horizontal(id="compare-panels"):
                 yield CandidatePanel(0, id="compare-left")
                 yield CandidatePanel(1, id="compare-right")
-            yield Static("", id="compare-metrics")
-            yield Static("", id="compare-tally")
+            yield Static("", id="compare-metrics", markup=False)
+            yield Static("", id="compare-tally", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:

@@ -9,6 +9,7 @@ metric before and after.
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -55,7 +56,7 @@ class ExerciseScreen(Screen):
                 yield Checkbox("shuffle before taking the first items", value=False, id="ex-shuffle")
                 yield Label("system prompt (keeps replies short)", classes="form-label")
                 yield TextArea(EXERCISE_SYSTEM_PROMPT, id="ex-system", soft_wrap=True)
-                yield Static("", id="ex-status")
+                yield Static("", id="ex-status", markup=False)
                 yield Label("import a dataset (file or folder; ctrl+o)", classes="form-label")
                 yield Input(placeholder="path to .json / .jsonl / .parquet / save_to_disk folder", id="ex-import")
             with Vertical(id="exercise-preview"):
@@ -78,7 +79,8 @@ class ExerciseScreen(Screen):
     def _load_datasets(self, choose: str | None = None) -> None:
         stance = [d for d in self.app.store.list_datasets() if d.kind == "stance"]
         select = self.query_one("#ex-dataset", Select)
-        select.set_options([(f"{d.name} ({d.n_items} items, {d.n_test_prompts} test prompts)", d.name)
+        # Names, prompts and answers are the dataset's own text: rich Text, so "[/]" is shown, not parsed.
+        select.set_options([(Text(f"{d.name} ({d.n_items} items, {d.n_test_prompts} test prompts)"), d.name)
                             for d in stance])
         names = [d.name for d in stance]
         if names:
@@ -124,8 +126,8 @@ class ExerciseScreen(Screen):
             self.query_one("#ex-summary", Static).update("")
             return
         for pair in pairs:
-            table.add_row(str(pair.position + 1), pair.item_key, pair.prefers, pair.prompt_text,
-                          pair.chosen.strip(), pair.rejected.strip())
+            table.add_row(*(Text(cell) for cell in (str(pair.position + 1), pair.item_key, pair.prefers,
+                                                    pair.prompt_text, pair.chosen.strip(), pair.rejected.strip())))
         n_support = sum(p.prefers == "support" for p in pairs)
         self.query_one("#ex-summary", Static).update(
             f"{len(pairs)} training pairs: {n_support} prefer support, {len(pairs) - n_support} prefer oppose "

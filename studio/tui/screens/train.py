@@ -13,6 +13,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -122,17 +123,18 @@ class TrainScreen(Screen):
                     yield Label("pairs from", classes="form-label")
                     datasets = [d for d in self.app.store.list_datasets() if d.kind == "preference"]
                     yield Select([("every session", "all"), ("this session", "session")]
-                                 + [(f"dataset {d.name} ({d.n_items} pairs)", f"dataset:{d.name}") for d in datasets],
+                                 + [(Text(f"dataset {d.name} ({d.n_items} pairs)"), f"dataset:{d.name}")  # not markup
+                                    for d in datasets],
                                  value="all", allow_blank=False, id="cfg-scope")
                 yield Button("Start training (ctrl+s)", id="start", variant="success")
-                yield Static("", id="train-status")
+                yield Static("", id="train-status", markup=False)
             with Vertical(id="train-live"):
                 with Horizontal(id="plots"):
                     yield MetricPlot("loss", ("loss",), id="plot-loss")
                     yield MetricPlot("reward margin / accuracy", ("rewards/margins", "rewards/accuracies"),
                                      id="plot-margin")
                 yield ProgressBar(id="train-progress", show_eta=True)
-                yield Static("", id="train-rate")
+                yield Static("", id="train-rate", markup=False)
                 yield RichLog(id="train-log", max_lines=400, wrap=False, markup=False)
         yield Footer()
 
