@@ -107,13 +107,15 @@ def _header(run: Any) -> list[Block]:
 
 def _data_and_training(run: Any, metrics_rows: Sequence[dict]) -> list[Block]:
     summary = run.summary or {}
-    rows: list[tuple[str, Any]] = [
-        ("training pairs", len(run.pair_ids)),
-        ("held-out pairs", len(run.heldout_ids)),
-        ("dataset hash", run.dataset_hash),
-    ]
     selection = summary.get("selection") or {}
-    rows += [(f"selection: {k.replace('_', ' ')}", v) for k, v in selection.items() if k not in ("train", "heldout")]
+    if selection.get("source"):  # the counts recorded when the run was prepared: the same numbers as its log
+        from trainers.pair_selection import SelectionReport
+
+        rows: list[tuple[str, Any]] = [*SelectionReport.from_dict(selection).counts(),
+                                       ("dataset hash", run.dataset_hash)]
+    else:
+        rows = [("training pairs", len(run.pair_ids)), ("held-out pairs", len(run.heldout_ids)),
+                ("dataset hash", run.dataset_hash)]
     last = metrics_rows[-1] if metrics_rows else {}
     training = [
         ("steps logged", len(metrics_rows)),

@@ -247,7 +247,10 @@ def _fail(store: Any, run_id: int, message: str, log: Callable[[str], None]) -> 
     try:
         store.set_run_status(run_id, "failed", message)
     except Exception as exc:  # noqa: BLE001 - the store itself may be the problem (disk full)
-        log(f"error: could not record the failure in the store: {exc}")
+        # Left 'training' with this (soon dead) pid: the studio's next start, `report`, `compare` and the
+        # train screen mark it failed once they see the process is gone (`Store.mark_stale_runs`).
+        log(f"error: could not record the failure in the store: {exc}; run {run_id} is marked failed when the "
+            "studio next sees that this process is gone")
     return RunOutcome("failed", message)
 
 

@@ -18,7 +18,9 @@ from trainers.allocator import keep_freed_memory
 from trainers.metrics_callback import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.pair_selection import (
+    PairSelection,
     PairSelectionError,
+    SelectionReport,
     TrainingPair,
     dataset_hash,
     dataset_pairs,
@@ -27,6 +29,7 @@ from trainers.pair_selection import (
 )
 from trainers.run_config import RunConfig
 from trainers.run_outputs import RunPaths, publish_output
+from trainers.run_plan import plan_selection
 
 
 def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPair], list[TrainingPair]]:
@@ -44,23 +47,24 @@ def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPai
     return train, heldout
 
 
-def drop_long_prompts(pairs: list[TrainingPair], tokenizer: Any, max_length: int) -> tuple[list[TrainingPair], int]:
-    """Pairs whose prompt leaves room for a reply within ``max_length`` tokens, and how many were dropped."""
-    if not pairs:
-        return pairs, 0
-    lengths = [len(ids) for ids in tokenizer([p.prompt for p in pairs])["input_ids"]]
-    kept = [p for p, n in zip(pairs, lengths, strict=True) if n < max_length]
-    if not kept:
-        shortest = min(lengths)
-        raise PairSelectionError(
-            f"--max-length {max_length} is smaller than every prompt (the shortest is {shortest} tokens); "
-            f"raise it to at least {shortest + 64}"
-        )
-    return kept, len(pairs) - len(kept)
+def planned_selection(run: Any, config: RunConfig, train: list[TrainingPair], heldout: list[TrainingPair],
+                      tokenizer: Any) -> PairSelection:
+    """The run's pairs and the counts recorded when it was prepared (its pairs were measured then, so all of
+    them fit). A run prepared before the counts were recorded is measured now, the same way."""
+    stored = (run.summary or {}).get("selection") or {}
+    report = SelectionReport.from_dict(stored) if stored.get("source") else SelectionReport(source="the run")
+    selection = PairSelection(train, heldout, run.dataset_hash or "", report)
+    if report.max_length is None or report.steps is None:
+        selection = plan_selection(selection, tokenizer, config)
+    return selection
 
 
-def build_dpo_config(config: RunConfig, work_dir: Path, device: str, dtype: str, has_eval: bool) -> Any:
+def build_dpo_config(config: RunConfig, work_dir: Path, device: str, dtype: str, has_eval: bool,
+                     max_length: int | None = None) -> Any:
+    """TRL's config for this run; ``max_length`` is the run's planned length (``config.max_length`` may be auto)."""
     from trl import DPOConfig
+
+    max_length = max_length or config.max_length
 
     gradient_checkpointing = (
         config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
@@ -77,7 +81,7 @@ def build_dpo_config(config: RunConfig, work_dir: Path, device: str, dtype: str,
         max_steps=config.max_steps or -1,
         beta=config.beta,
         loss_type=[config.loss_type],
-        max_length=config.max_length,
+        max_length=max_length,
         use_cpu=device == "cpu",
         bf16=dtype == "bf16",
         fp16=False,
@@ -181,9 +185,9 @@ def train_and_publish(
     source = resolve_model_source(config.train_model, log=converting)
     load_started = time.monotonic()
     tokenizer = load_tokenizer(source.model_dir)
-    train_pairs, too_long = drop_long_prompts(train_pairs, tokenizer, config.max_length)
-    heldout_pairs, heldout_too_long = drop_long_prompts(heldout_pairs, tokenizer, config.max_length) \
-        if heldout_pairs else ([], 0)
+    planned = planned_selection(run, config, train_pairs, heldout_pairs, tokenizer)
+    train_pairs, heldout_pairs, plan = planned.train, planned.heldout, planned.report
+    log(f"pairs: {plan.describe()}")
     model = load_model(source.model_dir, device=device, four_bit=config.four_bit,
                        bf16_weights=device == "cuda" and dtype == "bf16")
     load_seconds = time.monotonic() - load_started
@@ -199,12 +203,15 @@ def train_and_publish(
         _truncate_metrics(paths.live_metrics, _checkpoint_step(checkpoint))
         store.delete_run_metrics(run.id, after_step=_checkpoint_step(checkpoint))
 
-    args = build_dpo_config(config, paths.work_dir, device, dtype, bool(heldout_pairs))
-    recorder = MetricsRecorder(
-        lambda step, epoch, metrics: store.add_run_metrics(run.id, step, epoch, metrics),
-        paths.live_metrics,
-        echo=log,
-    )
+    args = build_dpo_config(config, paths.work_dir, device, dtype, bool(heldout_pairs), plan.max_length)
+    trainer: Any = None
+
+    def add_metrics(step: int, epoch: float | None, metrics: dict[str, float]) -> Any:
+        # The Trainer's own step count, so a progress bar's total is the number of steps that really run.
+        total = int(trainer.state.max_steps) if trainer is not None and trainer.state.max_steps else plan.steps
+        return store.add_run_metrics(run.id, step, epoch, {**metrics, "total_steps": total})
+
+    recorder = MetricsRecorder(add_metrics, paths.live_metrics, echo=log)
     stopper = CancelAtStepBoundary(cancel.event)
     trainer_started = time.monotonic()
     trainer = length_grouped_trainer_class()(
@@ -220,9 +227,9 @@ def train_and_publish(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     trainable, total = trainer.model.get_nb_trainable_parameters()
-    log(f"{len(train_pairs)} training pair(s), {len(heldout_pairs)} held out; LoRA {trainable:,} of {total:,} "
-        f"parameters; {device} {dtype}, {threads} thread(s)")
-    store.set_run_status(run.id, "training", f"{len(train_pairs)} pairs on {device} ({dtype})")
+    log(f"{plan.train} training pair(s), {plan.heldout} held out, {plan.steps} step(s), max length "
+        f"{plan.max_length}; LoRA {trainable:,} of {total:,} parameters; {device} {dtype}, {threads} thread(s)")
+    store.set_run_status(run.id, "training", f"{plan.train} pairs, {plan.steps} steps on {device} ({dtype})")
     cancel.phase = "training"
     train_started = time.monotonic()
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -235,12 +242,12 @@ def train_and_publish(
 
     steps = int(trainer.state.global_step)
     status = "cancelled" if cancelled else "done"
-    selection = dict((run.summary or {}).get("selection") or {})
-    selection["too_long"] = too_long + heldout_too_long
+    selection = plan.to_dict()
     summary = {
         "status": status,
         "steps": steps,
         "max_steps": int(trainer.state.max_steps),
+        "planned_steps": plan.steps,
         "epoch": float(trainer.state.epoch or 0.0),
         "train_pairs": len(train_pairs),
         "heldout_pairs": len(heldout_pairs),

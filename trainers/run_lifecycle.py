@@ -24,6 +24,7 @@ from store.run_log import ACTIVE_RUN_STATUSES
 from trainers.pair_selection import PairSelection, dataset_file, select_dataset, select_from_store
 from trainers.run_config import RunConfig, RunConfigError
 from trainers.run_outputs import RunPaths, unique_output_dir
+from trainers.run_plan import plan_selection
 
 ACTIVE = ACTIVE_RUN_STATUSES  # statuses of a run whose process should be alive
 
@@ -53,12 +54,24 @@ def select_for_config(store: Any, config: RunConfig) -> PairSelection:
                              heldout_fraction=config.heldout_fraction, data_size=config.data_size)
 
 
+def plan_for_config(store: Any, config: RunConfig, model: Path | str, tokenizer: Any | None = None) -> PairSelection:
+    """What a run of ``config`` on ``model`` would train on, counted with the model's tokenizer alone (pairs
+    that fit per split, max length, steps); records nothing. ``tokenizer`` saves loading it again."""
+    selection = select_for_config(store, config)
+    if tokenizer is None:
+        from trainers.model_source import load_tokenizer_for
+
+        tokenizer = load_tokenizer_for(model)
+    return plan_selection(selection, tokenizer, config)
+
+
 def prepare_run(
     store: Any,
     config: RunConfig,
     *,
     model_path: Path | str | None = None,
     runs_root: Path | None = None,
+    tokenizer: Any | None = None,
 ) -> PreparedRun:
     """Select the pairs and record a queued run; the model path is stored in the config.
 
@@ -75,7 +88,7 @@ def prepare_run(
     if dataset and dataset_file(dataset) is not None:  # a file is recorded by its absolute path; a name as given
         dataset = str(dataset_file(dataset).resolve())
     config = config.replace(train_model=str(model), dataset=dataset)
-    selection = select_for_config(store, config)
+    selection = plan_for_config(store, config, model, tokenizer)  # the one count of pairs and steps
     if runs_root is None:
         from store.locations import runs_dir
 
