@@ -14,7 +14,8 @@ from trainers.train_cli import app, config_from_flags
 
 def test_defaults_suit_a_small_cpu() -> None:
     config = RunConfig()
-    assert (config.loss_type, config.beta, config.batch_size, config.max_length) == ("sigmoid", 0.1, 2, 256)
+    assert (config.loss_type, config.beta, config.batch_size) == ("sigmoid", 0.1, 2)
+    assert config.max_length is None  # auto: chosen from the data when the run is prepared (trainers.run_plan)
     assert config.learning_rate > 1e-6  # TRL's 1e-6 barely moves a LoRA adapter
     assert config.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert config.device == "auto" and config.dtype == "auto" and not config.four_bit

@@ -138,3 +138,90 @@ def test_prepare_run_errors(store: Store, tmp_path: Path, tiny_model_dir: Path) 
     with pytest.raises(PairSelectionError, match="no preference pairs"):
         prepare_run(store, RunConfig(), model_path=tiny_model_dir, runs_root=tmp_path)
     assert store.list_runs() == []
+
+
+# --- where the prompt ends and a reply starts (TRL: "the tokenized prompt is not a prefix …") ---
+
+# TRL-standard rows cut from HH transcripts the way some exports cut them: the space after "Assistant:" left in
+# the prompt, the reply starting at its first word.
+HH_SPLIT_AFTER_THE_SPACE = [
+    {"prompt": "\n\nHuman: Can you help me bake bread?\n\nAssistant: ", "chosen": "Sure, start with flour.",
+     "rejected": "No."},
+    {"prompt": "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Name a colour.\n\nAssistant: ", "chosen": "Blue.",
+     "rejected": "Seven."},
+]
+
+
+def boundary_pairs(tmp_path: Path, store: Store) -> list[TrainingPair]:
+    """HH-style pairs (a split file, imported HH transcripts) and transcript-style pairs from a chat."""
+    from store.dataset_import import import_dataset
+    from trainers.pair_selection import store_dataset_pairs
+    from trainers.prompt_format import ChatTurn, TranscriptFormat
+
+    path = tmp_path / "hh-split.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in HH_SPLIT_AFTER_THE_SPACE))
+    pairs = read_dataset_file(path)
+    record = import_dataset(store, Path(__file__).parent / "fixtures" / "datasets" / "hh.jsonl")
+    pairs += store_dataset_pairs(store, store.get_dataset(record.name))
+    chat = [ChatTurn("user", "Hi"), ChatTurn("assistant", "Hello!"), ChatTurn("user", "Name a colour.")]
+    prompt = TranscriptFormat().render("Be brief.", chat)
+    pairs.append(TrainingPair("chat", prompt, " Blue.", " Seven, I think."))
+    return pairs
+
+
+def test_a_prompt_split_after_its_space_gives_the_space_to_the_replies(tmp_path: Path) -> None:
+    path = tmp_path / "hh-split.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in HH_SPLIT_AFTER_THE_SPACE))
+    first, second = read_dataset_file(path)
+    assert first.prompt.endswith("\n\nAssistant:") and (first.chosen, first.rejected) == (" Sure, start with flour.",
+                                                                                          " No.")
+    row = HH_SPLIT_AFTER_THE_SPACE[1]
+    assert second.prompt + second.chosen == row["prompt"] + row["chosen"]  # the text itself is unchanged
+    kept = TrainingPair("t", "<|im_start|>assistant\n", "Hi", "No")  # a template's newline stays its own
+    assert kept.prompt.endswith("\n") and kept.chosen == "Hi"
+
+
+@pytest.fixture(scope="module")
+def tokenizers(default_model: Path, session_home: Path, tiny_model_dir: Path) -> dict:
+    """The real Gemma tokenizer (read from the bundled GGUF once, cached by its sha256) and the tiny one."""
+    from conftest import prefstudio_home
+
+    from trainers.model_source import load_tokenizer_for
+
+    with prefstudio_home(session_home):
+        return {"gemma": load_tokenizer_for(default_model), "tiny": load_tokenizer_for(tiny_model_dir)}
+
+
+@pytest.mark.parametrize("name", ["gemma", "tiny"])
+def test_the_tokenized_prompt_is_a_prefix_of_prompt_and_reply(name: str, tokenizers: dict, tmp_path: Path,
+                                                              store: Store) -> None:
+    tokenizer = tokenizers[name]
+    for p in boundary_pairs(tmp_path, store):
+        prompt_ids = tokenizer(p.prompt)["input_ids"]
+        for reply in (p.chosen, p.rejected):
+            joint = tokenizer(p.prompt + reply + tokenizer.eos_token)["input_ids"]
+            assert joint[: len(prompt_ids)] == prompt_ids, (name, p.prompt[-20:], reply)
+
+
+def test_trl_trains_on_the_whole_prompt_without_a_warning(tokenizers: dict, tiny_model_dir: Path, tmp_path: Path,
+                                                          store: Store, caplog: pytest.LogCaptureFixture,
+                                                          capfd: pytest.CaptureFixture) -> None:
+    """TRL's own tokenisation (DPOTrainer's dataset preparation) with the real Gemma tokenizer: each row's prompt
+    ids are the whole prompt's, as the engine evaluates it, and TRL has nothing to warn about."""
+    import logging
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    from trainers.dpo_training import build_dpo_config
+
+    tokenizer = tokenizers["gemma"]
+    pairs = boundary_pairs(tmp_path, store)
+    args = build_dpo_config(RunConfig(dtype="fp32"), tmp_path / "work", "cpu", "fp32", False, max_length=256)
+    with caplog.at_level(logging.WARNING):
+        trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)), args=args,
+                             train_dataset=Dataset.from_list([p.to_trl() for p in pairs]),
+                             processing_class=tokenizer)
+    assert "not a prefix" not in caplog.text + capfd.readouterr().err  # TRL logs to stderr through its own handler
+    assert trainer.train_dataset["prompt_ids"] == [tokenizer(p.prompt)["input_ids"] for p in pairs]

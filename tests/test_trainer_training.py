@@ -10,6 +10,8 @@ from tiny_model import fill_separable, judge
 
 from store.studio_store import Store
 from trainers.dpo_run import CancelController, execute_run
+from trainers.model_source import ModelSourceError
+from trainers.pair_selection import PairSelectionError
 from trainers.run_config import RunConfig
 from trainers.run_lifecycle import prepare_run
 from trainers.run_outputs import RunPaths
@@ -74,32 +76,33 @@ def test_heldout_pairs_are_evaluated(store: Store, tiny_model_dir: Path, tmp_pat
     assert "eval_loss" in summary["eval"] and "eval_rewards/accuracies" in summary["eval"]
 
 
-def test_prompts_longer_than_max_length_fail_clearly(store: Store, tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_prompts_longer_than_max_length_fail_before_the_run_starts(store: Store, tiny_model_dir: Path,
+                                                                     tmp_path: Path) -> None:
     session = store.create_session("")
     judge(store, session, "word " * 40, "yes", "no")
-    prepared = prepare(store, tiny_model_dir, tmp_path, max_length=16, heldout_fraction=0.0)
-    outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
-    run = store.get_run(prepared.run_id)
-    assert outcome.status == "failed" and run.status == "failed"
-    assert "--max-length 16 is smaller than every prompt" in run.message and "raise it to at least" in run.message
-    assert not prepared.output_dir.exists()
+    with pytest.raises(PairSelectionError) as caught:
+        prepare(store, tiny_model_dir, tmp_path, max_length=16, heldout_fraction=0.0)
+    message = str(caught.value)
+    assert "--max-length 16 is shorter than every training prompt" in message and "none of the 1 training" in message
+    assert "--max-length" in message.rsplit(";", 1)[1]  # the fix names a length that fits
+    assert store.list_runs() == []  # counted before anything is recorded or converted
 
 
 def test_missing_or_corrupt_model_fails_clearly(store: Store, tiny_model_dir: Path, tmp_path: Path) -> None:
     fill_separable(store)
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
-    prepared = prepare(store, broken, tmp_path)
-    outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
-    assert outcome.status == "failed" and "cannot load" in outcome.message and "broken.gguf" in outcome.message
-    assert not prepared.output_dir.exists()
+    with pytest.raises(ModelSourceError) as caught:  # its tokenizer is read when the run is prepared
+        prepare(store, broken, tmp_path)
+    assert "cannot load" in str(caught.value) and "broken.gguf" in str(caught.value)
+    assert store.list_runs() == []
     assert not [p for p in (tmp_path / "home").rglob("hf-*")]  # no half-converted model left in the cache
+    assert not [p for p in (tmp_path / "home").rglob("*.partial")]
 
     empty_dir = tmp_path / "not-a-model"
     empty_dir.mkdir()
-    prepared = prepare(store, empty_dir, tmp_path)
-    outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
-    assert outcome.status == "failed" and "no config.json" in outcome.message
+    with pytest.raises(ModelSourceError, match="no config.json"):
+        prepare(store, empty_dir, tmp_path)
 
 
 def test_a_done_run_cannot_start_again(store: Store, tiny_model_dir: Path, tmp_path: Path) -> None:

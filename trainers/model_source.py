@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import trainers  # noqa: F401  (HF offline env before any transformers import)
 
 GGUF_MAGIC = b"GGUF"
 CONVERSION_MARKER = "prefstudio-conversion.json"
+TOKENIZER_MARKER = "prefstudio-tokenizer.json"
 
 
 class ModelSourceError(Exception):
@@ -52,12 +54,21 @@ class ModelSource:
         }
 
 
+_SHA256_MEMO: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as src:
-        while block := src.read(8 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a file, remembered in this process by (path, size, mtime): a 250 MB model is hashed once."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_MEMO:
+        digest = hashlib.sha256()
+        with path.open("rb") as src:
+            while block := src.read(8 << 20):
+                digest.update(block)
+        _SHA256_MEMO[key] = digest.hexdigest()
+    return _SHA256_MEMO[key]
 
 
 def converted_dir(sha256: str, cache_root: Path | None = None) -> Path:
@@ -67,6 +78,94 @@ def converted_dir(sha256: str, cache_root: Path | None = None) -> Path:
 
         cache_root = models_cache_dir()
     return Path(cache_root) / f"hf-{sha256[:16]}"
+
+
+def tokenizer_cache_dir(sha256: str, cache_root: Path | None = None) -> Path:
+    """Where the tokenizer alone of a GGUF with this sha256 is kept (beside, not inside, the converted model)."""
+    return converted_dir(sha256, cache_root).with_name(f"tok-{sha256[:16]}")
+
+
+def _write_atomically(target: Path, fill: Callable[[Path], None]) -> None:
+    """``fill`` a temporary directory beside ``target`` and rename it into place; a directory under the
+    real name is always whole (if another process got there first, its copy is kept)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", suffix=".partial", dir=target.parent))
+    try:
+        fill(tmp)
+        _fsync_dir_files(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary user folder
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _gguf_tokenizer(gguf_path: Path, sha256: str, cache_root: Path | None = None) -> Any:
+    """The GGUF's tokenizer, read from the GGUF once (13-19 s of metadata parsing) and then from its cache."""
+    from transformers import AutoTokenizer
+
+    cached = tokenizer_cache_dir(sha256, cache_root)
+    if (cached / TOKENIZER_MARKER).exists():
+        try:
+            return AutoTokenizer.from_pretrained(str(cached))
+        except (OSError, ValueError):
+            shutil.rmtree(cached, ignore_errors=True)  # damaged by hand: read the GGUF again
+    _check_gguf_file(gguf_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except (OSError, ValueError, KeyError, RuntimeError, IndexError) as exc:
+        raise ModelSourceError(
+            f"transformers cannot load the tokenizer of {gguf_path} ({type(exc).__name__}: {exc}); the file may be "
+            "damaged, or its architecture unsupported — pass an HF model directory with --train-model"
+        ) from exc
+
+    def fill(tmp: Path) -> None:
+        tokenizer.save_pretrained(tmp)
+        (tmp / TOKENIZER_MARKER).write_text(json.dumps({"gguf": str(gguf_path), "sha256": sha256}, indent=2))
+
+    try:
+        _write_atomically(cached, fill)
+    except OSError:
+        pass  # a read-only or full cache only costs the next caller the same 13-19 s
+    return tokenizer
+
+
+_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS_LOCK = threading.Lock()
+
+
+def load_tokenizer_for(path: Path | str, sha256: str | None = None, cache_root: Path | None = None) -> Any:
+    """The tokenizer a run on ``path`` (a .gguf or an HF model directory) will train with, without the model.
+
+    Enough to count a run's tokens before it starts. A GGUF's tokenizer comes from its converted model when
+    there is one, else from its own tokenizer cache (keyed by sha256; built once); either way it is the
+    tokenizer the trainer loads. Kept in memory for this process, so a form can ask again at no cost.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        _check_hf_dir(path)
+        key = str(path.resolve())
+    else:
+        _check_gguf_file(path)
+        sha256 = sha256 or sha256_of(path)
+        key = f"gguf:{sha256}:{cache_root}"
+    with _TOKENIZERS_LOCK:  # two workers asking at once parse the GGUF once
+        if key not in _TOKENIZERS:
+            if path.is_dir():
+                _TOKENIZERS[key] = load_tokenizer(path)
+            else:
+                assert sha256 is not None
+                converted = converted_dir(sha256, cache_root)
+                if (converted / CONVERSION_MARKER).exists() and _conversion_complete(converted):
+                    _TOKENIZERS[key] = load_tokenizer(converted)
+                else:
+                    _TOKENIZERS[key] = _with_pad(_gguf_tokenizer(path, sha256, cache_root))
+        return _TOKENIZERS[key]
 
 
 def gguf_file_problem(path: Path) -> str | None:
@@ -134,12 +233,12 @@ def convert_gguf(
     started = time.monotonic()
     say = log or (lambda _msg: None)
     try:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+        from transformers import AutoModelForCausalLM, GgufConfig
 
         say(f"converting {gguf_path.name} for training (once; this takes about a minute)")
         folder, name = str(gguf_path.parent), gguf_path.name
+        tokenizer = _gguf_tokenizer(gguf_path, sha256, cache_root)  # cached when a form counted tokens first
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = AutoModelForCausalLM.from_pretrained(
                 folder,
                 gguf_file=name,
@@ -230,6 +329,10 @@ def load_tokenizer(model_dir: Path):  # noqa: ANN201 - transformers type
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load the tokenizer in {model_dir}: {exc}") from exc
+    return _with_pad(tokenizer)
+
+
+def _with_pad(tokenizer: Any) -> Any:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

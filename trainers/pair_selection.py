@@ -13,7 +13,7 @@ import hashlib
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,12 @@ class TrainingPair:
     chosen: str
     rejected: str
 
+    def __post_init__(self) -> None:
+        prompt, chosen, rejected = at_token_boundary(self.prompt, self.chosen, self.rejected)
+        object.__setattr__(self, "prompt", prompt)
+        object.__setattr__(self, "chosen", chosen)
+        object.__setattr__(self, "rejected", rejected)
+
     def to_trl(self) -> dict[str, str]:
         return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
 
@@ -51,7 +57,17 @@ class SelectionReport:
     used: int = 0
     train: int = 0
     heldout: int = 0
-    too_long: int = 0  # filled in by the trainer once the tokenizer is loaded
+    # Filled in by ``trainers.run_plan`` with the tokenizer, before the run starts; ``train`` and ``heldout``
+    # are then the pairs the run really uses.
+    too_long: int = 0  # both splits
+    too_long_train: int = 0
+    too_long_heldout: int = 0
+    truncated: int = 0  # fit, but the longer reply is cut at max_length
+    max_length: int | None = None
+    max_length_auto: bool = False
+    longest_tokens: int | None = None
+    steps: int | None = None
+    steps_per_epoch: int | None = None
     # A named dataset from the store: name, id, kind; for a stance dataset also the exercise's settings and
     # counts (data_size, support_ratio, support_preferred, oppose_preferred, heldout_items, shuffle_seed).
     dataset: dict[str, Any] | None = None
@@ -73,12 +89,54 @@ class SelectionReport:
             ("with chosen = rejected dropped", self.chosen_equals_rejected),
             ("empty dropped", self.empty),
             ("left out by --data-size", self.sampled_out),
-            ("prompt(s) too long for --max-length dropped", self.too_long),
         ):
             if count:
                 parts.append(f"{count} {label}")
+        if self.max_length is not None:
+            how = ""
+            if self.max_length_auto:
+                capped = bool(self.longest_tokens and self.longest_tokens > self.max_length)
+                how = f" (auto: the longest pair is {self.longest_tokens} tokens{', over the cap' if capped else ''})"
+            parts.append(f"max length {self.max_length}{how}")
+            if self.too_long:
+                parts.append(f"prompt too long for it: {self.too_long_train} training and {self.too_long_heldout} "
+                             "held-out pair(s) dropped")
+            if self.truncated:
+                parts.append(f"{self.truncated} pair(s) with a reply cut at max length")
         parts.append(f"{self.train} for training, {self.heldout} held out")
+        if self.steps is not None:
+            parts.append(f"{self.steps} step(s)" + (f" ({self.steps_per_epoch} per epoch)" if self.steps_per_epoch
+                                                    else ""))
         return "; ".join(parts)
+
+    def counts(self) -> list[tuple[str, int | str]]:
+        """The numbers a report shows, labelled, in the order a reader follows them."""
+        rows: list[tuple[str, int | str]] = [("pairs read", self.total)]
+        for label, value in (
+            ("tie/both-bad judgements excluded", self.excluded_judgements),
+            ("duplicates dropped", self.duplicates),
+            ("chosen = rejected dropped", self.chosen_equals_rejected),
+            ("empty dropped", self.empty),
+            ("left out by --data-size", self.sampled_out),
+        ):
+            if value:
+                rows.append((label, value))
+        if self.max_length is not None:
+            rows.append(("max length", f"{self.max_length}" + (" (auto)" if self.max_length_auto else "")))
+            rows += [("too long: training pairs dropped", self.too_long_train),
+                     ("too long: held-out pairs dropped", self.too_long_heldout)]
+            if self.truncated:
+                rows.append(("replies cut at max length", self.truncated))
+        rows += [("training pairs", self.train), ("held-out pairs", self.heldout)]
+        if self.steps is not None:
+            rows.append(("steps", self.steps))
+        return rows
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SelectionReport:
+        """A report stored with a run (keys it does not know, from older or newer runs, are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -98,6 +156,25 @@ class PairSelection:
     @property
     def heldout_ids(self) -> list[str]:
         return [p.pair_id for p in self.heldout]
+
+
+def at_token_boundary(prompt: str, chosen: str, rejected: str) -> tuple[str, str, str]:
+    """Put the space between a prompt and its replies where the engine puts it: at the start of each reply.
+
+    The engine evaluates a prompt ending at its last visible character (``…Assistant:``) and the model's
+    first token carries the space (Gemma's ``▁Sure``, byte-level BPE's ``ĠSure``). A prompt that ends in
+    a space instead (``…Assistant: `` + ``Sure``, as some imported files split it) tokenises differently
+    alone than followed by its reply: the trailing ``▁`` merges into the reply's first token, so TRL warns
+    that the tokenized prompt is not a prefix of prompt+completion and trains on a context cut short. Moving
+    the trailing spaces into both replies keeps the text and makes the boundary a token boundary. Newlines
+    stay in the prompt: a chat template's turn header ends in one, and its tokens are the template's, not the
+    model's to generate.
+    """
+    kept = prompt.rstrip(" \t")
+    moved = prompt[len(kept):]
+    if not moved or not kept:
+        return prompt, chosen, rejected
+    return kept, moved + chosen, moved + rejected
 
 
 def _leading_ws(text: str) -> str:

@@ -80,10 +80,12 @@ class RunConfig:
                   "0 keeps all for training). A labelled-stance dataset holds out the items after --data-size "
                   "instead (at most 100); 0 holds none out there too."},
     )
-    max_length: int = field(
-        default=256,
-        metadata={"help": "Maximum tokens of prompt + reply; longer sequences are cut at the end. Pairs whose "
-                  "prompt alone reaches it are dropped."},
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Maximum tokens of prompt + reply; longer replies are cut at the end, and pairs whose "
+                  "prompt alone reaches it are dropped (counted per split before the run starts). Default: auto, "
+                  "the longest selected pair rounded up to 64, at most 1024 (a chat's prompt grows with every "
+                  "turn, so a fixed short length would drop most of a long session)."},
     )
     # DPO
     loss_type: str = field(
@@ -153,7 +155,7 @@ class RunConfig:
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be 1 or more"),
             (self.batch_size >= 1, "batch_size", "must be 1 or more"),
             (self.grad_accum >= 1, "grad_accum", "must be 1 or more"),
-            (self.max_length >= 16, "max_length", "must be at least 16 tokens"),
+            (self.max_length is None or self.max_length >= 16, "max_length", "must be at least 16 tokens"),
             (self.lora_r >= 1, "lora_r", "must be 1 or more"),
             (self.lora_alpha > 0, "lora_alpha", "must be greater than 0"),
             (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
