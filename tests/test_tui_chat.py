@@ -304,3 +304,27 @@ async def test_command_palette_offers_the_main_actions(make_app):
         await pilot.pause(0.3)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
+
+
+async def test_escape_from_compare_returns_to_the_chat(make_app, tmp_path):
+    from studio.compare_session import EVALUATION_KIND
+    from studio.tui.screens.compare import CompareScreen
+    from studio.tui.screens.train import TrainScreen
+
+    app = make_app()
+    store = app.store
+    run_id = store.create_run({}, "gemma", str(tmp_path / "run"), [], [])
+    store.set_run_status(run_id, "done")
+    store.save_evaluation(run_id, EVALUATION_KIND, {"run_id": run_id, "prompts_source": "held-out", "seed": 0,
+                                                    "rows": [{"prompt": "Hi?", "base_text": "a", "tuned_text": "b",
+                                                              "seed": 1}]})
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await pilot.press("f5")  # compare opened from the train screen, as after a run
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+        for _ in range(2):  # and F6 pressed again on the comparison
+            app.action_compare(run_id)
+            await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.result is not None)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        assert [type(s).__name__ for s in app.screen_stack[1:]] == ["ChatScreen"]

@@ -120,7 +120,14 @@ class PreferenceStudioApp(App[None]):
                 self.notify("No finished training run to compare yet: train one first (F5).", severity="warning")
                 return
             run_id = runs[0].id
+        if isinstance(self.screen, CompareScreen):
+            self.pop_screen()  # F6 on a comparison replaces it: escape must not lead into an older one
         self.push_screen(CompareScreen(run_id))
+
+    def return_to_chat(self) -> None:
+        """Close every screen above the chat (compare opened from the train or exercise screen included)."""
+        while not isinstance(self.screen, ChatScreen) and len(self.screen_stack) > 1:
+            self.pop_screen()
 
     def action_cycle_adapter(self) -> None:
         """One key walks base → newest run → older runs → base; judgements record the active one."""

@@ -213,4 +213,4 @@ class CompareScreen(Screen):
 
     def action_back(self) -> None:
         self.workers.cancel_group(self, "compare")
-        self.app.pop_screen()
+        self.app.return_to_chat()  # back to the chat, also when opened from the train or exercise screen
