@@ -44,7 +44,7 @@ from studio.tui.app import PreferenceStudioApp
 db, model, mode, delay_ms = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 store = Store.open(Path(db))
 settings = replace(StudioSettings(), model=Path(model), seed=11,
-                   sampling=SamplingSettings(max_tokens=6))
+                   sampling=SamplingSettings(max_tokens=4))
 app = PreferenceStudioApp(settings=settings, store=store)
 
 
@@ -104,7 +104,7 @@ async def main() -> None:
 asyncio.run(main())
 """
 
-KILLS = [("timer", 0), ("timer", 2), ("timer", 5), ("timer", 15), ("after-commit", 0)]
+KILLS = [("timer", 0), ("timer", 3), ("timer", 10), ("after-commit", 0)]
 
 
 def check_judgements_and_turns(db_path: Path, acknowledged: set[int]) -> None:
