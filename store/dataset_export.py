@@ -24,11 +24,13 @@ from typing import Any
 from store.atomic_files import write_lines
 from store.datasets import STANCE_PAIR_PREFIX, DatasetRecord, ExportPair, StanceItem, TestPrompt
 from store.errors import RecordNotFoundError
+from store.output_folders import check_output_file, earlier_export_files, publish_folder
 from store.pairs import PreferencePair
 from store.records import Verdict
 from store.studio_store import Store
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
+HF_EXPORT_KIND = "hf dataset"  # the marker kind of a save_to_disk folder this module wrote
 PAIR_VERDICTS = (Verdict.A.value, Verdict.B.value, Verdict.EDITED.value)
 PREFER = ("support", "oppose")
 _BATCH_ROWS = 5000
@@ -145,6 +147,41 @@ def write_dataset_pairs(store: Store, datasets: Iterable[DatasetRecord], out: Pa
                        out, fmt, conversational)
 
 
+# Where an export may go (store/output_folders.py holds the rule)
+
+_EXPORT_COLUMNS = ({"prompt", "chosen", "rejected"}, {"id", "prompt"})  # pairs, test prompts
+
+
+def _is_jsonl_export(path: Path) -> bool:
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 20)
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and set(row) in _EXPORT_COLUMNS
+
+
+def _is_parquet_export(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - anything pyarrow cannot read as parquet is not our export
+        return False
+    return names in _EXPORT_COLUMNS
+
+
+def check_export_target(out: Path, fmt: str) -> None:
+    """Refuse an ``--out`` this export would overwrite without having written it (OutputFolderError)."""
+    if fmt == "hf":
+        earlier_export_files(out, HF_EXPORT_KIND)
+    elif fmt == "parquet":
+        check_output_file(out, _is_parquet_export, "parquet export of pairs or test prompts")
+    else:
+        check_output_file(out, _is_jsonl_export, "jsonl export of pairs or test prompts")
+
+
 # Writers
 
 
@@ -200,6 +237,8 @@ def write_batches(batches: Iterable[Any], out: Path, fmt: str, schema: Any) -> i
     out = Path(out).expanduser()
     if fmt == "parquet" and out.is_dir():
         raise ValueError(f"{out} is a folder; --format parquet writes a file")
+    if fmt == "hf":
+        earlier_export_files(out, HF_EXPORT_KIND)  # refuse a folder we did not write, before any work
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "hf":
         return _write_hf(batches, out, schema)
@@ -284,25 +323,7 @@ def _write_hf(batches: Iterable[Any], out: Path, schema: Any) -> int:
             if bars:
                 datasets.enable_progress_bars()
         del table
-        _swap_into_place(saved, out)
+        publish_folder(saved, out, HF_EXPORT_KIND)  # replaces only the files an earlier export wrote
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return count
-
-
-def _swap_into_place(new: Path, out: Path) -> None:
-    """Rename `new` to `out`; an existing `out` is moved aside first and removed once `new` is in."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    aside = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, aside)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        os.replace(aside, out)
-        raise
-    if aside.is_dir():
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        aside.unlink(missing_ok=True)

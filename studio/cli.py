@@ -16,11 +16,13 @@ from typing import Annotated
 import typer
 
 from store.errors import StoreError
+from store.output_folders import describe_write_error
 from store.studio_store import Store
 from studio import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
 from studio.engine import ChatEngine, EngineConfig, EngineError, new_seed
 from studio.model_files import ModelFileError, default_model_path, ensure_default_model
 from studio.settings import SettingsError, StudioSettings, load_settings
+from studio.terminal_text import json_visible, one_line, visible
 
 app = typer.Typer(
     help="Preference Studio: chat with a local model, judge its replies, train DPO, compare.",
@@ -51,7 +53,8 @@ state = _State()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    # Messages quote file names, dataset names and file contents: never let them drive the terminal.
+    typer.echo(f"error: {visible(message, keep='')}", err=True)
     return typer.Exit(code)
 
 
@@ -62,6 +65,8 @@ def user_errors():
         yield
     except (StoreError, EngineError, ModelFileError, SettingsError, ValueError) as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # an unwritable, read-only or full --out
+        raise fail(describe_write_error(exc, Path(exc.filename or "the output"))) from None
 
 
 def settings() -> StudioSettings:
@@ -181,11 +186,11 @@ def generate(
                 for g in results
             ],
         }
-        typer.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+        typer.echo(json_visible(json.dumps(payload, ensure_ascii=False, indent=2)))
     else:
         for i, g in enumerate(results):
             typer.echo(f"--- candidate {chr(ord('A') + i)} (seed {g.seed}) ---")
-            typer.echo(g.text.strip())
+            typer.echo(visible(g.text.strip()))
 
 
 @pairs_app.command("list")
@@ -205,9 +210,7 @@ def pairs_list(
     typer.echo(f"{len(pairs)} pair(s)", err=True)
 
 
-def _one_line(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+_one_line = one_line  # one line, control characters escaped (studio/terminal_text.py)
 
 
 @pairs_app.command("export")
@@ -217,11 +220,13 @@ def pairs_export(
     session: Annotated[int | None, typer.Option(help="Only this session's pairs.")] = None,
 ) -> None:
     """Write pairs in TRL's standard preference format (prompt / chosen / rejected)."""
+    from store.dataset_export import check_export_target
     from store.pairs import write_pairs_jsonl
 
     if fmt != "jsonl":
         raise fail(f"unknown format {fmt!r}; supported: jsonl")
     with user_errors():
+        check_export_target(out, fmt)  # never over a file this export did not write
         with Store.open(settings().db) as store:
             pairs = store.pairs(session_id=session)
         if not pairs:
@@ -229,8 +234,8 @@ def pairs_export(
         try:
             count = write_pairs_jsonl(pairs, out)
         except OSError as exc:
-            raise fail(f"cannot write {out}: {exc.strerror or exc}") from None
-    typer.echo(f"wrote {count} pair(s) to {out}")
+            raise fail(describe_write_error(exc, out)) from None
+    typer.echo(f"wrote {count} pair(s) to {visible(out)}")
 
 
 def _train_command():  # noqa: ANN202
@@ -256,7 +261,7 @@ def adapters_export(
         with Store.open(settings().db) as store:
             record = store.get_run(run)
         written = export_run_adapter(record, inspect_gguf(resolve_model_path()), out)
-    typer.echo(f"wrote {written} ({written.stat().st_size:,} bytes)")
+    typer.echo(f"wrote {visible(written)} ({written.stat().st_size:,} bytes)")
 
 
 @adapters_app.command("list")
@@ -270,7 +275,7 @@ def adapters_list() -> None:
     if not runs:
         typer.echo("no finished runs yet: train one with `prefstudio train` or F5 in the studio", err=True)
     for r in runs:
-        typer.echo(f"run {r.id}\t{r.status}\t{r.created_at}\t{r.model_id}\t{r.output_dir}")
+        typer.echo(f"run {r.id}\t{r.status}\t{r.created_at}\t{one_line(r.model_id, 80)}\t{one_line(r.output_dir, 200)}")
 
 
 @app.command()
@@ -331,6 +336,7 @@ def report(
     from studio.compare_session import run_comparison, stored_comparison, write_run_report
 
     with user_errors():
+        check_report_folder(out)  # before any model is loaded: never into a folder it did not write
         with Store.open(settings().db) as store:
             store.get_run(run)  # a missing run is named before any model is loaded
             store.mark_stale_runs([run], when="when its report was asked for")  # not "still training"
@@ -339,7 +345,26 @@ def report(
                 result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
                                         sampling=settings().sampling, prompts_file=prompts, limit=8)
             path = write_run_report(store, run, result, out)
+        mark_report_folder(out)
     typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")
+
+
+REPORT_EXPORT_KIND = "report"
+
+
+def check_report_folder(out: Path) -> None:
+    """``report --out``: a new or empty folder, or an earlier report (store/output_folders.py's rule)."""
+    from store.output_folders import earlier_export_files
+
+    earlier_export_files(out, REPORT_EXPORT_KIND)
+
+
+def mark_report_folder(out: Path) -> None:
+    """Record the report's files in ``out``, so the next report may replace them (and only them)."""
+    from store.output_folders import write_marker
+    from studio.report import LOSS_PNG, MARGINS_PNG
+
+    write_marker(Path(out).expanduser(), REPORT_EXPORT_KIND, (LOSS_PNG, MARGINS_PNG, "report.html", "report.md"))
 
 
 @app.command()

@@ -7,6 +7,7 @@ Wired in ``studio.cli`` with ``app.add_typer(make_datasets_app(lambda: settings(
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import typer
 from store.dataset_export import (
     EXPORT_FORMATS,
     PREFER,
+    check_export_target,
     dataset_export_pairs,
     heldout_export_pairs,
     judged_export_pairs,
@@ -31,31 +33,43 @@ from store.dataset_files import CONTAINERS
 from store.dataset_formats import SCHEMAS
 from store.datasets import ExportPair
 from store.errors import StoreError
+from store.output_folders import DISK_FULL_ERRNOS, describe_write_error
 from store.studio_store import Store
+from studio.terminal_text import one_line, visible
 
 _FORMAT_HELP = (f"Force the schema ({', '.join(SCHEMAS)}), the file type ({', '.join(CONTAINERS)}), or both "
                 "joined by ',' (default: detected).")
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {visible(message, keep='')}", err=True)  # messages quote names and file contents
     return typer.Exit(1)
 
 
 @contextmanager
-def _user_errors() -> Iterator[None]:
+def _user_errors(source: Path | None = None, db: Path | None = None, writing: bool = False) -> Iterator[None]:
+    """One ``error:`` line for what a user can cause; ``source`` is the file being read or written (``writing``),
+    ``db`` the store."""
     try:
         yield
     except (StoreError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    except RecursionError:
+        raise _fail(f"{source or 'the input'}: JSON nested too deeply to read (a record nests hundreds of "
+                    "levels of lists or objects); nothing was imported") from None
+    except sqlite3.Error as exc:
+        where = db or "the studio database"
+        if "full" in str(exc):
+            raise _fail(f"the disk holding {where} is full ({exc}); nothing was changed: free some space "
+                        "and try again") from None
+        raise _fail(f"{where}: {exc}") from None
     except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise _fail(f"{where}{exc.strerror or exc}") from None
+        if writing or exc.errno in DISK_FULL_ERRNOS or not exc.filename:
+            raise _fail(describe_write_error(exc, source or Path("the output"))) from None
+        raise _fail(f"{exc.filename}: {exc.strerror or exc}") from None
 
 
-def _one_line(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+_one_line = one_line
 
 
 @contextmanager
@@ -112,10 +126,12 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         """Import a dataset (stance JSON, TRL standard or conversational, HH); importing again adds only new records."""
         from store.dataset_import import import_dataset
 
-        with _user_errors(), open_store() as store, _progress() as on_progress:
+        if name is not None and not name.strip():
+            raise _fail("--name is empty; give the dataset a name (or leave --name out to use the file's stem)")
+        with _user_errors(path, get_db()), open_store() as store, _progress() as on_progress:
             report = import_dataset(store, path, name=name, fmt=fmt, test_prompts_path=test_prompts,
                                     on_progress=on_progress)
-        typer.echo(report.describe())
+        typer.echo(visible(report.describe()))
 
     @app.command("list")
     def list_() -> None:
@@ -127,7 +143,7 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
             return
         for r in records:
             unit = "items" if r.kind == "stance" else "pairs"
-            typer.echo(f"{r.id}\t{r.name}\t{r.kind}\t{r.format}\t{r.n_items} {unit}\t"
+            typer.echo(f"{r.id}\t{visible(r.name, keep='')}\t{r.kind}\t{r.format}\t{r.n_items} {unit}\t"
                        f"{r.n_test_prompts} test prompts\t{r.created_at[:19]}")
 
     @app.command("show")
@@ -140,20 +156,20 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
             record = store.get_dataset(dataset)
             tests = store.test_prompts(record)
             if record.kind == "stance":
-                lines = [f"{i.item_key}\t{_one_line(i.prompt, 50)}\tsupport: {_one_line(i.support, 30)}\t"
+                lines = [f"{_one_line(i.item_key, 40)}\t{_one_line(i.prompt, 50)}\tsupport: {_one_line(i.support, 30)}\t"
                          f"oppose: {_one_line(i.oppose, 30)}" for i in store.stance_items(record)[:limit]]
             else:
                 lines = [f"{p.pair_id}\t{_one_line(p.prompt, 50)}\tchosen: {_one_line(p.chosen, 30)}\t"
                          f"rejected: {_one_line(p.rejected, 30)}"
                          for p in islice(store.iter_dataset_pairs(record.id), limit)]  # not all 100k
         unit = "items" if record.kind == "stance" else "pairs"
-        typer.echo(f"dataset '{record.name}' (id {record.id}): {record.kind}, {record.format}, "
+        typer.echo(f"dataset '{visible(record.name, keep='')}' (id {record.id}): {record.kind}, {record.format}, "
                    f"{record.n_items} {unit}, {record.n_test_prompts} test prompts")
-        typer.echo(f"imported from {record.source_path} at {record.created_at[:19]}")
+        typer.echo(f"imported from {visible(record.source_path, keep='')} at {record.created_at[:19]}")
         for line in lines:
             typer.echo(line)
         for prompt in tests[:limit]:
-            typer.echo(f"test {prompt.item_key}\t{_one_line(prompt.prompt, 80)}")
+            typer.echo(f"test {_one_line(prompt.item_key, 40)}\t{_one_line(prompt.prompt, 80)}")
 
     @app.command("export")
     def export(
@@ -183,12 +199,19 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         --session, --verdict, --since and --until select judged pairs (they imply --judged).
         """
         fmt = fmt or _default_export_format(out)
+        if fmt not in EXPORT_FORMATS:
+            raise _fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
         judged = judged or any(v is not None for v in (session, verdict, since, until))
         if not (datasets or all_ or judged or heldout is not None):
             raise _fail("nothing to export: name datasets, or pass --all, --judged or --heldout RUN")
         if prefer not in PREFER:
             raise _fail(f"--prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
-        with _user_errors(), open_store() as store:
+        with _user_errors(out, get_db(), writing=True):
+            # Before any work: never write over a file or into a folder this export did not write.
+            check_export_target(out, fmt)
+            if with_tests:
+                check_export_target(sibling_path(out, "test_prompts"), fmt)
+        with _user_errors(out, get_db(), writing=True), open_store() as store:
             chosen = store.list_datasets() if all_ else [store.get_dataset(name) for name in datasets or []]
             missing: list[str] = []
             if not judged and heldout is None:
@@ -216,7 +239,7 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
                     tests_out = sibling_path(out, "test_prompts")
                     tests_written = (write_test_prompts(prompts, tests_out, fmt), tests_out)
         style = "conversational" if conversational else "standard"
-        typer.echo(f"wrote {count} pair(s) to {out} ({fmt}, TRL {style})")
+        typer.echo(f"wrote {count} pair(s) to {visible(out)} ({fmt}, TRL {style})")
         if missing:
             typer.echo(f"warning: {len(missing)} held-out pair id(s) of run {heldout} no longer found: "
                        f"{', '.join(missing[:10])}", err=True)

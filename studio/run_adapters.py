@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+from store.output_folders import check_output_file
 from studio.adapter_files import AdapterFileError, validate_adapter
 from studio.model_files import GGUFInfo
 from trainers.gguf_adapter import AdapterExportError, export_gguf_adapter
@@ -52,13 +55,36 @@ def gguf_adapter_for_run(run: Any, base: GGUFInfo) -> Path:
     return target
 
 
+def is_gguf_adapter(path: Path) -> bool:
+    """Whether ``path`` is a GGUF LoRA adapter (``general.type = "adapter"``): what an adapter export may replace."""
+    from studio.gguf_header import GGUFFormatError, read_gguf_header
+
+    try:
+        return read_gguf_header(path).metadata.get("general.type") == "adapter"
+    except (GGUFFormatError, OSError, ValueError):
+        return False
+
+
 def export_run_adapter(run: Any, base: GGUFInfo, out: Path) -> Path:
-    """``prefstudio adapters export``: write the run's GGUF LoRA to ``out`` (validated, atomic)."""
-    exported = gguf_adapter_for_run(run, base)
+    """``prefstudio adapters export``: write the run's GGUF LoRA to ``out`` (validated, atomic).
+
+    ``out`` may be new, empty or an earlier adapter; anything else (a model, a database) is refused
+    (OutputFolderError). A failed write (read-only, full disk) leaves neither ``out`` changed nor a
+    ``.partial`` file, and raises OSError.
+    """
     out = Path(out).expanduser()
+    check_output_file(out, is_gguf_adapter, "GGUF adapter")
+    exported = gguf_adapter_for_run(run, base)
     if out.resolve() != exported.resolve():
-        tmp = out.with_name(out.name + ".partial")
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(exported.read_bytes())
-        tmp.replace(out)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
+        try:
+            with exported.open("rb") as source, tmp.open("wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+                target.flush()
+                os.fsync(target.fileno())
+            tmp.replace(out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return out

@@ -27,6 +27,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
+MIN_N_CTX = 64  # below this not even a short prompt and reply fit; 0 or less makes llama.cpp fail obscurely
+
+
 class SettingsError(Exception):
     """The config file is malformed; the message names the file and the field."""
 
@@ -48,6 +51,55 @@ def config_path() -> Path:
     return config_dir() / "config.toml"
 
 
+_PATH_KEYS = ("model", "db", "train_model")
+_COUNT_MINIMUMS = {"n_ctx": MIN_N_CTX, "threads": 1, "candidates": 1}
+_SAMPLING_FIELDS = {f.name: f.type for f in fields(SamplingSettings)}
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # TOML `true` is a bool, not 1
+
+
+def check_count(name: str, value: object, minimum: int, where: str) -> int:
+    """``value`` as a whole number of at least ``minimum``, else SettingsError naming ``where`` (a flag or key)."""
+    if not _is_int(value) or value < minimum:  # type: ignore[operator]
+        raise SettingsError(f"{where} must be a whole number of at least {minimum}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def _sampling(path: Path, value: object) -> SamplingSettings:
+    """The ``[sampling]`` table: every key known, every value a number, each problem naming its field."""
+    if not isinstance(value, dict):
+        raise SettingsError(f"{path}: [sampling] must be a table of settings, got {value!r}")
+    unknown = sorted(set(value) - set(_SAMPLING_FIELDS))
+    if unknown:
+        raise SettingsError(f"{path}: [sampling]: unknown setting(s) {', '.join(unknown)}; known: "
+                            f"{', '.join(sorted(_SAMPLING_FIELDS))}")
+    for key, item in value.items():
+        whole = _SAMPLING_FIELDS[key] in (int, "int")
+        ok = _is_int(item) if whole else (_is_int(item) or isinstance(item, float))
+        if not ok:
+            kind = "a whole number" if whole else "a number"
+            raise SettingsError(f"{path}: [sampling] {key} must be {kind}, got {item!r}")
+    try:
+        return check_sampling(SamplingSettings(**value))
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{path}: [sampling] {exc}") from exc
+
+
+def check_sampling(sampling: SamplingSettings) -> SamplingSettings:
+    """Ranges llama.cpp would otherwise take silently (a negative top_k, a min_p above 1)."""
+    problems = [
+        (sampling.top_k >= 0, "top_k", "must be 0 (no limit) or more"),
+        (0 <= sampling.min_p <= 1, "min_p", "must be between 0 and 1"),
+        (sampling.repeat_penalty > 0, "repeat_penalty", "must be greater than 0"),
+    ]
+    for ok, name, problem in problems:
+        if not ok:
+            raise ValueError(f"{name} {problem}, got {getattr(sampling, name)!r}")
+    return sampling
+
+
 def _from_toml(path: Path) -> dict:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -55,37 +107,58 @@ def _from_toml(path: Path) -> dict:
         raise SettingsError(f"{path}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise SettingsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise SettingsError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
     known = {f.name for f in fields(StudioSettings)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     out: dict = {}
     for key, value in data.items():
-        if key in ("model", "db", "train_model"):
-            out[key] = Path(str(value)).expanduser()
+        if key in _PATH_KEYS:
+            if not isinstance(value, str) or not value.strip():
+                raise SettingsError(f"{path}: {key} must be a file path in quotes, got {value!r}")
+            out[key] = Path(value).expanduser()
         elif key == "sampling":
-            try:
-                out[key] = SamplingSettings(**value)
-            except (TypeError, ValueError) as exc:
-                raise SettingsError(f"{path}: [sampling]: {exc}") from exc
+            out[key] = _sampling(path, value)
         elif key == "seed":
-            if not isinstance(value, int) or value < 0:
-                raise SettingsError(f"{path}: seed must be a non-negative integer, got {value!r}")
+            out[key] = check_count(key, value, 0, f"{path}: seed")
+        elif key in _COUNT_MINIMUMS:
+            out[key] = check_count(key, value, _COUNT_MINIMUMS[key], f"{path}: {key}")
+        elif key == "system_prompt":
+            if not isinstance(value, str):
+                raise SettingsError(f"{path}: system_prompt must be text in quotes, got {value!r}")
             out[key] = value
-        elif key in ("n_ctx", "threads", "candidates"):
-            if not isinstance(value, int) or value < 1:
-                raise SettingsError(f"{path}: {key} must be a positive integer, got {value!r}")
-            out[key] = value
-        else:
-            out[key] = str(value)
+        else:  # pragma: no cover - every known key is handled above
+            raise SettingsError(f"{path}: {key} cannot be set in the config file")
     return out
 
 
+# Flags checked like their config keys, so `--threads -3` is named instead of reaching llama.cpp.
+_FLAG_MINIMUMS = {"n_ctx": ("--n-ctx", MIN_N_CTX), "threads": ("--threads", 1), "seed": ("--seed", 0)}
+
+
 def load_settings(path: Path | None = None, **overrides) -> StudioSettings:
-    """Defaults < config file < the overrides given (``None`` values are ignored)."""
-    path = path or config_path()
+    """Defaults < config file < the overrides given (``None`` values are ignored).
+
+    A ``path`` given explicitly (``--config``) must be a readable file; without one, a missing default
+    config file means the defaults.
+    """
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise SettingsError(f"config file not found: {path} (given with --config)")
+        if not path.is_file():
+            raise SettingsError(f"{path} is not a file; --config takes a TOML file")
+    else:
+        path = config_path()
     settings = StudioSettings()
-    if path.exists():
+    if path.is_file():
         settings = replace(settings, **_from_toml(path))
+    elif path.exists():
+        raise SettingsError(f"{path} is not a file; the config must be a TOML file")
     chosen = {k: v for k, v in overrides.items() if v is not None}
+    for key, (flag_name, minimum) in _FLAG_MINIMUMS.items():
+        if key in chosen:
+            check_count(key, chosen[key], minimum, flag_name)
     return replace(settings, **chosen)

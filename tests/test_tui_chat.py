@@ -328,3 +328,48 @@ async def test_escape_from_compare_returns_to_the_chat(make_app, tmp_path):
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is app.chat)
         assert [type(s).__name__ for s in app.screen_stack[1:]] == ["ChatScreen"]
+
+
+async def test_a_model_whose_chat_template_fails_is_named_at_load_not_at_the_first_prompt(make_app, tmp_path):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = tmp_path / "broken-template.gguf"
+    writer = GGUFWriter(str(path), "gemma3")
+    writer.add_string("tokenizer.chat_template", "{{ raise_exception('Only tool calls are supported') }}")
+    writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    app = make_app(model=path)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        message = str(app.screen.query_one("#error-message").render())
+        assert str(path) in message and "tokenizer.chat_template" in message
+        assert "Only tool calls are supported" in message
+        await pilot.press("q")
+        await asyncio.sleep(0.1)
+    assert app.return_code == 1
+
+
+async def test_a_prompt_the_chat_template_refuses_shows_an_error_and_keeps_the_prompt(make_app):
+    from trainers.prompt_format import ChatTemplateFormat
+
+    template = ("{% for m in messages %}{% if 'forbidden' in m['content'] %}{{ raise_exception('no forbidden "
+                "words') }}{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        app.engine.prompt_format = ChatTemplateFormat(template=template)  # this app's own engine
+        app.chat.query_one("#prompt-input").value = "Say a forbidden word."
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        message = str(app.screen.query_one("#error-message").render())
+        assert app.engine.identity.model_id in message and "the template refused: no forbidden words" in message
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is app.chat)
+        assert app.chat.state == "input" and app.chat.query_one("#prompt-input").value == "Say a forbidden word."
+        assert app.store.db["prompts"].count == 0
+        await ask(pilot, app, "Say a kind word.")  # the chat goes on
+        assert app.chat.job.fitted.text.endswith("user: Say a kind word.\nassistant:")

@@ -28,7 +28,7 @@ from trainers.pair_selection import (
     pairs_by_ids,
 )
 from trainers.run_config import RunConfig
-from trainers.run_outputs import RunPaths, publish_output
+from trainers.run_outputs import RunPaths, checked_run_paths, publish_output, runs_roots
 from trainers.run_plan import plan_selection
 
 
@@ -156,6 +156,8 @@ def train_and_publish(
     log: Callable[[str], None],
     facts: dict[str, Any],
 ) -> Any:
+    # The folder is renamed and deleted under at the end: refuse one the row names outside the runs folder.
+    paths = checked_run_paths(paths.output_dir, runs_roots(getattr(store, "path", None)))
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

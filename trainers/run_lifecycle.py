@@ -25,6 +25,7 @@ from trainers.pair_selection import PairSelection, dataset_file, select_dataset,
 from trainers.run_config import RunConfig, RunConfigError
 from trainers.run_outputs import RunPaths, unique_output_dir
 from trainers.run_plan import plan_selection
+from trainers.target_modules import check_target_modules
 
 ACTIVE = ACTIVE_RUN_STATUSES  # statuses of a run whose process should be alive
 
@@ -84,6 +85,7 @@ def prepare_run(
     model = Path(model).expanduser().resolve()
     if not model.exists():
         raise RunConfigError(f"model to train not found: {model}")
+    check_target_modules(model, config.target_modules)  # now, not once the model is loaded in the trainer
     dataset = config.dataset
     if dataset and dataset_file(dataset) is not None:  # a file is recorded by its absolute path; a name as given
         dataset = str(dataset_file(dataset).resolve())

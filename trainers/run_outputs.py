@@ -27,10 +27,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from trainers.run_config import RunConfigError
+
+# What unique_output_dir names a run folder: run-<UTC time>-<dataset hash>[-n]. Nothing hidden, no "..".
+_RUN_FOLDER_NAME = re.compile(r"run-[0-9A-Za-z][0-9A-Za-z_-]*")
 
 
 class DiskFullError(OSError):
@@ -61,6 +68,37 @@ class RunPaths:
 
     def staging_dir(self) -> Path:
         return self.output_dir.with_name(f".{self.name}.staging-{os.getpid()}")
+
+
+class RunFolderError(RunConfigError):
+    """A run row names a folder outside the runs folder (a crafted or foreign database): refused."""
+
+
+def runs_roots(db_path: Path | str | None) -> list[Path]:
+    """The folders a run's output may live in: the data dir's ``runs`` and the ``runs`` folder beside the
+    database (where ``--db`` elsewhere, and the tests, put them). Never anything a database row says."""
+    from store.locations import runs_dir
+
+    roots = [runs_dir()]
+    if db_path is not None:
+        roots.append(Path(db_path).expanduser().absolute().parent / "runs")
+    return roots
+
+
+def checked_run_paths(output_dir: Path | str, roots: Iterable[Path]) -> RunPaths:
+    """``RunPaths`` for a run folder read from the store, refused unless it is a run-named folder directly
+    inside one of ``roots``: publishing renames and deletes under that name, so a row naming any other
+    folder (``/home/me``, ``../..``) must never reach it."""
+    folder = Path(output_dir)
+    allowed = {Path(root).expanduser().resolve() for root in roots}
+    inside = folder.is_absolute() and folder.parent.resolve() in allowed
+    if not inside or not _RUN_FOLDER_NAME.fullmatch(folder.name) or folder.is_symlink():
+        raise RunFolderError(
+            f"the run's output folder {folder} is not a run folder inside the runs folder "
+            f"({', '.join(str(r) for r in sorted(allowed))}); refusing to write, move or delete it "
+            "(was the database edited by hand?)"
+        )
+    return RunPaths(folder)
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -93,6 +93,7 @@ def run_train(
     from store.studio_store import Store
     from trainers.dpo_run import CancelController, RunCancelled, execute_run
     from trainers.run_lifecycle import prepare_run
+    from trainers.run_outputs import checked_run_paths, runs_roots
 
     cancel = CancelController()
     cancel.install()
@@ -106,6 +107,9 @@ def run_train(
                 model = config.train_model or _default_model_path(default_model)
                 prepared = prepare_run(store, config, model_path=model)
                 echo(f"run {prepared.run_id}: {prepared.selection.report.describe()}")
+                note = data_size_note(prepared.config, prepared.selection.report)
+                if note:
+                    typer.echo(f"note: {note}", err=True)
                 echo(f"output: {prepared.output_dir}")
                 run_id = prepared.run_id
                 if prepare_only:
@@ -117,6 +121,8 @@ def run_train(
                     f"{', '.join(flag(k) for k in sorted(given))} cannot change prepared run {run_id}; its settings "
                     "are fixed when it is prepared (start a new run without --run-id)"
                 )
+            # Refused before the run is touched: its folder comes from the runs folder, not from the row.
+            checked_run_paths(store.get_run(run_id).output_dir, runs_roots(store.path))
             outcome = execute_run(store, run_id, resume=resume, cancel=cancel, log=echo)
     except RunCancelled:
         echo("cancelled before the run was prepared")
@@ -137,6 +143,15 @@ def run_train(
     elif outcome.output_dir:
         echo(f"adapter: {outcome.output_dir}")
     return EXIT_CODES.get(outcome.status, 1)
+
+
+def data_size_note(config: RunConfig, report: Any) -> str | None:
+    """A note when ``--data-size`` asks for more preference pairs than there are (all are used, not silently)."""
+    stance = bool(report.dataset) and report.dataset.get("kind") == "stance"
+    if config.data_size is None or stance or config.data_size <= report.used:
+        return None
+    return (f"--data-size {config.data_size} is more than the {report.used} usable pair(s) in {report.source}; "
+            f"training uses all {report.used}")
 
 
 def _default_model_path(default_model: Callable[[], Path] | None) -> str | None:

@@ -1,0 +1,176 @@
+"""Exports never delete what they did not write (issue 10 item 1); run folders never come from a row
+(item 2); control characters in stored text never reach the terminal raw (item 8)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from typer.testing import CliRunner
+
+from store.dataset_export import dataset_export_pairs, write_pairs
+from store.dataset_import import import_dataset
+from store.output_folders import MARKER, OutputFolderError, earlier_export_files
+from store.studio_store import Store
+from studio.terminal_text import json_visible, one_line, visible
+from trainers.run_outputs import RunFolderError, checked_run_paths, runs_roots
+
+FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
+
+
+def _invoke(home: Path, *args: str):  # noqa: ANN202
+    from studio import cli
+
+    return CliRunner().invoke(cli.app, list(args), env={"PREFSTUDIO_HOME": str(home)})
+
+
+@pytest.fixture
+def studio(studio_home: Path) -> Path:
+    """The user's studio: the default database in the data folder, one dataset imported, a run's files."""
+    data = studio_home / "data"
+    data.mkdir(parents=True)
+    with Store.open(data / "studio.db") as store:
+        import_dataset(store, FIXTURES / "trl_standard.jsonl", name="d")
+    (data / "runs" / "run-1").mkdir(parents=True)
+    (data / "runs" / "run-1" / "adapter_model.safetensors").write_bytes(b"weights")
+    return data
+
+
+def test_hf_export_into_the_data_folder_is_refused_and_deletes_nothing(studio: Path, studio_home: Path) -> None:
+    before = sorted(p.relative_to(studio) for p in studio.rglob("*"))
+    result = _invoke(studio_home, "datasets", "export", "d", "--format", "hf", "--out", str(studio))
+    assert result.exit_code == 1
+    assert f"error: {studio} is not empty" in result.output and "studio.db" in result.output
+    assert sorted(p.relative_to(studio) for p in studio.rglob("*")) == before
+    with Store.open(studio / "studio.db") as store:
+        assert store.get_dataset("d").n_items == 5  # the database still opens and holds its data
+
+
+def test_every_out_refuses_a_folder_or_file_it_did_not_write(studio: Path, studio_home: Path, tmp_path: Path):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("my own notes\n")
+    cases = [
+        ("datasets", "export", "d", "--format", "jsonl", "--out", str(studio / "studio.db")),
+        ("datasets", "export", "d", "--format", "parquet", "--out", str(notes)),
+        ("datasets", "export", "d", "--format", "jsonl", "--out", str(notes)),
+        ("pairs", "export", "--out", str(notes)),
+        ("report", "--run", "1", "--out", str(studio)),
+    ]
+    for args in cases:
+        result = _invoke(studio_home, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "error:" in result.output and "nothing was written" in result.output, (args, result.output)
+    assert notes.read_text() == "my own notes\n"
+    assert (studio / "studio.db").stat().st_size > 0
+
+
+def test_a_second_hf_export_replaces_only_the_files_the_first_wrote(studio: Path, studio_home: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "hf"
+    assert _invoke(studio_home, "datasets", "export", "d", "--format", "hf", "--out", str(out)).exit_code == 0
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["kind"] == "hf dataset" and "state.json" in marker["files"]
+    (out / "README.md").write_text("my notes about this export")
+    (out / "stale.arrow").write_text("x")
+    marker["files"].append("stale.arrow")  # as if the earlier export had written it
+    (out / MARKER).write_text(json.dumps(marker))
+    result = _invoke(studio_home, "datasets", "export", "d", "--format", "hf", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "README.md").read_text() == "my notes about this export"  # not ours: kept
+    assert not (out / "stale.arrow").exists()  # ours, no longer written: removed
+    with Store.open(tmp_path / "back.db") as store:
+        assert import_dataset(store, out, name="back").n_added == 5
+
+
+def test_a_marker_cannot_name_files_outside_its_folder(tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    (tmp_path / "studio.db").write_text("precious")
+    (out / MARKER).write_text(json.dumps({"kind": "hf dataset", "files": ["../studio.db", "data.arrow"]}))
+    assert earlier_export_files(out, "hf dataset") == ["data.arrow"]
+    with pytest.raises(OutputFolderError, match="an earlier hf dataset export"):
+        earlier_export_files(out, "report")
+
+
+def test_report_writes_a_marker_and_may_replace_its_own_report(tmp_path: Path, studio_home: Path) -> None:
+    from studio.cli import check_report_folder, mark_report_folder
+
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "report.md").write_text("old report")
+    with pytest.raises(OutputFolderError, match="report.md"):
+        check_report_folder(out)
+    mark_report_folder(out)
+    check_report_folder(out)  # now an earlier report: allowed
+    assert "report.md" in json.loads((out / MARKER).read_text())["files"]
+
+
+def test_library_hf_writer_refuses_a_foreign_folder(tmp_path: Path) -> None:
+    with Store.open(tmp_path / "s.db") as store:
+        import_dataset(store, FIXTURES / "trl_standard.jsonl", name="d")
+        out = tmp_path / "mine"
+        out.mkdir()
+        (out / "thesis.tex").write_text("years of work")
+        with pytest.raises(OutputFolderError, match="thesis.tex"):
+            write_pairs(dataset_export_pairs(store, "d"), out, "hf")
+    assert (out / "thesis.tex").read_text() == "years of work"
+
+
+# --- item 2: run folders ---------------------------------------------------------------------------
+
+
+def test_a_crafted_run_row_cannot_name_a_folder_outside_the_runs_folder(tmp_path: Path, studio_home: Path,
+                                                                        tiny_model_dir: Path) -> None:
+    from tiny_model import fill_separable
+
+    from trainers.dpo_run import execute_run
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("mine")
+    db = tmp_path / "studio.db"
+    with Store.open(db) as store:
+        fill_separable(store)
+        run_id = store.create_run({"train_model": str(tiny_model_dir), "max_steps": 1}, "tiny", str(victim),
+                                  pair_ids=["j1"], heldout_ids=[], dataset_hash="x")
+        store.set_run_status(run_id, "queued", "crafted")
+        # The trainer itself refuses it (the TUI and accelerate paths reach here too) ...
+        outcome = execute_run(store, run_id, log=lambda _line: None)
+        assert outcome.status == "failed" and "not a run folder inside the runs folder" in outcome.message
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
+    assert not list(tmp_path.glob(".victim*"))  # nothing staged or moved aside beside it
+    # ... and `prefstudio train --run-id` refuses before touching the run.
+    proc = run_cli("--db", str(db), "train", "--run-id", str(run_id), home=studio_home)
+    assert proc.returncode == 1 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert (victim / "precious.txt").read_text() == "mine"
+
+
+def test_run_folders_must_be_run_named_children_of_a_runs_folder(tmp_path: Path, studio_home: Path) -> None:
+    roots = runs_roots(tmp_path / "studio.db")
+    assert roots == [studio_home / "data" / "runs", tmp_path / "runs"]
+    good = tmp_path / "runs" / "run-20260101-000000-abcdef01"
+    assert checked_run_paths(good, roots).output_dir == good
+    assert checked_run_paths(studio_home / "data" / "runs" / "run-1", roots)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "run-link").symlink_to(tmp_path)
+    for bad in (tmp_path / "runs", tmp_path / "runs" / ".run-x.work", tmp_path / "runs" / "run-x" / "sub",
+                tmp_path / "runs" / ".." / "run-x", Path("runs/run-x"), tmp_path / "elsewhere" / "run-1",
+                tmp_path / "runs" / "run-link", Path("/")):
+        with pytest.raises(RunFolderError, match="not a run folder"):
+            checked_run_paths(bad, roots)
+
+
+# --- item 8: terminal text -------------------------------------------------------------------------
+
+
+def test_control_characters_are_shown_not_acted_on() -> None:
+    text = "a\x1b]0;title\x07b\x1b[2Jc\x9b31md\re\x7ff\u202eg\nh\ti"
+    assert visible(text) == "a\\x1b]0;title\\x07b\\x1b[2Jc\\x9b31md\\x0de\\x7ff\\u202eg\nh\ti"
+    assert visible("x\ny", keep="") == "x\\x0ay"
+    assert one_line("a\n b\x1b[1m " + "z" * 50, 12) == "a b\\x1b[1m …"
+    assert visible("ünïcödé 日本 🙂") == "ünïcödé 日本 🙂"  # printable text untouched
+    dumped = json.dumps({"t": "x\x9by\x1bz"}, ensure_ascii=False)
+    assert "\x9b" in dumped and "\x9b" not in json_visible(dumped)
+    assert json.loads(json_visible(dumped)) == {"t": "x\x9by\x1bz"}
