@@ -16,6 +16,7 @@ from typing import Any
 
 from store.pairs import PreferencePair
 from trainers.prompt_format import ChatTurn
+from trainers.prompt_stops import stops_for_prompt
 
 # The 97.5th percentile of the standard normal: two-sided 95 %.
 Z_95 = 1.959963984540054
@@ -76,11 +77,13 @@ def side_by_side(
     once each: all base answers come first so the adapter switches only twice; the tuned adapter is left
     active. ``on_answer(i, "base" | "tuned", generation)`` reports progress; when ``should_stop()`` turns
     true the rows finished so far (both answers) are returned, and the tuned adapter may never have been
-    activated.
+    activated. Each answer stops where its prompt's own format ends a reply (``stops_for_prompt``): a stored
+    HH prompt at the next ``Human:`` turn, not only at the engine's ``User:``.
     """
     if not prompts:
         raise ComparisonError("no prompts to compare")
     rendered = [_render(engine, p, system, sampling.max_tokens) for p in prompts]
+    stops = [stops_for_prompt(engine.prompt_format, text) for _, text in rendered]
     seeds = [(seed + i) % 2**31 for i in range(len(rendered))]
     answers: dict[str, list[str]] = {"base": [], "tuned": []}
     todo = len(rendered)
@@ -91,7 +94,8 @@ def side_by_side(
         for i in range(todo):
             if should_stop and should_stop():
                 break
-            generation = engine.generate(rendered[i][1], sampling, seeds[i], should_stop=should_stop)
+            generation = engine.generate(rendered[i][1], sampling, seeds[i], should_stop=should_stop,
+                                         stop=stops[i])
             if generation.cancelled:
                 break
             answers[side].append(generation.text)

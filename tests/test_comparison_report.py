@@ -312,3 +312,38 @@ def test_a_failure_while_writing_leaves_nothing_behind(store: Store, tmp_path: P
     with pytest.raises(RuntimeError, match="disk full"):
         write_report(tmp_path / "r", run, store.run_metrics(run.id), {}, None, [])
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
+
+
+# --- stop strings that follow a stored prompt's own format (issue 9 item 9) ---
+
+HH_PROMPT = ("\n\nHuman: What is the capital of France?\n\nAssistant: Paris.\n\n"
+             "Human: And the capital of Germany?\n\nAssistant:")
+
+
+def test_stops_follow_the_prompts_own_format():
+    from trainers.prompt_format import ChatTemplateFormat, TranscriptFormat
+    from trainers.prompt_stops import stops_for_prompt, transcript_speakers
+
+    transcript = TranscriptFormat()
+    assert transcript_speakers(HH_PROMPT) == ("Assistant", "Human")
+    assert "\nHuman:" in stops_for_prompt(transcript, HH_PROMPT)  # also ends HH's "\n\nHuman:"
+    studio_prompt = "Note: be brief.\n\nUser: hi\nAssistant: hello\nUser: and?\nAssistant:"
+    assert stops_for_prompt(transcript, studio_prompt) == ("\nUser:", "\nAssistant:")  # "Note:" is no speaker
+    chat = ChatTemplateFormat(template="", eos_token="<eos>", stop=("<eos>",))
+    gemma = "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+    assert stops_for_prompt(chat, gemma) == ("<eos>", "<end_of_turn>")
+    assert stops_for_prompt(chat, HH_PROMPT) == ("<eos>", "\nAssistant:", "\nHuman:")
+    assert transcript_speakers("Human: no label at the end") == ()
+
+
+@pytest.mark.slow
+def test_hh_prompt_answers_stop_before_an_invented_human_turn(engine):
+    # Measured: the base model answers this HH prompt and then writes "\n\nHuman: What is the capital of …".
+    sampling = SamplingSettings(max_tokens=40, temperature=0.0)
+    rows = side_by_side(engine, [ComparisonPrompt("And the capital of Germany?", HH_PROMPT)], "", sampling,
+                        seed=3, activate=lambda _name: None, adapter="run-1")
+    (row,) = rows
+    assert row.base_text.strip() and row.rendered_prompt == HH_PROMPT
+    assert "Human:" not in row.base_text and "Human:" not in row.tuned_text
+    assert "Assistant:" not in row.base_text
+
