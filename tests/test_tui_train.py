@@ -24,7 +24,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def train_app(tmp_path, default_model, tiny_model_dir, studio_home):
     store = Store.open(tmp_path / "studio.db")
     fill_separable(store, repeat=2)
-    settings = replace(load_settings(tmp_path / "none.toml"), model=default_model, train_model=tiny_model_dir)
+    settings = replace(load_settings(), model=default_model, train_model=tiny_model_dir)
     app = PreferenceStudioApp(settings=settings, store=store)
     yield app
     store.close()
@@ -78,16 +78,19 @@ async def test_train_screen_cancel_stops_the_process_and_keeps_the_adapter(train
 
 async def test_train_screen_reports_no_pairs_clearly(tmp_path, default_model, tiny_model_dir, studio_home):
     store = Store.open(tmp_path / "empty.db")
-    settings = replace(load_settings(tmp_path / "none.toml"), model=default_model, train_model=tiny_model_dir)
+    settings = replace(load_settings(), model=default_model, train_model=tiny_model_dir)
     app = PreferenceStudioApp(settings=settings, store=store)
     try:
         async with app.run_test(size=(140, 44)) as pilot:
             await pilot.press("f5")
             await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.plan_text.startswith("Cannot start:"))  # said before ctrl+s
+            assert "no preference pairs" in screen.plan_text
             await pilot.press("ctrl+s")
-            await pilot.pause(0.3)
-            status = str(app.screen.query_one("#train-status").render())
-            assert status.startswith("Cannot start:") and "pair" in status
+            status = screen.query_one("#train-status")
+            await wait_for(pilot, lambda: str(status.render()).startswith("Cannot start:"))
+            assert "pair" in str(status.render())
             assert app.store.list_runs() == []
     finally:
         store.close()
@@ -111,3 +114,52 @@ async def test_a_second_run_on_the_same_screen_is_shown_from_its_first_step(trai
             loss_steps = [step for step, _ in screen.query_one("#plot-loss", MetricPlot).points["loss"]]
             assert len(metrics) == 3 * epochs
             assert loss_steps == [m["step"] for m in metrics if "loss" in m] and loss_steps[0] == 1
+
+
+@pytest.mark.parametrize("max_length", ["auto", "256"])
+async def test_a_growing_chat_trains_from_the_form_and_every_count_agrees(max_length, tmp_path, default_model,
+                                                                         tiny_model_dir, studio_home):
+    """The journey: one session whose prompt grows with the chat, F5, the defaults (or the old fixed 256, which
+    drops pairs from both splits): the form says what will train before the start, the header says the same,
+    the trainer's log too, and the progress ends complete at the trainer's own step count with no ETA running."""
+    from test_train_counts import judged_session
+
+    from trainers.pair_selection import SelectionReport
+    from trainers.run_outputs import RunPaths
+
+    store = Store.open(tmp_path / "studio.db")
+    judged_session(store, repeat_first=True)
+    settings = replace(load_settings(), model=default_model, train_model=tiny_model_dir)
+    app = PreferenceStudioApp(settings=settings, store=store)
+    try:
+        async with app.run_test(size=(140, 44)) as pilot:
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+            screen = app.screen
+            assert screen.query_one("#cfg-max_length").value == "auto"  # the default is chosen from the data
+            set_form(screen, max_length=max_length, learning_rate=0.005)
+            await wait_for(pilot, lambda: screen.plan_text.startswith("Will train:") and
+                           f"max length {'256' if max_length == '256' else ''}" in screen.plan_text)
+            preview = screen.plan_text.removeprefix("Will train: ")
+            await pilot.press("ctrl+s")
+            await wait_for(pilot, lambda: screen.run_id is not None)
+            status = screen.query_one("#train-status")
+            assert str(status.render()) == f"Run {screen.run_id}: {preview}"
+            await wait_for(pilot, lambda: "finished" in str(status.render()) or "failed" in str(status.render()))
+            run = app.store.get_run(screen.run_id)
+            assert run.status == "done", run.message
+            report = SelectionReport.from_dict(run.summary["selection"])
+            assert report.describe() == preview
+            if max_length == "256":
+                assert report.too_long_train and report.too_long_heldout and "held-out pair(s) dropped" in preview
+            else:
+                assert report.too_long == 0 and report.train + report.heldout == 15
+            assert run.summary["steps"] == run.summary["max_steps"] == report.steps
+            bar = screen.query_one("#train-progress")
+            assert bar.total == bar.progress == report.steps and bar.percentage == 1
+            assert not bar.query_one("#eta").display  # no countdown after the end
+            assert str(screen.query_one("#train-rate").render()) == f"step {report.steps}/{report.steps} · done"
+            log = RunPaths(Path(run.output_dir)).log_path.read_text()
+            assert f"pairs: {preview}" in log and f"step {report.steps}/{report.steps} " in log
+    finally:
+        store.close()

@@ -3,6 +3,11 @@
 Training runs in its own process (``trainers.run_lifecycle.start_run_process``), so an OOM or crash there
 never takes the UI down. This screen only polls: new metric rows and the run status from the store, new
 lines from the run's log file, and whether the process is still alive.
+
+Before a run starts, the form shows what it would train on (pairs used, dropped and why, max length, steps),
+counted in a worker with the model's tokenizer alone (``trainers.run_lifecycle.plan_for_config``); the
+first count reads the tokenizer from the GGUF (15-20 s), later ones reuse it. Preparing a run counts the same
+way, also in a worker, so the numbers shown before and after the start are the same numbers.
 """
 
 from __future__ import annotations
@@ -14,18 +19,22 @@ from dataclasses import fields
 from pathlib import Path
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
+from trainers.model_source import ModelSourceError
 from trainers.run_config import LOSS_TYPES, RunConfig
 from trainers.run_lifecycle import (
     ACTIVE,
     finalize_dead_run,
+    plan_for_config,
     prepare_run,
     request_cancel,
     start_run_process,
@@ -36,12 +45,14 @@ from trainers.run_outputs import RunPaths
 FORM_FIELDS = ("epochs", "beta", "learning_rate", "batch_size", "max_length", "lora_r", "data_size",
                "heldout_fraction")
 POLL_SECONDS = 0.5
+PLAN_DELAY = 0.4  # seconds of no typing before the form's numbers are counted again
+AUTO = "auto"  # what the form shows for a setting chosen from the data (max length)
 
 
 def _parse(config_field, text: str):  # noqa: ANN001, ANN202
     text = text.strip()
     kind = str(config_field.type)
-    if text == "" and "None" in kind:
+    if text.lower() in ("", AUTO) and "None" in kind:
         return None
     if "int" in kind:
         return int(text)
@@ -101,6 +112,9 @@ class TrainScreen(Screen):
         self.log_path: Path | None = None
         self.started_at: float | None = None
         self.first_step_at: tuple[float, int] | None = None
+        self.plan_text = ""  # what the form's settings would train on (or why they cannot)
+        self._plan_timer: Timer | None = None
+        self._preparing = False
 
     # --- layout ---
 
@@ -114,8 +128,9 @@ class TrainScreen(Screen):
                     for f in fields(RunConfig):
                         if f.name in FORM_FIELDS:
                             value = getattr(base, f.name)
+                            empty = AUTO if f.name == "max_length" else ""
                             yield Label(f.name.replace("_", " "), classes="form-label")
-                            yield Input("" if value is None else str(value), id=f"cfg-{f.name}",
+                            yield Input(empty if value is None else str(value), id=f"cfg-{f.name}",
                                         tooltip=f.metadata.get("help"))
                     yield Label("loss type", classes="form-label")
                     yield Select([(name, name) for name in LOSS_TYPES], value=base.loss_type, allow_blank=False,
@@ -127,6 +142,7 @@ class TrainScreen(Screen):
                                     for d in datasets],
                                  value="all", allow_blank=False, id="cfg-scope")
                 yield Button("Start training (ctrl+s)", id="start", variant="success")
+                yield Static("", id="train-plan", markup=False)
                 yield Static("", id="train-status", markup=False)
             with Vertical(id="train-live"):
                 with Horizontal(id="plots"):
@@ -147,6 +163,7 @@ class TrainScreen(Screen):
         runs = self.app.store.list_runs()
         if runs and runs[0].status in ACTIVE:
             self._follow(runs[0].id, None)
+        self._schedule_plan()
 
     def _base_config(self) -> RunConfig:
         """Prefilled from the last run, so a second run is one key away."""
@@ -175,29 +192,92 @@ class TrainScreen(Screen):
         return base.replace(**values, train_model=None, dataset=dataset, max_steps=None, support_ratio=None,
                             shuffle_seed=None, system_prompt=None)  # the exercise's settings stay with it
 
+    def _model_path(self):  # noqa: ANN202
+        settings = self.app.settings
+        return settings.train_model or settings.model
+
+    # --- what the form would train on ---
+
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def _form_changed(self, event) -> None:  # noqa: ANN001
+        if (event.control.id or "").startswith("cfg-"):
+            self._schedule_plan()
+
+    def _schedule_plan(self) -> None:
+        if self._prepared is not None:
+            return
+        if self._plan_timer is not None:
+            self._plan_timer.stop()
+        self._plan_timer = self.set_timer(PLAN_DELAY, self._start_plan)
+
+    def _start_plan(self) -> None:
+        try:
+            config = self._config_from_form()
+        except ValueError as exc:
+            self._show_plan(f"Cannot count the pairs: {exc}", error=True)
+            return
+        self._show_plan("Counting the pairs with the model's tokenizer… (the first time reads it from the model, "
+                        "15-20 s)")
+        self._count_pairs(config, self._model_path())
+
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
+    def _count_pairs(self, config: RunConfig, model) -> None:  # noqa: ANN001
+        worker = get_current_worker()
+        try:
+            selection = plan_for_config(self.app.store, config, model)
+        except (ValueError, ModelSourceError) as exc:  # RunConfigError / PairSelectionError: user-facing
+            text, error = f"Cannot start: {exc}", True
+        else:
+            text, error = f"Will train: {selection.report.describe()}", False
+        if not worker.is_cancelled:
+            self.app.call_from_thread(self._show_plan, text, error)
+
+    def _show_plan(self, text: str, error: bool = False) -> None:
+        self.plan_text = text
+        plan = self.query_one("#train-plan", Static)
+        plan.update(text)
+        plan.set_class(error, "error-text")
+
     # --- actions ---
 
     @on(Button.Pressed, "#start")
     def action_start(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.notify("A run is already training; cancel it first (ctrl+x).", severity="warning")
+        if self._preparing or (self.process is not None and self.process.poll() is None):
+            self.notify("A run is already starting or training; cancel it first (ctrl+x).", severity="warning")
             return
         try:
             config = self._config_from_form()
-            settings = self.app.settings
-            prepared = prepare_run(self.app.store, config, model_path=settings.train_model or settings.model)
-        except ValueError as exc:  # RunConfigError / PairSelectionError: user-facing messages
+        except ValueError as exc:
             self._status(f"Cannot start: {exc}", error=True)
             return
-        self._launch(prepared, config)
+        self._preparing = True
+        self._status("Preparing the run: counting its pairs…")
+        self._prepare(config, self._model_path())
+
+    @work(thread=True, exclusive=True, group="prepare", exit_on_error=False)
+    def _prepare(self, config: RunConfig, model) -> None:  # noqa: ANN001
+        """Prepare in a worker: the first count of tokens reads the tokenizer from the GGUF (15-20 s)."""
+        try:
+            prepared = prepare_run(self.app.store, config, model_path=model)
+        except (ValueError, ModelSourceError) as exc:  # RunConfigError / PairSelectionError: user-facing
+            self.app.call_from_thread(self._prepare_failed, f"Cannot start: {exc}")
+            return
+        self.app.call_from_thread(self._launch, prepared, prepared.config)
+
+    def _prepare_failed(self, message: str) -> None:
+        self._preparing = False
+        self._status(message, error=True)
 
     def _launch(self, prepared, config: RunConfig) -> None:  # noqa: ANN001
+        self._preparing = False
+        report = prepared.selection.report
         n_train = len(prepared.selection.train_ids)
         per_epoch = math.ceil(n_train / (config.batch_size * config.grad_accum))
-        self.total_steps = config.max_steps or per_epoch * config.epochs
+        self.total_steps = report.steps or config.max_steps or per_epoch * config.epochs
         self._start_process(prepared.run_id, resume=False)
-        self._status(f"Run {prepared.run_id}: {n_train} training pairs, {len(prepared.selection.heldout_ids)} held "
-                     f"out, {self.total_steps} steps. {prepared.selection.report.describe()}")
+        self.query_one("#train-progress", ProgressBar).update(total=self.total_steps, progress=0)
+        self._status(f"Run {prepared.run_id}: {report.describe()}")
 
     def action_resume(self) -> None:
         run = self._latest_run()
@@ -247,6 +327,7 @@ class TrainScreen(Screen):
         self.log_offset = 0
         self.started_at = time.monotonic()
         self.first_step_at = None
+        self.query_one("#train-progress", ProgressBar).query_one("#eta").display = True
 
     def poll(self) -> None:
         if self.run_id is None:
@@ -314,6 +395,7 @@ class TrainScreen(Screen):
 
     def _finished(self, run) -> None:  # noqa: ANN001
         self.started_at = None
+        self._show_end_of_progress(run)
         error = run.status == "failed"
         word = {"done": "finished", "cancelled": "cancelled", "failed": "failed"}.get(run.status, run.status)
         message = f"Run {run.id} {word}." + (f" {run.message}" if run.message else "")
@@ -323,6 +405,17 @@ class TrainScreen(Screen):
         self.notify(message, severity="error" if error else "information", timeout=8)
         if self._on_finished is not None:
             self._on_finished(run)
+
+    def _show_end_of_progress(self, run) -> None:  # noqa: ANN001
+        """A finished run reads complete at the trainer's own step count; no ETA keeps counting after the end."""
+        bar = self.query_one("#train-progress", ProgressBar)
+        summary = run.summary or {}
+        steps, total = summary.get("steps"), summary.get("max_steps")
+        if run.status == "done" and steps:
+            self.total_steps = total or steps
+            bar.update(total=self.total_steps, progress=steps)
+            self.query_one("#train-rate", Static).update(f"step {steps}/{self.total_steps} · done")
+        bar.query_one("#eta").display = False
 
     def _status(self, text: str, error: bool = False) -> None:
         status = self.query_one("#train-status", Static)
