@@ -144,3 +144,23 @@ def test_counts_agree_in_the_header_log_summary_and_report(store: Store, tiny_mo
     assert _table_value(markdown, "too long: held-out pairs dropped") == str(report.too_long_heldout)
     assert _table_value(markdown, "steps") == str(steps)
     assert _table_value(markdown, "duplicates dropped") == "1"
+
+
+def test_a_dry_run_prints_the_counts_a_run_records_and_records_nothing(store: Store, tiny_model_dir: Path,
+                                                                       tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trainers.train_cli import app
+
+    judged_session(store, repeat_first=True)
+    flags = ["--db", str(store.path), "--train-model", str(tiny_model_dir), "--max-length", "256",
+             "--heldout-fraction", "0.2"]
+    result = CliRunner().invoke(app, [*flags, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("would train: ")]
+    assert store.list_runs() == []
+
+    prepared = prepare_run(store, RunConfig(max_length=256, heldout_fraction=0.2), model_path=tiny_model_dir,
+                           runs_root=tmp_path / "runs")
+    assert line == f"would train: {prepared.selection.report.describe()}"
+    assert "1 duplicate(s) dropped" in line and "held-out pair(s) dropped" in line and "step(s)" in line

@@ -85,11 +85,13 @@ def run_train(
     default_model: Callable[[], Path] | None = None,
     echo: Callable[[str], None] = print,
     prepare_only: bool = False,
+    dry_run: bool = False,
 ) -> int:
     """Prepare (when no run id is given) and train a run in this process; return the exit code.
 
     ``prepare_only`` records the run and stops: ``accelerate launch -m trainers.train_cli --run-id N``
-    then trains it on several GPUs (every process must train the same prepared run)."""
+    then trains it on several GPUs (every process must train the same prepared run). ``dry_run`` prints
+    what a run would train on (the counts a prepared run records) and records nothing."""
     from store.studio_store import Store
     from trainers.dpo_run import CancelController, RunCancelled, execute_run
     from trainers.run_lifecycle import prepare_run
@@ -105,6 +107,14 @@ def run_train(
                     raise ValueError("--resume needs --run-id (the run to continue)")
                 config = config_from_flags(given)
                 model = config.train_model or _default_model_path(default_model)
+                if dry_run:
+                    from trainers.run_lifecycle import plan_for_config
+
+                    if not model:
+                        raise ValueError("no model to train: pass --train-model (a .gguf file or an HF model "
+                                         "directory)")
+                    echo(f"would train: {plan_for_config(store, config, model).report.describe()}")
+                    return 0
                 prepared = prepare_run(store, config, model_path=model)
                 echo(f"run {prepared.run_id}: {prepared.selection.report.describe()}")
                 note = data_size_note(prepared.config, prepared.selection.report)
@@ -180,8 +190,10 @@ def make_train_command(
         run_id = kwargs.pop("run_id")
         resume = kwargs.pop("resume")
         prepare_only = kwargs.pop("prepare_only")
+        dry_run = kwargs.pop("dry_run")
         db = kwargs.pop("db", None) if with_db_option else (get_db() if get_db else None)
-        code = run_train(db, run_id, resume, kwargs, default_model=default_model, prepare_only=prepare_only)
+        code = run_train(db, run_id, resume, kwargs, default_model=default_model, prepare_only=prepare_only,
+                         dry_run=dry_run)
         raise typer.Exit(code)
 
     params = [
@@ -192,6 +204,9 @@ def make_train_command(
         inspect.Parameter("prepare_only", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
             bool, typer.Option("--prepare-only", help="Record the run and stop (then `accelerate launch -m "
                                "trainers.train_cli --run-id N` trains it on several GPUs).")]),
+        inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+            bool, typer.Option("--dry-run", help="Print what a run would train on (pairs used, dropped per split "
+                               "and why, max length, steps; the model's tokenizer alone) and record nothing.")]),
     ]
     if with_db_option:
         params.append(inspect.Parameter("db", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
