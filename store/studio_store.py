@@ -289,6 +289,17 @@ class Store(RunLog, Evaluations, Datasets):
         rows = self.db.query("SELECT * FROM candidates WHERE prompt_id = ? ORDER BY slot, id", [prompt_id])
         return [_candidate_record(row) for row in rows]
 
+    @serialized
+    def session_questions(self, session_id: int) -> list[tuple[str, str | None]]:
+        """A session's user prompts in the order asked, each with the exact rendered prompt its first
+        candidate was generated from (None when none was stored): what comparing on them re-asks."""
+        rows = self.db.query(
+            "SELECT p.text, (SELECT c.rendered_prompt FROM candidates c WHERE c.prompt_id = p.id "
+            "ORDER BY c.slot, c.id LIMIT 1) AS rendered FROM prompts p WHERE p.session_id = ? ORDER BY p.id",
+            [session_id],
+        )
+        return [(row["text"], row["rendered"]) for row in rows]
+
     # Judgements and the pairs read out of them
 
     @serialized

@@ -12,17 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.comparison import (
-    BlindTally,
-    ComparisonError,
-    ComparisonRow,
-    comparison_prompts,
-    heldout_pairs,
-    load_prompts_file,
-    side_by_side,
-)
+from studio.compare_prompts import PromptSource, resolve_prompts
+from studio.comparison import BlindTally, ComparisonError, ComparisonRow, heldout_pairs, side_by_side
 from studio.engine import ChatEngine, SamplingSettings
-from studio.prompt_bank import bundled_banks
 from studio.run_adapters import adapter_name, gguf_adapter_for_run
 from studio.scoring import preference_metrics
 from studio.stance_metric import StanceMetricError, run_exercise_system, run_stance_items, stance_before_after
@@ -42,12 +34,15 @@ class ComparisonResult:
     after: dict | None = None  # of the tuned model, with the base as DPO's reference
     notes: list[str] = field(default_factory=list)
     stance: dict | None = None  # exercise runs: support share of the held-out items, {"before", "after"}
+    sampling: dict | None = None  # the settings both sides answered with (temperature 0: greedy)
+    prompts_spec: str = "auto"  # the PromptSource spec the prompts were chosen with
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id, "prompts_source": self.prompts_source, "seed": self.seed,
             "rows": [asdict(r) for r in self.rows], "before": self.before, "after": self.after,
-            "notes": self.notes, "stance": self.stance,
+            "notes": self.notes, "stance": self.stance, "sampling": self.sampling,
+            "prompts_spec": self.prompts_spec,
         }
 
     @classmethod
@@ -55,7 +50,8 @@ class ComparisonResult:
         rows = [ComparisonRow(**row) for row in data.get("rows", [])]
         return cls(run_id=data["run_id"], prompts_source=data["prompts_source"], rows=rows, seed=data["seed"],
                    before=data.get("before"), after=data.get("after"), notes=data.get("notes", []),
-                   stance=data.get("stance"))
+                   stance=data.get("stance"), sampling=data.get("sampling"),
+                   prompts_spec=data.get("prompts_spec", "auto"))
 
 
 def run_comparison(
@@ -67,6 +63,7 @@ def run_comparison(
     sampling: SamplingSettings,
     seed: int = 0,
     prompts_file: Path | None = None,
+    prompts_from: PromptSource | str | None = None,
     limit: int | None = None,
     with_metrics: bool = True,
     progress: Progress | None = None,
@@ -74,7 +71,16 @@ def run_comparison(
 ) -> ComparisonResult:
     """Answer the comparison prompts with base and tuned (same seeds and settings) and score the run's
     held-out pairs before and after. Leaves the base model active. Raises ValueError subclasses with
-    user-facing messages (failed run, foreign adapter, empty prompts file, …)."""
+    user-facing messages (failed run, foreign adapter, empty prompts file, …).
+
+    The prompts come from ``prompts_from`` (a ``PromptSource`` or its spec: held-out, a bank, the session's
+    questions, a file) or, the older spelling, ``prompts_file``; by default the exercise's test prompts, else
+    the held-out pairs, else the first bank. The sampling settings and the source are stored with the result.
+    """
+    if prompts_from is None:
+        source = PromptSource("file", str(prompts_file)) if prompts_file is not None else PromptSource()
+    else:
+        source = prompts_from if isinstance(prompts_from, PromptSource) else PromptSource.parse(prompts_from)
     run = store.get_run(run_id)
     name = adapter_name(run)
     engine.load_adapter(name, gguf_adapter_for_run(run, engine.info))
@@ -89,23 +95,12 @@ def run_comparison(
     except ComparisonError as exc:
         pairs = []
         notes.append(str(exc))
-    test_prompts = _exercise_test_prompts(store, run) if exercise and prompts_file is None else []
-    if prompts_file is not None:
-        prompts: list[Any] = list(load_prompts_file(prompts_file))
-        source = f"file {Path(prompts_file).name}"
-    elif test_prompts:
-        prompts = test_prompts
-        source = f"the test prompts of '{run.config['dataset']}'"
-    elif pairs:
-        prompts = list(comparison_prompts(pairs))
-        source = "held-out pairs"
-    else:
-        bank = bundled_banks()[0]
-        prompts = list(bank.prompts)
-        source = f"prompt bank '{bank.name}' (the run has no held-out pairs)"
+    test_prompts = _exercise_test_prompts(store, run) if exercise and source.kind == "auto" else []
+    prompts, label = resolve_prompts(source, store, run, pairs, test_prompts)
     if limit:
         prompts = prompts[:limit]
-    result = ComparisonResult(run_id=run_id, prompts_source=source, rows=[], seed=seed, notes=notes)
+    result = ComparisonResult(run_id=run_id, prompts_source=label, rows=[], seed=seed, notes=notes,
+                              sampling=sampling.to_dict(), prompts_spec=source.spec)
     try:
         if with_metrics and exercise:
             result.stance = _stance(engine, store, run, system, name, progress, notes)
@@ -192,6 +187,17 @@ def write_run_report(store: Any, run_id: int, result: ComparisonResult | None, o
     from studio.report import write_report
 
     tally = vote_tally(store, run_id)
+    note = f"Prompts from {result.prompts_source}; both answered {describe_sampling(result.sampling)}." if result else ""
     return write_report(out_dir, store.get_run(run_id), store.run_metrics(run_id),
                         report_columns(result) if result else {}, tally if tally.total else None,
-                        result.rows if result else [])
+                        result.rows if result else [], samples_note=note)
+
+
+def describe_sampling(sampling: SamplingSettings | dict[str, Any] | None) -> str:
+    """How the answers were sampled, in a few words: "greedy (temperature 0), max 32 tokens"."""
+    if sampling is None:
+        return "with unrecorded sampling settings"
+    values = sampling.to_dict() if isinstance(sampling, SamplingSettings) else sampling
+    temperature = values.get("temperature")
+    how = "greedy (temperature 0)" if temperature == 0 else f"with temperature {temperature}"
+    return f"{how}, max {values.get('max_tokens')} tokens"

@@ -165,10 +165,12 @@ def _tally(tally: Any) -> list[Block]:
     return [*blocks, _table(("", ""), rows)]
 
 
-def _samples(samples: Sequence[Any], max_samples: int) -> list[Block]:
+def _samples(samples: Sequence[Any], max_samples: int, note: str = "") -> list[Block]:
     blocks = [Block("h2", "Side-by-side samples")]
     if not samples:
         return [*blocks, Block("p", "No side-by-side answers were generated.")]
+    if note:  # where the prompts came from and how both sides sampled (greedy or not)
+        blocks.append(Block("p", note))
     for i, row in enumerate(samples[:max_samples], start=1):
         blocks += [Block("h3", f"Sample {i} (seed {row.seed})"), Block("p", "Prompt:"), Block("code", row.prompt),
                    Block("p", "Base:"), Block("code", row.base_text), Block("p", "Tuned:"),
@@ -177,11 +179,11 @@ def _samples(samples: Sequence[Any], max_samples: int) -> list[Block]:
 
 
 def build_blocks(run: Any, metrics_rows: Sequence[dict], before_after: dict[str, Any], tally: Any,
-                 samples: Sequence[Any], max_samples: int = 5) -> list[Block]:
+                 samples: Sequence[Any], max_samples: int = 5, samples_note: str = "") -> list[Block]:
     """The report's content, in order, independent of the output format."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return [*_header(run), *_data_and_training(run, metrics_rows), *_before_after(before_after), *_tally(tally),
-            *_samples(samples, max_samples), Block("p", f"Written by Preference Studio {__version__} on {stamp}.")]
+            *_samples(samples, max_samples, samples_note), Block("p", f"Written by Preference Studio {__version__} on {stamp}.")]
 
 
 # --- rendering ---
@@ -296,13 +298,14 @@ def write_report(
     tally: Any | None,
     samples: Sequence[Any],
     max_samples: int = 5,
+    samples_note: str = "",
 ) -> Path:
     """Write the run's report into ``out_dir`` and return the path of ``report.md``.
 
     ``metrics_rows`` are ``store.run_metrics(run.id)``; ``before_after`` maps a column label ("base",
     "tuned") to its metrics (a dict, or anything with ``to_dict()`` such as ``PreferenceMetrics``);
     ``tally`` is a ``BlindTally`` or None; ``samples`` are ``ComparisonRow``s, the first ``max_samples``
-    shown. A failed or unfinished run raises ``ReportError``; a cancelled one is reported with a note.
+    shown, after ``samples_note`` (how they were generated). A failed or unfinished run raises ``ReportError``; a cancelled one is reported with a note.
     Everything is written in a temporary directory beside ``out_dir`` and moved into place.
     """
     _check_run(run)
@@ -315,7 +318,7 @@ def write_report(
         _plot(tmp / LOSS_PNG, metrics_rows, [("loss", "DPO loss")])
         _plot(tmp / MARGINS_PNG, metrics_rows,
               [("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")])
-        blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples)
+        blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples, samples_note)
         images = {name: (tmp / name).read_bytes() for name in (LOSS_PNG, MARGINS_PNG)}
         (tmp / "report.html").write_text(render_html(blocks, images), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(blocks), encoding="utf-8")

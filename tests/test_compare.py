@@ -4,7 +4,6 @@ blind votes through Pilot, report, export, and the refusals."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,12 @@ from conftest import prefstudio_home, run_cli, wait_for
 from tiny_model import SEPARABLE_PAIRS, build_tiny_model
 
 from store.studio_store import Store
+from studio.compare_prompts import find_bank
+from studio.compare_session import vote_tally
 from studio.comparison import BlindTally
 from studio.model_files import inspect_gguf
 from studio.run_adapters import RunAdapterError, gguf_adapter_for_run
-from studio.settings import load_settings
+from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
 from studio.tui.screens.compare import CompareScreen
 
@@ -132,7 +133,7 @@ def test_failed_run_and_foreign_adapter_are_refused_clearly(trained, default_mod
 async def test_blind_votes_through_pilot_are_stored_and_tallied(trained, default_model, studio_home, tmp_path):
     db, run_id = trained
     store = Store.open(db)
-    settings = replace(load_settings(tmp_path / "none.toml"), model=default_model)
+    settings = StudioSettings(model=default_model)
     app = PreferenceStudioApp(settings=settings, store=store)
     try:
         async with app.run_test(size=(130, 40)) as pilot:
@@ -149,8 +150,11 @@ async def test_blind_votes_through_pilot_are_stored_and_tallied(trained, default
             assert [v["vote"] for v in votes] == ["a", "tie"]
             assert [v["tuned_on_left"] for v in votes] == screen.order[:2]
             expected = BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in store.votes(run_id))
-            assert expected.describe() in str(screen.query_one("#compare-tally").render())
+            blind_text = str(screen.query_one("#compare-tally").render())
+            assert f"Blind votes cast: {expected.total}" in blind_text
+            assert "win" not in blind_text and "loss" not in blind_text  # no hint which side is tuned
             await pilot.press("b")
+            assert expected.describe() in str(screen.query_one("#compare-tally").render())
             assert "tuned" in screen.query_one("#compare-left").border_title + screen.query_one(
                 "#compare-right").border_title
             report = Path(store.get_run(run_id).output_dir) / "report" / "report.md"
@@ -174,3 +178,128 @@ async def test_blind_votes_through_pilot_are_stored_and_tallied(trained, default
             assert {c.adapter for c in store.candidates(judgement.prompt_id)} == {f"run-{run_id}"}
     finally:
         store.close()
+
+
+def test_compare_cli_chooses_the_prompts_and_answers_greedily(trained, default_model, studio_home, tmp_path):
+    db, run_id = trained
+    cli = ("--db", str(db), "--model", str(default_model))
+    greedy = ("--temperature", "0", "--max-tokens", "6")
+
+    def compare(*args: str) -> dict:
+        proc = run_cli(*cli, "compare", "--run", str(run_id), *args, "--json", home=studio_home, check=True,
+                       timeout=300)
+        return json.loads(proc.stdout)
+
+    result = compare("--prompts-from", "bank:values", "--limit", "2", *greedy)
+    assert result["prompts_source"] == "prompt bank 'values'" and result["prompts_spec"] == "bank:values"
+    assert [row["prompt"] for row in result["rows"]] == list(find_bank("values").prompts[:2])
+    assert result["sampling"]["temperature"] == 0.0 and result["sampling"]["max_tokens"] == 6
+    with Store.open(db) as store:
+        assert store.latest_evaluation(run_id, "comparison")["sampling"] == result["sampling"]
+    # Greedy: another seed gives the very same answers on both sides.
+    again = compare("--prompts-from", "bank:values", "--limit", "2", "--seed", "977", *greedy)
+    assert [(r["base_text"], r["tuned_text"]) for r in again["rows"]] == [
+        (r["base_text"], r["tuned_text"]) for r in result["rows"]]
+
+    proc = run_cli(*cli, "compare", "--run", str(run_id), "--prompts-from", "session", "--limit", "3", *greedy,
+                   home=studio_home, check=True, timeout=300)
+    assert (f"run {run_id}: 3 prompt(s) from the questions of the run's session(s) 1 · greedy (temperature 0), "
+            "max 6 tokens") in proc.stdout
+    assert SEPARABLE_PAIRS[2][0] in proc.stdout
+
+    out = tmp_path / "report"
+    run_cli(*cli, "report", "--run", str(run_id), "--out", str(out), "--prompts-from", "heldout", *greedy,
+            home=studio_home, check=True, timeout=300)
+    assert "Prompts from held-out pairs; both answered greedy (temperature 0), max 6 tokens." in (
+        out / "report.md").read_text()
+
+    for args, message in ((("--prompts-from", "bank:nope"), "no prompt bank named 'nope'"),
+                          (("--prompts-from", "heldout", "--prompts", "x.txt"), "either --prompts FILE or")):
+        proc = run_cli(*cli, "compare", "--run", str(run_id), *args, home=studio_home)
+        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli(*cli, "compare", "--run", str(run_id), "--temperature", "-1", home=studio_home)
+    assert proc.returncode == 2 and "--temperature" in proc.stderr
+
+
+async def _open_compare(pilot, app) -> CompareScreen:
+    await wait_for(pilot, lambda: app.engine is not None)
+    await pilot.press("f6")
+    await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.result is not None)
+    return app.screen
+
+
+async def test_compare_screen_chooses_prompts_and_greedy_settings_and_pages_when_revealed(
+        trained, default_model, tmp_path):
+    db, run_id = trained
+    store = Store.open(db)
+    app = PreferenceStudioApp(settings=StudioSettings(model=default_model),
+                              store=store)
+    prompts_file = tmp_path / "mine.jsonl"
+    prompts_file.write_text('{"prompt": "Name a river."}\n{"prompt": "Name a bird."}\n', encoding="utf-8")
+    try:
+        async with app.run_test(size=(140, 40)) as pilot:
+            screen = await _open_compare(pilot, app)
+            first = screen.result
+            for field, value in (("#compare-temperature", "0"), ("#compare-max-tokens", "6")):
+                await pilot.click(field)
+                await pilot.press("end", *["backspace"] * 8, *value)
+            await pilot.press("escape")  # leaves the field, not the screen
+            assert app.screen is screen
+            # s focuses the chooser; enter opens it; typing searches; enter picks the session's questions.
+            await pilot.press("s", "enter", "t", "h", "e", "enter")
+            await pilot.pause(0.1)
+            assert screen.query_one("#compare-progress").display  # compared again in a worker, with progress
+            await wait_for(pilot, lambda: screen.result is not first and screen.result.prompts_spec == "session")
+            result = screen.result
+            assert [row.prompt for row in result.rows] == [prompt for prompt, _, _ in SEPARABLE_PAIRS]
+            assert result.rows[0].rendered_prompt == f"{SYSTEM}\n\nUser: {SEPARABLE_PAIRS[0][0]}\nAssistant:"
+            assert (result.sampling["temperature"], result.sampling["max_tokens"]) == (0.0, 6)
+            assert "greedy (temperature 0), max 6 tokens" in str(screen.query_one("#compare-title").render())
+            assert store.latest_evaluation(run_id, "comparison")["sampling"]["max_tokens"] == 6
+
+            await pilot.press("b")  # revealed: n / p page through the prompts as in blind mode
+            assert not screen.blind and screen.index == 0
+            await pilot.press("n", "n")
+            assert screen.index == 2 and SEPARABLE_PAIRS[2][0] in str(screen.query_one("#compare-prompt").render())
+            await pilot.press("p")
+            assert screen.index == 1
+
+            await pilot.press("s", "enter", "f", "i", "l", "e", "enter")  # a file: its path, then enter
+            await pilot.pause(0.1)
+            assert app.focused is screen.query_one("#compare-file")
+            await pilot.press(*str(prompts_file), "enter")
+            await wait_for(pilot, lambda: screen.result.prompts_spec == f"file:{prompts_file}")
+            assert [row.prompt for row in screen.result.rows] == ["Name a river.", "Name a bird."]
+            assert screen.result.prompts_source == "file mine.jsonl"
+    finally:
+        store.close()
+
+
+async def test_blind_votes_keep_their_meaning_across_a_reveal(trained, default_model, studio_home, tmp_path):
+    db, run_id = trained
+    store = Store.open(db)
+    app = PreferenceStudioApp(settings=StudioSettings(model=default_model),
+                              store=store)
+    try:
+        async with app.run_test(size=(140, 40)) as pilot:
+            screen = await _open_compare(pilot, app)
+            before = vote_tally(store, run_id)
+
+            def tally_text() -> str:
+                return str(screen.query_one("#compare-tally").render())
+
+            await pilot.press("1" if screen.order[screen.index] else "2")  # the tuned answer's side
+            assert f"Blind votes cast: {before.total + 1}" in tally_text() and "win" not in tally_text()
+            await pilot.press("b")
+            assert f"tuned {before.wins + 1} win(s)" in tally_text()
+            await pilot.press("b")  # blind again: the sides are drawn afresh, votes still count by side
+            assert screen.blind and "win" not in tally_text()
+            await pilot.press("1" if screen.order[screen.index] else "2")
+            after = vote_tally(store, run_id)
+            assert (after.wins, after.losses, after.ties) == (before.wins + 2, before.losses, before.ties)
+    finally:
+        store.close()
+    out = tmp_path / "report"
+    run_cli("--db", str(db), "--model", str(default_model), "report", "--run", str(run_id), "--out", str(out),
+            home=studio_home, check=True, timeout=300)
+    assert f"| tuned wins | {after.wins} |" in (out / "report.md").read_text()

@@ -347,3 +347,70 @@ def test_hh_prompt_answers_stop_before_an_invented_human_turn(engine):
     assert "Human:" not in row.base_text and "Human:" not in row.tuned_text
     assert "Assistant:" not in row.base_text
 
+
+# --- where the comparison prompts come from (issue 9 item 7) ---
+
+
+def test_prompt_source_specs_parse():
+    from studio.compare_prompts import PromptSource
+
+    assert PromptSource.parse(None) == PromptSource.parse("auto") == PromptSource("auto")
+    assert PromptSource.parse("heldout") == PromptSource("heldout")
+    assert PromptSource.parse("bank:values") == PromptSource("bank", "values")
+    assert PromptSource.parse("session") == PromptSource("session")
+    assert PromptSource.parse("session:4") == PromptSource("session", "4")
+    assert PromptSource.parse("file:session") == PromptSource("file", "session")
+    assert PromptSource.parse("~/p.jsonl") == PromptSource("file", "~/p.jsonl")
+    for spec in ("heldout", "bank:values", "session:4", "file:x.txt", "auto"):
+        assert PromptSource.parse(spec).spec == spec
+    with pytest.raises(ComparisonError, match="session:ID"):
+        PromptSource.parse("session:latest")
+
+
+def test_prompt_sources_resolve_from_the_store_banks_and_files(store: Store, tmp_path: Path):
+    from studio.compare_prompts import PromptSource, resolve_prompts
+
+    ids = judged_session(store)
+    run_id = store.create_run({"heldout_fraction": 0.5, "session_id": None}, "gemma", str(tmp_path / "r"),
+                              pair_ids=ids[:1], heldout_ids=[ids[1]])
+    run = store.get_run(run_id)
+    heldout = heldout_pairs(store, run)
+
+    def resolve(spec: str, pairs=heldout):
+        return resolve_prompts(PromptSource.parse(spec), store, run, pairs, [])
+
+    prompts, label = resolve("heldout")
+    assert label == "held-out pairs" and [p.text for p in prompts] == ["question 1"]
+    prompts, label = resolve("bank:values")
+    assert label == "prompt bank 'values'" and len(prompts) == 10 and all(isinstance(p, str) for p in prompts)
+    # The session's own questions, each with the exact prompt its candidates were generated from.
+    prompts, label = resolve("session")
+    assert "session(s) 1" in label
+    assert [(p.text, p.rendered) for p in prompts] == [
+        (f"question {i}", f"Be brief.\n\nUser: question {i}\nAssistant:") for i in range(3)]
+    file = tmp_path / "p.txt"
+    file.write_text("one\ntwo\n", encoding="utf-8")
+    assert resolve(str(file)) == (["one", "two"], "file p.txt")
+    # Nothing silently empty: each unusable source says what is wrong.
+    with pytest.raises(ComparisonError, match="no prompt bank named 'nope'; the banks are: everyday, tricky, values"):
+        resolve("bank:nope")
+    with pytest.raises(ComparisonError, match=f"run {run_id} has no held-out prompts"):
+        resolve("heldout", pairs=[])
+    with pytest.raises(ComparisonError, match="there is no session 99"):
+        resolve("session:99")
+    other = store.create_session("Other.")
+    with pytest.raises(ComparisonError, match=f"session {other}.*no questions"):
+        resolve(f"session:{other}")
+    assert resolve("auto")[1] == "held-out pairs"
+    assert resolve("auto", pairs=[])[1].startswith("prompt bank 'everyday'")
+
+
+def test_report_says_how_the_samples_were_generated(store: Store, tmp_path: Path):
+    from studio.compare_session import ComparisonResult, write_run_report
+
+    run = finished_run(store, tmp_path)
+    result = ComparisonResult(run_id=run.id, prompts_source="prompt bank 'values'", rows=SAMPLES, seed=40,
+                              sampling=SamplingSettings(temperature=0.0, max_tokens=12).to_dict())
+    md = write_run_report(store, run.id, result, tmp_path / "r").read_text(encoding="utf-8")
+    assert "Prompts from prompt bank 'values'; both answered greedy (temperature 0), max 12 tokens." in md
+    assert ComparisonResult.from_dict(result.to_dict()).sampling["temperature"] == 0.0

@@ -1,31 +1,41 @@
 """The compare screen: base and tuned answers to the same prompts, side by side, blind by default.
 
-In blind mode each prompt's left/right order is drawn per prompt (balanced, seeded) and the labels are
-hidden; ``1`` / ``2`` / ``t`` vote left, right or tie, each vote is stored with the run at once, and the
-tally shows tuned wins / ties / losses with a 95 % interval. ``b`` reveals which side is which.
+In blind mode each prompt's left/right order is drawn per prompt (balanced, and drawn afresh whenever blind
+mode starts, so a reveal teaches nothing about later votes) and the labels are hidden; ``1`` / ``2`` / ``t``
+vote left, right or tie, and each vote is stored with the run at once, with the side the tuned answer was on.
+While blind only the number of votes shows: a running "tuned 1 win" would tell the voter which side is
+tuned. ``b`` reveals the sides and the tally (tuned wins / ties / losses, 95 % interval).
+
+The chooser on top picks the prompts (held-out, a bank, the session's questions, a file) and the sampling
+(temperature 0 = greedy, max tokens); changing the source or pressing enter in a field compares again.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, replace
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.widgets import Footer, Header, Input, Label, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
+from studio.compare_prompts import PromptSource
 from studio.compare_session import (
     ComparisonResult,
+    describe_sampling,
     run_comparison,
     stored_comparison,
     vote_tally,
     write_run_report,
 )
 from studio.comparison import blind_order
+from studio.engine import SamplingSettings
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
 
@@ -50,14 +60,18 @@ class ComparisonFailed(Message):
 
 
 class CompareScreen(Screen):
+    AUTO_FOCUS = "#compare-left"  # not the chooser: the voting keys must work as the screen opens
     BINDINGS = [
-        Binding("left", "move(-1)", "Previous"),
-        Binding("right", "move(1)", "Next"),
+        Binding("n", "move(1)", "Next prompt"),
+        Binding("p", "move(-1)", "Previous prompt"),
+        Binding("left", "move(-1)", "Previous", show=False),
+        Binding("right", "move(1)", "Next", show=False),
         Binding("1", "vote('a')", "Left better"),
         Binding("2", "vote('b')", "Right better"),
         Binding("t", "vote('tie')", "Tie"),
         Binding("b", "toggle_blind", "Blind on/off"),
         Binding("g", "regenerate", "Generate again"),
+        Binding("s", "choose_prompts", "Prompts"),
         Binding("w", "write_report", "Report"),
         Binding("escape", "back", "Back"),
     ]
@@ -70,12 +84,26 @@ class CompareScreen(Screen):
         self.order: list[bool] = []  # per row: is tuned on the left?
         self.index = 0
         self.blind = True
+        self.source = PromptSource()
+        self.sampling: SamplingSettings | None = None  # None until on_mount reads the settings
+        self._choice = "auto"  # the chooser value last compared on (or being compared on)
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="compare-body"):
-            yield Static(f"Run {self.run_id}: preparing the comparison…", id="compare-title")
+            # markup=False: the title quotes file names and error messages, which are user text.
+            yield Static(f"Run {self.run_id}: preparing the comparison…", id="compare-title", markup=False)
             yield ProgressBar(id="compare-progress", show_eta=True)
+            with Horizontal(id="compare-controls"):
+                yield Label("prompts", classes="compare-label")
+                yield Select(self._source_options(), value="auto", allow_blank=False, compact=True,
+                             id="compare-source")
+                yield Input(placeholder="prompts file (lines, JSON, JSONL), then enter", compact=True,
+                            id="compare-file")
+                yield Label("temperature", classes="compare-label")
+                yield Input(type="number", compact=True, id="compare-temperature")
+                yield Label("max tokens", classes="compare-label")
+                yield Input(type="integer", compact=True, id="compare-max-tokens")
             yield Static("", id="compare-prompt", markup=False)
             with Horizontal(id="compare-panels"):
                 yield CandidatePanel(0, id="compare-left")
@@ -85,22 +113,47 @@ class CompareScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._show_sampling(self.app.settings.sampling)
+        self.query_one("#compare-file", Input).display = False
         stored = None if self.fresh else stored_comparison(self.app.store, self.run_id)
         if stored is not None and stored.rows:
             self.post_message(ComparisonReady(stored))
         else:
-            self.compute()
+            self.compute(self.source, self.sampling)
+
+    def _source_options(self) -> list[tuple[str, str]]:
+        # A bank's name comes from its file name: shown as plain text (rich Text), never as markup.
+        banks = [(Text(f"bank: {bank.name}"), f"bank:{bank.path.stem}") for bank in self.app.prompt_banks]
+        return [("default (held-out, else a bank)", "auto"), ("held-out prompts", "heldout"), *banks,
+                ("the session's questions", "session"), ("a file…", "file")]
+
+    def _show_sampling(self, sampling: SamplingSettings) -> None:
+        self.sampling = sampling
+        self.query_one("#compare-temperature", Input).value = f"{sampling.temperature:g}"
+        self.query_one("#compare-max-tokens", Input).value = str(sampling.max_tokens)
+
+    def _show_source(self, source: PromptSource) -> None:
+        self.source = source
+        select = self.query_one("#compare-source", Select)
+        choice = source.kind if source.kind in ("file", "session") else source.spec
+        if choice not in {value for _, value in self._source_options()}:
+            choice = "auto"  # e.g. a bank no longer installed
+        if source.kind == "file":
+            self.query_one("#compare-file", Input).value = source.value
+        self.query_one("#compare-file", Input).display = source.kind == "file"
+        self._choice = choice
+        select.value = choice  # its Changed message matches self._choice and is ignored
 
     # --- the work ---
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
-    def compute(self) -> None:
+    def compute(self, source: PromptSource, sampling: SamplingSettings) -> None:
         worker = get_current_worker()
         chat = self.app.chat
         try:
             result = run_comparison(
                 self.app.engine, self.app.store, self.run_id, system=chat.system_prompt,
-                sampling=self.app.settings.sampling, seed=self.app.settings.seed or 0,
+                sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source,
                 progress=lambda phase, done, total: self.post_message(ComparisonProgress(phase, done, total)),
                 should_stop=lambda: worker.is_cancelled,
             )
@@ -118,14 +171,22 @@ class CompareScreen(Screen):
             f"Run {self.run_id}: {message.phase} {message.done}/{message.total}…")
 
     def on_comparison_failed(self, message: ComparisonFailed) -> None:
+        self.query_one("#compare-progress", ProgressBar).display = False
         self.query_one("#compare-title", Static).update(f"Run {self.run_id}: cannot compare. {message.error}")
         self.query_one("#compare-title", Static).add_class("error-text")
 
     def on_comparison_ready(self, message: ComparisonReady) -> None:
         self.result = message.result
-        self.order = blind_order(len(self.result.rows), seed=self.run_id)
+        self.order = self._draw_order()
         self.index = 0
         self.query_one("#compare-progress", ProgressBar).display = False
+        self.query_one("#compare-title", Static).remove_class("error-text")
+        if self.result.sampling:
+            try:
+                self._show_sampling(SamplingSettings(**self.result.sampling))
+            except (TypeError, ValueError):  # recorded by another version: keep the fields as they are
+                pass
+        self._show_source(PromptSource.parse(self.result.prompts_spec))
         self.query_one("#compare-metrics", Static).update(self._metrics_text())
         self._show()
 
@@ -159,13 +220,23 @@ class CompareScreen(Screen):
             panel.border_title = panel.letter if self.blind else f"{panel.letter} · {name}"
         mode = "blind: which is better? 1 left · 2 right · t tie" if self.blind else "revealed (b to hide)"
         self.query_one("#compare-title", Static).update(
-            f"Run {self.run_id} · prompt {self.index + 1}/{len(result.rows)} from {result.prompts_source} · {mode}")
+            f"Run {self.run_id} · prompt {self.index + 1}/{len(result.rows)} from {result.prompts_source} · "
+            f"{describe_sampling(result.sampling)} · {mode}")
         self.query_one("#compare-prompt", Static).update(f"Prompt: {row.prompt}")
         self._update_tally()
 
     def _update_tally(self) -> None:
         tally = vote_tally(self.app.store, self.run_id)
-        self.query_one("#compare-tally", Static).update(f"Blind votes: {tally.describe()}")
+        if self.blind:  # the count only: who is winning would say which side is the tuned one
+            text = f"Blind votes cast: {tally.total} (b reveals the sides and the tally)"
+        else:
+            text = f"Blind votes: {tally.describe()}"
+        self.query_one("#compare-tally", Static).update(text)
+
+    def _draw_order(self) -> list[bool]:
+        # A fresh seed each time blind mode starts: after a reveal (or on reopening the screen) the old
+        # order is known, and reusing it would make every later "blind" vote a seeing one.
+        return blind_order(len(self.result.rows) if self.result else 0, seed=secrets.randbits(31))
 
     # --- actions ---
 
@@ -190,11 +261,72 @@ class CompareScreen(Screen):
 
     def action_toggle_blind(self) -> None:
         self.blind = not self.blind
+        if self.blind:
+            self.order = self._draw_order()
         self._show()
 
+    def action_choose_prompts(self) -> None:
+        self.query_one("#compare-source", Select).focus()
+
     def action_regenerate(self) -> None:
+        """Compare again with the chooser's prompts and sampling (a bad field is named, nothing runs)."""
+        try:
+            source, sampling = self._chosen()
+        except ValueError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        self._choice = str(self.query_one("#compare-source", Select).value)
+        self._focus_answers()
+        self.query_one("#compare-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#compare-progress", ProgressBar).display = True
-        self.compute()
+        self.query_one("#compare-title", Static).update(f"Run {self.run_id}: comparing on {source.spec}…")
+        self.compute(source, sampling)
+
+    def _focus_answers(self) -> None:
+        # Out of the chooser's fields, where 1 / 2 / t / n / p would be typed instead of voting.
+        self.query_one("#compare-left", CandidatePanel).focus()
+
+    def _chosen(self) -> tuple[PromptSource, SamplingSettings]:
+        choice = self.query_one("#compare-source", Select).value
+        if choice == "file":
+            path = self.query_one("#compare-file", Input).value.strip()
+            if not path:
+                raise ValueError("Prompts file: type the path of a file (lines, JSON or JSONL), then enter.")
+            source = PromptSource("file", path)
+        else:
+            source = PromptSource.parse(str(choice))
+        temperature_text = self.query_one("#compare-temperature", Input).value.strip()
+        tokens_text = self.query_one("#compare-max-tokens", Input).value.strip()
+        try:
+            temperature = float(temperature_text)
+        except ValueError:
+            raise ValueError(f"Temperature: {temperature_text!r} is not a number (0 = greedy).") from None
+        try:
+            max_tokens = int(tokens_text)
+        except ValueError:
+            raise ValueError(f"Max tokens: {tokens_text!r} is not a whole number.") from None
+        if temperature < 0:
+            raise ValueError(f"Temperature: {temperature:g} is below 0 (0 = greedy).")
+        if max_tokens < 1:
+            raise ValueError(f"Max tokens: {max_tokens} is below 1.")
+        base = self.sampling or self.app.settings.sampling
+        return source, replace(base, temperature=temperature, max_tokens=max_tokens)
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id != "compare-source":
+            return
+        file_input = self.query_one("#compare-file", Input)
+        file_input.display = event.value == "file"
+        if event.value == self._choice:
+            return
+        if event.value == "file":
+            file_input.focus()  # enter in the field compares
+        else:
+            self.action_regenerate()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id in ("compare-file", "compare-temperature", "compare-max-tokens"):
+            self.action_regenerate()
 
     def action_write_report(self) -> None:
         self.write_report()
@@ -212,5 +344,8 @@ class CompareScreen(Screen):
         self.app.call_from_thread(self.notify, f"Report written: {path} (and report.html)", timeout=10)
 
     def action_back(self) -> None:
+        if isinstance(self.focused, Input | Select):  # escape leaves the chooser first, then the screen
+            self._focus_answers()
+            return
         self.workers.cancel_group(self, "compare")
         self.app.return_to_chat()  # back to the chat, also when opened from the train or exercise screen
