@@ -96,6 +96,9 @@ def claim(store: Any, name: str, kind: str, fmt: str, source_path: str | Path | 
         import_id = db.execute(
             "INSERT INTO dataset_imports (dataset_name, state, pid, pid_started, source_path, created_at) "
             "VALUES (?, 'staging', ?, ?, ?, ?)", [name, pid, process_start_time(pid), source, utc_now()]).lastrowid
+        # Known as running before it commits: another thread's sweep must never take it for a dead one.
+        claimed.append((str(store.path), import_id))
+        _running.add(claimed[-1])
         if existing is not None:
             return import_id, existing[0]
         dataset_id = db.execute(
@@ -104,9 +107,14 @@ def claim(store: Any, name: str, kind: str, fmt: str, source_path: str | Path | 
         return import_id, dataset_id
 
     while True:
-        first, second = short_write(store, f"starting the import of '{name}'", take)
+        claimed: list[tuple[str, int]] = []
+        try:
+            first, second = short_write(store, f"starting the import of '{name}'", take)
+        except BaseException:
+            _running.difference_update(claimed)  # rolled back: those ids were never stored
+            raise
+        _running.difference_update(claimed[:-1] if first is not None else claimed)  # attempts that rolled back
         if first is not None:
-            _running.add((str(store.path), first))
             return first, second
         holder_id, pid, started = second
         if _is_dead(store, holder_id, pid, started):
