@@ -222,7 +222,7 @@ def finished_run(store: Store, tmp_path: Path, status: str = "done", steps: int 
         store.add_run_metrics(run_id, step, step / 3, {
             "loss": 0.693 * 0.7**step, "rewards/margins": 0.1 * step, "rewards/accuracies": min(1.0, 0.4 + 0.1 * step),
         })
-    store.set_run_summary(run_id, {"steps": steps, "selection": {"source": "the store", "duplicates": 1},
+    store.set_run_summary(run_id, {"steps": steps, "selection": {"source": "the store", "duplicates": 1, "train": 3, "heldout": 1},
                                    "seconds": {"train": 12.5}, "device": "cpu",
                                    "eval": {"eval_loss": 0.25, "eval_rewards/accuracies": 0.75}})
     store.set_run_status(run_id, status, f"{status}: test")
