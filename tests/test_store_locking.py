@@ -109,7 +109,10 @@ def test_a_long_import_never_holds_the_lock_while_a_judgement_and_a_training_ste
     assert report.n_added == 24000 and import_s > 3.0
     assert seen["errors"] == [], seen["errors"]
     assert seen["steps"] >= 10, (seen, err)  # it kept writing while the import ran
-    assert max(seen["waits"]) < 1.0, f"a writer waited {max(seen['waits']):.2f} s during a {import_s:.1f} s import"
+    # One step (a judgement, a metrics row, a status: three commits) waits for at most one staged write, not
+    # the import: the old import made it wait the whole import, or fail after the 5 s busy timeout. The
+    # bound is loose for a loaded machine (fsyncs and CPU shared with other work).
+    assert max(seen["waits"]) < 1.5, f"a writer waited {max(seen['waits']):.2f} s during a {import_s:.1f} s import"
     assert len(holds) >= 4 and max(holds) < 0.5, holds
     with Store.open(db) as store:
         assert integrity_ok(store.db)
