@@ -90,3 +90,4 @@ class RunRecord:
     heldout_ids: list[str]
     output_dir: str
     summary: dict[str, Any] | None
+    pid_started: str | None = None  # the process's start time, recorded with the pid (store/processes.py)

@@ -36,6 +36,7 @@ def _run_record(row: dict[str, Any]) -> RunRecord:
         heldout_ids=json.loads(row["heldout_ids_json"]),
         output_dir=row["output_dir"],
         summary=json.loads(row["summary_json"]) if row["summary_json"] is not None else None,
+        pid_started=row.get("pid_started"),
     )
 
 

@@ -225,3 +225,21 @@ async def test_the_train_screen_says_a_followed_run_whose_trainer_died_is_not_ru
             text = str(status.render())
             assert f"Run {run_id} failed." in text and "marked failed when the train screen found it" in text
             assert store.get_run(run_id).status == "failed"
+
+
+@pytest.mark.skipif(process_start_time(os.getpid()) is None, reason="needs /proc to tell a process's start time")
+def test_resume_is_not_refused_because_another_program_took_the_dead_trainers_pid(store: Store) -> None:
+    from trainers.dpo_run import RunError, check_startable
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_id = new_run(store)
+        store.set_run_status(run_id, "training", pid=other.pid)  # a live trainer: resuming it is refused
+        with pytest.raises(RunError, match=f"already running \\(pid {other.pid}\\)"):
+            check_startable(store.get_run(run_id), resume=True)
+        # The trainer died and `other` is an unrelated program that got its pid later.
+        store.db.execute("UPDATE runs SET pid_started = 'linux-ticks:1' WHERE id = ?", [run_id])
+        check_startable(store.get_run(run_id), resume=True)
+    finally:
+        other.kill()
+        other.wait()

@@ -257,7 +257,7 @@ def _fail(store: Any, run_id: int, message: str, log: Callable[[str], None]) -> 
 def check_startable(run: Any, resume: bool) -> None:
     from store.run_log import process_alive
 
-    if run.status in ACTIVE and run.pid and run.pid != os.getpid() and process_alive(run.pid):
+    if run.status in ACTIVE and run.pid and run.pid != os.getpid() and process_alive(run.pid, run.pid_started):
         raise RunError(f"run {run.id} is already running (pid {run.pid})")
     if resume:
         if run.status == "done":
