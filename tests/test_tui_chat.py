@@ -373,3 +373,41 @@ async def test_a_prompt_the_chat_template_refuses_shows_an_error_and_keeps_the_p
         assert app.store.db["prompts"].count == 0
         await ask(pilot, app, "Say a kind word.")  # the chat goes on
         assert app.chat.job.fitted.text.endswith("user: Say a kind word.\nassistant:")
+
+
+async def test_a_saved_persona_comes_back_from_the_palette(make_app, tmp_path):
+    from studio.tui.screens.modals import NameScreen
+
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
+        app.screen.query_one("TextArea").text = "You are a pirate. Answer like one."
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TextEditScreen))
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Save system prompt as")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, NameScreen))
+        await pilot.press(*"Pirate [/]", "enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, NameScreen))
+    saved = json.loads((tmp_path / "personas.json").read_text())
+    assert saved == {"personas": {"Pirate [/]": "You are a pirate. Answer like one."}}
+    again = make_app()
+    async with again.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: again.engine is not None and again.chat.state == "input")
+        again.store.update_system_prompt(again.chat.session_id, "Something else entirely.")
+        commands = {c.title: c for c in again.get_system_commands(again.screen)}
+        commands["Use persona: Pirate \\[/]"].callback()  # the title is escaped for the palette's markup
+        assert again.chat.system_prompt == "You are a pirate. Answer like one."
+        await ask(pilot, again, "Where is the treasure?")
+        assert again.chat.job.fitted.text.startswith("You are a pirate. Answer like one.\n\nUser: Where")
+        # A damaged personas file is named, and nothing in it is overwritten.
+        (tmp_path / "personas.json").write_text('{"personas": {"Pirate": ', encoding="utf-8")
+        commands = {c.title: c for c in again.get_system_commands(again.screen)}
+        commands["Personas file unreadable"].callback()
+        await pilot.pause(0.1)
+        assert any("personas.json: not valid JSON (line 1" in n.message for n in again._notifications)
+        assert (tmp_path / "personas.json").read_text() == '{"personas": {"Pirate": '

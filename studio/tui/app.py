@@ -166,10 +166,27 @@ class PreferenceStudioApp(App[None]):
         if self.engine is not None and self.engine.active_adapter != self.active_adapter:
             self.switch_adapter(self.active_adapter)
 
+    def _persona_commands(self) -> Iterable[SystemCommand]:
+        from studio.personas import PersonaError, load_personas, personas_path
+
+        yield SystemCommand("Save system prompt as persona", "Keep this session's system prompt under a name",
+                            lambda: self.chat.save_as_persona())
+        try:
+            personas = load_personas(personas_path(self.store.path))
+        except PersonaError as exc:
+            problem = str(exc)  # the except variable is gone once the block ends; the callback runs later
+            yield SystemCommand("Personas file unreadable", "Show what is wrong with it",
+                                lambda: self.notify(problem, severity="error", timeout=15))
+            return
+        for name, text in personas.items():
+            yield SystemCommand(f"Use persona: {escape(name)}", escape(" ".join(text.split())[:80]),
+                                lambda name=name, text=text: self.chat.use_persona(name, text))
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("Edit system prompt", "The persona / values text rendered before every turn",
                             self.action_edit_system_prompt)
+        yield from self._persona_commands()
         yield SystemCommand("Next prompt from the bank", "Fill the input with the next bundled prompt",
                             self.action_next_bank_prompt)
         yield SystemCommand("Bank mode on/off", "After each judgement, fill the input with the next bank prompt (F4)",

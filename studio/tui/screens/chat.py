@@ -22,6 +22,7 @@ from textual.worker import get_current_worker
 from store.errors import StoreBusyError, StoreError
 from store.records import Verdict
 from studio.engine import ChatEngine, EngineConfig, EngineError, FittedPrompt, Generation, new_seed
+from studio.personas import PersonaError, personas_path, save_persona
 from studio.prompt_bank import PromptBank, PromptFeed
 from studio.tui.messages import (
     CandidatesFinished,
@@ -30,7 +31,7 @@ from studio.tui.messages import (
     EngineReady,
     GenerationFailed,
 )
-from studio.tui.screens.modals import ErrorScreen, TextEditScreen
+from studio.tui.screens.modals import ErrorScreen, NameScreen, TextEditScreen
 from studio.tui.widgets.candidate_panel import CandidatePanel
 from studio.tui.widgets.conversation_turn import ConversationTurn
 from studio.tui.widgets.judge_bar import JudgeBar
@@ -484,6 +485,25 @@ class ChatScreen(Screen):
                            "Who the assistant is and what it values; rendered before every turn."),
             save,
         )
+
+    def save_as_persona(self) -> None:
+        """Keep this session's system prompt under a name; the palette then offers "Use persona: NAME"."""
+        def save(name: str | None) -> None:
+            if name is None:
+                return
+            try:
+                save_persona(personas_path(self.app.store.path), name, self.system_prompt)
+            except PersonaError as exc:
+                self.notify(f"Persona not saved: {exc}", severity="error", timeout=10)
+                return
+            self.notify(f"Persona '{name}' saved; ctrl+p → Use persona: {name} brings it back.")
+
+        self.app.push_screen(NameScreen("Save this session's system prompt as a persona", "a name, e.g. help desk"),
+                             save)
+
+    def use_persona(self, name: str, text: str) -> None:
+        self.app.store.update_system_prompt(self.session_id, text)
+        self.notify(f"Persona '{name}' is now this session's system prompt.")
 
     def use_bank(self, bank: PromptBank) -> None:
         """Choosing a bank means working through it: bank mode goes on."""
