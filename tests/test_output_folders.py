@@ -123,9 +123,13 @@ def test_library_hf_writer_refuses_a_foreign_folder(tmp_path: Path) -> None:
 
 def test_a_crafted_run_row_cannot_name_a_folder_outside_the_runs_folder(tmp_path: Path, studio_home: Path,
                                                                         tiny_model_dir: Path) -> None:
+    import sqlite3
+
     from tiny_model import fill_separable
 
     from trainers.dpo_run import execute_run
+    from trainers.run_config import RunConfig
+    from trainers.run_lifecycle import prepare_run
 
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -133,18 +137,21 @@ def test_a_crafted_run_row_cannot_name_a_folder_outside_the_runs_folder(tmp_path
     db = tmp_path / "studio.db"
     with Store.open(db) as store:
         fill_separable(store)
-        run_id = store.create_run({"train_model": str(tiny_model_dir), "max_steps": 1}, "tiny", str(victim),
-                                  pair_ids=["j1"], heldout_ids=[], dataset_hash="x")
-        store.set_run_status(run_id, "queued", "crafted")
-        # The trainer itself refuses it (the TUI and accelerate paths reach here too) ...
-        outcome = execute_run(store, run_id, log=lambda _line: None)
+        prepared = prepare_run(store, RunConfig(max_steps=1, heldout_fraction=0.0), model_path=tiny_model_dir,
+                               runs_root=tmp_path / "runs")
+    with sqlite3.connect(db) as conn:  # a crafted (or foreign) database: the row names another folder
+        conn.execute("UPDATE runs SET output_dir = ? WHERE id = ?", (str(victim), prepared.run_id))
+    # `prefstudio train --run-id` refuses before touching the run (this used to train, then replace the folder) ...
+    proc = run_cli("--db", str(db), "train", "--run-id", str(prepared.run_id), home=studio_home)
+    assert proc.returncode == 1 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
+    with Store.open(db) as store:
+        assert store.get_run(prepared.run_id).status == "queued"
+        # ... and the trainer itself refuses it too (the paths that call it directly).
+        outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
         assert outcome.status == "failed" and "not a run folder inside the runs folder" in outcome.message
     assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
-    assert not list(tmp_path.glob(".victim*"))  # nothing staged or moved aside beside it
-    # ... and `prefstudio train --run-id` refuses before touching the run.
-    proc = run_cli("--db", str(db), "train", "--run-id", str(run_id), home=studio_home)
-    assert proc.returncode == 1 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
     assert (victim / "precious.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".victim*"))  # nothing staged or moved aside beside it
 
 
 def test_run_folders_must_be_run_named_children_of_a_runs_folder(tmp_path: Path, studio_home: Path) -> None:
