@@ -150,6 +150,19 @@ async def test_train_screen_shows_dataset_names_and_errors_literally(make_app, t
         await pilot.pause(0.3)
         status = shown(screen.query_one("#train-status"))
         assert MARKUP in status  # "epochs: '[/] …' is not a number"
+        # A run whose log and failure message hold such text: the log tail, the status, the notification.
+        run_dir = tmp_path / "runs" / "run-markup"
+        run_dir.parent.mkdir()
+        run_dir.with_name("run-markup.log").write_text(f"step 1 {MARKUP}\nTraceback {MARKUP}\n", encoding="utf-8")
+        run_id = app.store.create_run({}, "gemma", str(run_dir), [], [])
+        app.store.set_run_status(run_id, "failed", message=f"boom {MARKUP}")
+        screen._follow(run_id, None)  # as the screen follows a run it started
+        await wait_for(pilot, lambda: "failed" in shown(screen.query_one("#train-status")), timeout=30)
+        assert f"boom {MARKUP}" in shown(screen.query_one("#train-status"))
+        log_lines = [strip.text for strip in screen.query_one("#train-log").lines]
+        assert f"step 1 {MARKUP}" in log_lines and f"Traceback {MARKUP}" in log_lines
+        assert any(f"boom {MARKUP}" in message for message in toasts(app))
+        await pilot.pause(0.2)
         assert app.is_running and isinstance(app.screen, TrainScreen)
 
 
