@@ -164,3 +164,29 @@ def test_a_dry_run_prints_the_counts_a_run_records_and_records_nothing(store: St
                            runs_root=tmp_path / "runs")
     assert line == f"would train: {prepared.selection.report.describe()}"
     assert "1 duplicate(s) dropped" in line and "held-out pair(s) dropped" in line and "step(s)" in line
+
+
+def test_the_tokenizer_alone_is_cached_by_the_gguf_sha256(default_model: Path, tmp_path: Path) -> None:
+    """Counting a run's tokens needs no model conversion: the GGUF's tokenizer is kept under its sha256, and a
+    later process reads it from there without parsing the GGUF again (13-19 s)."""
+    import subprocess
+    import sys
+
+    from trainers.model_source import converted_dir, sha256_of, tokenizer_cache_dir
+
+    cache = tmp_path / "cache"
+    sha = sha256_of(default_model)
+    text = "User: How do I bake bread?\nAssistant:"
+    ids = load_tokenizer_for(default_model, sha256=sha, cache_root=cache)(text)["input_ids"]
+    assert (tokenizer_cache_dir(sha, cache) / "tokenizer.json").exists()
+    assert not converted_dir(sha, cache).exists()  # the weights were not converted to count tokens
+
+    # A file that only looks like a GGUF, under the same sha256: only the cache can answer for it.
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"GGUF" + b"\0" * 64)
+    code = ("import sys; from trainers.model_source import load_tokenizer_for; "
+            f"print(load_tokenizer_for(sys.argv[1], sha256={sha!r}, cache_root=sys.argv[2])({text!r})['input_ids'])")
+    out = subprocess.run([sys.executable, "-c", code, str(fake), str(cache)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str(ids)
