@@ -102,7 +102,7 @@ async def test_error_dialog_and_editor_titles_are_literal(make_app):  # noqa: F8
 
 
 async def test_compare_screen_shows_prompts_answers_and_sources_literally(make_app, tmp_path):  # noqa: F811
-    from studio.tui.screens.compare import CompareScreen
+    from studio.tui.screens.compare import CompareScreen, ComparisonFailed
 
     app = make_app()
     store = app.store
@@ -125,6 +125,10 @@ async def test_compare_screen_shows_prompts_answers_and_sources_literally(make_a
         await pilot.press("b")  # revealed: the panel titles name the sides
         await pilot.pause(0.1)
         assert app.is_running and isinstance(app.screen, CompareScreen)
+        # A failure quotes its cause (a file name, a prompt) in the title.
+        screen.post_message(ComparisonFailed(f"prompts file {MARKUP} is empty"))
+        await wait_for(pilot, lambda: "cannot compare" in shown(screen.query_one("#compare-title")))
+        assert f"prompts file {MARKUP} is empty" in shown(screen.query_one("#compare-title"))
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is app.chat)
 
