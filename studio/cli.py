@@ -241,7 +241,8 @@ def pairs_export(
 def _train_command():  # noqa: ANN202
     from trainers.train_cli import make_train_command
 
-    return make_train_command(get_db=lambda: settings().db, default_model=resolve_model_path)
+    # Dataset names and paths in the trainer's lines are user text: shown with control characters escaped.
+    return make_train_command(get_db=lambda: settings().db, default_model=resolve_model_path, escape=visible)
 
 
 app.command("train", help="Train a LoRA DPO adapter on your preference pairs (its own process; ctrl-c cancels "
@@ -414,7 +415,7 @@ def doctor() -> None:
         report = collect_report(settings(), resolve_model_path)
     width = max(len(k) for k in report)
     for key, value in report.items():
-        typer.echo(f"{key:<{width}}  {value}")
+        typer.echo(f"{key:<{width}}  {visible(value, keep='')}")  # paths and the system prompt are user text
 
 
 def main() -> None:

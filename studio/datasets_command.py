@@ -242,7 +242,7 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         typer.echo(f"wrote {count} pair(s) to {visible(out)} ({fmt}, TRL {style})")
         if missing:
             typer.echo(f"warning: {len(missing)} held-out pair id(s) of run {heldout} no longer found: "
-                       f"{', '.join(missing[:10])}", err=True)
+                       f"{visible(', '.join(missing[:10]), keep='')}", err=True)
         if with_tests:
             if tests_written:
                 typer.echo(f"wrote {tests_written[0]} test prompt(s) to {tests_written[1]}")

@@ -58,7 +58,8 @@ def collect_report(settings: StudioSettings, resolve_model: Callable[[], Path]) 
         report["database"] = str(store.path)
         report["schema version"] = str(store.schema_version)
         report["pairs"] = str(store.count_pairs())
-    report["config file"] = f"{config_path()} ({'present' if config_path().exists() else 'absent: defaults'})"
+    used = settings.config_file  # the file actually read (--config or the default one), not always the default
+    report["config file"] = f"{used} (read)" if used else f"{config_path()} (absent: defaults)"
     report["offline"] = f"HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE')}"
     for name in PACKAGES:
         report[name] = _version(name)

@@ -45,6 +45,8 @@ class StudioSettings:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     candidates: int = 2
     seed: int | None = None  # None: a fresh random seed per candidate; else seed, seed+1, … (demos, tests)
+    # The config file these settings were read from (None: none was), so `doctor` names the one in use.
+    config_file: Path | None = None
 
 
 def config_path() -> Path:
@@ -109,7 +111,7 @@ def _from_toml(path: Path) -> dict:
         raise SettingsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise SettingsError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
-    known = {f.name for f in fields(StudioSettings)}
+    known = {f.name for f in fields(StudioSettings)} - {"config_file"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -154,7 +156,7 @@ def load_settings(path: Path | None = None, **overrides) -> StudioSettings:
         path = config_path()
     settings = StudioSettings()
     if path.is_file():
-        settings = replace(settings, **_from_toml(path))
+        settings = replace(settings, **_from_toml(path), config_file=path)
     elif path.exists():
         raise SettingsError(f"{path} is not a file; the config must be a TOML file")
     chosen = {k: v for k, v in overrides.items() if v is not None}

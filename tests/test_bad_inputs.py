@@ -430,6 +430,12 @@ CASES = [
     C("import-report-escapes-name", lambda c: ["--db", str(c.tmp / "other.db"), "datasets", "import",
                                                str(FIXTURES / "trl_standard.jsonl"), "--name", "n\x1b[2J"], 0,
       "n\\x1b[2J"),
+    C("train-dry-run-escapes-dataset-name", lambda c: ["train", "--train-model", str(c.studio.tiny), "--dataset",
+                                                       "evil\x1b]0;t\x07", "--dry-run"], 0, "evil\\x1b]0;t\\x07"),
+    C("train-error-escapes-dataset-name", lambda c: ["train", "--train-model", str(c.studio.tiny), "--dataset",
+                                                     "nope\x1b[2J"], 1, "nope\\x1b[2J"),
+    C("doctor-names-the-config-in-use", lambda c: [*c.config("n_ctx = 1024\n"), *_model(c), "doctor"], 0,
+      "config.toml (read)"),
     # --- database files
     C("db-under-a-file", lambda c: ["--db", str(c.file("plain", "x") / "s.db"), "pairs", "list"], 1, "plain"),
     C("db-not-a-database", lambda c: ["--db", str(c.file("junk.db", b"x" * 4096)), "pairs", "list"], 1,

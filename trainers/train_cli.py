@@ -86,16 +86,27 @@ def run_train(
     echo: Callable[[str], None] = print,
     prepare_only: bool = False,
     dry_run: bool = False,
+    escape: Callable[[str], str] | None = None,
 ) -> int:
     """Prepare (when no run id is given) and train a run in this process; return the exit code.
 
     ``prepare_only`` records the run and stops: ``accelerate launch -m trainers.train_cli --run-id N``
     then trains it on several GPUs (every process must train the same prepared run). ``dry_run`` prints
-    what a run would train on (the counts a prepared run records) and records nothing."""
+    what a run would train on (the counts a prepared run records) and records nothing. ``escape`` makes
+    each printed line safe for a terminal (the studio passes its control-character escaper: dataset names
+    and paths in these lines are user text)."""
     from store.studio_store import Store
     from trainers.dpo_run import CancelController, RunCancelled, execute_run
     from trainers.run_lifecycle import prepare_run
     from trainers.run_outputs import checked_run_paths, runs_roots
+
+    shown = escape or (lambda text: text)
+
+    def say(line: str) -> None:
+        echo(shown(line))
+
+    def warn(line: str) -> None:
+        typer.echo(shown(line), err=True)
 
     cancel = CancelController()
     cancel.install()
@@ -113,17 +124,17 @@ def run_train(
                     if not model:
                         raise ValueError("no model to train: pass --train-model (a .gguf file or an HF model "
                                          "directory)")
-                    echo(f"would train: {plan_for_config(store, config, model).report.describe()}")
+                    say(f"would train: {plan_for_config(store, config, model).report.describe()}")
                     return 0
                 prepared = prepare_run(store, config, model_path=model)
-                echo(f"run {prepared.run_id}: {prepared.selection.report.describe()}")
+                say(f"run {prepared.run_id}: {prepared.selection.report.describe()}")
                 note = data_size_note(prepared.config, prepared.selection.report)
                 if note:
-                    typer.echo(f"note: {note}", err=True)
-                echo(f"output: {prepared.output_dir}")
+                    warn(f"note: {note}")
+                say(f"output: {prepared.output_dir}")
                 run_id = prepared.run_id
                 if prepare_only:
-                    echo(f"prepared run {run_id}; train it with: accelerate launch -m trainers.train_cli "
+                    say(f"prepared run {run_id}; train it with: accelerate launch -m trainers.train_cli "
                          f"--db {store.path} --run-id {run_id}")
                     return 0
             elif given:
@@ -133,9 +144,9 @@ def run_train(
                 )
             # Refused before the run is touched: its folder comes from the runs folder, not from the row.
             checked_run_paths(store.get_run(run_id).output_dir, runs_roots(store.path))
-            outcome = execute_run(store, run_id, resume=resume, cancel=cancel, log=echo)
+            outcome = execute_run(store, run_id, resume=resume, cancel=cancel, log=say)
     except RunCancelled:
-        echo("cancelled before the run was prepared")
+        say("cancelled before the run was prepared")
         return EXIT_CODES["cancelled"]
     except Exception as exc:
         from store.errors import StoreError
@@ -143,15 +154,15 @@ def run_train(
         from trainers.model_source import ModelSourceError
 
         if isinstance(exc, ValueError | StoreError | RunError | ModelSourceError):
-            typer.echo(f"error: {exc}", err=True)
+            warn(f"error: {exc}")
             return 1
         raise
     finally:
         cancel.uninstall()
     if outcome.status == "failed":
-        typer.echo(f"error: {outcome.message}", err=True)
+        warn(f"error: {outcome.message}")
     elif outcome.output_dir:
-        echo(f"adapter: {outcome.output_dir}")
+        say(f"adapter: {outcome.output_dir}")
     return EXIT_CODES.get(outcome.status, 1)
 
 
@@ -179,10 +190,12 @@ def make_train_command(
     get_db: Callable[[], Path | None] | None = None,
     default_model: Callable[[], Path] | None = None,
     with_db_option: bool = False,
+    escape: Callable[[str], str] | None = None,
 ) -> Callable[..., None]:
     """Build the ``train`` typer command: ``--run-id``, ``--resume`` and one flag per RunConfig field.
 
-    ``get_db`` and ``default_model`` are called when the command runs (the studio passes its settings).
+    ``get_db`` and ``default_model`` are called when the command runs (the studio passes its settings);
+    ``escape`` is applied to every printed line (see ``run_train``).
     """
 
     def train(**kwargs: Any) -> None:
@@ -193,7 +206,7 @@ def make_train_command(
         dry_run = kwargs.pop("dry_run")
         db = kwargs.pop("db", None) if with_db_option else (get_db() if get_db else None)
         code = run_train(db, run_id, resume, kwargs, default_model=default_model, prepare_only=prepare_only,
-                         dry_run=dry_run)
+                         dry_run=dry_run, escape=escape)
         raise typer.Exit(code)
 
     params = [
