@@ -172,6 +172,7 @@ async def test_a_busy_database_keeps_the_judgement_says_so_and_saves_it_when_fre
             await wait_for(pilot, lambda: "database busy, retrying" in str(notice.render()), timeout=10)
             assert notice.display and chat.state == "saving"
             await pilot.press("2")  # another verdict on the same answers is not taken while one is saving
+            await pilot.press("i")  # nor is moving on before it is stored
             await pilot.pause(1.5)  # longer than one retry: still kept, still retrying, the app still up
             assert app.is_running and chat.state == "saving"
             assert blocker.execute("SELECT COUNT(*) FROM judgements").fetchone() == (0,)

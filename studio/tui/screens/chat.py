@@ -309,6 +309,8 @@ class ChatScreen(Screen):
     def handle_judge_action(self, event: JudgeBar.Action) -> None:
         action = event.action
         if action == "input":
+            if self.state == "saving":  # the verdict is not stored yet: moving on waits for it
+                return
             self._clear_pending()
             self._back_to_input()
             return
@@ -406,6 +408,9 @@ class ChatScreen(Screen):
         if self._busy_shown:
             self._saving_notice(False)
             self.notify("The database is free again: your judgement is saved.")
+        if self.job is not job:  # the screen moved on while it waited (a new session): nothing to continue
+            self._update_counter()
+            return
         self.state = "judging"
         self._update_counter()
         if reply is not None:
