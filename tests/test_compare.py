@@ -284,6 +284,7 @@ async def test_blind_votes_keep_their_meaning_across_a_reveal(trained, default_m
         async with app.run_test(size=(140, 40)) as pilot:
             screen = await _open_compare(pilot, app)
             before = vote_tally(store, run_id)
+            assert len(screen.result.rows) >= 2
 
             def tally_text() -> str:
                 return str(screen.query_one("#compare-tally").render())
@@ -294,6 +295,10 @@ async def test_blind_votes_keep_their_meaning_across_a_reveal(trained, default_m
             assert f"tuned {before.wins + 1} win(s)" in tally_text()
             await pilot.press("b")  # blind again: the sides are drawn afresh, votes still count by side
             assert screen.blind and "win" not in tally_text()
+            seen = screen.index  # shown revealed: a vote on it would not be blind, so none is taken
+            await pilot.press("1")
+            assert vote_tally(store, run_id).total == before.total + 1 and screen.index == seen
+            await pilot.press("p")  # the first prompt was only ever shown blind
             await pilot.press("1" if screen.order[screen.index] else "2")
             after = vote_tally(store, run_id)
             assert (after.wins, after.losses, after.ties) == (before.wins + 2, before.losses, before.ties)

@@ -4,7 +4,8 @@ In blind mode each prompt's left/right order is drawn per prompt (balanced, and 
 mode starts, so a reveal teaches nothing about later votes) and the labels are hidden; ``1`` / ``2`` / ``t``
 vote left, right or tie, and each vote is stored with the run at once, with the side the tuned answer was on.
 While blind only the number of votes shows: a running "tuned 1 win" would tell the voter which side is
-tuned. ``b`` reveals the sides and the tally (tuned wins / ties / losses, 95 % interval).
+tuned. ``b`` reveals the sides and the tally (tuned wins / ties / losses, 95 % interval); a prompt whose sides
+were shown takes no blind vote afterwards.
 
 The chooser on top picks the prompts (held-out, a bank, the session's questions, a file) and the sampling
 (temperature 0 = greedy, max tokens); changing the source or pressing enter in a field compares again.
@@ -87,6 +88,7 @@ class CompareScreen(Screen):
         self.source = PromptSource()
         self.sampling: SamplingSettings | None = None  # None until on_mount reads the settings
         self._choice = "auto"  # the chooser value last compared on (or being compared on)
+        self._seen_revealed: set[int] = set()  # rows shown with their sides named: no blind vote on them
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -179,6 +181,7 @@ class CompareScreen(Screen):
         self.result = message.result
         self.order = self._draw_order()
         self.index = 0
+        self._seen_revealed = set()
         self.query_one("#compare-progress", ProgressBar).display = False
         self.query_one("#compare-title", Static).remove_class("error-text")
         if self.result.sampling:
@@ -212,6 +215,8 @@ class CompareScreen(Screen):
             return
         row = result.rows[self.index]
         tuned_left = self.order[self.index]
+        if not self.blind:
+            self._seen_revealed.add(self.index)
         left, right = (row.tuned_text, row.base_text) if tuned_left else (row.base_text, row.tuned_text)
         panels = (self.query_one("#compare-left", CandidatePanel), self.query_one("#compare-right", CandidatePanel))
         names = ("tuned", "base") if tuned_left else ("base", "tuned")
@@ -250,6 +255,10 @@ class CompareScreen(Screen):
             return
         if not self.blind:
             self.notify("Votes count only in blind mode (press b).", severity="warning")
+            return
+        if self.index in self._seen_revealed:  # the voter knows which answer is tuned: not a blind vote
+            self.notify(f"Prompt {self.index + 1}'s sides were shown: its vote would not be blind. Vote on another "
+                        "prompt, or compare again (g) for fresh answers.", severity="warning", timeout=8)
             return
         row = self.result.rows[self.index]
         tuned_left = self.order[self.index]
