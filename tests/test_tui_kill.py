@@ -173,6 +173,9 @@ async def test_a_busy_database_keeps_the_judgement_says_so_and_saves_it_when_fre
             assert notice.display and chat.state == "saving"
             await pilot.press("2")  # another verdict on the same answers is not taken while one is saving
             await pilot.press("i")  # nor is moving on before it is stored
+            await pilot.press("ctrl+q")  # quitting first says the judgement would be lost
+            await pilot.pause(0.2)
+            assert app.is_running and app._quit_anyway
             await pilot.pause(1.5)  # longer than one retry: still kept, still retrying, the app still up
             assert app.is_running and chat.state == "saving"
             assert blocker.execute("SELECT COUNT(*) FROM judgements").fetchone() == (0,)

@@ -73,6 +73,18 @@ class PreferenceStudioApp(App[None]):
         of them would raise MarkupError and end the app."""
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
+    _quit_anyway = False  # a second ctrl+q while a judgement is still being saved
+
+    async def action_quit(self) -> None:
+        """Quit, unless a judgement is still waiting for a busy database: say so; a second ctrl+q quits."""
+        chat = next((s for s in self.screen_stack if isinstance(s, ChatScreen)), None)
+        if chat is not None and chat.state == "saving" and not self._quit_anyway:
+            self._quit_anyway = True
+            self.notify("A judgement is still waiting for the busy database: quitting now loses it. "
+                        "Press ctrl+q again to quit anyway.", severity="warning", timeout=10)
+            return
+        self.exit()
+
     def update_header(self) -> None:
         model = self.engine.identity.model_id if self.engine else self.settings.model.name
         self.sub_title = f"model: {model} · adapter: {self.active_adapter or 'none'}"
