@@ -302,11 +302,12 @@ def compare(
             result = run_comparison(engine, store, run, system=settings().system_prompt,
                                     sampling=sampling, seed=seed, prompts_from=source, limit=limit)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2))
+        typer.echo(json_visible(json.dumps(result.to_dict(), ensure_ascii=False, indent=2)))
         return
     for note in result.notes:
-        typer.echo(f"note: {note}", err=True)
-    typer.echo(f"run {run}: {len(result.rows)} prompt(s) from {result.prompts_source} · {describe_sampling(sampling)}")
+        typer.echo(f"note: {visible(note)}", err=True)
+    typer.echo(f"run {run}: {len(result.rows)} prompt(s) from {visible(result.prompts_source, keep='')} · "
+               f"{describe_sampling(sampling)}")
     for i, row in enumerate(result.rows, 1):
         typer.echo(f"\n[{i}] {_one_line(row.prompt, 100)}  (seed {row.seed})")
         typer.echo(f"  base : {_one_line(row.base_text, 200)}")

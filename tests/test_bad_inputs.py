@@ -436,6 +436,10 @@ CASES = [
                                                      "nope\x1b[2J"], 1, "nope\\x1b[2J"),
     C("doctor-names-the-config-in-use", lambda c: [*c.config("n_ctx = 1024\n"), *_model(c), "doctor"], 0,
       "config.toml (read)"),
+    C("compare-json-escapes-prompt", lambda c: [
+        *_model(c), "--db", str(_copy(c)), "compare", "--run", "1", "--json", "--max-tokens", "1", "--prompts",
+        str(c.file("p.txt", "Say \x1b]0;x\x07 and \x9b2J\n"))], 0, "\\u001b]0;x\\u0007 and \\u009b2J",
+      db_changes=True),  # the comparison is stored: checked on a copy
     # --- database files
     C("db-under-a-file", lambda c: ["--db", str(c.file("plain", "x") / "s.db"), "pairs", "list"], 1, "plain"),
     C("db-not-a-database", lambda c: ["--db", str(c.file("junk.db", b"x" * 4096)), "pairs", "list"], 1,
