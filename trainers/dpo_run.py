@@ -155,7 +155,8 @@ def resolve_dtype(config: RunConfig, device: str) -> str:
 
 
 def oom_message(config: RunConfig, device: str) -> str:
-    fixes = [f"a shorter --max-length (now {config.max_length})", f"a smaller --batch-size (now {config.batch_size}"
+    fixes = [f"a shorter --max-length (now {config.max_length or 'auto'})",
+             f"a smaller --batch-size (now {config.batch_size}"
              + (", raise --grad-accum to keep the effective batch)" if config.batch_size > 1 else ")")]
     if device == "cuda":
         if not config.four_bit:
