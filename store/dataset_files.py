@@ -106,6 +106,11 @@ def _malformed(path: Path, line: int, column: int, message: str) -> DatasetImpor
     return DatasetImportError(f"{path}: malformed JSON at line {line}, column {column}: {message}.")
 
 
+# json's parser recurses once per level: a record nested thousands deep raises RecursionError, not a
+# JSONDecodeError. It is a bad record like any other: named, never a traceback.
+_TOO_DEEP = "a value nested too deeply to read (thousands of levels of lists or objects)"
+
+
 # JSON Lines
 
 
@@ -140,6 +145,8 @@ def jsonl_line_records(path: Path, lines: Iterable[tuple[int, bytes]]) -> Iterat
             record, end = scan(line, start)
             if line[end:].strip():
                 raise ValueError
+        except RecursionError:
+            raise _malformed(path, number, start + 1, _TOO_DEEP) from None
         except (StopIteration, ValueError):
             try:
                 record = decoder.decode(line)  # the same parse, for json's own message and column
@@ -154,7 +161,7 @@ def _refuse_single_object(path: Path) -> None:
     """A file whose first line is not JSON may be one pretty-printed object: say so, not 'line 1'."""
     try:
         whole = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return
     if isinstance(whole, dict):
         keys = ", ".join(list(whole)[:8])
@@ -252,6 +259,8 @@ def _json_array_records(path: Path, chunk: int = _CHUNK) -> Iterator[Located]:
             while True:
                 try:
                     record, end = decoder.raw_decode(window.text, pos)
+                except RecursionError:
+                    raise _malformed(path, *window.position(pos), _TOO_DEEP) from None
                 except json.JSONDecodeError as error:
                     # A record cut by the end of the window is not an error until the file has ended.
                     if window.more():

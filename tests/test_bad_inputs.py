@@ -358,10 +358,14 @@ CASES = [
       "the disk is full", mount=True),
     C("import-onto-full-disk", lambda c: ["--db", str(c.db_on_full_disk()), "datasets", "import",
                                           str(c.big_pairs_file()), "--name", "big"], 1, "is full", mount=True),
-    C("import-deeply-nested-json", lambda c: ["datasets", "import", str(c.file("nested.json", NESTED))], 1,
-      "nested too deeply"),
+    C("import-deeply-nested-json", lambda c: ["datasets", "import", str(c.file("nested.json", "[" + NESTED + "]"))],
+      1, "nested too deeply"),
     C("import-deeply-nested-jsonl", lambda c: ["datasets", "import", str(c.file("nested.jsonl",
-                                                                                  NESTED + "\n"))], 1, "nested.jsonl"),
+                                                                                  NESTED + "\n"))], 1,
+      "nested.jsonl: malformed JSON at line 1, column 2: a value nested too deeply"),
+    C("import-deeply-nested-record-line-2", lambda c: ["datasets", "import", str(c.file(
+        "deep.jsonl", '{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": ' + NESTED + "}\n"))], 1,
+      "deep.jsonl: malformed JSON at line 2, column 1: a value nested too deeply"),
     # --- items 10/11: configuration and flags
     C("config-is-a-folder", lambda c: ["--config", str(c.tmp), "pairs", "list"], 1, "is not a file"),
     C("config-missing", lambda c: ["--config", str(c.tmp / "nope.toml"), "doctor"], 1, "config file not found"),
