@@ -46,9 +46,11 @@ def _prepare_location(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else (error.strerror or str(error))
         raise StoreUnwritableError(
             f"Cannot create the folder {path.parent} for the studio database {path}: "
-            f"{error.strerror or error}. Pass --db to use another file."
+            f"{reason}. Pass --db to use another file."
         ) from error
     try:
         # Appending nothing creates a missing file and proves an existing one writable; SQLite itself
@@ -82,10 +84,12 @@ def _check_pages(path: Path, db: sqlite_utils.Database) -> None:
     O(file size), a fraction of a second for a studio's database. A check that cannot even run raises
     sqlite3.DatabaseError, which the caller turns into the same StoreCorruptError.
     """
-    rows = [row[0] for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    rows = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)").fetchall()]
     if rows != ["ok"]:
+        # Each row may hold several lines ("*** in database main ***\nPage 40: …"): keep the problems.
+        problems = [line for row in rows for line in row.splitlines() if line and not line.startswith("***")]
         raise StoreCorruptError(
-            f"{path} has damaged pages ({'; '.join(str(r) for r in rows)}). Nothing was changed. Restore it from "
+            f"{path} has damaged pages ({'; '.join(problems[:3])}). Nothing was changed. Restore it from "
             "a backup or move it aside, or pass --db to use another file."
         )
 

@@ -59,14 +59,15 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextmanager
-def user_errors():
-    """Turn the errors a user can cause into one clear line and exit code 1."""
+def user_errors(out: Path | None = None):
+    """Turn the errors a user can cause into one clear line and exit code 1; ``out`` is the command's
+    --out, named when a write fails without a file name (a full disk fails in write(), not open())."""
     try:
         yield
     except (StoreError, EngineError, ModelFileError, SettingsError, ValueError) as exc:
         raise fail(str(exc)) from None
     except OSError as exc:  # an unwritable, read-only or full --out
-        raise fail(describe_write_error(exc, Path(exc.filename or "the output"))) from None
+        raise fail(describe_write_error(exc, out or Path("the output"))) from None
 
 
 def settings() -> StudioSettings:
@@ -258,7 +259,7 @@ def adapters_export(
     from studio.model_files import inspect_gguf
     from studio.run_adapters import export_run_adapter
 
-    with user_errors():
+    with user_errors(out):
         with Store.open(settings().db) as store:
             record = store.get_run(run)
         written = export_run_adapter(record, inspect_gguf(resolve_model_path()), out)
@@ -372,7 +373,7 @@ def report(
     --max-tokens generates them afresh with those settings."""
     from studio.compare_session import run_comparison, stored_comparison, write_run_report
 
-    with user_errors():
+    with user_errors(out):
         check_report_folder(out)  # before any model is loaded: never into a folder it did not write
         source = _prompt_source(prompts, prompts_from)
         sampling = _sampling(temperature, max_tokens)

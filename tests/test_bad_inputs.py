@@ -334,13 +334,14 @@ CASES = [
       "not a run folder inside the runs folder"),
     # --- item 10: unwritable, read-only, full
     C("report-full-disk", lambda c: ["report", "--run", "1", "--out", str(c.full_dir() / "r")], 1,
-      "the disk is full", mount=True),
+      "full/r: the disk is full", mount=True),
     C("report-read-only", lambda c: ["report", "--run", "1", "--out", str(c.readonly_dir() / "r")], 1,
       "read-only", mount=True),
     C("report-under-a-file", lambda c: ["report", "--run", "1", "--out", str(c.file("plain", "x") / "r")], 1,
       "plain is a file, not a folder"),
     C("adapter-export-full-disk", lambda c: [*_model(c), "adapters", "export", "--run", "1", "--out",
-                                             str(c.full_dir() / "a.gguf")], 1, "the disk is full", mount=True),
+                                             str(c.full_dir() / "a.gguf")], 1,
+      "full/a.gguf: the disk is full", mount=True),
     C("adapter-export-read-only", lambda c: [*_model(c), "adapters", "export", "--run", "1", "--out",
                                              str(c.readonly_dir() / "a.gguf")], 1, "read-only", mount=True),
     C("adapter-export-under-a-file", lambda c: [*_model(c), "adapters", "export", "--run", "1", "--out",
@@ -445,10 +446,11 @@ CASES = [
         str(c.file("p.txt", "Say \x1b]0;x\x07 and \x9b2J\n"))], 0, "\\u001b]0;x\\u0007 and \\u009b2J",
       db_changes=True),  # the comparison is stored: checked on a copy
     # --- database files
-    C("db-under-a-file", lambda c: ["--db", str(c.file("plain", "x") / "s.db"), "pairs", "list"], 1, "plain"),
+    C("db-under-a-file", lambda c: ["--db", str(c.file("plain", "x") / "s.db"), "pairs", "list"], 1,
+      "plain is a file, not a folder"),
     C("db-not-a-database", lambda c: ["--db", str(c.file("junk.db", b"x" * 4096)), "pairs", "list"], 1,
       "not a readable Preference Studio database"),
-    C("db-damaged-pages", lambda c: ["--db", str(_damaged_copy(c)), "datasets", "list"], 1, "damaged pages"),
+    C("db-damaged-pages", lambda c: ["--db", str(_damaged_copy(c)), "datasets", "list"], 1, "damaged pages (Page "),
     C("db-newer-schema", lambda c: ["--db", str(_newer_copy(c)), "pairs", "list"], 1, "newer Preference Studio"),
     # --- models, runs, adapters, reports
     C("generate-empty-prompt", lambda c: [*_model(c), "generate", "   "], 1, "the prompt is empty"),
