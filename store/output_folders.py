@@ -107,6 +107,10 @@ def check_output_file(path: Path, recognise: Callable[[Path], bool], what: str) 
         raise OutputFolderError(f"{path} is a folder; {what} is written to a file: give a file name as --out")
     if not path.exists():
         return
+    if not path.is_file():
+        # A device, FIFO or socket: the atomic rename would replace the node itself (as root, /dev/null).
+        raise OutputFolderError(f"{path} is not a regular file; {what} is written to a regular file: choose "
+                                "another --out (nothing was written)")
     try:
         if path.stat().st_size == 0 or recognise(path):
             return

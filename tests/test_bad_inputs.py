@@ -315,6 +315,8 @@ CASES = [
       lambda c: (c.file("out/p_test_prompts.jsonl", "mine\n"),
                  ["datasets", "export", "d", "--test-prompts", "--out", str(c.tmp / "out" / "p.jsonl")])[-1], 1,
       "p_test_prompts.jsonl already exists"),
+    C("export-jsonl-over-a-fifo", lambda c: ["datasets", "export", "d", "--out", str(_fifo(c))], 1,
+      "is not a regular file"),
     C("export-unknown-format", ["datasets", "export", "d", "--format", "xml", "--out", "x.xml"], 1,
       "--format must be one of"),
     C("pairs-export-over-database", lambda c: ["pairs", "export", "--out", str(c.studio.db)], 1,
@@ -493,6 +495,20 @@ CASES = [
     C("template-huge-output", lambda c: [*_template_model(c, "{% for i in range(100000000) %}xxxxxxxxxx{% endfor %}"),
                                          "generate", "hi", "--max-tokens", "2"], 1, "chat template", process=True),
 ]
+
+
+def _fifo(ctx: Ctx) -> Path:
+    """A named pipe: like /dev/null, a node an atomic rename would replace (safe to try here, unlike /dev/null)."""
+    path = ctx.tmp / "pipe.jsonl"
+    os.mkfifo(path)
+    ctx.after.append(lambda: _still_a_fifo(path))
+    return path
+
+
+def _still_a_fifo(path: Path) -> None:
+    import stat
+
+    assert stat.S_ISFIFO(path.lstat().st_mode), f"{path} was replaced"
 
 
 def _copy(ctx: Ctx) -> Path:
