@@ -58,6 +58,7 @@ def select_for_config(store: Any, config: RunConfig) -> PairSelection:
 def plan_for_config(store: Any, config: RunConfig, model: Path | str, tokenizer: Any | None = None) -> PairSelection:
     """What a run of ``config`` on ``model`` would train on, counted with the model's tokenizer alone (pairs
     that fit per split, max length, steps); records nothing. ``tokenizer`` saves loading it again."""
+    check_target_modules(Path(model), config.target_modules)  # a misspelt module is named here too
     selection = select_for_config(store, config)
     if tokenizer is None:
         from trainers.model_source import load_tokenizer_for
