@@ -317,15 +317,11 @@ def compare(
         typer.echo("")
         typer.echo(_metrics_line(result.before, result.after))
     if result.stance:
+        from studio.stance_metric import describe_stance
+
         typer.echo("")
-        typer.echo(_stance_line(result.stance))
-
-
-def _stance_line(stance: dict) -> str:
-    b, a = stance["before"], stance["after"]
-    return (f"stance metric on {b['n']} held-out labelled item(s): support preferred (logp support > oppose) "
-            f"base {b['support_preferred']}/{b['n']} ({b['share']:.0%}) → tuned {a['support_preferred']}/{a['n']} "
-            f"({a['share']:.0%})")
+        for line in describe_stance(result.stance):  # held-out and training items, each labelled
+            typer.echo(line)
 
 
 PROMPTS_FROM_HELP = ("Where the prompts come from: heldout, bank:NAME (assets/prompts), session (the questions of the "

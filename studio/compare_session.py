@@ -17,7 +17,7 @@ from studio.comparison import BlindTally, ComparisonError, ComparisonRow, heldou
 from studio.engine import ChatEngine, SamplingSettings
 from studio.run_adapters import adapter_name, gguf_adapter_for_run
 from studio.scoring import preference_metrics
-from studio.stance_metric import StanceMetricError, run_exercise_system, run_stance_items, stance_before_after
+from studio.stance_metric import StanceMetricError, run_exercise_system, run_stance_metrics, stance_parts
 
 EVALUATION_KIND = "comparison"
 Progress = Callable[[str, int, int], None]
@@ -33,7 +33,7 @@ class ComparisonResult:
     before: dict | None = None  # held-out preference metrics of the base (raw accuracy, mean margin)
     after: dict | None = None  # of the tuned model, with the base as DPO's reference
     notes: list[str] = field(default_factory=list)
-    stance: dict | None = None  # exercise runs: support share of the held-out items, {"before", "after"}
+    stance: dict | None = None  # exercise runs: support share, {"heldout"/"train": {"before", "after"}}
     sampling: dict | None = None  # the settings both sides answered with (temperature 0: greedy)
     prompts_spec: str = "auto"  # the PromptSource spec the prompts were chosen with
 
@@ -146,19 +146,13 @@ def _exercise_test_prompts(store: Any, run: Any) -> list[str]:
 
 def _stance(engine: ChatEngine, store: Any, run: Any, system: str, name: str, progress: Progress | None,
             notes: list[str]) -> dict | None:
+    # Held-out items when there are any, and always the training items (labelled as such): the homework's
+    # data size 50 of 50 holds nothing out (studio.stance_metric.run_stance_metrics).
     try:
-        items = run_stance_items(store, run)
+        return run_stance_metrics(engine, store, run, system, name, on_progress=progress) or None
     except StanceMetricError as exc:
         notes.append(str(exc))
         return None
-    if not items:
-        notes.append("no held-out labelled items (data size is the whole dataset): no stance metric")
-        return None
-    before, after = stance_before_after(
-        engine, items, system, name,
-        on_progress=(lambda done, total: progress("stance metric", done, total)) if progress else None,
-    )
-    return {"before": before.to_dict(), "after": after.to_dict()}
 
 
 def stored_comparison(store: Any, run_id: int) -> ComparisonResult | None:
@@ -169,10 +163,11 @@ def stored_comparison(store: Any, run_id: int) -> ComparisonResult | None:
 def report_columns(result: ComparisonResult) -> dict[str, dict]:
     """The report's before/after table: held-out preference metrics and, for exercises, the support share."""
     columns: dict[str, dict] = {"base": dict(result.before or {}), "tuned": dict(result.after or {})}
-    if result.stance:
+    for part, values in stance_parts(result.stance).items():
+        suffix = "" if part == "heldout" else " (training items)"
         for column, key in (("base", "before"), ("tuned", "after")):
-            columns[column]["support_share"] = result.stance[key]["share"]
-            columns[column]["stance_items"] = result.stance[key]["n"]
+            columns[column][f"support_share{suffix}"] = values[key]["share"]
+            columns[column][f"stance_items{suffix}"] = values[key]["n"]
     return {k: v for k, v in columns.items() if v}
 
 

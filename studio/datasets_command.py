@@ -131,7 +131,13 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         with _user_errors(path, get_db()), open_store() as store, _progress() as on_progress:
             report = import_dataset(store, path, name=name, fmt=fmt, test_prompts_path=test_prompts,
                                     on_progress=on_progress)
+            record = store.get_dataset(report.dataset_id)
         typer.echo(visible(report.describe()))
+        from trainers.exercise import missing_test_prompts_note
+
+        note = missing_test_prompts_note(record.kind, record.n_test_prompts, record.name)
+        if note:  # e.g. labelled_data.json imported without its test file (issue 9, item 11)
+            typer.echo(f"note: {visible(note)}", err=True)
 
     @app.command("list")
     def list_() -> None:

@@ -29,6 +29,12 @@ METRIC_NOTES = (
     "(β·[(logπ(c)−logπref(c)) − (logπ(r)−logπref(r))] > 0). Margins are means over pairs, in nats."
 )
 
+TRAINING_ITEMS_NOTE = (
+    "support_share: share of labelled items where the support answer is more likely than the oppose answer. "
+    "The rows marked (training items) are measured on items the run trained on: they show what it learned, "
+    "not how it generalises; the unmarked rows are the held-out items, when the run held any out."
+)
+
 
 class ReportError(ValueError):
     """No report can be written for this run (it failed, is still training, or the target is unusable)."""
@@ -151,7 +157,10 @@ def _before_after(before_after: dict[str, Any]) -> list[Block]:
     for values in columns.values():
         names += [k for k in values if k not in names]
     table = _table(("metric", *columns), [(n, *(c.get(n) for c in columns.values())) for n in names])
-    return [*blocks, table, Block("p", METRIC_NOTES)]
+    notes = [Block("p", METRIC_NOTES)]
+    if any(n.endswith("(training items)") for n in names):  # exercise runs (studio.stance_metric)
+        notes.append(Block("p", TRAINING_ITEMS_NOTE))
+    return [*blocks, table, *notes]
 
 
 def _tally(tally: Any) -> list[Block]:

@@ -21,7 +21,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 @pytest.fixture
 def exercise_app(tmp_path, default_model, tiny_model_dir, studio_home):
     store = Store.open(tmp_path / "studio.db")
-    settings = replace(load_settings(tmp_path / "none.toml"), model=default_model, train_model=tiny_model_dir)
+    config = tmp_path / "studio.toml"
+    config.write_text("", encoding="utf-8")  # an empty config: the defaults
+    settings = replace(load_settings(config), model=default_model, train_model=tiny_model_dir)
     app = PreferenceStudioApp(settings=settings, store=store)
     yield app
     store.close()
@@ -29,7 +31,7 @@ def exercise_app(tmp_path, default_model, tiny_model_dir, studio_home):
 
 def rows(screen: ExerciseScreen) -> list[tuple]:
     table = screen.query_one("#ex-table")
-    return [tuple(table.get_row_at(i)) for i in range(table.row_count)]
+    return [tuple(str(cell) for cell in table.get_row_at(i)) for i in range(table.row_count)]  # Text → plain
 
 
 async def open_exercise(pilot, app) -> ExerciseScreen:
@@ -118,3 +120,81 @@ async def test_import_from_the_tui_stores_the_file_or_names_the_problem(exercise
         await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
         scope = app.screen.query_one("#cfg-scope")
         assert f"dataset:{good.stem}" in [value for _, value in scope._options]
+
+
+def type_in_one_burst(app, text: str, then: str) -> None:  # noqa: ANN001
+    """Send ``text`` and the key ``then`` the way a terminal delivers a fast typist's or a paste's keys: all
+    at once, without waiting for the app to handle each (``pilot.press`` waits for idle after every key, so
+    it cannot show a key handled before the ones typed just before it)."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    for ch in text:
+        key = ch if ch.isalnum() else _character_to_key(ch)
+        app._driver.send_message(events.Key(key, ch))
+    app._driver.send_message(events.Key(then, None))
+
+
+async def test_a_path_typed_and_imported_at_once_is_imported_whole(exercise_app, tmp_path):
+    # Issue 9, item 17: the characters of a path typed just before ctrl+o were still waiting in the field's
+    # queue when the priority key read the field, and a truncated path was imported.
+    source = tmp_path / "typed_at_once_pairs.jsonl"
+    source.write_text((FIXTURES / "trl_standard.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    app = exercise_app
+    async with app.run_test(size=(150, 44)) as pilot:
+        screen = await open_exercise(pilot, app)
+        screen.query_one("#ex-import").focus()
+        await pilot.pause()
+        type_in_one_burst(app, str(source), then="ctrl+o")
+        status = screen.query_one("#ex-status")
+        outcomes = ("stored", "failed", "Type the path")  # imported / a truncated path / an empty one
+        await wait_for(pilot, lambda: any(word in str(status.render()) for word in outcomes), timeout=30)
+        assert screen.query_one("#ex-import").value == str(source)
+        assert "stored" in str(status.render()), str(status.render())
+        assert "typed_at_once_pairs" in [d.name for d in app.store.list_datasets()]
+
+
+async def test_a_data_file_alone_is_named_as_lacking_test_prompts_and_the_second_field_adds_them(
+        exercise_app, tmp_path):
+    # Issue 9, item 11: the homework's labelled_data.json imported alone got 0 test prompts, silently.
+    bundled = Path(__file__).resolve().parent.parent / "assets" / "exercises" / "car_free_city_centres"
+    labelled = tmp_path / "labelled_data.json"
+    tests = tmp_path / "test_data.json"
+    labelled.write_text((bundled / "train.json").read_text(encoding="utf-8"), encoding="utf-8")
+    tests.write_text((bundled / "test.json").read_text(encoding="utf-8"), encoding="utf-8")
+    app = exercise_app
+    async with app.run_test(size=(150, 44)) as pilot:
+        screen = await open_exercise(pilot, app)
+        status, summary = screen.query_one("#ex-status"), screen.query_one("#ex-summary")
+        screen.query_one("#ex-import").value = str(labelled)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: "stored 60 items" in str(status.render()))
+        assert app.store.get_dataset("labelled_data").n_test_prompts == 0
+        text = str(status.render())
+        assert "Dataset 'labelled_data' has no test prompts" in text and "Beside it: test_data.json" in text
+        await wait_for(pilot, lambda: screen.query_one("#ex-dataset").value == "labelled_data")
+        assert "has no test prompts" in str(summary.render())  # stays in view while the dataset is chosen
+
+        screen.query_one("#ex-import-tests").value = str(tests)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: "and 10 test prompts" in str(status.render()))
+        record = app.store.get_dataset("labelled_data")
+        assert (record.n_items, record.n_test_prompts) == (60, 10)  # the items were not stored twice
+        assert "has no test prompts" not in str(status.render())
+        await pilot.pause(0.1)
+        assert "has no test prompts" not in str(summary.render())
+        select = screen.query_one("#ex-dataset")
+        assert "labelled_data (60 items, 10 test prompts)" in [str(label) for label, _ in select._options]
+
+
+async def test_nothing_held_out_says_the_stance_is_measured_on_the_training_items(exercise_app):
+    # Issue 9, item 10: data size = every item (the homework's 50 of 50) holds nothing out.
+    app = exercise_app
+    async with app.run_test(size=(150, 44)) as pilot:
+        screen = await open_exercise(pilot, app)
+        summary = screen.query_one("#ex-summary")
+        assert "10 items held out for the stance metric" in str(summary.render())
+        await set_value(pilot, screen, "data_size", "60")
+        assert len(rows(screen)) == 60
+        assert "no items held out: the stance metric is measured on the training items only" in str(
+            summary.render())

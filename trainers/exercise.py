@@ -257,6 +257,18 @@ def select_exercise(
                          report=report, extra={"exercise_pairs": train})
 
 
+def missing_test_prompts_note(kind: str, n_test_prompts: int, name: str) -> str | None:
+    """What to tell the user about a labelled-stance dataset without test prompts (None when it has some, or
+    is not a stance dataset): its comparison has nothing of its own to answer. Importing a data file alone
+    (the homework's ``labelled_data.json``) stores none; the folder, or ``--test-prompts``, brings them."""
+    if kind != "stance" or n_test_prompts:
+        return None
+    return (f"Dataset '{name}' has no test prompts, so its comparison will answer a prompt bank's prompts "
+            "instead. Import the data file again with its test-prompt file (the test-prompts field, or "
+            "`prefstudio datasets import FILE --test-prompts TEST_FILE`), or import the folder holding both; "
+            "items already stored are skipped.")
+
+
 def item_key_of(pair_id: str) -> str | None:
     """The stance item key of an exercise pair id (``stance:<key>``), else None."""
     return pair_id[len(STANCE_PAIR_PREFIX):] if pair_id.startswith(STANCE_PAIR_PREFIX) else None

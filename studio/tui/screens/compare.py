@@ -198,10 +198,9 @@ class CompareScreen(Screen):
     def _metrics_text(self) -> str:
         r = self.result
         if r and r.stance:
-            b, a = r.stance["before"], r.stance["after"]
-            return (f"Stance metric on {b['n']} held-out labelled items (support answer more likely than oppose): "
-                    f"base {b['support_preferred']}/{b['n']} ({b['share']:.0%}) → tuned "
-                    f"{a['support_preferred']}/{a['n']} ({a['share']:.0%})")
+            from studio.stance_metric import describe_stance
+
+            return "\n".join(describe_stance(r.stance))  # held-out and training items, each labelled
         if not r or not r.before or not r.after:
             return "No held-out pairs in this run: no automatic metrics (votes still count)."
         b, a = r.before, r.after

@@ -1,29 +1,65 @@
 """Exercise mode: the DPO homework in the studio.
 
-Pick a labelled-stance dataset (prompt / support / oppose), set data size, support ratio and epochs; the
-preview shows each training pair, its position and the preferred side (the first
+Pick a labelled-stance dataset (prompt / support / oppose), set data size, support ratio, epochs, learning
+rate and beta; the preview shows each training pair, its position and the preferred side (the first
 ``support_count(data_size, support_ratio)`` prefer support, the rest oppose). ``ctrl+s`` trains with the
 regular trainer; when the run ends, the comparison opens on the dataset's test prompts with the stance
-metric before and after.
+metric before and after, on the held-out items and on the training items (the homework's data size 50 of 50
+holds nothing out); back here, the last run's stance stays on screen.
+
+The training defaults (``DEFAULTS``) are the ones measured by ``bench/exercise_defaults.py`` on the bundled
+exercise with the default model: the fewest steps that move the held-out stance visibly both ways (the
+table is in the README's exercise section).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Label, Select, Static, TextArea
 
+from store.dataset_files import DATA_SUFFIXES
 from store.dataset_import import import_dataset
 from studio.assets import assets_dir
-from trainers.exercise import EXERCISE_SYSTEM_PROMPT, build_exercise_pairs
+from trainers.exercise import EXERCISE_SYSTEM_PROMPT, build_exercise_pairs, missing_test_prompts_note
 from trainers.pair_selection import PairSelectionError
 from trainers.run_config import RunConfig
 
-DEFAULTS = {"data_size": "50", "support_ratio": "0.1", "epochs": "1", "shuffle_seed": "0"}
+DEFAULTS = {"data_size": "50", "support_ratio": "0.1", "epochs": "1", "learning_rate": "5e-05", "beta": "0.1",
+            "shuffle_seed": "0"}
+FIELDS = (("data_size", "data size", int), ("support_ratio", "support ratio", float), ("epochs", "epochs", int),
+          ("learning_rate", "learning rate", float), ("beta", "beta", float), ("shuffle_seed", "shuffle seed", int))
+
+
+def sibling_test_files(path: Path) -> list[Path]:
+    """Files beside a data file that look like its test prompts (a name with "test" in it), for a hint."""
+    return sorted(p for p in path.parent.iterdir() if p != path and p.is_file() and "test" in p.stem.lower()
+                  and p.suffix.lower() in DATA_SUFFIXES)
+
+
+def last_stance_lines(store, dataset: str) -> list[str]:  # noqa: ANN001
+    """The stance lines (held-out and training items) of the newest exercise run on ``dataset`` that has a
+    stored comparison, headed by the run and its settings; empty when there is none."""
+    from studio.compare_session import stored_comparison
+    from studio.stance_metric import describe_stance
+
+    for run in store.list_runs():
+        config = run.config or {}
+        if config.get("dataset") != dataset or config.get("support_ratio") is None:
+            continue
+        result = stored_comparison(store, run.id)
+        lines = describe_stance(result.stance if result else None)
+        if lines:
+            head = (f"Last compared run {run.id} (data size {config.get('data_size') or 'all'}, support ratio "
+                    f"{config['support_ratio']}, {config.get('epochs')} epoch(s)):")
+            return [head, *lines]
+    return []
 
 
 def import_bundled_exercises(store) -> list[str]:  # noqa: ANN001
@@ -42,15 +78,18 @@ class ExerciseScreen(Screen):
         Binding("escape", "back", "Back"),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._stance_lines: dict[str, list[str]] = {}  # dataset name → its last compared run's stance
+
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="exercise-body"):
-            with Vertical(id="exercise-form"):
+            with VerticalScroll(id="exercise-form"):
                 yield Label("DPO exercise", classes="dialog-title")
                 yield Select([], id="ex-dataset", prompt="labelled-stance dataset")
                 with Grid(id="exercise-grid"):
-                    for name, label in (("data_size", "data size"), ("support_ratio", "support ratio"),
-                                        ("epochs", "epochs"), ("shuffle_seed", "shuffle seed")):
+                    for name, label, _kind in FIELDS:
                         yield Label(label, classes="form-label")
                         yield Input(DEFAULTS[name], id=f"ex-{name}")
                 yield Checkbox("shuffle before taking the first items", value=False, id="ex-shuffle")
@@ -59,6 +98,9 @@ class ExerciseScreen(Screen):
                 yield Static("", id="ex-status", markup=False)
                 yield Label("import a dataset (file or folder; ctrl+o)", classes="form-label")
                 yield Input(placeholder="path to .json / .jsonl / .parquet / save_to_disk folder", id="ex-import")
+                yield Label("its test prompts (a file of {id, prompt}; optional)", classes="form-label")
+                yield Input(placeholder="e.g. test_data.json (a folder's *test* file is found by itself)",
+                            id="ex-import-tests")
             with Vertical(id="exercise-preview"):
                 yield Static("", id="ex-summary")
                 yield DataTable(id="ex-table", cursor_type="row", zebra_stripes=True)
@@ -101,11 +143,10 @@ class ExerciseScreen(Screen):
         if dataset is Select.BLANK:
             raise ValueError("choose a labelled-stance dataset (import one with `prefstudio datasets import`)")
         shuffle = self.query_one("#ex-shuffle", Checkbox).value
+        values = {name: number(name, kind) for name, _label, kind in FIELDS if name != "shuffle_seed"}
         return {
             "dataset": dataset,
-            "data_size": number("data_size", int),
-            "support_ratio": number("support_ratio", float),
-            "epochs": number("epochs", int),
+            **values,
             "shuffle_seed": number("shuffle_seed", int) if shuffle else None,
             "system_prompt": self.query_one("#ex-system", TextArea).text.strip() or EXERCISE_SYSTEM_PROMPT,
         }
@@ -129,9 +170,20 @@ class ExerciseScreen(Screen):
             table.add_row(*(Text(cell) for cell in (str(pair.position + 1), pair.item_key, pair.prefers,
                                                     pair.prompt_text, pair.chosen.strip(), pair.rejected.strip())))
         n_support = sum(p.prefers == "support" for p in pairs)
-        self.query_one("#ex-summary", Static).update(
-            f"{len(pairs)} training pairs: {n_support} prefer support, {len(pairs) - n_support} prefer oppose "
-            f"· {len(items) - len(pairs)} items left for the stance metric")
+        left = len(items) - len(pairs)
+        held = (f"{left} items held out for the stance metric" if left else
+                "no items held out: the stance metric is measured on the training items only")
+        lines = [f"{len(pairs)} training pairs: {n_support} prefer support, {len(pairs) - n_support} prefer oppose "
+                 f"· {held}"]
+        record = self.app.store.get_dataset(s["dataset"])
+        note = missing_test_prompts_note(record.kind, record.n_test_prompts, record.name)
+        if note:
+            lines.append(note)
+        if s["dataset"] not in self._stance_lines:
+            self._stance_lines[s["dataset"]] = last_stance_lines(self.app.store, s["dataset"])
+        if self._stance_lines[s["dataset"]]:
+            lines += ["", *self._stance_lines[s["dataset"]]]
+        self.query_one("#ex-summary", Static).update(Text("\n".join(lines)))
         status = self.query_one("#ex-status", Static)
         # Replace only an earlier settings error (or nothing): an import's report stays readable even when
         # the dataset list's Changed event re-runs the preview after it.
@@ -165,34 +217,55 @@ class ExerciseScreen(Screen):
         if run.status in ("done", "cancelled"):
             self.app.push_screen(CompareScreen(run.id, fresh=True))
 
+    def on_screen_resume(self) -> None:
+        """Back from the comparison (or any screen): show the newest stance measured, read again."""
+        self._stance_lines.clear()
+        self.refresh_preview()
+
     @on(Input.Submitted, "#ex-import")
+    @on(Input.Submitted, "#ex-import-tests")
     def action_import_file(self) -> None:
+        # A priority key is handled as soon as it arrives, while keys typed just before it may still wait in
+        # the focused field's queue: read the paths only after that queue has been worked through, so a
+        # path typed and imported at once is imported whole (issue 9, item 17).
+        target = self.app.focused or self
+        target.call_later(self._start_import)
+
+    def _start_import(self) -> None:
         path = self.query_one("#ex-import", Input).value.strip()
+        tests = self.query_one("#ex-import-tests", Input).value.strip()
         if not path:
             self.query_one("#ex-import", Input).focus()
             self._status("Type the path of a dataset file or folder, then enter.")
             return
-        self._status(f"Importing {path}…")
-        self.import_file(path)
+        self._status(f"Importing {path}" + (f" with the test prompts of {tests}" if tests else "") + "…")
+        self.import_file(path, tests or None)
 
     @work(thread=True, exclusive=True, group="import", exit_on_error=False)
-    def import_file(self, path: str) -> None:
+    def import_file(self, path: str, tests: str | None = None) -> None:
         """In a worker: a 100k-record file streams for a second or two; the UI stays live."""
-        from pathlib import Path
-
         try:
-            report = import_dataset(self.app.store, Path(path))
+            report = import_dataset(self.app.store, Path(path), test_prompts_path=Path(tests) if tests else None)
         except ValueError as exc:  # DatasetImportError: names the file, line, records
             self.app.call_from_thread(self._status, f"Import failed, nothing stored: {exc}", True)
             return
-        self.app.call_from_thread(self._imported, report)
+        record = self.app.store.get_dataset(report.dataset_id)
+        note = missing_test_prompts_note(record.kind, record.n_test_prompts, record.name)
+        if note and Path(path).is_file():
+            found = sibling_test_files(Path(path))
+            if found:
+                note += f" Beside it: {', '.join(p.name for p in found)}."
+        self.app.call_from_thread(self._imported, report, note)
 
-    def _imported(self, report) -> None:  # noqa: ANN001
+    def _imported(self, report, note: str | None = None) -> None:  # noqa: ANN001
         self._load_datasets(choose=report.name)
         self.refresh_preview()
         hint = "" if report.kind == "stance" else " Train on it from the train screen (F5) or with --dataset."
-        self._status(f"{report.describe()}.{hint}")
-        self.notify(report.describe())
+        # Not an error style: the preview's refresh (the dataset list changes next) replaces error texts.
+        self._status(f"{report.describe()}.{hint}" + (f" {note}" if note else ""))
+        self.notify(report.describe(), markup=False)
+        if note:
+            self.notify(note, severity="warning", markup=False)
 
     def action_back(self) -> None:
         self.app.pop_screen()
