@@ -126,6 +126,9 @@ def resolve_prompts(source: PromptSource, store: Any, run: Any, heldout: list[An
     bank. An explicit source that has nothing raises ``ComparisonError`` saying so.
     """
     if source.kind == "file":
+        if not Path(source.value).expanduser().exists():  # most often a mistyped source name
+            raise ComparisonError(f"no prompts file {source.value}: a prompt source is heldout, bank:NAME, "
+                                  "session, session:ID, auto, or the path of a prompts file")
         return list(load_prompts_file(source.value)), f"file {Path(source.value).name}"
     if source.kind == "bank":
         bank = find_bank(source.value)

@@ -394,6 +394,8 @@ def test_prompt_sources_resolve_from_the_store_banks_and_files(store: Store, tmp
     # Nothing silently empty: each unusable source says what is wrong.
     with pytest.raises(ComparisonError, match="no prompt bank named 'nope'; the banks are: everyday, tricky, values"):
         resolve("bank:nope")
+    with pytest.raises(ComparisonError, match="no prompts file sesion: a prompt source is heldout, bank:NAME"):
+        resolve("sesion")
     with pytest.raises(ComparisonError, match=f"run {run_id} has no held-out prompts"):
         resolve("heldout", pairs=[])
     with pytest.raises(ComparisonError, match="there is no session 99"):
