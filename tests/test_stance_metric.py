@@ -101,3 +101,86 @@ def test_training_to_prefer_support_raises_the_support_share(support_run, engine
     seen_before, seen_after = stance_before_after(engine, trained_on, system, name)
     assert seen_after.share > seen_before.share
     assert engine.active_adapter is None
+
+
+@pytest.fixture(scope="module")
+def all_items_run(default_model, session_home, tmp_path_factory):
+    """The homework's own setting in small: data size = every item (10 of 10), so nothing is held out; a
+    4-step run on the default model preferring support (ratio 1.0)."""
+    from store.dataset_import import import_dataset
+    from trainers.dpo_run import execute_run
+    from trainers.run_config import RunConfig
+    from trainers.run_lifecycle import prepare_run
+
+    work = tmp_path_factory.mktemp("stance-all")
+    data = work / "cars.json"
+    data.write_text(json.dumps(stance_rows()), encoding="utf-8")
+    with prefstudio_home(session_home):
+        with Store.open(work / "studio.db") as store:
+            import_dataset(store, data)
+            config = RunConfig(dataset="cars", support_ratio=1.0, data_size=10, max_steps=4, max_length=128,
+                               learning_rate=1e-3)
+            prepared = prepare_run(store, config, model_path=default_model, runs_root=work / "runs")
+            outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+            assert outcome.status == "done", outcome.message
+            assert store.get_run(prepared.run_id).heldout_ids == []
+            return work / "studio.db", prepared.run_id
+
+
+def test_a_run_holding_nothing_out_shows_the_stance_on_its_training_items(all_items_run, session_home,
+                                                                         tmp_path) -> None:
+    # Issue 9, item 10: with data size = every item the comparison had no stance metric at all.
+    from conftest import run_cli
+
+    from studio.compare_session import stored_comparison, write_run_report
+    from studio.stance_metric import describe_stance
+
+    db, run_id = all_items_run
+    proc = run_cli("--db", str(db), "compare", "--run", str(run_id), "--limit", "1", home=session_home,
+                   check=True, timeout=300)
+    assert "Stance on 10 training items (seen in training)" in proc.stdout, proc.stdout
+    assert "No items were held out (data size is the whole dataset)" in proc.stdout
+    assert "held-out items" not in proc.stdout
+    with Store.open(db) as store:
+        result = stored_comparison(store, run_id)
+        train = result.stance["train"]
+        assert "heldout" not in result.stance
+        assert (train["before"]["n"], train["total"], train["trained_support"]) == (10, 10, 10)
+        assert train["before"]["support_preferred"] == 0  # the base prefers "Yes, let the cars in." everywhere
+        assert train["after"]["share"] > train["before"]["share"]
+        assert describe_stance(result.stance)[0] in proc.stdout
+        report = write_run_report(store, run_id, result, tmp_path / "report").read_text(encoding="utf-8")
+    assert "support_share (training items)" in report and "measured on items the run trained on" in report
+
+
+async def test_the_exercise_screen_shows_the_last_compared_runs_stance(all_items_run, default_model,
+                                                                      session_home) -> None:
+    from dataclasses import replace
+
+    from conftest import run_cli, wait_for
+
+    from studio.settings import load_settings
+    from studio.tui.app import PreferenceStudioApp
+    from studio.tui.screens.exercise import ExerciseScreen
+
+    db, run_id = all_items_run
+    with Store.open(db) as store:
+        if not store.latest_evaluation(run_id, "comparison"):  # when run alone, without the test above
+            run_cli("--db", str(db), "compare", "--run", str(run_id), "--limit", "1", home=session_home,
+                    check=True, timeout=300)
+    with prefstudio_home(session_home), Store.open(db) as store:
+        config = db.parent / "studio.toml"
+        config.write_text("", encoding="utf-8")  # an empty config: the defaults
+        settings = replace(load_settings(config), model=default_model)
+        app = PreferenceStudioApp(settings=settings, store=store)
+        async with app.run_test(size=(150, 44)) as pilot:
+            await pilot.press("f8")
+            await wait_for(pilot, lambda: isinstance(app.screen, ExerciseScreen))
+            screen = app.screen
+            screen.query_one("#ex-dataset").value = "cars"
+            screen.query_one("#ex-data_size").value = "10"  # the default 50 is more than its 10 items
+            summary = screen.query_one("#ex-summary")
+            await wait_for(pilot, lambda: "Last compared run" in str(summary.render()), timeout=30)
+            text = str(summary.render())
+            assert f"Last compared run {run_id} (data size 10, support ratio 1.0" in text
+            assert "Stance on 10 training items (seen in training)" in text and "base 0/10" in text
