@@ -324,3 +324,23 @@ def test_headless_exercise_run_from_the_cli(tmp_path: Path, tiny_model_dir: Path
     with Store.open(db) as store:
         run = store.get_run(1)
         assert run.status == "done" and run.config["support_ratio"] == 0.1 and len(run.pair_ids) == 50
+
+
+def test_datasets_import_names_a_stance_file_without_test_prompts(tmp_path: Path) -> None:
+    # Issue 9, item 11: the homework's labelled_data.json imported alone stored 0 test prompts, silently.
+    from conftest import run_cli
+
+    labelled, tests = tmp_path / "labelled_data.json", tmp_path / "test_data.json"
+    labelled.write_text((BUNDLED / "train.json").read_text(encoding="utf-8"), encoding="utf-8")
+    tests.write_text((BUNDLED / "test.json").read_text(encoding="utf-8"), encoding="utf-8")
+    db, home = tmp_path / "s.db", tmp_path / "home"
+    alone = run_cli("--db", str(db), "datasets", "import", str(labelled), home=home, check=True)
+    assert "stored 60 items" in alone.stdout
+    assert "note: Dataset 'labelled_data' has no test prompts" in alone.stderr
+    assert "--test-prompts" in alone.stderr
+    both = run_cli("--db", str(db), "datasets", "import", str(labelled), "--test-prompts", str(tests), home=home,
+                   check=True)
+    assert "stored 0 items (60 duplicates)" in both.stdout and "and 10 test prompts" in both.stdout
+    assert "no test prompts" not in both.stderr
+    folder = run_cli("--db", str(db), "datasets", "import", str(BUNDLED), home=home, check=True)
+    assert "no test prompts" not in folder.stderr  # the folder brings its test file
