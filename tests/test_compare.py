@@ -14,6 +14,7 @@ from store.studio_store import Store
 from studio.compare_prompts import find_bank
 from studio.compare_session import vote_tally
 from studio.comparison import BlindTally
+from studio.engine import SamplingSettings
 from studio.model_files import inspect_gguf
 from studio.run_adapters import RunAdapterError, gguf_adapter_for_run
 from studio.settings import StudioSettings
@@ -308,3 +309,26 @@ async def test_blind_votes_keep_their_meaning_across_a_reveal(trained, default_m
     run_cli("--db", str(db), "--model", str(default_model), "report", "--run", str(run_id), "--out", str(out),
             home=studio_home, check=True, timeout=300)
     assert f"| tuned wins | {after.wins} |" in (out / "report.md").read_text()
+
+
+async def test_a_prompt_that_does_not_fit_the_context_is_named_on_the_compare_screen(trained, default_model,
+                                                                                    tmp_path):
+    """EngineError from fitting a comparison prompt is a message on the screen, not a dead worker."""
+    db, _run_id = trained
+    store = Store.open(db)
+    settings = StudioSettings(model=default_model, n_ctx=256, sampling=SamplingSettings(max_tokens=8))
+    app = PreferenceStudioApp(settings=settings, store=store)
+    too_long = tmp_path / "long.txt"
+    too_long.write_text("Summarise this: " + "the river runs to the sea and " * 80 + "\n", encoding="utf-8")
+    try:
+        async with app.run_test(size=(140, 40)) as pilot:
+            screen = await _open_compare(pilot, app)
+            await pilot.press("s", "enter", "f", "i", "l", "e", "enter")
+            await pilot.pause(0.1)
+            await pilot.press(*str(too_long), "enter")
+            title = screen.query_one("#compare-title")
+            await wait_for(pilot, lambda: "cannot compare" in str(title.render()))
+            assert "context" in str(title.render())
+            assert not screen.query_one("#compare-progress").display
+    finally:
+        store.close()

@@ -36,7 +36,7 @@ from studio.compare_session import (
     write_run_report,
 )
 from studio.comparison import blind_order
-from studio.engine import SamplingSettings
+from studio.engine import EngineError, SamplingSettings
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
 
@@ -159,7 +159,9 @@ class CompareScreen(Screen):
                 progress=lambda phase, done, total: self.post_message(ComparisonProgress(phase, done, total)),
                 should_stop=lambda: worker.is_cancelled,
             )
-        except ValueError as exc:  # RunAdapterError, ComparisonError, ScoringError: user-facing
+        # RunAdapterError, ComparisonError, ScoringError (ValueErrors) and EngineError (a prompt that does not
+        # fit the context or that the chat template refuses) are the user's to read, not a dead worker.
+        except (ValueError, EngineError) as exc:
             self.post_message(ComparisonFailed(str(exc)))
             return
         finally:
