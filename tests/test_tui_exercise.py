@@ -198,3 +198,28 @@ async def test_nothing_held_out_says_the_stance_is_measured_on_the_training_item
         assert len(rows(screen)) == 60
         assert "no items held out: the stance metric is measured on the training items only" in str(
             summary.render())
+
+
+def measured_exercise_defaults() -> tuple[int, float, float, str]:
+    """The README's measured exercise table (bench/exercise_defaults.py): the row marked as the defaults."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Exercise mode and datasets")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    (row,) = [line for line in section.splitlines() if line.startswith("|") and "(the defaults)" in line]
+    match = re.match(r"\| \*\*epochs (\d+), lr ([0-9.e+-]+), beta ([0-9.]+)\*\* \(the defaults\) \|", row)
+    assert match, row
+    return int(match[1]), float(match[2]), float(match[3]), row
+
+
+async def test_the_exercise_defaults_are_the_measured_ones(exercise_app):
+    # Issue 9, item 12: the defaults make the effect visible on the bundled exercise in the fewest steps.
+    epochs, learning_rate, beta, row = measured_exercise_defaults()
+    assert row.rstrip(" |").endswith("yes")  # the table marks the effect visible at these settings
+    app = exercise_app
+    async with app.run_test(size=(150, 44)) as pilot:
+        screen = await open_exercise(pilot, app)
+        settings = screen.settings()
+        assert (settings["epochs"], settings["learning_rate"], settings["beta"]) == (epochs, learning_rate, beta)
+        assert (settings["data_size"], settings["support_ratio"]) == (50, 0.1)  # the homework's own setting
