@@ -10,12 +10,12 @@ import pytest
 from conftest import run_cli
 from typer.testing import CliRunner
 
-from store.dataset_export import dataset_export_pairs, write_pairs
-from store.dataset_import import import_dataset
+from store.datasets.export import dataset_export_pairs, write_pairs
+from store.datasets.importing import import_dataset
 from store.output_folders import MARKER, OutputFolderError, earlier_export_files
 from store.studio_store import Store
-from studio.terminal_text import json_visible, one_line, visible
-from trainers.run_outputs import RunFolderError, checked_run_paths, runs_roots
+from studio.cli.terminal_text import json_visible, one_line, visible
+from trainers.run.outputs import RunFolderError, checked_run_paths, runs_roots
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -127,9 +127,9 @@ def test_a_crafted_run_row_cannot_name_a_folder_outside_the_runs_folder(tmp_path
 
     from tiny_model import fill_separable
 
-    from trainers.dpo_run import execute_run
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import prepare_run
 
     victim = tmp_path / "victim"
     victim.mkdir()

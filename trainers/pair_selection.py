@@ -57,7 +57,7 @@ class SelectionReport:
     used: int = 0
     train: int = 0
     heldout: int = 0
-    # Filled in by ``trainers.run_plan`` with the tokenizer, before the run starts; ``train`` and ``heldout``
+    # Filled in by ``trainers.run.plan`` with the tokenizer, before the run starts; ``train`` and ``heldout``
     # are then the pairs the run really uses.
     too_long: int = 0  # both splits
     too_long_train: int = 0

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from store.atomic_files import write_lines
-from store.datasets import STANCE_PAIR_PREFIX, DatasetRecord, ExportPair, StanceItem, TestPrompt
+from store.datasets.store_mixin import STANCE_PAIR_PREFIX, DatasetRecord, ExportPair, StanceItem, TestPrompt
 from store.errors import RecordNotFoundError
 from store.output_folders import check_output_file, earlier_export_files, publish_folder
 from store.pairs import PreferencePair

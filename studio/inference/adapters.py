@@ -5,7 +5,7 @@ Uses llama-cpp-python's low-level API: ``llama_adapter_lora_init`` (load: a few 
 
 - a failed load returns a NULL pointer *object*, not ``None``, so its truth value is what is tested;
 - an adapter for another architecture loads and then segfaults at the first decode, so a file is validated
-  against the base (``studio.adapter_files``) before llama.cpp opens it when the base's GGUFInfo is known;
+  against the base (``studio.inference.adapter_checks``) before llama.cpp opens it when the base's GGUFInfo is known;
 - after a switch, llama-cpp-python would reuse the prompt prefix evaluated under the previous adapter and
   the output would mix both, so every switch drops the evaluated tokens, the KV memory and any state cache.
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
-from studio.adapter_files import AdapterInfo, validate_adapter
-from studio.model_files import GGUFInfo
+from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
+from studio.inference.adapter_checks import AdapterInfo, validate_adapter
+from studio.inference.model_files import GGUFInfo
 
 
 class AdapterRuntimeError(RuntimeError):
@@ -179,7 +179,7 @@ class AdapterSlots:
 
 def _llama_reason() -> str:
     """llama.cpp's own reason, from the engine's log buffer (empty when that logger is not installed)."""
-    from studio.engine import recent_llama_log  # lazy: the engine imports this module
+    from studio.inference.engine import recent_llama_log  # lazy: the engine imports this module
 
     reason = recent_llama_log(3)
     return f": {reason}" if reason else ""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from studio.engine import default_threads
+from studio.inference.engine import default_threads
 from studio.settings import StudioSettings, config_path
 
 PACKAGES = (
@@ -38,7 +38,7 @@ def engine_build() -> str:
 
 def collect_report(settings: StudioSettings, resolve_model: Callable[[], Path]) -> dict[str, str]:
     from store.studio_store import Store
-    from studio.model_files import file_sha256, inspect_gguf
+    from studio.inference.model_files import file_sha256, inspect_gguf
 
     report: dict[str, str] = {}
     model_path = resolve_model()

@@ -158,7 +158,7 @@ def _before_after(before_after: dict[str, Any]) -> list[Block]:
         names += [k for k in values if k not in names]
     table = _table(("metric", *columns), [(n, *(c.get(n) for c in columns.values())) for n in names])
     notes = [Block("p", METRIC_NOTES)]
-    if any(n.endswith("(training items)") for n in names):  # exercise runs (studio.stance_metric)
+    if any(n.endswith("(training items)") for n in names):  # exercise runs (studio.evaluation.stance_metric)
         notes.append(Block("p", TRAINING_ITEMS_NOTE))
     return [*blocks, table, *notes]
 

@@ -1,6 +1,6 @@
 """The body of a run: data, model, TRL ``DPOTrainer`` + LoRA, training, held-out evaluation, output.
 
-Called by ``trainers.dpo_run.execute_run``, which owns the status bookkeeping and error handling.
+Called by ``trainers.run.process.execute_run``, which owns the status bookkeeping and error handling.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
-from trainers.allocator import keep_freed_memory
-from trainers.metrics_callback import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.pair_selection import (
     PairSelection,
@@ -27,9 +25,11 @@ from trainers.pair_selection import (
     from_store_pairs,
     pairs_by_ids,
 )
+from trainers.run.allocator import keep_freed_memory
+from trainers.run.callbacks import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
+from trainers.run.outputs import RunPaths, checked_run_paths, publish_output, runs_roots
+from trainers.run.plan import plan_selection
 from trainers.run_config import RunConfig
-from trainers.run_outputs import RunPaths, checked_run_paths, publish_output, runs_roots
-from trainers.run_plan import plan_selection
 
 
 def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPair], list[TrainingPair]]:
@@ -163,7 +163,7 @@ def train_and_publish(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
-    from trainers.dpo_run import RunError, RunOutcome, peak_rss_mb, resolve_device, resolve_dtype
+    from trainers.run.process import RunError, RunOutcome, peak_rss_mb, resolve_device, resolve_dtype
 
     started = time.monotonic()
     # transformers 5 warns at every checkpoint save about its own renamed attribute.

@@ -22,9 +22,9 @@ from typing import Any
 
 from store.run_log import ACTIVE_RUN_STATUSES
 from trainers.pair_selection import PairSelection, dataset_file, select_dataset, select_from_store
+from trainers.run.outputs import RunPaths, unique_output_dir
+from trainers.run.plan import plan_selection
 from trainers.run_config import RunConfig, RunConfigError
-from trainers.run_outputs import RunPaths, unique_output_dir
-from trainers.run_plan import plan_selection
 from trainers.target_modules import check_target_modules
 
 ACTIVE = ACTIVE_RUN_STATUSES  # statuses of a run whose process should be alive

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from store.locations import cache_dir, models_cache_dir
-from studio.gguf_header import GGUFFormatError, TensorEntry, read_gguf_header
+from studio.inference.gguf_header import GGUFFormatError, TensorEntry, read_gguf_header
 from trainers.model_source import gguf_file_problem
 
 ProgressCallback = Callable[[int, int], None]

@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from store.dataset_files import Located, batch_records, hf_dir_batches, jsonl_line_records, parquet_batches
+from store.datasets.files import Located, batch_records, hf_dir_batches, jsonl_line_records, parquet_batches
 
 _JSONL_CHUNK_BYTES = 1 << 20
 ARROW_CONTAINERS = ("jsonl", "parquet", "hf-dir")

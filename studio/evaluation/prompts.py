@@ -19,8 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.comparison import ComparisonError, ComparisonPrompt, comparison_prompts, load_prompts_file
-from studio.prompt_bank import PromptBank, bundled_banks
+from studio.evaluation.comparison import (
+    ComparisonError,
+    ComparisonPrompt,
+    comparison_prompts,
+    load_prompts_file,
+)
+from studio.evaluation.prompt_bank import PromptBank, bundled_banks
 
 KINDS = ("auto", "heldout", "bank", "session", "file")
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from store.dataset_files import DatasetImportError
+from store.datasets.files import DatasetImportError
 from store.processes import process_alive, process_start_time
 from store.schema import IMPORT_DATA_TABLES
 from store.transactions import retry_busy, utc_now, write_transaction

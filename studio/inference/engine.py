@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from studio import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
-from studio.adapter_runtime import AdapterSlots
-from studio.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
+from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
+from studio.inference.adapters import AdapterSlots
+from studio.inference.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
 from trainers.prompt_format import ChatTurn, PromptFormat, PromptFormatError, format_for_metadata
 
 

@@ -18,11 +18,11 @@ import typer
 from store.errors import StoreError
 from store.output_folders import describe_write_error
 from store.studio_store import Store
-from studio import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
-from studio.engine import ChatEngine, EngineConfig, EngineError, new_seed
-from studio.model_files import ModelFileError, default_model_path, ensure_default_model
+from studio.cli.terminal_text import json_visible, one_line, visible
+from studio.inference import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
+from studio.inference.engine import ChatEngine, EngineConfig, EngineError, new_seed
+from studio.inference.model_files import ModelFileError, default_model_path, ensure_default_model
 from studio.settings import SettingsError, StudioSettings, load_settings
-from studio.terminal_text import json_visible, one_line, visible
 
 app = typer.Typer(
     help="Preference Studio: chat with a local model, judge its replies, train DPO, compare.",
@@ -37,7 +37,7 @@ app.add_typer(adapters_app, name="adapters")
 
 
 def _datasets_app() -> typer.Typer:
-    from studio.datasets_command import make_datasets_app
+    from studio.cli.datasets import make_datasets_app
 
     return make_datasets_app(lambda: settings().db)
 
@@ -211,7 +211,7 @@ def pairs_list(
     typer.echo(f"{len(pairs)} pair(s)", err=True)
 
 
-_one_line = one_line  # one line, control characters escaped (studio/terminal_text.py)
+_one_line = one_line  # one line, control characters escaped (studio/cli/terminal_text.py)
 
 
 @pairs_app.command("export")
@@ -221,7 +221,7 @@ def pairs_export(
     session: Annotated[int | None, typer.Option(help="Only this session's pairs.")] = None,
 ) -> None:
     """Write pairs in TRL's standard preference format (prompt / chosen / rejected)."""
-    from store.dataset_export import check_export_target
+    from store.datasets.export import check_export_target
     from store.pairs import write_pairs_jsonl
 
     if fmt != "jsonl":
@@ -240,7 +240,7 @@ def pairs_export(
 
 
 def _train_command():  # noqa: ANN202
-    from trainers.train_cli import make_train_command
+    from trainers.run.cli import make_train_command
 
     # Dataset names and paths in the trainer's lines are user text: shown with control characters escaped.
     return make_train_command(get_db=lambda: settings().db, default_model=resolve_model_path, escape=visible)
@@ -256,8 +256,8 @@ def adapters_export(
     out: Annotated[Path, typer.Option("--out", help="The .gguf file to write.")],
 ) -> None:
     """Write a run's adapter as a GGUF LoRA that llama.cpp (and this studio) can load."""
-    from studio.model_files import inspect_gguf
-    from studio.run_adapters import export_run_adapter
+    from studio.evaluation.run_adapters import export_run_adapter
+    from studio.inference.model_files import inspect_gguf
 
     with user_errors(out):
         with Store.open(settings().db) as store:
@@ -269,7 +269,7 @@ def adapters_export(
 @adapters_app.command("list")
 def adapters_list() -> None:
     """List runs with an adapter (finished or cancelled)."""
-    from studio.run_adapters import usable_runs
+    from studio.evaluation.run_adapters import usable_runs
 
     with user_errors():
         with Store.open(settings().db) as store:
@@ -292,7 +292,7 @@ def compare(
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Max new tokens per answer (default: settings).")] = None,
 ) -> None:
     """Base and tuned answers side by side, and held-out preference accuracy before and after."""
-    from studio.compare_session import describe_sampling, run_comparison
+    from studio.evaluation.compare_session import describe_sampling, run_comparison
 
     with user_errors():
         source = _prompt_source(prompts, prompts_from)
@@ -317,7 +317,7 @@ def compare(
         typer.echo("")
         typer.echo(_metrics_line(result.before, result.after))
     if result.stance:
-        from studio.stance_metric import describe_stance
+        from studio.evaluation.stance_metric import describe_stance
 
         typer.echo("")
         for line in describe_stance(result.stance):  # held-out and training items, each labelled
@@ -330,7 +330,7 @@ TEMPERATURE_HELP = "Sampling temperature for both models; 0 gives greedy answers
 
 
 def _prompt_source(prompts: Path | None, prompts_from: str | None):  # noqa: ANN202 - a PromptSource
-    from studio.compare_prompts import PromptSource
+    from studio.evaluation.prompts import PromptSource
 
     if prompts is not None and prompts_from is not None:
         raise ValueError("give either --prompts FILE or --prompts-from, not both")
@@ -367,7 +367,7 @@ def report(
 
     The samples are the run's stored comparison; any of --prompts, --prompts-from, --temperature or
     --max-tokens generates them afresh with those settings."""
-    from studio.compare_session import run_comparison, stored_comparison, write_run_report
+    from studio.evaluation.compare_session import run_comparison, stored_comparison, write_run_report
 
     with user_errors(out):
         check_report_folder(out)  # before any model is loaded: never into a folder it did not write
@@ -399,7 +399,7 @@ def check_report_folder(out: Path) -> None:
 def mark_report_folder(out: Path) -> None:
     """Record the report's files in ``out``, so the next report may replace them (and only them)."""
     from store.output_folders import write_marker
-    from studio.report import LOSS_PNG, MARGINS_PNG
+    from studio.evaluation.report import LOSS_PNG, MARGINS_PNG
 
     write_marker(Path(out).expanduser(), REPORT_EXPORT_KIND, (LOSS_PNG, MARGINS_PNG, "report.html", "report.md"))
 
@@ -407,7 +407,7 @@ def mark_report_folder(out: Path) -> None:
 @app.command()
 def doctor() -> None:
     """Print what the studio would use: model, engine build, threads, database, versions."""
-    from studio.doctor import collect_report
+    from studio.cli.doctor import collect_report
 
     with user_errors():
         report = collect_report(settings(), resolve_model_path)

@@ -14,9 +14,9 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
-from store import pair_batches
-from store.dataset_chunks import ARROW_CONTAINERS, Chunk, iter_chunks
-from store.dataset_files import (
+from store.datasets import pair_batches
+from store.datasets.chunks import ARROW_CONTAINERS, Chunk, iter_chunks
+from store.datasets.files import (
     DATA_SUFFIXES,
     DatasetImportError,
     Located,
@@ -24,8 +24,8 @@ from store.dataset_files import (
     iter_records,
     sniff_container,
 )
-from store.dataset_formats import SchemaReader, companion_prompt_rows, detect_schema, kind_of, parse_format
-from store.datasets import ImportReport
+from store.datasets.formats import SchemaReader, companion_prompt_rows, detect_schema, kind_of, parse_format
+from store.datasets.store_mixin import ImportReport
 from store.studio_store import Store
 
 

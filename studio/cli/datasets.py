@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from store.dataset_export import (
+from store.datasets.export import (
     EXPORT_FORMATS,
     PREFER,
     check_export_target,
@@ -29,13 +29,13 @@ from store.dataset_export import (
     write_pairs,
     write_test_prompts,
 )
-from store.dataset_files import CONTAINERS
-from store.dataset_formats import SCHEMAS
-from store.datasets import ExportPair
+from store.datasets.files import CONTAINERS
+from store.datasets.formats import SCHEMAS
+from store.datasets.store_mixin import ExportPair
 from store.errors import StoreError
 from store.output_folders import DISK_FULL_ERRNOS, describe_write_error
 from store.studio_store import Store
-from studio.terminal_text import one_line, visible
+from studio.cli.terminal_text import one_line, visible
 
 _FORMAT_HELP = (f"Force the schema ({', '.join(SCHEMAS)}), the file type ({', '.join(CONTAINERS)}), or both "
                 "joined by ',' (default: detected).")
@@ -124,7 +124,7 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
             "--test-prompts", help="A companion file of {id, prompt} test prompts.")] = None,
     ) -> None:
         """Import a dataset (stance JSON, TRL standard or conversational, HH); importing again adds only new records."""
-        from store.dataset_import import import_dataset
+        from store.datasets.importing import import_dataset
 
         if name is not None and not name.strip():
             raise _fail("--name is empty; give the dataset a name (or leave --name out to use the file's stem)")

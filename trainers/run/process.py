@@ -23,8 +23,8 @@ import trainers  # noqa: F401  (HF offline env before transformers/TRL)
 from store.run_log import ACTIVE_RUN_STATUSES as ACTIVE
 from trainers.model_source import ModelSourceError
 from trainers.pair_selection import PairSelectionError
+from trainers.run.outputs import DiskFullError, RunPaths
 from trainers.run_config import RunConfig, RunConfigError
-from trainers.run_outputs import DiskFullError, RunPaths
 
 
 class RunCancelled(BaseException):  # noqa: N818 - a control-flow signal like KeyboardInterrupt
@@ -141,7 +141,7 @@ def resolve_dtype(config: RunConfig, device: str) -> str:
     """fp32 or bf16. CUDA: bf16 when supported. CPU: bf16 autocast where the CPU has native bf16.
 
     Measured on a 2-core AVX512-BF16 VM (Gemma 3 270M, batch 2, length <= 256, freed memory kept, see
-    ``trainers.allocator``): bf16 autocast 1.8-2.5 s per step, fp32 3.1-3.9 s.
+    ``trainers.run.allocator``): bf16 autocast 1.8-2.5 s per step, fp32 3.1-3.9 s.
     """
     import torch
 
@@ -219,7 +219,7 @@ def execute_run(
     try:
         config = RunConfig.from_dict(run.config)
         store.set_run_status(run_id, "loading", "loading the model", pid=os.getpid())
-        from trainers.dpo_training import train_and_publish
+        from trainers.methods.dpo import train_and_publish
 
         return train_and_publish(store, run, config, paths, resume=resume, cancel=cancel, log=log, facts=facts)
     except RunCancelled:

@@ -3,8 +3,8 @@
 A mixin of `Store` (like `RunLog`). Records are deduplicated by a digest of their content, never their
 id, so importing a file twice adds nothing and a re-import into the same dataset adds only the new
 records. An import is stored whole or not at all, without holding the database while it reads the file:
-it writes staged rows in short transactions and makes them visible in one (store/import_staging.py).
-Stance items and test prompts are rows; preference pairs are Arrow batches (store/pair_batches.py),
+it writes staged rows in short transactions and makes them visible in one (store/datasets/import_staging.py).
+Stance items and test prompts are rows; preference pairs are Arrow batches (store/datasets/pair_batches.py),
 since pair datasets run to 100k+.
 """
 
@@ -22,11 +22,11 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import sqlite_utils
 
-from store import import_staging, pair_batches
-from store.dataset_files import DatasetImportError
-from store.dataset_formats import KINDS, StanceRow, TestRow
+from store.datasets import import_staging, pair_batches
+from store.datasets.files import DatasetImportError
+from store.datasets.formats import KINDS, StanceRow, TestRow
+from store.datasets.import_staging import visible
 from store.errors import RecordNotFoundError
-from store.import_staging import visible
 from store.pairs import PreferencePair
 from store.transactions import StoreLock, serialized
 
@@ -174,7 +174,7 @@ _TABLES = {
                    "VALUES (?, ?, ?, ?, ?)", _test_digest),
 }
 
-# Every read shows only what finished imports wrote (see store/import_staging.py). Callers add
+# Every read shows only what finished imports wrote (see store/datasets/import_staging.py). Callers add
 # "AND ..." conditions and an ORDER BY.
 _DATASETS_SQL = f"""
 SELECT d.*,
@@ -255,7 +255,7 @@ class Datasets:
                     on_progress: Callable[[int], None] | None, stage_rows: int) -> tuple[int, int]:
         # Content is kept unique here rather than by a unique index (see schema v4): the dataset's
         # hashes are read once, after this import claimed the dataset, so no other import can add rows
-        # to it between this read and the inserts (see store/import_staging.py).
+        # to it between this read and the inserts (see store/datasets/import_staging.py).
         spec = _TABLES[table]
         conn = self.db.conn
         seen = import_staging.locked_read(

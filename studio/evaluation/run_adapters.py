@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from store.output_folders import check_output_file
-from studio.adapter_files import AdapterFileError, validate_adapter
-from studio.model_files import GGUFInfo
+from studio.inference.adapter_checks import AdapterFileError, validate_adapter
+from studio.inference.model_files import GGUFInfo
 from trainers.gguf_adapter import AdapterExportError, export_gguf_adapter
 
 USABLE_STATUSES = ("done", "cancelled")  # a cancelled run saved the adapter it had so far
@@ -57,7 +57,7 @@ def gguf_adapter_for_run(run: Any, base: GGUFInfo) -> Path:
 
 def is_gguf_adapter(path: Path) -> bool:
     """Whether ``path`` is a GGUF LoRA adapter (``general.type = "adapter"``): what an adapter export may replace."""
-    from studio.gguf_header import GGUFFormatError, read_gguf_header
+    from studio.inference.gguf_header import GGUFFormatError, read_gguf_header
 
     try:
         return read_gguf_header(path).metadata.get("general.type") == "adapter"

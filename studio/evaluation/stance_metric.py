@@ -1,7 +1,7 @@
 """The exercise's stance metric: on how many labelled items does the model prefer the support answer?
 
 For each labelled-stance item the support and the oppose answer are scored as replies to the item's prompt
-(``studio.scoring.reply_logprob``: summed log-probabilities), rendered exactly as training rendered them
+(``studio.inference.scoring.reply_logprob``: summed log-probabilities), rendered exactly as training rendered them
 (``trainers.exercise.exercise_prompt`` with the run's system prompt, answers in the format's completion
 convention). The item counts as support-preferred when log p(support) > log p(oppose); a tie does not count.
 The share before (base) and after (the run's adapter) shows which way the run moved the model::
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from studio.scoring import reply_logprob
+from studio.inference.scoring import reply_logprob
 from trainers.exercise import (
     EXERCISE_SYSTEM_PROMPT,
     exercise_prompt,

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from gguf.constants import GGMLQuantizationType
 
-from studio.gguf_header import GGUFFormatError, TensorEntry, read_gguf_header
-from studio.model_files import GGUFInfo
+from studio.inference.gguf_header import GGUFFormatError, TensorEntry, read_gguf_header
+from studio.inference.model_files import GGUFInfo
 
 # Quantised LoRA tensors fail to load in llama.cpp at small ranks (Q8_0 lora_b with r < 32): keep to floats.
 _FLOAT_TYPES = {GGMLQuantizationType.F32: "F32", GGMLQuantizationType.F16: "F16"}

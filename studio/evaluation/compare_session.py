@@ -12,12 +12,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.compare_prompts import PromptSource, resolve_prompts
-from studio.comparison import BlindTally, ComparisonError, ComparisonRow, heldout_pairs, side_by_side
-from studio.engine import ChatEngine, SamplingSettings
-from studio.run_adapters import adapter_name, gguf_adapter_for_run
-from studio.scoring import preference_metrics
-from studio.stance_metric import StanceMetricError, run_exercise_system, run_stance_metrics, stance_parts
+from studio.evaluation.comparison import (
+    BlindTally,
+    ComparisonError,
+    ComparisonRow,
+    heldout_pairs,
+    side_by_side,
+)
+from studio.evaluation.prompts import PromptSource, resolve_prompts
+from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
+from studio.evaluation.stance_metric import (
+    StanceMetricError,
+    run_exercise_system,
+    run_stance_metrics,
+    stance_parts,
+)
+from studio.inference.engine import ChatEngine, SamplingSettings
+from studio.inference.scoring import preference_metrics
 
 EVALUATION_KIND = "comparison"
 Progress = Callable[[str, int, int], None]
@@ -147,7 +158,7 @@ def _exercise_test_prompts(store: Any, run: Any) -> list[str]:
 def _stance(engine: ChatEngine, store: Any, run: Any, system: str, name: str, progress: Progress | None,
             notes: list[str]) -> dict | None:
     # Held-out items when there are any, and always the training items (labelled as such): the homework's
-    # data size 50 of 50 holds nothing out (studio.stance_metric.run_stance_metrics).
+    # data size 50 of 50 holds nothing out (studio.evaluation.stance_metric.run_stance_metrics).
     try:
         return run_stance_metrics(engine, store, run, system, name, on_progress=progress) or None
     except StanceMetricError as exc:
@@ -179,7 +190,7 @@ def vote_tally(store: Any, run_id: int) -> BlindTally:
 def write_run_report(store: Any, run_id: int, result: ComparisonResult | None, out_dir: Path) -> Path:
     """``prefstudio report`` and the compare screen's ``w``: the run, its curves, the before/after metrics,
     the blind tally (when anyone voted) and the side-by-side samples."""
-    from studio.report import write_report
+    from studio.evaluation.report import write_report
 
     tally = vote_tally(store, run_id)
     note = f"Prompts from {result.prompts_source}; both answered {describe_sampling(result.sampling)}." if result else ""

@@ -24,9 +24,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store.dataset_chunks import Chunk
-from store.dataset_files import CONTAINERS, DatasetImportError, Located
-from store.pair_batches import as_input_batch, input_batches
+from store.datasets.chunks import Chunk
+from store.datasets.files import CONTAINERS, DatasetImportError, Located
+from store.datasets.pair_batches import as_input_batch, input_batches
 
 SCHEMAS = ("stance-json", "trl-standard", "trl-conversational", "hh")
 FORMAT_NAMES = SCHEMAS + CONTAINERS
