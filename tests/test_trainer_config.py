@@ -78,7 +78,7 @@ def test_cli_rejects_bad_flags_and_flags_on_a_prepared_run(tmp_path, studio_home
 
 
 def test_dtype_and_device_choice() -> None:
-    from trainers.run.process import cpu_has_native_bf16, resolve_device, resolve_dtype
+    from trainers.run.device import cpu_has_native_bf16, resolve_device, resolve_dtype
 
     cpu = RunConfig(device="cpu")
     assert resolve_device(cpu) == "cpu"

@@ -109,7 +109,7 @@ def test_a_done_run_cannot_start_again(store: Store, tiny_model_dir: Path, tmp_p
     fill_separable(store)
     prepared = prepare(store, tiny_model_dir, tmp_path, max_steps=2, heldout_fraction=0.0)
     assert execute_run(store, prepared.run_id, log=lambda _line: None).status == "done"
-    from trainers.run.process import RunError
+    from trainers.run.errors import RunError
 
     with pytest.raises(RunError, match="already started"):
         execute_run(store, prepared.run_id)

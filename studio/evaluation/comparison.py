@@ -283,7 +283,8 @@ def _completion_like(pair: PreferencePair) -> PreferencePair:
 
 
 def _dataset_pairs(store: Any, run: Any) -> list[PreferencePair]:
-    from trainers.pair_selection import dataset_file, dataset_pairs
+    from trainers.dataset_selection import dataset_pairs
+    from trainers.pair_selection import dataset_file
     from trainers.run_config import RunConfig
 
     what = "dataset file" if dataset_file(run.config["dataset"]) is not None else "dataset"

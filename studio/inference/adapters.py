@@ -24,6 +24,7 @@ from typing import Any
 
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.inference.adapter_checks import AdapterInfo, validate_adapter
+from studio.inference.llama_log import recent_llama_log
 from studio.inference.model_files import GGUFInfo
 
 
@@ -179,7 +180,5 @@ class AdapterSlots:
 
 def _llama_reason() -> str:
     """llama.cpp's own reason, from the engine's log buffer (empty when that logger is not installed)."""
-    from studio.inference.engine import recent_llama_log  # lazy: the engine imports this module
-
     reason = recent_llama_log(3)
     return f": {reason}" if reason else ""

@@ -7,7 +7,6 @@ candidate starts decoding almost at once.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import secrets
@@ -19,6 +18,8 @@ from pathlib import Path
 
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.inference.adapters import AdapterSlots
+from studio.inference.llama_log import install_quiet_logger as _install_quiet_logger
+from studio.inference.llama_log import recent_llama_log
 from studio.inference.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
 from trainers.prompt_format import ChatTurn, PromptFormat, PromptFormatError, format_for_metadata
 
@@ -111,32 +112,6 @@ TokenCallback = Callable[[str], None]
 def new_seed() -> int:
     """A fresh random seed. Without one, llama.cpp repeats the same sequence at every process start."""
     return secrets.randbits(31)
-
-
-_log_lock = threading.Lock()
-_last_log: list[str] = []
-
-
-def _install_quiet_logger(llama_cpp) -> None:  # noqa: ANN001
-    """Route llama.cpp's log to a ring buffer: ``verbose=False`` hides real errors but not noise.
-
-    The last lines are quoted when a load fails, which is where the actual reason is printed.
-    """
-
-    @llama_cpp.llama_log_callback
-    def _callback(level, text, user_data):  # noqa: ANN001
-        with _log_lock:
-            _last_log.append(text.decode("utf-8", "replace"))
-            del _last_log[:-40]
-
-    # Keep a reference: the C side holds only the pointer.
-    _install_quiet_logger.callback = _callback  # type: ignore[attr-defined]
-    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
-
-
-def recent_llama_log(lines: int = 6) -> str:
-    with _log_lock:
-        return "".join(_last_log[-lines:]).strip()
 
 
 _MODALITY_MARKUP = re.compile(r"<[a-z_]*(image|audio|video)[a-z_]*>|\[multimodal\]")

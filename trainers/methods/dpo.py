@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
+from trainers.dataset_selection import dataset_pairs
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.pair_selection import (
     PairSelection,
@@ -21,7 +22,6 @@ from trainers.pair_selection import (
     SelectionReport,
     TrainingPair,
     dataset_hash,
-    dataset_pairs,
     from_store_pairs,
     pairs_by_ids,
 )
@@ -163,7 +163,8 @@ def train_and_publish(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
-    from trainers.run.process import RunError, RunOutcome, peak_rss_mb, resolve_device, resolve_dtype
+    from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype
+    from trainers.run.errors import RunError, RunOutcome
 
     started = time.monotonic()
     # transformers 5 warns at every checkpoint save about its own renamed attribute.

@@ -151,7 +151,7 @@ def run_train(
     except Exception as exc:
         from store.errors import StoreError
         from trainers.model_source import ModelSourceError
-        from trainers.run.process import RunError
+        from trainers.run.errors import RunError
 
         if isinstance(exc, ValueError | StoreError | RunError | ModelSourceError):
             warn(f"error: {exc}")

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from store.run_log import ACTIVE_RUN_STATUSES
-from trainers.pair_selection import PairSelection, dataset_file, select_dataset, select_from_store
+from trainers.dataset_selection import select_dataset
+from trainers.pair_selection import PairSelection, dataset_file, select_from_store
 from trainers.run.outputs import RunPaths, unique_output_dir
 from trainers.run.plan import plan_selection
 from trainers.run_config import RunConfig, RunConfigError
@@ -119,7 +120,7 @@ def launch_command(run_id: int, db_path: Path | str, resume: bool = False) -> li
 
     Equivalent to ``prefstudio --db DB train --run-id N [--resume]``.
     """
-    cmd = [sys.executable, "-m", "trainers.train_cli", "--db", str(db_path), "--run-id", str(run_id)]
+    cmd = [sys.executable, "-m", "trainers.run.cli", "--db", str(db_path), "--run-id", str(run_id)]
     return cmd + (["--resume"] if resume else [])
 
 
