@@ -616,7 +616,7 @@ def _prefstudio_has_datasets() -> bool:
 
 def test_installed_prefstudio_imports_a_dataset(tmp_path: Path) -> None:
     if not _prefstudio_has_datasets():
-        pytest.skip("`prefstudio datasets` is not wired into studio/cli.py yet")
+        pytest.skip("`prefstudio datasets` is not wired into studio/cli/app.py yet")
     home = tmp_path / "home"
     proc = run_cli("datasets", "import", str(fixture("hh.jsonl")), home=home, check=True)
     assert proc.stdout.strip() == "stored 3 pairs (0 duplicates) in dataset 'hh' (preference)"

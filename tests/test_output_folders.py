@@ -95,7 +95,7 @@ def test_a_marker_cannot_name_files_outside_its_folder(tmp_path: Path) -> None:
 
 
 def test_report_writes_a_marker_and_may_replace_its_own_report(tmp_path: Path, studio_home: Path) -> None:
-    from studio.cli import check_report_folder, mark_report_folder
+    from studio.cli.compare import check_report_folder, mark_report_folder
 
     out = tmp_path / "r"
     out.mkdir()

@@ -1,13 +1,12 @@
 """``prefstudio datasets``: import, export, list and show datasets.
 
-Wired in ``studio.cli`` with ``app.add_typer(make_datasets_app(lambda: settings().db), name="datasets")``;
+Wired in ``studio.cli.app`` with ``app.add_typer(make_datasets_app(lambda: settings().db), name="datasets")``;
 ``get_db`` is called when a command runs, so the global ``--db`` is honoured. Expected failures print one
 ``error: …`` line on stderr and exit 1, like every other command.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -32,44 +31,12 @@ from store.datasets.export import (
 from store.datasets.files import CONTAINERS
 from store.datasets.formats import SCHEMAS
 from store.datasets.store_mixin import ExportPair
-from store.errors import StoreError
-from store.output_folders import DISK_FULL_ERRNOS, describe_write_error
 from store.studio_store import Store
+from studio.cli.errors import fail, user_errors
 from studio.cli.terminal_text import one_line, visible
 
 _FORMAT_HELP = (f"Force the schema ({', '.join(SCHEMAS)}), the file type ({', '.join(CONTAINERS)}), or both "
                 "joined by ',' (default: detected).")
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {visible(message, keep='')}", err=True)  # messages quote names and file contents
-    return typer.Exit(1)
-
-
-@contextmanager
-def _user_errors(source: Path | None = None, db: Path | None = None, writing: bool = False) -> Iterator[None]:
-    """One ``error:`` line for what a user can cause; ``source`` is the file being read or written (``writing``),
-    ``db`` the store."""
-    try:
-        yield
-    except (StoreError, ValueError) as exc:
-        raise _fail(str(exc)) from None
-    except RecursionError:
-        raise _fail(f"{source or 'the input'}: JSON nested too deeply to read (a record nests hundreds of "
-                    "levels of lists or objects); nothing was imported") from None
-    except sqlite3.Error as exc:
-        where = db or "the studio database"
-        if "full" in str(exc):
-            raise _fail(f"the disk holding {where} is full ({exc}); nothing was changed: free some space "
-                        "and try again") from None
-        raise _fail(f"{where}: {exc}") from None
-    except OSError as exc:
-        if writing or exc.errno in DISK_FULL_ERRNOS or not exc.filename:
-            raise _fail(describe_write_error(exc, source or Path("the output"))) from None
-        raise _fail(f"{exc.filename}: {exc.strerror or exc}") from None
-
-
-_one_line = one_line
 
 
 @contextmanager
@@ -127,8 +94,8 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         from store.datasets.importing import import_dataset
 
         if name is not None and not name.strip():
-            raise _fail("--name is empty; give the dataset a name (or leave --name out to use the file's stem)")
-        with _user_errors(path, get_db()), open_store() as store, _progress() as on_progress:
+            raise fail("--name is empty; give the dataset a name (or leave --name out to use the file's stem)")
+        with user_errors(path, db=get_db(), reading=True), open_store() as store, _progress() as on_progress:
             report = import_dataset(store, path, name=name, fmt=fmt, test_prompts_path=test_prompts,
                                     on_progress=on_progress)
             record = store.get_dataset(report.dataset_id)
@@ -142,7 +109,7 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
     @app.command("list")
     def list_() -> None:
         """List the imported datasets."""
-        with _user_errors(), open_store() as store:
+        with user_errors(reading=True), open_store() as store:
             records = store.list_datasets()
         if not records:
             typer.echo("no datasets yet: import one with `prefstudio datasets import FILE`", err=True)
@@ -158,15 +125,15 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         limit: Annotated[int, typer.Option("--limit", min=0, help="How many records to show.")] = 5,
     ) -> None:
         """Show a dataset: what it holds and its first records."""
-        with _user_errors(), open_store() as store:
+        with user_errors(reading=True), open_store() as store:
             record = store.get_dataset(dataset)
             tests = store.test_prompts(record)
             if record.kind == "stance":
-                lines = [f"{_one_line(i.item_key, 40)}\t{_one_line(i.prompt, 50)}\tsupport: {_one_line(i.support, 30)}\t"
-                         f"oppose: {_one_line(i.oppose, 30)}" for i in store.stance_items(record)[:limit]]
+                lines = [f"{one_line(i.item_key, 40)}\t{one_line(i.prompt, 50)}\tsupport: {one_line(i.support, 30)}\t"
+                         f"oppose: {one_line(i.oppose, 30)}" for i in store.stance_items(record)[:limit]]
             else:
-                lines = [f"{p.pair_id}\t{_one_line(p.prompt, 50)}\tchosen: {_one_line(p.chosen, 30)}\t"
-                         f"rejected: {_one_line(p.rejected, 30)}"
+                lines = [f"{p.pair_id}\t{one_line(p.prompt, 50)}\tchosen: {one_line(p.chosen, 30)}\t"
+                         f"rejected: {one_line(p.rejected, 30)}"
                          for p in islice(store.iter_dataset_pairs(record.id), limit)]  # not all 100k
         unit = "items" if record.kind == "stance" else "pairs"
         typer.echo(f"dataset '{visible(record.name, keep='')}' (id {record.id}): {record.kind}, {record.format}, "
@@ -175,7 +142,7 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         for line in lines:
             typer.echo(line)
         for prompt in tests[:limit]:
-            typer.echo(f"test {_one_line(prompt.item_key, 40)}\t{_one_line(prompt.prompt, 80)}")
+            typer.echo(f"test {one_line(prompt.item_key, 40)}\t{one_line(prompt.prompt, 80)}")
 
     @app.command("export")
     def export(
@@ -206,24 +173,24 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
         """
         fmt = fmt or _default_export_format(out)
         if fmt not in EXPORT_FORMATS:
-            raise _fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
+            raise fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, not {fmt!r}")
         judged = judged or any(v is not None for v in (session, verdict, since, until))
         if not (datasets or all_ or judged or heldout is not None):
-            raise _fail("nothing to export: name datasets, or pass --all, --judged or --heldout RUN")
+            raise fail("nothing to export: name datasets, or pass --all, --judged or --heldout RUN")
         if prefer not in PREFER:
-            raise _fail(f"--prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
-        with _user_errors(out, get_db(), writing=True):
+            raise fail(f"--prefer must be one of {', '.join(PREFER)}, not {prefer!r}")
+        with user_errors(out, db=get_db()):
             # Before any work: never write over a file or into a folder this export did not write.
             check_export_target(out, fmt)
             if with_tests:
                 check_export_target(sibling_path(out, "test_prompts"), fmt)
-        with _user_errors(out, get_db(), writing=True), open_store() as store:
+        with user_errors(out, db=get_db()), open_store() as store:
             chosen = store.list_datasets() if all_ else [store.get_dataset(name) for name in datasets or []]
             missing: list[str] = []
             if not judged and heldout is None:
                 # Datasets only: streamed straight from the store (pair ids never repeat across datasets).
                 if not any(record.n_items for record in chosen):
-                    raise _fail("no pairs matched: nothing written")
+                    raise fail("no pairs matched: nothing written")
                 count = write_dataset_pairs(store, chosen, out, fmt, conversational, prefer)
             else:
                 sources: list[Iterable[ExportPair]] = [dataset_export_pairs(store, d, prefer) for d in chosen]
@@ -235,7 +202,7 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
                     sources.append(found)
                 pairs = _peeked(_unique(p for source in sources for p in source))
                 if pairs is None:
-                    raise _fail("no pairs matched: nothing written")
+                    raise fail("no pairs matched: nothing written")
                 count = write_pairs(pairs, out, fmt, conversational)
             tests_written = None
             if with_tests:

@@ -7,6 +7,11 @@ from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import typer
+
+from studio.cli.context import resolve_model_path, settings
+from studio.cli.errors import user_errors
+from studio.cli.terminal_text import visible
 from studio.inference.engine import default_threads
 from studio.settings import StudioSettings, config_path
 
@@ -64,3 +69,12 @@ def collect_report(settings: StudioSettings, resolve_model: Callable[[], Path]) 
     for name in PACKAGES:
         report[name] = _version(name)
     return report
+
+
+def doctor() -> None:
+    """Print what the studio would use: model, engine build, threads, database, versions."""
+    with user_errors():
+        report = collect_report(settings(), resolve_model_path)
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        typer.echo(f"{key:<{width}}  {visible(value, keep='')}")  # paths and the system prompt are user text
