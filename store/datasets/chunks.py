@@ -1,6 +1,6 @@
 """Reading a dataset file a chunk at a time through Arrow, with the exact record reader beside each chunk.
 
-The record readers of `dataset_files` are the reference: they read every file the studio accepts and
+The record readers of `store.datasets.files` are the reference: they read every file the studio accepts and
 name every problem by line or row. Building a Python dict per record is also most of the time a large
 import takes. Here a file is cut into chunks that Arrow parses in C (JSON Lines by runs of whole lines;
 parquet and `save_to_disk` folders by the record batches the exact reader reads too); each chunk
