@@ -132,7 +132,7 @@ def main() -> None:
                         base_counts[system] = stance_share(engine, items, system).support_preferred
                     before = base_counts[system]
                     name = adapter_name(run)
-                    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info))
+                    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info, store.path))
                     engine.activate_adapter(name)
                     after = stance_share(engine, items, system).support_preferred
                     (row,) = side_by_side(engine, [store.test_prompts(DATASET)[0].prompt], system, greedy, 0,

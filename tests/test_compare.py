@@ -119,11 +119,11 @@ def test_failed_run_and_foreign_adapter_are_refused_clearly(trained, default_mod
         assert execute_run(store, prepared.run_id, log=lambda _l: None).status == "done"
         run = store.get_run(prepared.run_id)
         with pytest.raises(RunAdapterError, match="does not fit gemma-3-270m"):
-            gguf_adapter_for_run(run, base)
+            gguf_adapter_for_run(run, base, store.path)
         failed_id = store.create_run({}, "m", str(tmp_path / "nowhere"), [], [])
         store.set_run_status(failed_id, "failed", "out of memory")
         with pytest.raises(RunAdapterError, match="is failed: out of memory"):
-            gguf_adapter_for_run(store.get_run(failed_id), base)
+            gguf_adapter_for_run(store.get_run(failed_id), base, store.path)
     proc = run_cli("--db", str(tmp_path / "other.db"), "--model", str(default_model), "adapters", "export", "--run",
                    str(failed_id), "--out", str(tmp_path / "x.gguf"), home=studio_home)
     assert proc.returncode == 1 and "only finished or cancelled runs" in proc.stderr

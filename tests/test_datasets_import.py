@@ -109,6 +109,14 @@ def test_trl_standard_implicit_prompt_follows_trl(store: Store) -> None:
     ]
 
 
+def test_an_implicit_prompt_is_never_split_inside_a_word(store: Store, tmp_path) -> None:
+    path = tmp_path / "word.json"
+    path.write_text(json.dumps([{"chosen": "I like cats.", "rejected": "I like cars."},
+                                {"chosen": "Say\nhello there", "rejected": "Say\nhelp me"}]))
+    import_dataset(store, path)
+    assert triples(store, "word") == [("I like", " cats.", " cars."), ("Say\n", "hello there", "help me")]
+
+
 def test_trl_conversational_explicit(store: Store) -> None:
     report = import_dataset(store, fixture("trl_conversational.jsonl"))
     assert (report.format, report.n_added) == ("trl-conversational", 3)

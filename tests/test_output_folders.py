@@ -154,6 +154,30 @@ def test_a_crafted_run_row_cannot_name_a_folder_outside_the_runs_folder(tmp_path
     assert not list(tmp_path.glob(".victim*"))  # nothing staged or moved aside beside it
 
 
+def test_a_crafted_finished_run_cannot_have_its_adapter_exported_into_another_folder(
+        tmp_path: Path, studio_home: Path, default_model: Path) -> None:
+    """The GGUF export is written next to the run's PEFT files: a row naming another folder is refused there
+    too, and such a run is not offered as an adapter at all."""
+    from studio.evaluation.run_adapters import RunAdapterError, gguf_adapter_for_run, usable_runs
+    from studio.inference.model_files import inspect_gguf
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "adapter_model.safetensors").write_bytes(b"looks like a run")
+    db = tmp_path / "studio.db"
+    with Store.open(db) as store:
+        run_id = store.create_run({"epochs": 1}, "m", str(victim), pair_ids=["j1"], heldout_ids=[])
+        store.set_run_status(run_id, "done", "crafted")
+        assert run_id not in [r.id for r in usable_runs(store)]
+        with pytest.raises(RunAdapterError, match="not a run folder"):
+            gguf_adapter_for_run(store.get_run(run_id), inspect_gguf(default_model), store.path)
+    proc = run_cli("--db", str(db), "--model", str(default_model), "adapters", "export", "--run", str(run_id),
+                   "--out", str(tmp_path / "a.gguf"), home=studio_home)
+    assert proc.returncode == 1 and "not a run folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in victim.iterdir()) == ["adapter_model.safetensors"]
+    assert not (tmp_path / "a.gguf").exists()
+
+
 def test_run_folders_must_be_run_named_children_of_a_runs_folder(tmp_path: Path, studio_home: Path) -> None:
     roots = runs_roots(tmp_path / "studio.db")
     assert roots == [studio_home / "data" / "runs", tmp_path / "runs"]

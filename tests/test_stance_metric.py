@@ -88,7 +88,7 @@ def test_training_to_prefer_support_raises_the_support_share(support_run, engine
     system = run_exercise_system(run)
     assert system == EXERCISE_SYSTEM_PROMPT
     name = adapter_name(run)
-    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info))
+    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info, store.path))
     phases: list[str] = []
     before, after = stance_before_after(engine, heldout, system, name,
                                         on_progress=lambda phase, _done, _total: phases.append(phase))

@@ -247,6 +247,16 @@ def _shared_prefix(chosen: str, rejected: str) -> int:
             break
     else:
         idx = min(len(chosen), len(rejected))
+    # A split inside a word ("I like ca" + "ts" / "rs") would leave the prompt ending in half a token, which
+    # tokenises differently from how the whole word was seen: move the split back to the word's start.
+    ends = (chosen[idx:idx + 1], rejected[idx:idx + 1])
+    if idx and not chosen[idx - 1].isspace() and all(e and not e.isspace() for e in ends):
+        # A space goes to the replies (as above); a newline stays with the prompt, as a template's does.
+        space, newline = chosen.rfind(" ", 0, idx), chosen.rfind("\n", 0, idx)
+        if space > newline and space > 0:
+            idx = space
+        elif newline >= 0:
+            idx = newline + 1
     return idx
 
 

@@ -27,7 +27,7 @@ def adapters_export(
     with user_errors(out):
         with Store.open(settings().db) as store:
             record = store.get_run(run)
-        written = export_run_adapter(record, inspect_gguf(resolve_model_path()), out)
+        written = export_run_adapter(record, inspect_gguf(resolve_model_path()), out, store.path)
     typer.echo(f"wrote {visible(written)} ({written.stat().st_size:,} bytes)")
 
 

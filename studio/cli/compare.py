@@ -31,10 +31,10 @@ def compare(
     with user_errors():
         source = _prompt_source(prompts, prompts_from)
         sampling = _sampling(temperature, max_tokens)
-        engine = open_engine()
         with Store.open(settings().db) as store:
+            store.get_run(run)  # a missing run is named before the model loads (seconds)
             store.mark_stale_runs([run], when="when it was compared")  # a dead trainer's run is not running
-            result = run_comparison(engine, store, run, system=settings().system_prompt,
+            result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
                                     sampling=sampling, seed=seed, prompts_from=source, limit=limit)
     if as_json:
         typer.echo(json_visible(json.dumps(result.to_dict(), ensure_ascii=False, indent=2)))

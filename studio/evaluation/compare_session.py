@@ -94,7 +94,7 @@ def run_comparison(
         source = prompts_from if isinstance(prompts_from, PromptSource) else PromptSource.parse(prompts_from)
     run = store.get_run(run_id)
     name = adapter_name(run)
-    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info))
+    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info, store.path))
     notes: list[str] = []
     exercise = bool((run.config or {}).get("support_ratio") is not None)
     if exercise:

@@ -157,7 +157,8 @@ class ChatEngine:
         except PromptFormatError as exc:
             raise EngineError(
                 f"{self.info.path}: the model's chat template (GGUF key tokenizer.chat_template) cannot be used: "
-                f"{str(exc).removeprefix('chat template: ')}. Use another model file, or fix the template in it."
+                f"{str(exc).removeprefix('chat template: ').rstrip('.')}. Use another model file, or fix the "
+                "template in it."
             ) from None
 
     # --- loading ---

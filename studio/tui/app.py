@@ -161,7 +161,7 @@ class PreferenceStudioApp(App[None]):
         try:
             if name is not None:
                 run = self.store.get_run(int(name.removeprefix("run-")))
-                self.engine.load_adapter(name, gguf_adapter_for_run(run, self.engine.info))
+                self.engine.load_adapter(name, gguf_adapter_for_run(run, self.engine.info, self.store.path))
             self.engine.activate_adapter(name)
         except (ValueError, RuntimeError) as exc:
             self.call_from_thread(self.notify, f"Adapter not switched: {exc}", severity="error", timeout=10)

@@ -84,6 +84,7 @@ class ExerciseScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self._stance_lines: dict[str, list[str]] = {}  # dataset name → its last compared run's stance
+        self._preparing = False  # a run is being prepared in a worker: ctrl+s waits for it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -201,17 +202,39 @@ class ExerciseScreen(Screen):
     # --- actions ---
 
     def action_train(self) -> None:
-        from studio.tui.screens.train import TrainScreen
+        if self._preparing:
+            return
+        try:
+            config = RunConfig(**self.settings())
+        except ValueError as exc:
+            self._status(f"Cannot start: {exc}", error=True)
+            return
+        self._preparing = True
+        self._status("Preparing the run: counting its pairs…")
+        settings = self.app.settings
+        self._prepare(config, settings.train_model or settings.model)
+
+    @work(thread=True, exclusive=True, group="prepare", exit_on_error=False)
+    def _prepare(self, config: RunConfig, model: Path | str | None) -> None:
+        """In a worker: preparing counts tokens, and the first count reads the tokenizer from the GGUF (15-20 s)."""
+        from trainers.model_source import ModelSourceError
         from trainers.run.lifecycle import prepare_run
 
         try:
-            s = self.settings()
-            config = RunConfig(**s)
-            settings = self.app.settings
-            prepared = prepare_run(self.app.store, config, model_path=settings.train_model or settings.model)
-        except (ValueError, PairSelectionError) as exc:
-            self._status(f"Cannot start: {exc}", error=True)
+            prepared = prepare_run(self.app.store, config, model_path=model)
+        except (ValueError, PairSelectionError, ModelSourceError) as exc:
+            self.app.call_from_thread(self._prepare_failed, f"Cannot start: {exc}")
             return
+        self.app.call_from_thread(self._open_train_screen, prepared)
+
+    def _prepare_failed(self, message: str) -> None:
+        self._preparing = False
+        self._status(message, error=True)
+
+    def _open_train_screen(self, prepared) -> None:  # noqa: ANN001
+        from studio.tui.screens.train import TrainScreen
+
+        self._preparing = False
         self.app.push_screen(TrainScreen(prepared=prepared, on_finished=self._open_comparison))
 
     def _open_comparison(self, run) -> None:  # noqa: ANN001
