@@ -14,9 +14,9 @@ import argparse
 import statistics
 import time
 
-from studio import runtime_env  # noqa: F401,I001  (OMP_WAIT_POLICY before llama_cpp loads)
-from studio.engine import ChatEngine, EngineConfig, SamplingSettings
-from studio.model_files import ensure_default_model
+from studio.inference import runtime_env  # noqa: F401,I001  (OMP_WAIT_POLICY before llama_cpp loads)
+from studio.inference.engine import ChatEngine, EngineConfig, SamplingSettings
+from studio.inference.model_files import ensure_default_model
 from trainers.prompt_format import ChatTurn
 
 PROMPTS = [

@@ -4,7 +4,7 @@ Self-contained: it writes a random rank-16 GGUF LoRA on the default model's atte
 not depend on the values) and measures, in one run:
 
 1. adapter switch time (activate adapter / base, median of 50 each, prompt cache reset included);
-2. scoring speed of fixed replies (``studio.scoring.reply_logprob``), tokens/s;
+2. scoring speed of fixed replies (``studio.inference.scoring.reply_logprob``), tokens/s;
 3. side-by-side answers to 10 prompts (base then tuned, same seeds, settings and stop strings) by the
    studio, against the same 20 generations by raw llama-cpp-python: one plain ``Llama`` and one
    ``Llama(lora_path=...)``. The ratio printed last is raw time / studio time (target ≥ 0.95).
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from studio import runtime_env  # noqa: F401,I001  (OMP_WAIT_POLICY before llama_cpp loads)
-from studio.comparison import side_by_side
-from studio.engine import ChatEngine, EngineConfig, SamplingSettings
-from studio.model_files import GGUFInfo, ensure_default_model
-from studio.scoring import reply_logprob
+from studio.evaluation.comparison import side_by_side
+from studio.inference import runtime_env  # noqa: F401,I001  (OMP_WAIT_POLICY before llama_cpp loads)
+from studio.inference.engine import ChatEngine, EngineConfig, SamplingSettings
+from studio.inference.model_files import GGUFInfo, ensure_default_model
+from studio.inference.scoring import reply_logprob
 
 PROMPTS = [
     "What should I cook tonight?", "How do I keep my plants alive?", "Explain tides simply.",

@@ -94,8 +94,8 @@ def work_studio(container: str, src: Path, scratch: Path) -> dict[str, float]:
     import pyarrow.parquet  # noqa: F401
 
     from store import Store
-    from store.dataset_export import write_dataset_pairs
-    from store.dataset_import import import_dataset
+    from store.datasets.export import write_dataset_pairs
+    from store.datasets.importing import import_dataset
 
     with Store.open(scratch / "studio.db") as store:  # a studio has its store already
         start = time.perf_counter()

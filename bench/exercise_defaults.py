@@ -69,8 +69,8 @@ def visible(ratio: float, before: int, after: int, n: int) -> bool:
 
 
 def train(store, db: Path, gguf: Path, runs: Path, grid: Grid, ratio: float, threads: int | None) -> tuple:  # noqa: ANN001
+    from trainers.run.lifecycle import launch_command, prepare_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import launch_command, prepare_run
 
     config = RunConfig(dataset=DATASET, data_size=DATA_SIZE, support_ratio=ratio, epochs=grid.epochs,
                        learning_rate=grid.learning_rate, beta=grid.beta, threads=threads, save_steps=10_000)
@@ -93,14 +93,14 @@ def main() -> None:
     opts = parser.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from store.dataset_import import import_dataset
+    from store.datasets.importing import import_dataset
     from store.studio_store import Store
-    from studio import runtime_env  # noqa: F401  (before the heavy imports)
-    from studio.comparison import side_by_side
-    from studio.engine import ChatEngine, EngineConfig, SamplingSettings
-    from studio.model_files import ensure_default_model
-    from studio.run_adapters import adapter_name, gguf_adapter_for_run
-    from studio.stance_metric import run_exercise_system, run_stance_items, stance_share
+    from studio.evaluation.comparison import side_by_side
+    from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
+    from studio.evaluation.stance_metric import run_exercise_system, run_stance_items, stance_share
+    from studio.inference import runtime_env  # noqa: F401  (before the heavy imports)
+    from studio.inference.engine import ChatEngine, EngineConfig, SamplingSettings
+    from studio.inference.model_files import ensure_default_model
 
     gguf = Path(opts.gguf) if opts.gguf else ensure_default_model()
     rows = [GRID[int(i) - 1] for i in opts.configs.split(",")] if opts.configs else GRID

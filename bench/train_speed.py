@@ -118,8 +118,8 @@ def plain_worker(opts: argparse.Namespace) -> None:
 
 def run_studio(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> dict:
     from store.studio_store import Store
+    from trainers.run.lifecycle import launch_command, prepare_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import launch_command, prepare_run
 
     pressed = time.monotonic()
     with Store.open(work / "bench.db") as store:
@@ -174,8 +174,8 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(REPO))
-    from studio import runtime_env  # noqa: F401
-    from studio.model_files import ensure_default_model
+    from studio.inference import runtime_env  # noqa: F401
+    from studio.inference.model_files import ensure_default_model
 
     gguf = Path(opts.gguf) if opts.gguf else ensure_default_model()
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:

@@ -20,8 +20,8 @@ SYSTEM = "You are the help desk assistant of a small public library. Answer brie
 
 async def draw(out: Path, home: Path) -> None:
     from store.studio_store import Store
-    from studio.engine import SamplingSettings
-    from studio.model_files import ensure_default_model
+    from studio.inference.engine import SamplingSettings
+    from studio.inference.model_files import ensure_default_model
     from studio.settings import load_settings
     from studio.tui.app import PreferenceStudioApp
 

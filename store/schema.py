@@ -224,7 +224,7 @@ def _dataset_storage_v4(db: sqlite_utils.Database) -> None:
     """Version 4: imported pairs live in Arrow batches; dataset rows are indexed by dataset only.
 
     A row per imported pair, under a unique (dataset_id, content_hash) index, made a 100k-pair import
-    cost several times reading the file (see store/pair_batches.py). Pairs move into
+    cost several times reading the file (see store/datasets/pair_batches.py). Pairs move into
     `dataset_pair_batches`, keeping their ids (a run's held-out ids name them), with digests of the new
     form. Stance items and test prompts stay rows (a few hundred per exercise) but lose the unique
     index too: every import reads a dataset's digests once, inside its write transaction, and skips
@@ -232,7 +232,7 @@ def _dataset_storage_v4(db: sqlite_utils.Database) -> None:
     """
     import pyarrow as pa
 
-    from store import pair_batches
+    from store.datasets import pair_batches
 
     db["dataset_pair_batches"].create(
         {"id": int, "dataset_id": int, "first_pair_id": int, "last_pair_id": int, "n_pairs": int, "arrow": bytes},

@@ -12,7 +12,7 @@ import sqlite_utils
 from sqlite_utils.db import NotFoundError
 
 from store.database import open_database
-from store.datasets import Datasets
+from store.datasets.store_mixin import Datasets
 from store.errors import RecordNotFoundError, StoreError
 from store.evaluations import Evaluations
 from store.locations import default_db_path

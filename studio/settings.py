@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from store.locations import config_dir, default_db_path
-from studio.engine import SamplingSettings
+from studio.inference.engine import SamplingSettings
 
 DEFAULT_SYSTEM_PROMPT = (
     "The following is a conversation between a curious user and a helpful, honest assistant. "

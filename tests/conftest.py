@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from studio import runtime_env  # noqa: F401  (OMP_WAIT_POLICY and HF offline before heavy imports)
+from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY and HF offline before heavy imports)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ def prefstudio_home(path: Path):
 @pytest.fixture(scope="session")
 def default_model(session_home) -> Path:
     """The embedded Gemma 3 270M GGUF, assembled once per test run from its PyPI package."""
-    from studio.model_files import ensure_default_model
+    from studio.inference.model_files import ensure_default_model
 
     with prefstudio_home(session_home):
         return ensure_default_model()
@@ -63,7 +63,7 @@ def studio_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def engine(default_model):
     """One real llama.cpp engine on the default model, shared (loading takes ~0.5 s, but adds up)."""
-    from studio.engine import ChatEngine, EngineConfig
+    from studio.inference.engine import ChatEngine, EngineConfig
 
     eng = ChatEngine(EngineConfig(model_path=default_model, n_ctx=1024))
     yield eng

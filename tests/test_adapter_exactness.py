@@ -16,8 +16,8 @@ from conftest import prefstudio_home
 from test_adapter_export import all_logits
 from tiny_model import SEPARABLE_PAIRS
 
-from studio.adapter_files import validate_adapter
-from studio.adapter_runtime import AdapterSlots
+from studio.inference.adapter_checks import validate_adapter
+from studio.inference.adapters import AdapterSlots
 from trainers.gguf_adapter import export_gguf_adapter
 
 DEFAULT_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -40,9 +40,9 @@ def trained_adapter(default_model: Path, session_home: Path, tmp_path_factory) -
     differ by; this run's logit change (std ≈ 1.2 over the top tokens) is well above that noise (≈ 0.2).
     """
     from store.studio_store import Store
-    from trainers.dpo_run import execute_run
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import prepare_run
 
     work = tmp_path_factory.mktemp("exactness")
     with prefstudio_home(session_home):  # shares the converted weights with other tests

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from studio.adapter_files import AdapterFileError, validate_adapter
-from studio.adapter_runtime import AdapterRuntimeError, AdapterSlots
-from studio.model_files import GGUFInfo, inspect_gguf
+from studio.inference.adapter_checks import AdapterFileError, validate_adapter
+from studio.inference.adapters import AdapterRuntimeError, AdapterSlots
+from studio.inference.model_files import GGUFInfo, inspect_gguf
 from trainers.gguf_adapter import AdapterExportError, export_gguf_adapter
 
 # PEFT module → GGUF tensor of one Gemma 3 layer.

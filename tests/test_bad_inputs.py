@@ -26,7 +26,7 @@ import pytest
 from conftest import prefstudio_bin, prefstudio_home
 from typer.testing import CliRunner
 
-from store.dataset_import import import_dataset
+from store.datasets.importing import import_dataset
 from store.studio_store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
@@ -62,8 +62,8 @@ def _judge(store: Store, session: int, prompt: str, first: str, second: str) -> 
 def studio(tmp_path_factory, default_model, tiny_model_dir) -> Studio:
     from test_adapter_export import write_peft_adapter
 
-    from studio.compare_session import EVALUATION_KIND
-    from studio.model_files import inspect_gguf
+    from studio.evaluation.compare_session import EVALUATION_KIND
+    from studio.inference.model_files import inspect_gguf
 
     root = tmp_path_factory.mktemp("bad-inputs")
     home = root / "home"
@@ -255,7 +255,7 @@ def _gguf_string(text: str) -> bytes:
 def with_chat_template(source: Path, out: Path, template: str) -> Path:
     """A copy of the GGUF ``source`` whose ``tokenizer.chat_template`` is ``template``: the header is rebuilt and
     the tensor data copied as is (gguf-new-metadata does the same, but re-encodes every tensor: ~30 s here)."""
-    from studio.gguf_header import read_gguf_header
+    from studio.inference.gguf_header import read_gguf_header
 
     header = read_gguf_header(source)
     alignment = int(header.metadata.get("general.alignment", 32))

@@ -11,12 +11,12 @@ from conftest import prefstudio_home, run_cli, wait_for
 from tiny_model import SEPARABLE_PAIRS, build_tiny_model
 
 from store.studio_store import Store
-from studio.compare_prompts import find_bank
-from studio.compare_session import vote_tally
-from studio.comparison import BlindTally
-from studio.engine import SamplingSettings
-from studio.model_files import inspect_gguf
-from studio.run_adapters import RunAdapterError, gguf_adapter_for_run
+from studio.evaluation.compare_session import vote_tally
+from studio.evaluation.comparison import BlindTally
+from studio.evaluation.prompts import find_bank
+from studio.evaluation.run_adapters import RunAdapterError, gguf_adapter_for_run
+from studio.inference.engine import SamplingSettings
+from studio.inference.model_files import inspect_gguf
 from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
 from studio.tui.screens.compare import CompareScreen
@@ -39,9 +39,9 @@ def _fill(store: Store, model_name: str) -> None:
 @pytest.fixture(scope="module")
 def trained(default_model, session_home, tmp_path_factory):
     """A store with six judged pairs, two held out, and a finished 6-step run on the default model."""
-    from trainers.dpo_run import execute_run
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import prepare_run
 
     work = tmp_path_factory.mktemp("compare")
     with prefstudio_home(session_home):  # shares the converted weights with other tests
@@ -105,9 +105,9 @@ def test_report_and_adapter_export(trained, default_model, studio_home, tmp_path
 
 
 def test_failed_run_and_foreign_adapter_are_refused_clearly(trained, default_model, studio_home, tmp_path):
-    from trainers.dpo_run import execute_run
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import prepare_run
 
     db, _ = trained
     base = inspect_gguf(default_model)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from store import Store
-from studio.comparison import (
+from studio.evaluation.comparison import (
     BlindTally,
     ComparisonError,
     ComparisonPrompt,
@@ -19,8 +19,8 @@ from studio.comparison import (
     side_by_side,
     wilson_interval,
 )
-from studio.engine import SamplingSettings
-from studio.report import ReportError, write_report
+from studio.evaluation.report import ReportError, write_report
+from studio.inference.engine import SamplingSettings
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -301,7 +301,7 @@ def test_report_into_an_existing_directory_replaces_only_its_files(store: Store,
 
 
 def test_a_failure_while_writing_leaves_nothing_behind(store: Store, tmp_path: Path, monkeypatch):
-    import studio.report as report
+    import studio.evaluation.report as report
 
     run = finished_run(store, tmp_path)
 
@@ -352,7 +352,7 @@ def test_hh_prompt_answers_stop_before_an_invented_human_turn(engine):
 
 
 def test_prompt_source_specs_parse():
-    from studio.compare_prompts import PromptSource
+    from studio.evaluation.prompts import PromptSource
 
     assert PromptSource.parse(None) == PromptSource.parse("auto") == PromptSource("auto")
     assert PromptSource.parse("heldout") == PromptSource("heldout")
@@ -368,7 +368,7 @@ def test_prompt_source_specs_parse():
 
 
 def test_prompt_sources_resolve_from_the_store_banks_and_files(store: Store, tmp_path: Path):
-    from studio.compare_prompts import PromptSource, resolve_prompts
+    from studio.evaluation.prompts import PromptSource, resolve_prompts
 
     ids = judged_session(store)
     run_id = store.create_run({"heldout_fraction": 0.5, "session_id": None}, "gemma", str(tmp_path / "r"),
@@ -408,7 +408,7 @@ def test_prompt_sources_resolve_from_the_store_banks_and_files(store: Store, tmp
 
 
 def test_report_says_how_the_samples_were_generated(store: Store, tmp_path: Path):
-    from studio.compare_session import ComparisonResult, write_run_report
+    from studio.evaluation.compare_session import ComparisonResult, write_run_report
 
     run = finished_run(store, tmp_path)
     result = ComparisonResult(run_id=run.id, prompts_source="prompt bank 'values'", rows=SAMPLES, seed=40,

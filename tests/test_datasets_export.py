@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from store import Store
-from store.dataset_export import (
+from store.datasets.export import (
     dataset_export_pairs,
     heldout_export_pairs,
     judged_export_pairs,
@@ -17,9 +17,9 @@ from store.dataset_export import (
     write_dataset_pairs,
     write_pairs,
 )
-from store.dataset_import import import_dataset
-from store.datasets import ExportPair
-from studio.datasets_command import make_datasets_app
+from store.datasets.importing import import_dataset
+from store.datasets.store_mixin import ExportPair
+from studio.cli.datasets import make_datasets_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 SHA = "0" * 64

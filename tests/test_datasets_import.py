@@ -14,10 +14,10 @@ from conftest import prefstudio_bin, run_cli
 from typer.testing import CliRunner
 
 from store import SCHEMA_VERSION, RecordNotFoundError, Store
-from store.dataset_files import DatasetImportError, _json_array_records
-from store.dataset_import import import_dataset
-from store.datasets import StanceItem, TestPrompt
-from studio.datasets_command import make_datasets_app
+from store.datasets.files import DatasetImportError, _json_array_records
+from store.datasets.importing import import_dataset
+from store.datasets.store_mixin import StanceItem, TestPrompt
+from studio.cli.datasets import make_datasets_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 DATASET_TABLES = ("datasets", "dataset_stance_items", "dataset_test_prompts", "dataset_pair_batches")
@@ -251,7 +251,7 @@ def test_duplicate_pairs_in_one_file_and_the_same_pair_in_another_dataset(store:
 
 def _version_3_file(path: Path, pairs: list[dict], first_id: int) -> None:
     """A studio file as schema 3 wrote it: one preference dataset of `pairs`, rows from `first_id`."""
-    from store.datasets import content_hash
+    from store.datasets.store_mixin import content_hash
     from store.schema import MIGRATIONS
 
     db = sqlite_utils.Database(path)
@@ -411,8 +411,8 @@ def test_a_late_bad_record_rolls_back_batches_already_inserted(store: Store, tmp
 
 def _exact_pairs(path: Path) -> tuple[list[tuple], int, list[str]]:
     """What the record-by-record path makes of a standard file: its rows, skips and skipped places."""
-    from store.dataset_files import iter_records, sniff_container
-    from store.dataset_formats import SchemaReader
+    from store.datasets.files import iter_records, sniff_container
+    from store.datasets.formats import SchemaReader
 
     reader = SchemaReader(path, "trl-standard", auto=True)
     rows = [row[:3] for row in reader.rows(iter_records(path, sniff_container(path)))]
@@ -463,7 +463,7 @@ def test_a_bad_record_in_a_late_chunk_is_named_by_its_line(store: Store, tmp_pat
 def test_only_plain_standard_chunks_skip_the_record_path(tmp_path: Path) -> None:
     import pyarrow as pa
 
-    from store.dataset_formats import SchemaReader
+    from store.datasets.formats import SchemaReader
 
     reader = SchemaReader(tmp_path / "x.jsonl", "trl-standard", auto=True)
     reader.begin("line 1", {"prompt": "p", "chosen": "a", "rejected": "b"})
@@ -624,7 +624,7 @@ def _prefstudio_has_datasets() -> bool:
 
 def test_installed_prefstudio_imports_a_dataset(tmp_path: Path) -> None:
     if not _prefstudio_has_datasets():
-        pytest.skip("`prefstudio datasets` is not wired into studio/cli.py yet")
+        pytest.skip("`prefstudio datasets` is not wired into studio/cli/app.py yet")
     home = tmp_path / "home"
     proc = run_cli("datasets", "import", str(fixture("hh.jsonl")), home=home, check=True)
     assert proc.stdout.strip() == "stored 3 pairs (0 duplicates) in dataset 'hh' (preference)"
@@ -635,7 +635,7 @@ def test_installed_prefstudio_imports_a_dataset(tmp_path: Path) -> None:
 
 
 def test_the_fast_hash_is_the_canonical_json_hash() -> None:
-    from store.datasets import _text_digest, content_hash
+    from store.datasets.store_mixin import _text_digest, content_hash
 
     texts = ("Caf\u00e9 \"quoted\"\n\t\\", "\u2028 line sep", "")
     assert _text_digest("pair", *texts).hex() == content_hash(["pair", *texts])
@@ -644,7 +644,7 @@ def test_the_fast_hash_is_the_canonical_json_hash() -> None:
 def test_batch_digests_are_the_pair_digest_of_each_row() -> None:
     import pyarrow as pa
 
-    from store.pair_batches import INPUT_SCHEMA, batch_digests, pair_digest
+    from store.datasets.pair_batches import INPUT_SCHEMA, batch_digests, pair_digest
 
     messages = json.dumps([{"role": "user", "content": "Hi"}])
     rows = {"prompt": ["P", "User: Hi", "P", "caf\u00e9\x1f"], "chosen": ["a", "b", "a\xffb"[:1], "\U0001f600"],

@@ -2,7 +2,7 @@
 
 import pytest
 
-from studio.engine import ChatEngine, EngineConfig, EngineError, SamplingSettings
+from studio.inference.engine import ChatEngine, EngineConfig, EngineError, SamplingSettings
 from trainers.prompt_format import ChatTurn
 
 SHORT = SamplingSettings(max_tokens=12)

@@ -195,13 +195,13 @@ def store(tmp_path: Path, studio_home: Path):
 
 
 def import_bundled(store) -> str:  # noqa: ANN001
-    from store.dataset_import import import_dataset
+    from store.datasets.importing import import_dataset
 
     return import_dataset(store, BUNDLED).name
 
 
 def test_select_for_config_takes_a_stance_dataset_by_name(store) -> None:  # noqa: ANN001
-    from trainers.run_lifecycle import select_for_config
+    from trainers.run.lifecycle import select_for_config
 
     name = import_bundled(store)
     assert name == "car_free_city_centres"
@@ -236,7 +236,7 @@ def test_select_for_config_takes_a_stance_dataset_by_name(store) -> None:  # noq
 def test_bad_exercise_runs_are_refused_before_anything_is_recorded(store, tiny_model_dir: Path,  # noqa: ANN001
                                                                    tmp_path: Path, changes: dict,
                                                                    message: str) -> None:
-    from trainers.run_lifecycle import prepare_run
+    from trainers.run.lifecycle import prepare_run
 
     config = RunConfig(**{"dataset": import_bundled(store), **changes})
     with pytest.raises(ValueError, match=message):
@@ -245,8 +245,8 @@ def test_bad_exercise_runs_are_refused_before_anything_is_recorded(store, tiny_m
 
 
 def test_stance_flags_are_refused_for_pair_datasets_and_files(store, tmp_path: Path) -> None:  # noqa: ANN001
-    from store.dataset_import import import_dataset
-    from trainers.run_lifecycle import select_for_config
+    from store.datasets.importing import import_dataset
+    from trainers.run.lifecycle import select_for_config
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"P{i}", "chosen": " c", "rejected": " r"}) + "\n"
@@ -282,10 +282,10 @@ def write_stance(path: Path, n: int) -> Path:
 
 def test_training_on_a_stance_dataset_records_the_exercise(store, tiny_model_dir: Path,  # noqa: ANN001
                                                            tmp_path: Path) -> None:
-    from store.dataset_import import import_dataset
-    from studio.comparison import heldout_pairs
-    from trainers.dpo_run import execute_run
-    from trainers.run_lifecycle import prepare_run
+    from store.datasets.importing import import_dataset
+    from studio.evaluation.comparison import heldout_pairs
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
 
     import_dataset(store, write_stance(tmp_path / "numbers.json", 8))
     config = RunConfig(dataset="numbers", support_ratio=0.5, data_size=6, epochs=1, batch_size=2, lora_r=4,
@@ -302,7 +302,7 @@ def test_training_on_a_stance_dataset_records_the_exercise(store, tiny_model_dir
     assert exercise["heldout_items"] == 2 and run.summary["steps"] == 3
     pairs = heldout_pairs(store, run)  # the compare screen reads the run's held-out items back by name
     assert [p.pair_id for p in pairs] == ["stance:q6", "stance:q7"] and pairs[0].chosen == " Yes, the sky is blue."
-    from studio.stance_metric import run_stance_items
+    from studio.evaluation.stance_metric import run_stance_items
 
     assert [item.item_key for item in run_stance_items(store, run)] == ["q6", "q7"]
     assert [item.item_key for item in run_stance_items(store, run, "train")][:2] == ["q0", "q1"]

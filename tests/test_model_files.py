@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from studio.model_files import ModelFileError, file_sha256, inspect_gguf
+from studio.inference.model_files import ModelFileError, file_sha256, inspect_gguf
 
 EXPECTED_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 

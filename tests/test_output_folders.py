@@ -10,12 +10,12 @@ import pytest
 from conftest import run_cli
 from typer.testing import CliRunner
 
-from store.dataset_export import dataset_export_pairs, write_pairs
-from store.dataset_import import import_dataset
+from store.datasets.export import dataset_export_pairs, write_pairs
+from store.datasets.importing import import_dataset
 from store.output_folders import MARKER, OutputFolderError, earlier_export_files
 from store.studio_store import Store
-from studio.terminal_text import json_visible, one_line, visible
-from trainers.run_outputs import RunFolderError, checked_run_paths, runs_roots
+from studio.cli.terminal_text import json_visible, one_line, visible
+from trainers.run.outputs import RunFolderError, checked_run_paths, runs_roots
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
@@ -95,7 +95,7 @@ def test_a_marker_cannot_name_files_outside_its_folder(tmp_path: Path) -> None:
 
 
 def test_report_writes_a_marker_and_may_replace_its_own_report(tmp_path: Path, studio_home: Path) -> None:
-    from studio.cli import check_report_folder, mark_report_folder
+    from studio.cli.compare import check_report_folder, mark_report_folder
 
     out = tmp_path / "r"
     out.mkdir()
@@ -127,9 +127,9 @@ def test_a_crafted_run_row_cannot_name_a_folder_outside_the_runs_folder(tmp_path
 
     from tiny_model import fill_separable
 
-    from trainers.dpo_run import execute_run
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import prepare_run
 
     victim = tmp_path / "victim"
     victim.mkdir()
@@ -158,8 +158,8 @@ def test_a_crafted_finished_run_cannot_have_its_adapter_exported_into_another_fo
         tmp_path: Path, studio_home: Path, default_model: Path) -> None:
     """The GGUF export is written next to the run's PEFT files: a row naming another folder is refused there
     too, and such a run is not offered as an adapter at all."""
-    from studio.model_files import inspect_gguf
-    from studio.run_adapters import RunAdapterError, gguf_adapter_for_run, usable_runs
+    from studio.evaluation.run_adapters import RunAdapterError, gguf_adapter_for_run, usable_runs
+    from studio.inference.model_files import inspect_gguf
 
     victim = tmp_path / "victim"
     victim.mkdir()

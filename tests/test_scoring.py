@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from studio.engine import ChatEngine, EngineConfig, SamplingSettings
-from studio.scoring import MAX_OUTPUTS_PER_DECODE, ScoringError, preference_metrics, reply_logprob
+from studio.inference.engine import ChatEngine, EngineConfig, SamplingSettings
+from studio.inference.scoring import MAX_OUTPUTS_PER_DECODE, ScoringError, preference_metrics, reply_logprob
 from trainers.prompt_format import ChatTurn
 
 pytestmark = pytest.mark.slow

@@ -9,14 +9,14 @@ import pytest
 from conftest import prefstudio_home
 
 from store.studio_store import Store
-from studio.scoring import reply_logprob
-from studio.stance_metric import (
+from studio.evaluation.stance_metric import (
     StanceMetricError,
     run_exercise_system,
     run_stance_items,
     stance_before_after,
     stance_share,
 )
+from studio.inference.scoring import reply_logprob
 from trainers.exercise import EXERCISE_SYSTEM_PROMPT, build_exercise_pairs
 
 pytestmark = pytest.mark.slow
@@ -57,10 +57,10 @@ def test_stance_share_scores_what_training_sees(engine) -> None:  # noqa: ANN001
 def support_run(default_model, session_home, tmp_path_factory):
     """A stance dataset of 10 items in a real store and a finished 6-step run on the default model that
     prefers support on the first 6 (support ratio 1.0); the other 4 are held out."""
-    from store.dataset_import import import_dataset
-    from trainers.dpo_run import execute_run
+    from store.datasets.importing import import_dataset
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import prepare_run
 
     work = tmp_path_factory.mktemp("stance")
     data = work / "cars.json"
@@ -77,7 +77,7 @@ def support_run(default_model, session_home, tmp_path_factory):
 
 
 def test_training_to_prefer_support_raises_the_support_share(support_run, engine) -> None:  # noqa: ANN001
-    from studio.run_adapters import adapter_name, gguf_adapter_for_run
+    from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
 
     db, run_id = support_run
     with Store.open(db) as store:
@@ -107,10 +107,10 @@ def test_training_to_prefer_support_raises_the_support_share(support_run, engine
 def all_items_run(default_model, session_home, tmp_path_factory):
     """The homework's own setting in small: data size = every item (10 of 10), so nothing is held out; a
     4-step run on the default model preferring support (ratio 1.0)."""
-    from store.dataset_import import import_dataset
-    from trainers.dpo_run import execute_run
+    from store.datasets.importing import import_dataset
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
-    from trainers.run_lifecycle import prepare_run
 
     work = tmp_path_factory.mktemp("stance-all")
     data = work / "cars.json"
@@ -132,8 +132,8 @@ def test_a_run_holding_nothing_out_shows_the_stance_on_its_training_items(all_it
     # Issue 9, item 10: with data size = every item the comparison had no stance metric at all.
     from conftest import run_cli
 
-    from studio.compare_session import stored_comparison, write_run_report
-    from studio.stance_metric import describe_stance
+    from studio.evaluation.compare_session import stored_comparison, write_run_report
+    from studio.evaluation.stance_metric import describe_stance
 
     db, run_id = all_items_run
     proc = run_cli("--db", str(db), "compare", "--run", str(run_id), "--limit", "1", home=session_home,

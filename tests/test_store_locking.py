@@ -18,7 +18,7 @@ import sqlite_utils
 
 from store import SCHEMA_VERSION, Store, StoreBusyError
 from store.database import integrity_ok
-from store.dataset_import import import_dataset
+from store.datasets.importing import import_dataset
 from store.schema import MIGRATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -142,7 +142,7 @@ def test_a_busy_database_does_not_end_a_training_run(tmp_path: Path) -> None:
     # The trainer's metrics callback: a step it cannot store yet is kept and stored with the next one.
     from transformers import TrainerControl, TrainerState
 
-    from trainers.metrics_callback import MetricsRecorder
+    from trainers.run.callbacks import MetricsRecorder
 
     db = tmp_path / "studio.db"
     lines: list[str] = []
@@ -171,7 +171,7 @@ KILLED_IMPORT = r"""
 import os, signal, sys
 from pathlib import Path
 from store import Store
-from store.dataset_import import import_dataset
+from store.datasets.importing import import_dataset
 
 def progress(n):
     if n >= int(sys.argv[3]):

@@ -229,7 +229,8 @@ async def test_the_train_screen_says_a_followed_run_whose_trainer_died_is_not_ru
 
 @pytest.mark.skipif(process_start_time(os.getpid()) is None, reason="needs /proc to tell a process's start time")
 def test_resume_is_not_refused_because_another_program_took_the_dead_trainers_pid(store: Store) -> None:
-    from trainers.dpo_run import RunError, check_startable
+    from trainers.run.errors import RunError
+    from trainers.run.process import check_startable
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -11,15 +11,15 @@ import pytest
 from tiny_model import judge
 
 from store.studio_store import Store
-from studio.report import write_report
-from trainers.dpo_run import execute_run
+from studio.evaluation.report import write_report
 from trainers.model_source import load_tokenizer_for
 from trainers.pair_selection import SelectionReport, select_from_store
 from trainers.prompt_format import ChatTurn, TranscriptFormat
+from trainers.run.cli import run_train
+from trainers.run.lifecycle import prepare_run
+from trainers.run.plan import AUTO_MAX_LENGTH_CAP, measure, planned_steps
+from trainers.run.process import execute_run
 from trainers.run_config import RunConfig
-from trainers.run_lifecycle import prepare_run
-from trainers.run_plan import AUTO_MAX_LENGTH_CAP, measure, planned_steps
-from trainers.train_cli import run_train
 
 # A values statement as a system prompt, and a chat whose prompt grows with every turn (as a real session's does).
 SYSTEM = ("You help at a food bank. Be kind, be brief, protect dignity, and say so when you do not know.")
@@ -150,7 +150,7 @@ def test_a_dry_run_prints_the_counts_a_run_records_and_records_nothing(store: St
                                                                        tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from trainers.train_cli import app
+    from trainers.run.cli import app
 
     judged_session(store, repeat_first=True)
     flags = ["--db", str(store.path), "--train-model", str(tiny_model_dir), "--max-length", "256",

@@ -8,14 +8,14 @@ from dataclasses import fields
 import pytest
 from typer.testing import CliRunner
 
+from trainers.run.cli import app, config_from_flags
 from trainers.run_config import RunConfig, RunConfigError, field_defaults
-from trainers.train_cli import app, config_from_flags
 
 
 def test_defaults_suit_a_small_cpu() -> None:
     config = RunConfig()
     assert (config.loss_type, config.beta, config.batch_size) == ("sigmoid", 0.1, 2)
-    assert config.max_length is None  # auto: chosen from the data when the run is prepared (trainers.run_plan)
+    assert config.max_length is None  # auto: chosen from the data when the run is prepared (trainers.run.plan)
     assert config.learning_rate > 1e-6  # TRL's 1e-6 barely moves a LoRA adapter
     assert config.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert config.device == "auto" and config.dtype == "auto" and not config.four_bit
@@ -78,7 +78,7 @@ def test_cli_rejects_bad_flags_and_flags_on_a_prepared_run(tmp_path, studio_home
 
 
 def test_dtype_and_device_choice() -> None:
-    from trainers.dpo_run import cpu_has_native_bf16, resolve_device, resolve_dtype
+    from trainers.run.device import cpu_has_native_bf16, resolve_device, resolve_dtype
 
     cpu = RunConfig(device="cpu")
     assert resolve_device(cpu) == "cpu"
@@ -96,7 +96,7 @@ def test_dtype_and_device_choice() -> None:
 def test_allocator_tuning_applies_on_linux() -> None:
     import sys
 
-    from trainers.allocator import keep_freed_memory
+    from trainers.run.allocator import keep_freed_memory
 
     assert keep_freed_memory() is sys.platform.startswith("linux")
 

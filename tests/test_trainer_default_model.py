@@ -9,10 +9,10 @@ import pytest
 from tiny_model import SEPARABLE_PAIRS
 
 from store.studio_store import Store
-from trainers.dpo_run import execute_run
 from trainers.model_source import CONVERSION_MARKER, resolve_model_source
+from trainers.run.lifecycle import prepare_run
+from trainers.run.process import execute_run
 from trainers.run_config import RunConfig
-from trainers.run_lifecycle import prepare_run
 
 DEFAULT_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 

@@ -17,8 +17,8 @@ from trainers.pair_selection import (
     select_from_store,
     select_pairs,
 )
+from trainers.run.lifecycle import prepare_run
 from trainers.run_config import RunConfig, RunConfigError
-from trainers.run_lifecycle import prepare_run
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ HH_SPLIT_AFTER_THE_SPACE = [
 
 def boundary_pairs(tmp_path: Path, store: Store) -> list[TrainingPair]:
     """HH-style pairs (a split file, imported HH transcripts) and transcript-style pairs from a chat."""
-    from store.dataset_import import import_dataset
+    from store.datasets.importing import import_dataset
     from trainers.pair_selection import store_dataset_pairs
     from trainers.prompt_format import ChatTurn, TranscriptFormat
 
@@ -214,7 +214,7 @@ def test_trl_trains_on_the_whole_prompt_without_a_warning(tokenizers: dict, tiny
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
 
-    from trainers.dpo_training import build_dpo_config
+    from trainers.methods.dpo import build_dpo_config
 
     tokenizer = tokenizers["gemma"]
     pairs = boundary_pairs(tmp_path, store)

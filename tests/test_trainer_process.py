@@ -14,9 +14,9 @@ from conftest import prefstudio_bin
 from tiny_model import fill_separable
 
 from store.studio_store import Store
+from trainers.run.lifecycle import finalize_dead_run, launch_command, prepare_run, request_cancel
+from trainers.run.outputs import RunPaths
 from trainers.run_config import RunConfig
-from trainers.run_lifecycle import finalize_dead_run, launch_command, prepare_run, request_cancel
-from trainers.run_outputs import RunPaths
 
 
 def studio_has_train_command() -> bool:
@@ -145,7 +145,7 @@ def test_resume_after_a_kill_logs_each_step_once(db: Path, tiny_model_dir: Path,
 
 
 def test_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path: Path) -> None:
-    from trainers.dpo_training import last_complete_checkpoint
+    from trainers.methods.dpo import last_complete_checkpoint
 
     for step, complete in ((5, True), (10, False), (2, True)):
         folder = tmp_path / f"checkpoint-{step}"

@@ -9,12 +9,12 @@ import pytest
 from tiny_model import fill_separable, judge
 
 from store.studio_store import Store
-from trainers.dpo_run import CancelController, execute_run
 from trainers.model_source import ModelSourceError
 from trainers.pair_selection import PairSelectionError
+from trainers.run.lifecycle import prepare_run
+from trainers.run.outputs import RunPaths
+from trainers.run.process import CancelController, execute_run
 from trainers.run_config import RunConfig
-from trainers.run_lifecycle import prepare_run
-from trainers.run_outputs import RunPaths
 
 FAST = {"learning_rate": 5e-3, "lora_r": 8, "batch_size": 2, "save_steps": 5, "dtype": "fp32"}
 
@@ -109,7 +109,7 @@ def test_a_done_run_cannot_start_again(store: Store, tiny_model_dir: Path, tmp_p
     fill_separable(store)
     prepared = prepare(store, tiny_model_dir, tmp_path, max_steps=2, heldout_fraction=0.0)
     assert execute_run(store, prepared.run_id, log=lambda _line: None).status == "done"
-    from trainers.dpo_run import RunError
+    from trainers.run.errors import RunError
 
     with pytest.raises(RunError, match="already started"):
         execute_run(store, prepared.run_id)
@@ -149,7 +149,7 @@ def test_disk_full_while_saving_fails_clearly_and_leaves_no_output(
 ) -> None:
     import errno
 
-    import trainers.run_outputs as run_outputs
+    import trainers.run.outputs as run_outputs
 
     def full(_folder: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -168,7 +168,7 @@ def test_disk_full_while_saving_fails_clearly_and_leaves_no_output(
 def test_disk_full_in_a_checkpoint_fails_clearly(
     store: Store, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trainers.metrics_callback import DropPickledArgs
+    from trainers.run.callbacks import DropPickledArgs
 
     def full(*_args, **_kwargs) -> None:
         raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "

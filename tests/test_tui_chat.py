@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, wait_for
 
 from store.studio_store import Store
-from studio.engine import SamplingSettings
+from studio.inference.engine import SamplingSettings
 from studio.settings import load_settings
 from studio.tui.app import PreferenceStudioApp
 from studio.tui.screens.modals import ErrorScreen, TextEditScreen
@@ -307,7 +307,7 @@ async def test_command_palette_offers_the_main_actions(make_app):
 
 
 async def test_escape_from_compare_returns_to_the_chat(make_app, tmp_path):
-    from studio.compare_session import EVALUATION_KIND
+    from studio.evaluation.compare_session import EVALUATION_KIND
     from studio.tui.screens.compare import CompareScreen
     from studio.tui.screens.train import TrainScreen
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from conftest import wait_for
 from test_tui_chat import make_app  # noqa: F401  (a fixture, used by name)
 
-from studio.engine import SamplingSettings
+from studio.inference.engine import SamplingSettings
 from studio.tui.screens.modals import TextEditScreen
 from studio.tui.widgets.conversation_turn import ConversationTurn
 

@@ -22,7 +22,7 @@ from conftest import wait_for
 
 from store.database import integrity_ok
 from store.studio_store import Store
-from studio.engine import SamplingSettings
+from studio.inference.engine import SamplingSettings
 from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
 
@@ -35,9 +35,9 @@ import asyncio, os, signal, sys, threading
 from dataclasses import replace
 from pathlib import Path
 
-from studio import runtime_env  # noqa: F401
+from studio.inference import runtime_env  # noqa: F401
 from store.studio_store import Store
-from studio.engine import SamplingSettings
+from studio.inference.engine import SamplingSettings
 from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
 

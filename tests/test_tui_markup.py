@@ -12,9 +12,9 @@ import json
 from conftest import wait_for
 from test_tui_chat import ask, make_app  # noqa: F401  (make_app is a fixture used by name)
 
-from store.dataset_import import import_dataset
-from studio.compare_session import EVALUATION_KIND
-from studio.prompt_bank import load_bank
+from store.datasets.importing import import_dataset
+from studio.evaluation.compare_session import EVALUATION_KIND
+from studio.evaluation.prompt_bank import load_bank
 from studio.tui.screens.modals import ErrorScreen, TextEditScreen
 from studio.tui.widgets.conversation_turn import ConversationTurn
 

@@ -125,7 +125,7 @@ async def test_a_growing_chat_trains_from_the_form_and_every_count_agrees(max_le
     from test_train_counts import judged_session
 
     from trainers.pair_selection import SelectionReport
-    from trainers.run_outputs import RunPaths
+    from trainers.run.outputs import RunPaths
 
     store = Store.open(tmp_path / "studio.db")
     judged_session(store, repeat_first=True)

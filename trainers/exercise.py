@@ -19,7 +19,7 @@ support-preferred pairs, so a run's held-out accuracy *is* its support share.
 
 Prompts are rendered with the prompt format (the transcript format by default, system prompt
 ``EXERCISE_SYSTEM_PROMPT``) and answers put into its completion convention, so training sees what the chat
-engine would show; ``studio.stance_metric`` scores with the same ``exercise_prompt``.
+engine would show; ``studio.evaluation.stance_metric`` scores with the same ``exercise_prompt``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from store.datasets import STANCE_PAIR_PREFIX
+from store.datasets.store_mixin import STANCE_PAIR_PREFIX
 from trainers.pair_selection import (
     PairSelection,
     PairSelectionError,

@@ -171,7 +171,7 @@ def load_tokenizer_for(path: Path | str, sha256: str | None = None, cache_root: 
 def gguf_file_problem(path: Path) -> str | None:
     """Why `path` cannot be a GGUF model file (missing, a folder, unreadable, wrong magic), or None.
 
-    The chat engine (studio/model_files.py) and the trainer check a model file the same way and say
+    The chat engine (studio/inference/model_files.py) and the trainer check a model file the same way and say
     the same thing; each raises it as its own error.
     """
     if not path.exists():

@@ -57,7 +57,7 @@ class SelectionReport:
     used: int = 0
     train: int = 0
     heldout: int = 0
-    # Filled in by ``trainers.run_plan`` with the tokenizer, before the run starts; ``train`` and ``heldout``
+    # Filled in by ``trainers.run.plan`` with the tokenizer, before the run starts; ``train`` and ``heldout``
     # are then the pairs the run really uses.
     too_long: int = 0  # both splits
     too_long_train: int = 0
@@ -365,59 +365,6 @@ def store_dataset_pairs(store: Any, record: Any, prompt_format: Any | None = Non
                 from exc
         out.append(TrainingPair(pair.pair_id, prompt, chosen, rejected))
     return out
-
-
-def _check_stance_only(config: Any, what: str) -> None:
-    given = [flag for flag, value in (("--support-ratio", config.support_ratio),
-                                      ("--shuffle-seed", config.shuffle_seed),
-                                      ("--system-prompt", config.system_prompt)) if value is not None]
-    if given:  # refused, not ignored: a student who set a ratio expects it to matter
-        raise PairSelectionError(
-            f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} to a labelled-stance dataset "
-            f"(--dataset NAME); {what}"
-        )
-
-
-def select_dataset(store: Any, config: Any) -> PairSelection:
-    """The pairs of ``config.dataset``: a JSONL file, or a named store dataset.
-
-    A labelled-stance dataset gives the exercise's pairs (``trainers.exercise.select_exercise``: the first
-    ``data_size`` items by the support-ratio rule, the following items held out, ``heldout_fraction`` 0 holding
-    none out); a preference dataset gives its pairs, sampled and split like the store's.
-    """
-    path = dataset_file(config.dataset)
-    if path is not None:
-        _check_stance_only(config, f"{path} is a file of preference rows")
-        return select_pairs(read_dataset_file(path), seed=config.seed, heldout_fraction=config.heldout_fraction,
-                            data_size=config.data_size, source=str(path))
-    record = find_dataset(store, config.dataset)
-    info = {"name": record.name, "id": record.id, "kind": record.kind}
-    if record.kind == "stance":
-        from trainers.exercise import select_exercise
-
-        return select_exercise(
-            store.stance_items(record), dataset_name=record.name, dataset_id=record.id, data_size=config.data_size,
-            support_ratio=config.support_ratio, shuffle_seed=config.shuffle_seed, system=config.system_prompt,
-            with_heldout=config.heldout_fraction > 0,
-        )
-    _check_stance_only(config, f"'{record.name}' is a {record.kind} dataset")
-    selection = select_pairs(store_dataset_pairs(store, record), seed=config.seed,
-                             heldout_fraction=config.heldout_fraction, data_size=config.data_size,
-                             source=f"{record.kind} dataset '{record.name}'")
-    selection.report.dataset = info
-    return selection
-
-
-def dataset_pairs(store: Any, config: Any) -> list[TrainingPair]:
-    """Every pair a run on ``config.dataset`` may name (its training and held-out pairs among them)."""
-    path = dataset_file(config.dataset)
-    if path is not None:
-        return read_dataset_file(path)
-    record = find_dataset(store, config.dataset)
-    if record.kind == "stance":
-        selection = select_dataset(store, config)
-        return selection.train + selection.heldout
-    return store_dataset_pairs(store, record)
 
 
 def pairs_by_ids(available: Sequence[TrainingPair], ids: Sequence[str]) -> list[TrainingPair]:

@@ -13,8 +13,8 @@ from textual.screen import Screen
 
 from store.studio_store import Store
 from studio.assets import assets_dir
-from studio.engine import ChatEngine
-from studio.prompt_bank import PromptBank, bundled_banks
+from studio.evaluation.prompt_bank import PromptBank, bundled_banks
+from studio.inference.engine import ChatEngine
 from studio.settings import StudioSettings
 from studio.tui.screens.chat import ChatScreen
 
@@ -120,7 +120,7 @@ class PreferenceStudioApp(App[None]):
             self.push_screen(ExerciseScreen())
 
     def action_compare(self, run_id: int | None = None) -> None:
-        from studio.run_adapters import usable_runs
+        from studio.evaluation.run_adapters import usable_runs
         from studio.tui.screens.compare import CompareScreen
 
         if self.engine is None:
@@ -143,7 +143,7 @@ class PreferenceStudioApp(App[None]):
 
     def action_cycle_adapter(self) -> None:
         """One key walks base → newest run → older runs → base; judgements record the active one."""
-        from studio.run_adapters import adapter_name, usable_runs
+        from studio.evaluation.run_adapters import adapter_name, usable_runs
 
         if self.engine is None:
             return
@@ -156,7 +156,7 @@ class PreferenceStudioApp(App[None]):
 
     @work(thread=True, exclusive=True, group="adapter", exit_on_error=False)
     def switch_adapter(self, name: str | None) -> None:
-        from studio.run_adapters import gguf_adapter_for_run
+        from studio.evaluation.run_adapters import gguf_adapter_for_run
 
         try:
             if name is not None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from textual.message import Message
 
-from studio.engine import ChatEngine, Generation
+from studio.inference.engine import ChatEngine, Generation
 
 
 @dataclass

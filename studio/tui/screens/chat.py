@@ -21,9 +21,9 @@ from textual.worker import get_current_worker
 
 from store.errors import StoreBusyError, StoreError
 from store.records import Verdict
-from studio.engine import ChatEngine, EngineConfig, EngineError, FittedPrompt, Generation, new_seed
+from studio.evaluation.prompt_bank import PromptBank, PromptFeed
+from studio.inference.engine import ChatEngine, EngineConfig, EngineError, FittedPrompt, Generation, new_seed
 from studio.personas import PersonaError, personas_path, save_persona
-from studio.prompt_bank import PromptBank, PromptFeed
 from studio.tui.messages import (
     CandidatesFinished,
     CandidateToken,

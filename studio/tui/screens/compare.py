@@ -26,8 +26,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, ProgressBar, Select, Static
 from textual.worker import get_current_worker
 
-from studio.compare_prompts import PromptSource
-from studio.compare_session import (
+from studio.evaluation.compare_session import (
     ComparisonResult,
     describe_sampling,
     run_comparison,
@@ -35,8 +34,9 @@ from studio.compare_session import (
     vote_tally,
     write_run_report,
 )
-from studio.comparison import blind_order
-from studio.engine import EngineError, SamplingSettings
+from studio.evaluation.comparison import blind_order
+from studio.evaluation.prompts import PromptSource
+from studio.inference.engine import EngineError, SamplingSettings
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
 
@@ -200,7 +200,7 @@ class CompareScreen(Screen):
     def _metrics_text(self) -> str:
         r = self.result
         if r and r.stance:
-            from studio.stance_metric import describe_stance
+            from studio.evaluation.stance_metric import describe_stance
 
             return "\n".join(describe_stance(r.stance))  # held-out and training items, each labelled
         if not r or not r.before or not r.after:

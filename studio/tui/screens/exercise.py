@@ -24,8 +24,8 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Checkbox, DataTable, Footer, Header, Input, Label, Select, Static, TextArea
 
-from store.dataset_files import DATA_SUFFIXES
-from store.dataset_import import import_dataset
+from store.datasets.files import DATA_SUFFIXES
+from store.datasets.importing import import_dataset
 from studio.assets import assets_dir
 from trainers.exercise import EXERCISE_SYSTEM_PROMPT, build_exercise_pairs, missing_test_prompts_note
 from trainers.pair_selection import PairSelectionError
@@ -49,8 +49,8 @@ def sibling_test_files(path: Path) -> list[Path]:
 def last_stance_lines(store, dataset: str) -> list[str]:  # noqa: ANN001
     """The stance lines (held-out and training items) of the newest exercise run on ``dataset`` that has a
     stored comparison, headed by the run and its settings; empty when there is none."""
-    from studio.compare_session import stored_comparison
-    from studio.stance_metric import describe_stance
+    from studio.evaluation.compare_session import stored_comparison
+    from studio.evaluation.stance_metric import describe_stance
 
     for run in store.list_runs():
         config = run.config or {}
@@ -218,7 +218,7 @@ class ExerciseScreen(Screen):
     def _prepare(self, config: RunConfig, model: Path | str | None) -> None:
         """In a worker: preparing counts tokens, and the first count reads the tokenizer from the GGUF (15-20 s)."""
         from trainers.model_source import ModelSourceError
-        from trainers.run_lifecycle import prepare_run
+        from trainers.run.lifecycle import prepare_run
 
         try:
             prepared = prepare_run(self.app.store, config, model_path=model)

@@ -1,11 +1,11 @@
 """The train screen: a config form, a start key, live loss / margin / accuracy plots, progress, log, cancel.
 
-Training runs in its own process (``trainers.run_lifecycle.start_run_process``), so an OOM or crash there
+Training runs in its own process (``trainers.run.lifecycle.start_run_process``), so an OOM or crash there
 never takes the UI down. This screen only polls: new metric rows and the run status from the store, new
 lines from the run's log file, and whether the process is still alive.
 
 Before a run starts, the form shows what it would train on (pairs used, dropped and why, max length, steps),
-counted in a worker with the model's tokenizer alone (``trainers.run_lifecycle.plan_for_config``); the
+counted in a worker with the model's tokenizer alone (``trainers.run.lifecycle.plan_for_config``); the
 first count reads the tokenizer from the GGUF (15-20 s), later ones reuse it. Preparing a run counts the same
 way, also in a worker, so the numbers shown before and after the start are the same numbers.
 """
@@ -30,8 +30,7 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from trainers.model_source import ModelSourceError
-from trainers.run_config import LOSS_TYPES, RunConfig
-from trainers.run_lifecycle import (
+from trainers.run.lifecycle import (
     ACTIVE,
     finalize_dead_run,
     plan_for_config,
@@ -39,7 +38,8 @@ from trainers.run_lifecycle import (
     request_cancel,
     start_run_process,
 )
-from trainers.run_outputs import RunPaths
+from trainers.run.outputs import RunPaths
+from trainers.run_config import LOSS_TYPES, RunConfig
 
 # The fields a user tunes most; everything else keeps the last run's value (or the default).
 FORM_FIELDS = ("epochs", "beta", "learning_rate", "batch_size", "max_length", "lora_r", "data_size",

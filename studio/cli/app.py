@@ -1,0 +1,92 @@
+"""``prefstudio``: the TUI when called bare, and headless subcommands for scripts and CI.
+
+The main app and its callback (global options → settings); each command group lives in its own module
+(generate, pairs, adapters, datasets, train, compare/report, doctor) and every one reports expected
+failures through ``studio.cli.errors.user_errors``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from store.studio_store import Store
+from studio.cli.adapters import adapters_app
+from studio.cli.compare import compare, report
+from studio.cli.context import resolve_model_path, settings, state
+from studio.cli.datasets import make_datasets_app
+from studio.cli.doctor import doctor
+from studio.cli.errors import user_errors
+from studio.cli.generate import generate
+from studio.cli.pairs import pairs_app
+from studio.cli.train import TRAIN_HELP, train_command
+from studio.inference import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
+from studio.settings import load_settings
+
+app = typer.Typer(
+    help="Preference Studio: chat with a local model, judge its replies, train DPO, compare.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(pairs_app, name="pairs")
+app.add_typer(adapters_app, name="adapters")
+app.add_typer(make_datasets_app(lambda: settings().db), name="datasets")
+
+
+@app.callback(invoke_without_command=True)
+def main_callback(
+    ctx: typer.Context,
+    db: Annotated[Path | None, typer.Option("--db", help="SQLite file to use (default: user data dir).")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="A GGUF model file (default: embedded Gemma 3 270M).")] = None,
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context length in tokens.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: chosen for this CPU).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config TOML (default: user config dir).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Base seed: candidates get seed, seed+1, … (reproducible demos).")] = None,
+) -> None:
+    """Start the studio (TUI) when no command is given."""
+    with user_errors():
+        state.settings = load_settings(
+            config, db=db.expanduser() if db else None, model=model.expanduser() if model else None,
+            n_ctx=n_ctx, threads=threads, seed=seed,
+        )
+    if ctx.invoked_subcommand is None:
+        run_tui()
+
+
+def run_tui() -> None:
+    with user_errors():
+        from studio.tui.app import PreferenceStudioApp
+
+        model_path = resolve_model_path()
+        store = Store.open(settings().db)
+        stale = store.mark_stale_runs()
+    app_ = PreferenceStudioApp(settings=replace(settings(), model=model_path), store=store, stale_runs=stale)
+    try:
+        app_.run()
+    finally:
+        store.close()
+    if app_.return_code:
+        raise typer.Exit(app_.return_code)
+
+
+app.command()(generate)
+app.command("train", help=TRAIN_HELP)(train_command())
+app.command()(compare)
+app.command()(report)
+app.command()(doctor)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""``prefstudio compare`` and ``prefstudio report``: a run against the base model, on screen or as a report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from store.studio_store import Store
+from studio.cli.context import open_engine, settings
+from studio.cli.errors import user_errors
+from studio.cli.terminal_text import json_visible, one_line, visible
+
+
+def compare(
+    run: Annotated[int, typer.Option("--run", help="The training run to compare with the base model.")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file (lines, JSON or JSONL).")] = None,
+    prompts_from: Annotated[str | None, typer.Option("--prompts-from", help=PROMPTS_FROM_HELP)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int | None, typer.Option(help="At most this many prompts.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first prompt (prompt i uses seed + i, for both).")] = 0,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help=TEMPERATURE_HELP)] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Max new tokens per answer (default: settings).")] = None,
+) -> None:
+    """Base and tuned answers side by side, and held-out preference accuracy before and after."""
+    from studio.evaluation.compare_session import describe_sampling, run_comparison
+
+    with user_errors():
+        source = _prompt_source(prompts, prompts_from)
+        sampling = _sampling(temperature, max_tokens)
+        with Store.open(settings().db) as store:
+            store.get_run(run)  # a missing run is named before the model loads (seconds)
+            store.mark_stale_runs([run], when="when it was compared")  # a dead trainer's run is not running
+            result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
+                                    sampling=sampling, seed=seed, prompts_from=source, limit=limit)
+    if as_json:
+        typer.echo(json_visible(json.dumps(result.to_dict(), ensure_ascii=False, indent=2)))
+        return
+    for note in result.notes:
+        typer.echo(f"note: {visible(note)}", err=True)
+    typer.echo(f"run {run}: {len(result.rows)} prompt(s) from {visible(result.prompts_source, keep='')} · "
+               f"{describe_sampling(sampling)}")
+    for i, row in enumerate(result.rows, 1):
+        typer.echo(f"\n[{i}] {one_line(row.prompt, 100)}  (seed {row.seed})")
+        typer.echo(f"  base : {one_line(row.base_text, 200)}")
+        typer.echo(f"  tuned: {one_line(row.tuned_text, 200)}")
+    if result.before and result.after:
+        typer.echo("")
+        typer.echo(_metrics_line(result.before, result.after))
+    if result.stance:
+        from studio.evaluation.stance_metric import describe_stance
+
+        typer.echo("")
+        for line in describe_stance(result.stance):  # held-out and training items, each labelled
+            typer.echo(line)
+
+
+PROMPTS_FROM_HELP = ("Where the prompts come from: heldout, bank:NAME (assets/prompts), session (the questions of the "
+                     "run's sessions; session:ID for one), or a prompts FILE (default: held-out, else a bank).")
+TEMPERATURE_HELP = "Sampling temperature for both models; 0 gives greedy answers (default: from settings)."
+
+
+def _prompt_source(prompts: Path | None, prompts_from: str | None):  # noqa: ANN202 - a PromptSource
+    from studio.evaluation.prompts import PromptSource
+
+    if prompts is not None and prompts_from is not None:
+        raise ValueError("give either --prompts FILE or --prompts-from, not both")
+    if prompts is not None:
+        return PromptSource("file", str(prompts))
+    return PromptSource.parse(prompts_from)
+
+
+def _sampling(temperature: float | None, max_tokens: int | None):  # noqa: ANN202 - SamplingSettings
+    sampling = settings().sampling
+    if temperature is not None:
+        sampling = replace(sampling, temperature=temperature)
+    if max_tokens is not None:
+        sampling = replace(sampling, max_tokens=max_tokens)
+    return sampling
+
+
+def _metrics_line(before: dict, after: dict) -> str:
+    return (f"held-out pairs: {before['n']} · preference accuracy base {before['raw_accuracy']:.2f} → tuned "
+            f"{after['raw_accuracy']:.2f} (implicit reward {after['implicit_reward_accuracy']:.2f}) · mean margin "
+            f"{before['mean_margin']:+.3f} → {after['mean_margin']:+.3f}")
+
+
+def report(
+    run: Annotated[int, typer.Option("--run", help="The training run to report on.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write report.md, report.html and charts into.")],
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts file for the samples.")] = None,
+    prompts_from: Annotated[str | None, typer.Option("--prompts-from", help=PROMPTS_FROM_HELP)] = None,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help=TEMPERATURE_HELP)] = None,
+    max_tokens: Annotated[int | None, typer.Option(min=1, help="Max new tokens per sample answer.")] = None,
+) -> None:
+    """Write a Markdown + HTML report: config, data, curves, before/after metrics, blind votes, samples.
+
+    The samples are the run's stored comparison; any of --prompts, --prompts-from, --temperature or
+    --max-tokens generates them afresh with those settings."""
+    from studio.evaluation.compare_session import run_comparison, stored_comparison, write_run_report
+
+    with user_errors(out):
+        check_report_folder(out)  # before any model is loaded: never into a folder it did not write
+        source = _prompt_source(prompts, prompts_from)
+        sampling = _sampling(temperature, max_tokens)
+        fresh = prompts is not None or prompts_from is not None or temperature is not None or max_tokens is not None
+        with Store.open(settings().db) as store:
+            store.get_run(run)  # a missing run is named before any model is loaded
+            store.mark_stale_runs([run], when="when its report was asked for")  # not "still training"
+            result = None if fresh else stored_comparison(store, run)
+            if result is None:
+                result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
+                                        sampling=sampling, prompts_from=source, limit=8)
+            path = write_run_report(store, run, result, out)
+        mark_report_folder(out)
+    typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")
+
+
+REPORT_EXPORT_KIND = "report"
+
+
+def check_report_folder(out: Path) -> None:
+    """``report --out``: a new or empty folder, or an earlier report (store/output_folders.py's rule)."""
+    from store.output_folders import earlier_export_files
+
+    earlier_export_files(out, REPORT_EXPORT_KIND)
+
+
+def mark_report_folder(out: Path) -> None:
+    """Record the report's files in ``out``, so the next report may replace them (and only them)."""
+    from store.output_folders import write_marker
+    from studio.evaluation.report import LOSS_PNG, MARGINS_PNG
+
+    write_marker(Path(out).expanduser(), REPORT_EXPORT_KIND, (LOSS_PNG, MARGINS_PNG, "report.html", "report.md"))

@@ -1,0 +1,16 @@
+"""``prefstudio train``: the trainer's own command (trainers/run/cli.py), with the studio's settings."""
+
+from __future__ import annotations
+
+from studio.cli.context import resolve_model_path, settings
+from studio.cli.terminal_text import visible
+
+TRAIN_HELP = ("Train a LoRA DPO adapter on your preference pairs (its own process; ctrl-c cancels "
+              "at the next step and keeps the adapter so far).")
+
+
+def train_command():  # noqa: ANN202
+    from trainers.run.cli import make_train_command
+
+    # Dataset names and paths in the trainer's lines are user text: shown with control characters escaped.
+    return make_train_command(get_db=lambda: settings().db, default_model=resolve_model_path, escape=visible)

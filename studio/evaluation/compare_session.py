@@ -1,0 +1,209 @@
+"""Before and after, headless: the same prompts answered by base and tuned, plus held-out metrics.
+
+The CLI (`prefstudio compare`, `prefstudio report`) and the compare screen both call ``run_comparison``.
+Its result is stored with the run (evaluation kind ``comparison``) so a report can be written later
+without generating again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.evaluation.comparison import (
+    BlindTally,
+    ComparisonError,
+    ComparisonRow,
+    heldout_pairs,
+    side_by_side,
+)
+from studio.evaluation.prompts import PromptSource, resolve_prompts
+from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
+from studio.evaluation.stance_metric import (
+    StanceMetricError,
+    run_exercise_system,
+    run_stance_metrics,
+    stance_parts,
+)
+from studio.inference.engine import ChatEngine, SamplingSettings
+from studio.inference.scoring import preference_metrics
+
+EVALUATION_KIND = "comparison"
+Progress = Callable[[str, int, int], None]
+"""Called with (phase, done, total)."""
+
+
+@dataclass
+class ComparisonResult:
+    run_id: int
+    prompts_source: str
+    rows: list[ComparisonRow]
+    seed: int
+    before: dict | None = None  # held-out preference metrics of the base (raw accuracy, mean margin)
+    after: dict | None = None  # of the tuned model, with the base as DPO's reference
+    notes: list[str] = field(default_factory=list)
+    stance: dict | None = None  # exercise runs: support share, {"heldout"/"train": {"before", "after"}}
+    sampling: dict | None = None  # the settings both sides answered with (temperature 0: greedy)
+    prompts_spec: str = "auto"  # the PromptSource spec the prompts were chosen with
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "prompts_source": self.prompts_source, "seed": self.seed,
+            "rows": [asdict(r) for r in self.rows], "before": self.before, "after": self.after,
+            "notes": self.notes, "stance": self.stance, "sampling": self.sampling,
+            "prompts_spec": self.prompts_spec,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComparisonResult:
+        rows = [ComparisonRow(**row) for row in data.get("rows", [])]
+        return cls(run_id=data["run_id"], prompts_source=data["prompts_source"], rows=rows, seed=data["seed"],
+                   before=data.get("before"), after=data.get("after"), notes=data.get("notes", []),
+                   stance=data.get("stance"), sampling=data.get("sampling"),
+                   prompts_spec=data.get("prompts_spec", "auto"))
+
+
+def run_comparison(
+    engine: ChatEngine,
+    store: Any,
+    run_id: int,
+    *,
+    system: str,
+    sampling: SamplingSettings,
+    seed: int = 0,
+    prompts_file: Path | None = None,
+    prompts_from: PromptSource | str | None = None,
+    limit: int | None = None,
+    with_metrics: bool = True,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> ComparisonResult:
+    """Answer the comparison prompts with base and tuned (same seeds and settings) and score the run's
+    held-out pairs before and after. Leaves the base model active. Raises ValueError subclasses with
+    user-facing messages (failed run, foreign adapter, empty prompts file, …).
+
+    The prompts come from ``prompts_from`` (a ``PromptSource`` or its spec: held-out, a bank, the session's
+    questions, a file) or, the older spelling, ``prompts_file``; by default the exercise's test prompts, else
+    the held-out pairs, else the first bank. The sampling settings and the source are stored with the result.
+    """
+    if prompts_from is None:
+        source = PromptSource("file", str(prompts_file)) if prompts_file is not None else PromptSource()
+    else:
+        source = prompts_from if isinstance(prompts_from, PromptSource) else PromptSource.parse(prompts_from)
+    run = store.get_run(run_id)
+    name = adapter_name(run)
+    engine.load_adapter(name, gguf_adapter_for_run(run, engine.info, store.path))
+    notes: list[str] = []
+    exercise = bool((run.config or {}).get("support_ratio") is not None)
+    if exercise:
+        # The exercise's own system prompt (short replies) and its test prompts; its held-out items are
+        # scored by the stance metric instead of as pairs.
+        system = run_exercise_system(run)
+    try:
+        pairs = [] if exercise else heldout_pairs(store, run)
+    except ComparisonError as exc:
+        pairs = []
+        notes.append(str(exc))
+    test_prompts = _exercise_test_prompts(store, run) if exercise and source.kind == "auto" else []
+    prompts, label = resolve_prompts(source, store, run, pairs, test_prompts)
+    if limit:
+        prompts = prompts[:limit]
+    result = ComparisonResult(run_id=run_id, prompts_source=label, rows=[], seed=seed, notes=notes,
+                              sampling=sampling.to_dict(), prompts_spec=source.spec)
+    try:
+        if with_metrics and exercise:
+            result.stance = _stance(engine, store, run, system, name, progress, notes)
+        if with_metrics and pairs:
+            beta = float(run.config.get("beta", 0.1))
+            result.before, result.after = _heldout_metrics(engine, name, pairs, beta, progress)
+        total = 2 * len(prompts)
+        answered = 0
+
+        def on_answer(*_: Any) -> None:
+            nonlocal answered
+            answered += 1
+            if progress:
+                progress("answering", answered, total)
+
+        result.rows = side_by_side(engine, prompts, system, sampling, seed, engine.activate_adapter, name,
+                                   on_answer=on_answer, should_stop=should_stop)
+    finally:
+        engine.activate_adapter(None)
+    store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
+    return result
+
+
+def _heldout_metrics(engine: ChatEngine, name: str, pairs: list, beta: float,
+                     progress: Progress | None) -> tuple[dict, dict]:
+    def report(phase: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: progress(phase, done, total)) if progress else None
+
+    engine.activate_adapter(None)
+    before = preference_metrics(engine, pairs, on_progress=report("scoring base"))
+    engine.activate_adapter(name)
+    after = preference_metrics(engine, pairs, reference=before.as_reference(), beta=beta,
+                               on_progress=report("scoring tuned"))
+    return before.to_dict(), after.to_dict()
+
+
+def _exercise_test_prompts(store: Any, run: Any) -> list[str]:
+    try:
+        return [p.prompt for p in store.test_prompts(run.config["dataset"])]
+    except (LookupError, ValueError):
+        return []
+
+
+def _stance(engine: ChatEngine, store: Any, run: Any, system: str, name: str, progress: Progress | None,
+            notes: list[str]) -> dict | None:
+    # Held-out items when there are any, and always the training items (labelled as such): the homework's
+    # data size 50 of 50 holds nothing out (studio.evaluation.stance_metric.run_stance_metrics).
+    try:
+        return run_stance_metrics(engine, store, run, system, name, on_progress=progress) or None
+    except StanceMetricError as exc:
+        notes.append(str(exc))
+        return None
+
+
+def stored_comparison(store: Any, run_id: int) -> ComparisonResult | None:
+    data = store.latest_evaluation(run_id, EVALUATION_KIND)
+    return ComparisonResult.from_dict(data) if data else None
+
+
+def report_columns(result: ComparisonResult) -> dict[str, dict]:
+    """The report's before/after table: held-out preference metrics and, for exercises, the support share."""
+    columns: dict[str, dict] = {"base": dict(result.before or {}), "tuned": dict(result.after or {})}
+    for part, values in stance_parts(result.stance).items():
+        suffix = "" if part == "heldout" else " (training items)"
+        for column, key in (("base", "before"), ("tuned", "after")):
+            columns[column][f"support_share{suffix}"] = values[key]["share"]
+            columns[column][f"stance_items{suffix}"] = values[key]["n"]
+    return {k: v for k, v in columns.items() if v}
+
+
+def vote_tally(store: Any, run_id: int) -> BlindTally:
+    """The blind votes stored with a run, counted as tuned wins / ties / losses."""
+    return BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in store.votes(run_id))
+
+
+def write_run_report(store: Any, run_id: int, result: ComparisonResult | None, out_dir: Path) -> Path:
+    """``prefstudio report`` and the compare screen's ``w``: the run, its curves, the before/after metrics,
+    the blind tally (when anyone voted) and the side-by-side samples."""
+    from studio.evaluation.report import write_report
+
+    tally = vote_tally(store, run_id)
+    note = f"Prompts from {result.prompts_source}; both answered {describe_sampling(result.sampling)}." if result else ""
+    return write_report(out_dir, store.get_run(run_id), store.run_metrics(run_id),
+                        report_columns(result) if result else {}, tally if tally.total else None,
+                        result.rows if result else [], samples_note=note)
+
+
+def describe_sampling(sampling: SamplingSettings | dict[str, Any] | None) -> str:
+    """How the answers were sampled, in a few words: "greedy (temperature 0), max 32 tokens"."""
+    if sampling is None:
+        return "with unrecorded sampling settings"
+    values = sampling.to_dict() if isinstance(sampling, SamplingSettings) else sampling
+    temperature = values.get("temperature")
+    how = "greedy (temperature 0)" if temperature == 0 else f"with temperature {temperature}"
+    return f"{how}, max {values.get('max_tokens')} tokens"

@@ -1,0 +1,338 @@
+"""A shareable report of one training run: ``report.md``, ``report.html``, ``loss.png`` and ``margins.png``.
+
+Both documents are rendered from one list of blocks, so they always say the same thing. The HTML embeds
+the charts, so it can be sent as a single file; the Markdown links to the PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio import __version__
+
+LOSS_PNG = "loss.png"
+MARGINS_PNG = "margins.png"
+UNFINISHED = ("queued", "loading", "training")
+METRIC_NOTES = (
+    "raw_accuracy: share of held-out pairs where the model gives the chosen reply the higher log-probability. "
+    "implicit_reward_accuracy: DPO's measure, the same against the base model's scores "
+    "(β·[(logπ(c)−logπref(c)) − (logπ(r)−logπref(r))] > 0). Margins are means over pairs, in nats."
+)
+
+TRAINING_ITEMS_NOTE = (
+    "support_share: share of labelled items where the support answer is more likely than the oppose answer. "
+    "The rows marked (training items) are measured on items the run trained on: they show what it learned, "
+    "not how it generalises; the unmarked rows are the held-out items, when the run held any out."
+)
+
+
+class ReportError(ValueError):
+    """No report can be written for this run (it failed, is still training, or the target is unusable)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of the report: kind is h1/h2/h3, p, note, table, code or img (text = file name)."""
+
+    kind: str
+    text: str = ""
+    rows: tuple[tuple[str, ...], ...] = ()  # tables: the first row is the header
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Block:
+    return Block("table", rows=(tuple(header), *(tuple(_fmt(v) for v in row) for row in rows)))
+
+
+# --- charts ---
+
+
+def _series(rows: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+    points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), int | float) and "step" in r]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _plot(path: Path, rows: Sequence[dict], panels: Sequence[tuple[str, str]]) -> None:
+    # Figure without pyplot: no global state, safe from a TUI worker thread, and Agg renders the PNG.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 2.6 * len(panels)), dpi=110, layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        steps, values = _series(rows, key)
+        if steps:
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, markersize=3)
+        else:
+            ax.text(0.5, 0.5, f"{key} was not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    fig.savefig(path, format="png")
+
+
+# --- the document ---
+
+
+def _header(run: Any) -> list[Block]:
+    blocks = [
+        Block("h1", f"Preference Studio report: run {run.id}"),
+        _table(
+            ("", ""),
+            [("status", run.status), ("message", run.message), ("model", run.model_id),
+             ("started", run.created_at), ("last update", run.updated_at), ("output", run.output_dir)],
+        ),
+    ]
+    if run.status == "cancelled":
+        steps = (run.summary or {}).get("steps")
+        at = f" at step {steps}" if steps is not None else ""
+        blocks.append(Block("note", f"This run was cancelled{at}. The adapter is the one saved when it stopped, "
+                                    "so these results describe a partly trained model."))
+    return blocks
+
+
+def _data_and_training(run: Any, metrics_rows: Sequence[dict]) -> list[Block]:
+    summary = run.summary or {}
+    selection = summary.get("selection") or {}
+    if selection.get("source"):  # the counts recorded when the run was prepared: the same numbers as its log
+        from trainers.pair_selection import SelectionReport
+
+        rows: list[tuple[str, Any]] = [*SelectionReport.from_dict(selection).counts(),
+                                       ("dataset hash", run.dataset_hash)]
+    else:
+        rows = [("training pairs", len(run.pair_ids)), ("held-out pairs", len(run.heldout_ids)),
+                ("dataset hash", run.dataset_hash)]
+    last = metrics_rows[-1] if metrics_rows else {}
+    training = [
+        ("steps logged", len(metrics_rows)),
+        ("last step", last.get("step")),
+        ("final loss", last.get("loss")),
+        ("final reward margin", last.get("rewards/margins")),
+        ("final reward accuracy", last.get("rewards/accuracies")),
+        ("training seconds", (summary.get("seconds") or {}).get("train")),
+        ("device", summary.get("device")),
+    ]
+    # The trainer's own end-of-run evaluation on the held-out pairs (transformers, unquantised).
+    evaluation = summary.get("eval") or {}
+    training += [(f"trainer eval: {k.removeprefix('eval_')}", evaluation[k])
+                 for k in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins") if k in evaluation]
+    return [
+        Block("h2", "Configuration"),
+        _table(("option", "value"), sorted((run.config or {}).items())),
+        Block("h2", "Data"),
+        _table(("", ""), rows),
+        Block("h2", "Training"),
+        _table(("", ""), training),
+        Block("img", LOSS_PNG, rows=(("DPO loss per step",),)),
+        Block("img", MARGINS_PNG, rows=(("reward margin and accuracy per step",),)),
+    ]
+
+
+def _before_after(before_after: dict[str, Any]) -> list[Block]:
+    blocks = [Block("h2", "Held-out metrics, before and after")]
+    columns = {label: (v.to_dict() if hasattr(v, "to_dict") else dict(v)) for label, v in before_after.items()}
+    if not columns:
+        return [*blocks, Block("p", "No held-out metrics were computed.")]
+    names: list[str] = []
+    for values in columns.values():
+        names += [k for k in values if k not in names]
+    table = _table(("metric", *columns), [(n, *(c.get(n) for c in columns.values())) for n in names])
+    notes = [Block("p", METRIC_NOTES)]
+    if any(n.endswith("(training items)") for n in names):  # exercise runs (studio.evaluation.stance_metric)
+        notes.append(Block("p", TRAINING_ITEMS_NOTE))
+    return [*blocks, table, *notes]
+
+
+def _tally(tally: Any) -> list[Block]:
+    blocks = [Block("h2", "Blind comparison")]
+    if tally is None or tally.total == 0:
+        return [*blocks, Block("p", "No blind votes were recorded.")]
+    interval = tally.interval
+    rows = [("tuned wins", tally.wins), ("ties", tally.ties), ("tuned losses", tally.losses),
+            ("tuned win rate (ties excluded)", tally.win_rate),
+            ("95 % interval (Wilson)", f"{interval[0]:.3f} – {interval[1]:.3f}" if interval else None)]
+    return [*blocks, _table(("", ""), rows)]
+
+
+def _samples(samples: Sequence[Any], max_samples: int, note: str = "") -> list[Block]:
+    blocks = [Block("h2", "Side-by-side samples")]
+    if not samples:
+        return [*blocks, Block("p", "No side-by-side answers were generated.")]
+    if note:  # where the prompts came from and how both sides sampled (greedy or not)
+        blocks.append(Block("p", note))
+    for i, row in enumerate(samples[:max_samples], start=1):
+        blocks += [Block("h3", f"Sample {i} (seed {row.seed})"), Block("p", "Prompt:"), Block("code", row.prompt),
+                   Block("p", "Base:"), Block("code", row.base_text), Block("p", "Tuned:"),
+                   Block("code", row.tuned_text)]
+    return blocks
+
+
+def build_blocks(run: Any, metrics_rows: Sequence[dict], before_after: dict[str, Any], tally: Any,
+                 samples: Sequence[Any], max_samples: int = 5, samples_note: str = "") -> list[Block]:
+    """The report's content, in order, independent of the output format."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return [*_header(run), *_data_and_training(run, metrics_rows), *_before_after(before_after), *_tally(tally),
+            *_samples(samples, max_samples, samples_note), Block("p", f"Written by Preference Studio {__version__} on {stamp}.")]
+
+
+# --- rendering ---
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_fence(text: str) -> str:
+    # A fence longer than any backtick run in the text, so model output cannot close it early.
+    longest, run_len = 0, 0
+    for ch in text:
+        run_len = run_len + 1 if ch == "`" else 0
+        longest = max(longest, run_len)
+    return "`" * max(3, longest + 1)
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append("#" * int(b.kind[1]) + " " + b.text)
+        elif b.kind == "p":
+            out.append(b.text)
+        elif b.kind == "note":
+            out.append("> **Note:** " + b.text)
+        elif b.kind == "code":
+            fence = _md_fence(b.text)
+            out.append(f"{fence}text\n{b.text}\n{fence}")
+        elif b.kind == "img":
+            out.append(f"![{b.rows[0][0]}]({b.text})")
+        elif b.kind == "table":
+            header, *body = b.rows
+            lines = ["| " + " | ".join(_md_cell(c) for c in header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in body]
+            out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
+pre{background:#f5f5f5;padding:.6rem;white-space:pre-wrap;word-break:break-word}
+.note{background:#fff4d6;border-left:4px solid #e0a800;padding:.5rem 1rem}img{max-width:100%}"""
+
+
+def render_html(blocks: Sequence[Block], images: dict[str, bytes]) -> str:
+    esc = html.escape
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{esc(blocks[0].text if blocks else 'Report')}</title><style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            out.append(f"<{b.kind}>{esc(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            out.append(f"<p>{esc(b.text)}</p>")
+        elif b.kind == "note":
+            out.append(f'<p class="note"><strong>Note:</strong> {esc(b.text)}</p>')
+        elif b.kind == "code":
+            out.append(f"<pre>{esc(b.text)}</pre>")
+        elif b.kind == "img":
+            data = base64.b64encode(images[b.text]).decode("ascii")
+            out.append(f'<p><img alt="{esc(b.rows[0][0])}" src="data:image/png;base64,{data}"></p>')
+        elif b.kind == "table":
+            header, *body = b.rows
+            cells = "".join(f"<th>{esc(c)}</th>" for c in header)
+            rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body)
+            out.append(f"<table><thead><tr>{cells}</tr></thead><tbody>{rows}</tbody></table>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# --- writing ---
+
+
+def _check_run(run: Any) -> None:
+    if run.status == "failed":
+        raise ReportError(
+            f"run {run.id} failed ({run.message or 'no message'}); it has no trained adapter to report on. "
+            "Fix the cause and train again."
+        )
+    if run.status in UNFINISHED:
+        raise ReportError(f"run {run.id} is still {run.status}; wait for it to finish (or cancel it) first")
+
+
+def _temp_dir(out_dir: Path) -> Path:
+    # Not tempfile.mkdtemp: its 0700 mode would become the report directory's after the rename.
+    while True:
+        tmp = out_dir.parent / f".{out_dir.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            tmp.mkdir()
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _publish(tmp: Path, out_dir: Path, names: Sequence[str]) -> None:
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        os.replace(tmp, out_dir)  # one rename: the directory appears whole
+        return
+    # An existing directory with other files in it: replace our files one by one (each appears whole),
+    # the Markdown last, so report.md never points at charts that are not there yet.
+    for name in names:
+        os.replace(tmp / name, out_dir / name)
+    tmp.rmdir()
+
+
+def write_report(
+    out_dir: Path,
+    run: Any,
+    metrics_rows: Sequence[dict],
+    before_after: dict[str, Any],
+    tally: Any | None,
+    samples: Sequence[Any],
+    max_samples: int = 5,
+    samples_note: str = "",
+) -> Path:
+    """Write the run's report into ``out_dir`` and return the path of ``report.md``.
+
+    ``metrics_rows`` are ``store.run_metrics(run.id)``; ``before_after`` maps a column label ("base",
+    "tuned") to its metrics (a dict, or anything with ``to_dict()`` such as ``PreferenceMetrics``);
+    ``tally`` is a ``BlindTally`` or None; ``samples`` are ``ComparisonRow``s, the first ``max_samples``
+    shown, after ``samples_note`` (how they were generated). A failed or unfinished run raises ``ReportError``; a cancelled one is reported with a note.
+    Everything is written in a temporary directory beside ``out_dir`` and moved into place.
+    """
+    _check_run(run)
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"{out_dir} exists and is not a directory; choose another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_dir(out_dir)
+    try:
+        _plot(tmp / LOSS_PNG, metrics_rows, [("loss", "DPO loss")])
+        _plot(tmp / MARGINS_PNG, metrics_rows,
+              [("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")])
+        blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples, samples_note)
+        images = {name: (tmp / name).read_bytes() for name in (LOSS_PNG, MARGINS_PNG)}
+        (tmp / "report.html").write_text(render_html(blocks, images), encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
+        _publish(tmp, out_dir, (LOSS_PNG, MARGINS_PNG, "report.html", "report.md"))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "report.md"

@@ -1,0 +1,342 @@
+"""The chat engine: llama-cpp-python behind a small, explicit API.
+
+One ``Llama`` instance serves every candidate in turn (llama.cpp contexts are not thread-safe). Candidates
+of the same prompt share its evaluated prefix through llama-cpp-python's prefix reuse, so the second
+candidate starts decoding almost at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
+from studio.inference.adapters import AdapterSlots
+from studio.inference.llama_log import install_quiet_logger as _install_quiet_logger
+from studio.inference.llama_log import recent_llama_log
+from studio.inference.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
+from trainers.prompt_format import ChatTurn, PromptFormat, PromptFormatError, format_for_metadata
+
+
+class EngineError(Exception):
+    """The model could not be loaded or run. The message says what and how to fix it."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings recorded with every candidate. Defaults suit a small base model."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 64
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    max_tokens: int = 96
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be ≥ 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be ≥ 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_threads() -> tuple[int, int]:
+    """Threads for decode and for prompt evaluation.
+
+    Decode is memory-bound and small: on a 2-core box 2 threads gave ~40 tok/s against ~25 with one,
+    *if* nothing else runs; with OMP_WAIT_POLICY=PASSIVE (set in runtime_env) a busy neighbour no
+    longer collapses it. We leave one core to the UI and the OS on bigger machines, and cap at 8
+    where a small model stops scaling.
+    """
+    cores = os.cpu_count() or 1
+    decode = cores if cores <= 2 else min(8, cores - 1)
+    return decode, min(cores, 8)
+
+
+@dataclass
+class EngineConfig:
+    model_path: Path
+    n_ctx: int = 2048
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    n_batch: int = 512
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """How a candidate names the model that wrote it."""
+
+    model_id: str  # file name, human-readable
+    sha256: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class FittedPrompt:
+    """A rendered prompt that fits the context, and how many old turns were dropped to make it fit."""
+
+    text: str
+    n_tokens: int
+    dropped_turns: int
+
+
+@dataclass
+class Generation:
+    """One finished candidate with everything needed to reproduce it."""
+
+    text: str
+    seed: int
+    sampling: SamplingSettings
+    finish_reason: str | None
+    n_tokens: int
+    duration_s: float
+    ttft_s: float | None
+    cancelled: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+TokenCallback = Callable[[str], None]
+
+
+def new_seed() -> int:
+    """A fresh random seed. Without one, llama.cpp repeats the same sequence at every process start."""
+    return secrets.randbits(31)
+
+
+_MODALITY_MARKUP = re.compile(r"<[a-z_]*(image|audio|video)[a-z_]*>|\[multimodal\]")
+
+
+class ChatEngine:
+    """A loaded GGUF model that renders prompts, fits them to the context and streams candidates."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        try:
+            self.info: GGUFInfo = inspect_gguf(config.model_path)
+        except ModelFileError as exc:
+            raise EngineError(str(exc)) from exc
+        if self.info.file_type == "adapter":
+            raise EngineError(f"{self.info.path} is a LoRA adapter, not a model; pass it as an adapter")
+        self.identity = ModelIdentity(
+            model_id=self.info.path.name, sha256=file_sha256(self.info.path), path=self.info.path
+        )
+        # A broken chat template is refused before the (slower) load, and never at the first prompt.
+        self._prompt_format_for({})
+        decode, batch = default_threads()
+        self.n_threads = config.n_threads or decode
+        self.n_threads_batch = config.n_threads_batch or batch
+        self._lock = threading.Lock()
+        self._llm = self._load()
+        self._banned = self._unprintable_token_mask()
+        self.adapters = AdapterSlots(self._llm, self.info)
+        import llama_cpp
+
+        self._logits_processors = llama_cpp.LogitsProcessorList([self._ban_unprintable])
+        self.prompt_format: PromptFormat = self._prompt_format_for(
+            {
+                "bos": self._token_text(self._llm.token_bos()),
+                "eos": self._token_text(self._llm.token_eos()),
+            },
+        )
+
+    def _prompt_format_for(self, token_texts: dict[str, str]) -> PromptFormat:
+        """The model's prompt format, tried on a probe conversation; EngineError naming the file if it fails."""
+        try:
+            return format_for_metadata(self.info.metadata, token_texts)
+        except PromptFormatError as exc:
+            raise EngineError(
+                f"{self.info.path}: the model's chat template (GGUF key tokenizer.chat_template) cannot be used: "
+                f"{str(exc).removeprefix('chat template: ').rstrip('.')}. Use another model file, or fix the "
+                "template in it."
+            ) from None
+
+    # --- loading ---
+
+    def _load(self):  # noqa: ANN202
+        import llama_cpp
+
+        _install_quiet_logger(llama_cpp)
+        n_ctx = self.config.n_ctx
+        if self.info.context_length:
+            n_ctx = min(n_ctx, self.info.context_length)
+        try:
+            return llama_cpp.Llama(
+                model_path=str(self.info.path),
+                n_ctx=n_ctx,
+                n_batch=min(self.config.n_batch, n_ctx),
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads_batch,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            detail = recent_llama_log() or str(exc)
+            raise EngineError(f"llama.cpp could not load {self.info.path}: {detail}") from exc
+
+    def _unprintable_token_mask(self):  # noqa: ANN202 - numpy bool array over the vocabulary
+        """Tokens a reply must never contain: control tokens other than end-of-generation, and the
+        placeholders of other modalities (``<start_of_image>``). Small base models do sample them
+        now and then, and they would show up as raw markup in a candidate. ~0.1 s for 262k tokens."""
+        import llama_cpp
+        import numpy as np
+
+        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        mask = np.zeros(n_vocab, dtype=bool)
+        for token in range(n_vocab):
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                continue
+            attr = llama_cpp.llama_vocab_get_attr(vocab, token)
+            if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+                mask[token] = True
+            elif attr & llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED and _MODALITY_MARKUP.fullmatch(
+                self._token_text(token)
+            ):
+                mask[token] = True
+        return mask
+
+    def _ban_unprintable(self, input_ids, scores):  # noqa: ANN001,ANN202 - llama-cpp-python logits processor
+        scores[self._banned] = -float("inf")
+        return scores
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._llm.detokenize([token], special=True).decode("utf-8", "replace")
+
+    @property
+    def llama(self):  # noqa: ANN201 - the raw llama_cpp.Llama, for benchmarks and scoring
+        return self._llm
+
+    @property
+    def n_ctx(self) -> int:
+        # llama.cpp pads the context (to 256 here) and reports the padded size, but llama-cpp-python's
+        # token buffer keeps the requested size; going past it fails with a numpy broadcast error.
+        return min(self._llm.n_ctx(), self._llm.context_params.n_ctx)
+
+    # --- prompts ---
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def fit_prompt(self, system: str, turns: Sequence[ChatTurn], max_tokens: int) -> FittedPrompt:
+        """Render the conversation; drop the oldest turns (a user turn and its reply at a time) until
+        the prompt plus ``max_tokens`` fits the context. The last user turn is never dropped."""
+        turns = list(turns)
+        dropped = 0
+        while True:
+            try:
+                text = self.prompt_format.render(system, turns)
+            except PromptFormatError as exc:
+                raise EngineError(f"{self.identity.model_id}: this conversation cannot be rendered. {exc}") from None
+            n_tokens = len(self.tokenize(text))
+            if n_tokens + max_tokens <= self.n_ctx:
+                return FittedPrompt(text=text, n_tokens=n_tokens, dropped_turns=dropped)
+            if len(turns) <= 1:
+                raise EngineError(
+                    f"the prompt alone is {n_tokens} tokens; with {max_tokens} new tokens it does not fit "
+                    f"the {self.n_ctx}-token context. Shorten it, lower max tokens, or raise --n-ctx."
+                )
+            # Drop the oldest exchange: its user turn and the assistant reply that followed it.
+            cut = 2 if len(turns) > 2 and turns[1].role == "assistant" else 1
+            turns = turns[cut:]
+            dropped += cut
+
+    # --- generation ---
+
+    def generate(
+        self,
+        prompt_text: str,
+        sampling: SamplingSettings,
+        seed: int,
+        on_token: TokenCallback | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> Generation:
+        """Stream one candidate. ``on_token`` gets each piece of text; ``should_stop`` cancels;
+        ``stop`` replaces the prompt format's stop strings (benchmarks use ``()`` for full-length replies)."""
+        tokens = self.tokenize(prompt_text)
+        with self._lock:
+            start = time.perf_counter()
+            first: float | None = None
+            pieces: list[str] = []
+            finish: str | None = None
+            cancelled = False
+            stream = self._llm.create_completion(
+                tokens,
+                max_tokens=sampling.max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                min_p=sampling.min_p,
+                repeat_penalty=sampling.repeat_penalty,
+                seed=seed,
+                stop=list(self.prompt_format.stop if stop is None else stop),
+                logits_processor=self._logits_processors,
+                stream=True,
+            )
+            try:
+                for chunk in stream:
+                    choice = chunk["choices"][0]
+                    piece = choice["text"]
+                    if piece:
+                        if first is None:
+                            first = time.perf_counter() - start
+                        pieces.append(piece)
+                        if on_token:
+                            on_token(piece)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    if should_stop and should_stop():
+                        cancelled = True
+                        break
+            finally:
+                stream.close()
+            duration = time.perf_counter() - start
+        text = "".join(pieces)
+        n_generated = len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
+        return Generation(
+            text=text,
+            seed=seed,
+            sampling=sampling,
+            finish_reason="cancelled" if cancelled else finish,
+            n_tokens=n_generated,
+            duration_s=duration,
+            ttft_s=first,
+            cancelled=cancelled,
+        )
+
+    # --- adapters (LoRA in GGUF, swapped at run time without reloading the base) ---
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """Validate a GGUF LoRA against this model and load it (not yet active)."""
+        with self._lock:
+            if name not in self.adapters.names:
+                self.adapters.load(name, Path(path))
+
+    def activate_adapter(self, name: str | None) -> None:
+        """Make ``name`` the active adapter (None: the base model). Resets the prompt cache, which was
+        computed under the previous weights."""
+        with self._lock:
+            self.adapters.activate(name)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.adapters.active
+
+    def close(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            # Adapters first: llama.cpp frees them with the model, so later would be a double free.
+            self.adapters.close()
+            llm.close()

@@ -1,0 +1,362 @@
+"""The body of a run: data, model, TRL ``DPOTrainer`` + LoRA, training, held-out evaluation, output.
+
+Called by ``trainers.run.process.execute_run``, which owns the status bookkeeping and error handling.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trainers  # noqa: F401  (HF offline env before transformers/TRL)
+from trainers.dataset_selection import dataset_pairs
+from trainers.model_source import load_model, load_tokenizer, resolve_model_source
+from trainers.pair_selection import (
+    PairSelection,
+    PairSelectionError,
+    SelectionReport,
+    TrainingPair,
+    dataset_hash,
+    from_store_pairs,
+    pairs_by_ids,
+)
+from trainers.run.allocator import keep_freed_memory
+from trainers.run.callbacks import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
+from trainers.run.outputs import RunPaths, checked_run_paths, publish_output, runs_roots
+from trainers.run.plan import plan_selection
+from trainers.run_config import RunConfig
+
+
+def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """The run's recorded train and held-out pairs, checked against its dataset hash."""
+    if config.dataset:
+        available = dataset_pairs(store, config)
+    else:
+        available = from_store_pairs(store.pairs(session_id=config.session_id))
+    train = pairs_by_ids(available, run.pair_ids)
+    heldout = pairs_by_ids(available, run.heldout_ids)
+    if run.dataset_hash and dataset_hash(train + heldout) != run.dataset_hash:
+        raise PairSelectionError(f"the pairs of run {run.id} changed since it was prepared; start a new run")
+    if not train:
+        raise PairSelectionError(f"run {run.id} has no training pairs")
+    return train, heldout
+
+
+def planned_selection(run: Any, config: RunConfig, train: list[TrainingPair], heldout: list[TrainingPair],
+                      tokenizer: Any) -> PairSelection:
+    """The run's pairs and the counts recorded when it was prepared (its pairs were measured then, so all of
+    them fit). A run prepared before the counts were recorded is measured now, the same way."""
+    stored = (run.summary or {}).get("selection") or {}
+    report = SelectionReport.from_dict(stored) if stored.get("source") else SelectionReport(source="the run")
+    selection = PairSelection(train, heldout, run.dataset_hash or "", report)
+    if report.max_length is None or report.steps is None:
+        selection = plan_selection(selection, tokenizer, config)
+    return selection
+
+
+def build_dpo_config(config: RunConfig, work_dir: Path, device: str, dtype: str, has_eval: bool,
+                     max_length: int | None = None) -> Any:
+    """TRL's config for this run; ``max_length`` is the run's planned length (``config.max_length`` may be auto)."""
+    from trl import DPOConfig
+
+    max_length = max_length or config.max_length
+
+    gradient_checkpointing = (
+        config.gradient_checkpointing if config.gradient_checkpointing is not None else device == "cuda"
+    )
+    # Every value TRL defaults differently from what a CPU run needs is set here explicitly:
+    # bf16=True (fails on a CPU-only box), learning_rate=1e-6 (LoRA barely moves), logging_steps=10.
+    return DPOConfig(
+        output_dir=str(work_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        max_length=max_length,
+        use_cpu=device == "cpu",
+        bf16=dtype == "bf16",
+        fp16=False,
+        # transformers 5 renamed gradient_checkpointing; setting the new name overrides TRL's default (on).
+        activation_checkpointing=gradient_checkpointing,
+        optim="paged_adamw_8bit" if config.paged_adamw_8bit else "adamw_torch",
+        logging_steps=1,
+        report_to="none",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        eval_strategy="no",
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        log_level="warning",
+        do_eval=has_eval,
+    )
+
+
+def lora_config(config: RunConfig) -> Any:
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if config.target_modules == ["all-linear"] else list(config.target_modules)
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def length_grouped_trainer_class() -> type:
+    """TRL's ``DPOTrainer`` with training batches of pairs of similar length.
+
+    Each batch is padded to its longest prompt + reply, so on a CPU (compute-bound, no padding-free
+    kernels) grouping similar lengths is time saved. The longest batch comes first, so an
+    out-of-memory shows at step 1 rather than at the end.
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import DPOTrainer
+
+    class LengthGroupedDPOTrainer(DPOTrainer):
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202 - Trainer's signature
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            columns = getattr(dataset, "column_names", None) or []
+            if self.args.world_size > 1 or not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns):
+                return super()._get_train_sampler(train_dataset)
+            lengths = [
+                len(prompt) + max(len(chosen), len(rejected))
+                for prompt, chosen, rejected in zip(
+                    dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+                )
+            ]
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                        lengths=lengths)
+
+    return LengthGroupedDPOTrainer
+
+
+def train_and_publish(
+    store: Any,
+    run: Any,
+    config: RunConfig,
+    paths: RunPaths,
+    *,
+    resume: bool,
+    cancel: Any,
+    log: Callable[[str], None],
+    facts: dict[str, Any],
+) -> Any:
+    # The folder is renamed and deleted under at the end: refuse one the row names outside the runs folder.
+    paths = checked_run_paths(paths.output_dir, runs_roots(getattr(store, "path", None)))
+    import torch
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
+    from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype
+    from trainers.run.errors import RunError, RunOutcome
+
+    started = time.monotonic()
+    # transformers 5 warns at every checkpoint save about its own renamed attribute.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    _quiet_progress_bars()
+    keep_freed_memory()
+    device = facts["device"] = resolve_device(config)
+    dtype = resolve_dtype(config, device)
+    threads = config.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    if device == "cpu":
+        enable_compact_logprobs_on_cpu()
+    if not config.train_model:
+        raise RunError("the run names no model to train; pass --train-model PATH")
+    train_pairs, heldout_pairs = run_pairs(store, run, config)
+
+    def converting(message: str) -> None:
+        store.set_run_status(run.id, "loading", message)
+        log(message)
+
+    source = resolve_model_source(config.train_model, log=converting)
+    load_started = time.monotonic()
+    tokenizer = load_tokenizer(source.model_dir)
+    planned = planned_selection(run, config, train_pairs, heldout_pairs, tokenizer)
+    train_pairs, heldout_pairs, plan = planned.train, planned.heldout, planned.report
+    log(f"pairs: {plan.describe()}")
+    model = load_model(source.model_dir, device=device, four_bit=config.four_bit,
+                       bf16_weights=device == "cuda" and dtype == "bf16")
+    load_seconds = time.monotonic() - load_started
+
+    paths.work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = last_complete_checkpoint(paths.work_dir, log) if resume and paths.work_dir.is_dir() else None
+    if resume and checkpoint is None:
+        log("no checkpoint to resume from; training from the start")
+    if not resume or checkpoint is None:
+        paths.live_metrics.unlink(missing_ok=True)
+        store.delete_run_metrics(run.id)
+    else:
+        _truncate_metrics(paths.live_metrics, _checkpoint_step(checkpoint))
+        store.delete_run_metrics(run.id, after_step=_checkpoint_step(checkpoint))
+
+    args = build_dpo_config(config, paths.work_dir, device, dtype, bool(heldout_pairs), plan.max_length)
+    trainer: Any = None
+
+    def add_metrics(step: int, epoch: float | None, metrics: dict[str, float]) -> Any:
+        # The Trainer's own step count, so a progress bar's total is the number of steps that really run.
+        total = int(trainer.state.max_steps) if trainer is not None and trainer.state.max_steps else plan.steps
+        return store.add_run_metrics(run.id, step, epoch, {**metrics, "total_steps": total})
+
+    recorder = MetricsRecorder(add_metrics, paths.live_metrics, echo=log)
+    stopper = CancelAtStepBoundary(cancel.event)
+    trainer_started = time.monotonic()
+    trainer = length_grouped_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([p.to_trl() for p in train_pairs]),
+        eval_dataset=Dataset.from_list([p.to_trl() for p in heldout_pairs]) if heldout_pairs else None,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=[recorder, stopper, DropPickledArgs()],
+    )
+    # Our recorder prints one line per step; the Trainer's own printer would repeat each as a dict.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainable, total = trainer.model.get_nb_trainable_parameters()
+    log(f"{plan.train} training pair(s), {plan.heldout} held out, {plan.steps} step(s), max length "
+        f"{plan.max_length}; LoRA {trainable:,} of {total:,} parameters; {device} {dtype}, {threads} thread(s)")
+    store.set_run_status(run.id, "training", f"{plan.train} pairs, {plan.steps} steps on {device} ({dtype})")
+    cancel.phase = "training"
+    train_started = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_seconds = time.monotonic() - train_started
+    cancelled = cancel.cancelled
+    eval_metrics: dict[str, float] = {}
+    if heldout_pairs and not cancelled:
+        eval_metrics = {k: float(v) for k, v in trainer.evaluate().items() if isinstance(v, int | float)}
+    cancel.phase = "saving"
+
+    steps = int(trainer.state.global_step)
+    status = "cancelled" if cancelled else "done"
+    selection = plan.to_dict()
+    summary = {
+        "status": status,
+        "steps": steps,
+        "max_steps": int(trainer.state.max_steps),
+        "planned_steps": plan.steps,
+        "epoch": float(trainer.state.epoch or 0.0),
+        "train_pairs": len(train_pairs),
+        "heldout_pairs": len(heldout_pairs),
+        "first": recorder.first,
+        "last": recorder.last,
+        "eval": eval_metrics,
+        "train_loss": float(result.training_loss) if result.training_loss is not None else None,
+        "seconds": {
+            "total": round(time.monotonic() - started, 2),
+            "load": round(load_seconds, 2),
+            "train": round(train_seconds, 2),
+            "per_step": round(train_seconds / max(1, steps - _checkpoint_step(checkpoint)), 3),
+            "step": recorder.step_time_stats(),
+        },
+        "device": device,
+        "dtype": dtype,
+        "threads": threads,
+        "model": source.to_dict(),
+        "resumed_from": checkpoint,
+        "selection": selection,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "versions": _versions(),
+    }
+    # Under `accelerate launch` every process trains; the main one alone writes the run's files and rows.
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.accelerator.is_main_process:
+        return RunOutcome(status, f"worker process of run {run.id} finished", None, None)
+    config_record = {"config": config.to_dict(), "model": source.to_dict(), "run_id": run.id}
+    pairs_record = {"train": run.pair_ids, "heldout": run.heldout_ids, "dataset_hash": run.dataset_hash,
+                    "selection": selection}
+    output = publish_output(
+        paths,
+        lambda staging: trainer.model.save_pretrained(str(staging), safe_serialization=True),
+        {"run_config.json": config_record, "pairs.json": pairs_record, "metrics.jsonl": paths.live_metrics,
+         "summary.json": summary},
+    )
+    summary["output_dir"] = str(output)
+    summary["seconds"]["total"] = round(time.monotonic() - started, 2)
+    summary["seconds"]["trainer_to_saved"] = round(time.monotonic() - trainer_started, 2)
+    store.set_run_summary(run.id, summary)
+    if cancelled:
+        message = f"cancelled at step {steps}; adapter so far saved, resume to continue"
+    else:
+        message = f"done: {steps} steps, loss {recorder.last.get('loss', float('nan')):.4f}"
+        import shutil
+
+        shutil.rmtree(paths.work_dir, ignore_errors=True)  # checkpoints are only for resuming
+    store.set_run_status(run.id, status, message)
+    log(message)
+    return RunOutcome(status, message, output, summary)
+
+
+def _quiet_progress_bars() -> None:
+    """The run's log is read by people and tailed by the TUI: one line per step, no progress bars."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def last_complete_checkpoint(work_dir: Path, log: Callable[[str], None] = print) -> str | None:
+    """The newest checkpoint a resume can use, removing newer ones the trainer was killed while writing.
+
+    The Trainer writes a checkpoint's files one by one and ``trainer_state.json`` last; a kill in between
+    leaves a folder that transformers' ``get_last_checkpoint`` still picks, and resuming from it fails.
+    """
+    import shutil
+
+    numbered = sorted(
+        (d for d in Path(work_dir).glob("checkpoint-*") if d.is_dir() and d.name.split("-")[-1].isdigit()),
+        key=lambda d: int(d.name.split("-")[-1]), reverse=True,
+    )
+    for folder in numbered:
+        if (folder / "trainer_state.json").exists():
+            return str(folder)
+        log(f"removing incomplete {folder.name} (the trainer stopped while writing it)")
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
+
+
+def _checkpoint_step(checkpoint: str | None) -> int:
+    if not checkpoint:
+        return 0
+    try:
+        return int(Path(checkpoint).name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep the JSONL lines up to the checkpoint's step: the steps after it are trained again."""
+    import json
+
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}
