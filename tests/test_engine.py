@@ -123,3 +123,36 @@ def test_a_conversation_the_template_refuses_is_an_engine_error_naming_the_model
             engine.fit_prompt("", [ChatTurn("user", "a [/] here")], 8)
     finally:
         engine.prompt_format = original
+
+
+def test_an_adapter_switch_is_refused_while_another_owner_holds_the_engine(engine):
+    """Candidates of one prompt are generated under one adapter: a switch from elsewhere during the job
+    is refused with EngineBusy naming the job; the owner itself may switch; afterwards anyone may."""
+    import threading
+
+    from studio.inference.engine import EngineBusy
+
+    holding, release = threading.Event(), threading.Event()
+
+    def job() -> None:
+        with engine.session("generating candidates"):
+            engine.activate_adapter(None)  # re-entrant for the owner
+            holding.set()
+            release.wait(30)
+
+    owner = threading.Thread(target=job)
+    owner.start()
+    try:
+        assert holding.wait(30)
+        assert engine.owner == "generating candidates"
+        with pytest.raises(EngineBusy, match="generating candidates"):
+            engine.activate_adapter(None)
+        with pytest.raises(EngineBusy):
+            engine.load_adapter("nothing", engine.identity.path)
+    finally:
+        release.set()
+        owner.join(30)
+    assert engine.owner is None
+    engine.activate_adapter(None)
+    gen = engine.generate(engine.fit_prompt("", [ChatTurn("user", "Hi.")], 4).text, SamplingSettings(max_tokens=4), 1)
+    assert gen.adapter is None  # the base model wrote it

@@ -88,14 +88,14 @@ def test_generation_is_unchanged_after_scoring(engine, prompt):
     assert reply_logprob(engine, prompt, SENSIBLE) == reply_logprob(engine, prompt, SENSIBLE)
 
 
-def test_scoring_waits_for_the_engine_lock(engine, prompt):
+def test_scoring_waits_while_another_owner_holds_the_engine(engine, prompt):
     done = threading.Event()
 
     def score():
         reply_logprob(engine, prompt, SENSIBLE)
         done.set()
 
-    with engine._lock:
+    with engine.session("generating candidates"):
         worker = threading.Thread(target=score)
         worker.start()
         time.sleep(0.3)

@@ -12,7 +12,8 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,15 @@ from trainers.prompt_format import ChatTurn, PromptFormat, PromptFormatError, fo
 
 class EngineError(Exception):
     """The model could not be loaded or run. The message says what and how to fix it."""
+
+
+class EngineBusy(EngineError):
+    """Another owner holds the engine for a job (candidates of one prompt, a comparison): switching the
+    adapter now would change the model in the middle of it. Try again when that job is done."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(f"the model is busy ({owner}): the adapter cannot change until that is done")
+        self.owner = owner
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class Generation:
     duration_s: float
     ttft_s: float | None
     cancelled: bool = False
+    adapter: str | None = None  # the LoRA adapter active while it was generated (None: the base model)
     extra: dict = field(default_factory=dict)
 
 
@@ -136,7 +147,10 @@ class ChatEngine:
         decode, batch = default_threads()
         self.n_threads = config.n_threads or decode
         self.n_threads_batch = config.n_threads_batch or batch
-        self._lock = threading.Lock()
+        # One llama.cpp context, not thread-safe: every call into it holds this lock. Re-entrant, so an
+        # owner holding the engine for a whole job (``session``) can call generate and switch adapters.
+        self._lock = threading.RLock()
+        self._owner: str | None = None
         self._llm = self._load()
         self._banned = self._unprintable_token_mask()
         self.adapters = AdapterSlots(self._llm, self.info)
@@ -224,6 +238,48 @@ class ChatEngine:
         # token buffer keeps the requested size; going past it fails with a numpy broadcast error.
         return min(self._llm.n_ctx(), self._llm.context_params.n_ctx)
 
+    # --- ownership: one job at a time ---
+
+    @contextmanager
+    def session(self, owner: str) -> Iterator[ChatEngine]:
+        """Hold the engine for a whole job, e.g. every candidate of one prompt, so that nothing changes the
+        model between them: while held, ``load_adapter`` / ``activate_adapter`` from any other thread raise
+        ``EngineBusy`` naming ``owner``; generation and scoring from other threads wait. Re-entrant in the
+        owner's own thread (the outermost owner is the one named)."""
+        with self._lock:
+            outermost = self._owner is None
+            if outermost:
+                self._owner = owner
+            try:
+                yield self
+            finally:
+                if outermost:
+                    self._owner = None
+
+    @property
+    def owner(self) -> str | None:
+        """Who holds the engine for a job (``session``) right now; None when nobody does."""
+        return self._owner
+
+    @contextmanager
+    def exclusive(self) -> Iterator[object]:
+        """The raw ``llama_cpp.Llama`` for a sequence of low-level calls (scoring builds its own batches),
+        under the engine's lock so that nothing else runs on the context meanwhile."""
+        with self._lock:
+            yield self._llm
+
+    @contextmanager
+    def _switching(self) -> Iterator[None]:
+        """The lock for an adapter change: waits for a single call in progress, refuses a job's owner."""
+        while not self._lock.acquire(timeout=0.05):
+            owner = self._owner
+            if owner is not None:
+                raise EngineBusy(owner)
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     # --- prompts ---
 
     def tokenize(self, text: str) -> list[int]:
@@ -303,6 +359,7 @@ class ChatEngine:
             finally:
                 stream.close()
             duration = time.perf_counter() - start
+            adapter = self.adapters.active
         text = "".join(pieces)
         n_generated = len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)) if text else 0
         return Generation(
@@ -314,20 +371,23 @@ class ChatEngine:
             duration_s=duration,
             ttft_s=first,
             cancelled=cancelled,
+            adapter=adapter,
         )
 
     # --- adapters (LoRA in GGUF, swapped at run time without reloading the base) ---
 
     def load_adapter(self, name: str, path: Path) -> None:
-        """Validate a GGUF LoRA against this model and load it (not yet active)."""
-        with self._lock:
+        """Validate a GGUF LoRA against this model and load it (not yet active). EngineBusy while another
+        thread holds the engine for a job."""
+        with self._switching():
             if name not in self.adapters.names:
                 self.adapters.load(name, Path(path))
 
     def activate_adapter(self, name: str | None) -> None:
         """Make ``name`` the active adapter (None: the base model). Resets the prompt cache, which was
-        computed under the previous weights."""
-        with self._lock:
+        computed under the previous weights. EngineBusy while another thread holds the engine for a job
+        (``session``): the candidates of one prompt are never split across two adapters."""
+        with self._switching():
             self.adapters.activate(name)
 
     @property

@@ -11,13 +11,15 @@ The scores are sums of natural-log probabilities, as DPO uses them.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from studio.inference.engine import ChatEngine
 
 # Logit rows llama.cpp keeps per decode grow its output buffer for good (n_vocab floats each, ~1 MiB
 # with Gemma's 262k vocabulary) and the buffer never shrinks; 32 rows bound it at ~32 MiB while the
@@ -39,7 +41,7 @@ class ReplyScore:
     token_logprobs: tuple[float, ...] = ()
 
 
-def _reply_tokens(engine: Any, prompt_tokens: list[int], prompt_text: str, reply: str) -> list[int]:
+def _reply_tokens(engine: ChatEngine, prompt_tokens: list[int], prompt_text: str, reply: str) -> list[int]:
     full = engine.tokenize(prompt_text + reply)
     if full[: len(prompt_tokens)] == prompt_tokens:
         return full[len(prompt_tokens) :]
@@ -101,7 +103,7 @@ def _clear_memory(llama: Any) -> None:
         llama_cpp.llama_memory_clear(memory, True)
 
 
-def reply_logprob(engine: Any, prompt_text: str, reply: str) -> ReplyScore:
+def reply_logprob(engine: ChatEngine, prompt_text: str, reply: str) -> ReplyScore:
     """Score ``reply`` as a continuation of ``prompt_text`` under the engine's model (and active adapter).
 
     The prompt is tokenised as generation tokenises it (with BOS); the reply's tokens are those of
@@ -121,9 +123,7 @@ def reply_logprob(engine: Any, prompt_text: str, reply: str) -> ReplyScore:
             f"prompt + reply are {len(tokens)} tokens, more than the {n_ctx}-token context; "
             "raise --n-ctx or score a shorter reply"
         )
-    llama = engine.llama
-    lock = getattr(engine, "_lock", None) or contextlib.nullcontext()
-    with lock:
+    with engine.exclusive() as llama:
         _clear_memory(llama)
         try:
             logprobs = _decode_scores(llama, tokens, first_output=len(prompt_tokens) - 1)
@@ -201,7 +201,7 @@ class PreferenceMetrics:
 
 
 def preference_metrics(
-    engine: Any,
+    engine: ChatEngine,
     pairs: Sequence[PairLike],
     reference: Sequence[tuple[float, float]] | None = None,
     beta: float = 0.1,
