@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from store import Store
+from store.output_folders import OutputFolderError
 from studio.evaluation.comparison import (
     BlindTally,
     ComparisonError,
@@ -243,7 +244,7 @@ def test_report_writes_markdown_html_and_charts(store: Store, tmp_path: Path):
     md_path = write_report(out, run, store.run_metrics(run.id), before_after,
                            BlindTally(wins=8, ties=3, losses=2), SAMPLES)
     assert md_path == out / "report.md"
-    assert sorted(p.name for p in out.iterdir()) == ["loss.png", "margins.png", "report.html", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [".prefstudio-export.json", "loss.png", "margins.png", "report.html", "report.md"]
     assert not list(tmp_path.glob(".report.*"))  # the temporary directory became the report
     for png in ("loss.png", "margins.png"):
         data = (out / png).read_bytes()
@@ -291,6 +292,17 @@ def test_report_into_an_existing_directory_replaces_only_its_files(store: Store,
     out.mkdir()
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     (out / "report.md").write_text("old", encoding="utf-8")
+    # A folder the report did not write is refused, whatever it holds (issue 10: exports never replace what
+    # they did not write) ...
+    with pytest.raises(OutputFolderError, match="not empty"):
+        write_report(out, run, store.run_metrics(run.id), {}, None, [])
+    assert (out / "report.md").read_text(encoding="utf-8") == "old"
+    # ... an earlier report is written over, and a file the user added beside it since is kept.
+    (out / "report.md").unlink()
+    (out / "notes.txt").unlink()
+    write_report(out, run, store.run_metrics(run.id), {}, None, [])
+    (out / "report.md").write_text("old", encoding="utf-8")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
     write_report(out, run, store.run_metrics(run.id), {}, None, [])
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert (out / "report.md").read_text(encoding="utf-8").startswith("# Preference Studio report")

@@ -95,16 +95,27 @@ def test_a_marker_cannot_name_files_outside_its_folder(tmp_path: Path) -> None:
 
 
 def test_report_writes_a_marker_and_may_replace_its_own_report(tmp_path: Path, studio_home: Path) -> None:
-    from studio.cli.compare import check_report_folder, mark_report_folder
+    """The one report writer (the CLI's and the compare screen's w) refuses a folder it did not write, marks
+    what it writes, and may replace its own report."""
+    from store.records import RunRecord
+    from studio.evaluation.report import check_report_folder, write_report
 
     out = tmp_path / "r"
     out.mkdir()
     (out / "report.md").write_text("old report")
     with pytest.raises(OutputFolderError, match="report.md"):
         check_report_folder(out)
-    mark_report_folder(out)
-    check_report_folder(out)  # now an earlier report: allowed
-    assert "report.md" in json.loads((out / MARKER).read_text())["files"]
+    run = RunRecord(id=1, created_at="2026-01-01T00:00:00+00:00", updated_at="2026-01-01T00:01:00+00:00",
+                    status="done", message=None, pid=None, config={"epochs": 1}, model_id="m", dataset_hash=None,
+                    pair_ids=["j1"], heldout_ids=[], output_dir=str(tmp_path / "runs" / "run-1"), summary=None)
+    with pytest.raises(OutputFolderError, match="report.md"):
+        write_report(out, run, [], {}, None, [])
+    assert (out / "report.md").read_text() == "old report"
+    fresh = tmp_path / "fresh"
+    write_report(fresh, run, [], {}, None, [])
+    assert "report.md" in json.loads((fresh / MARKER).read_text())["files"]
+    check_report_folder(fresh)  # an earlier report: allowed, and written over
+    write_report(fresh, run, [], {}, None, [])
 
 
 def test_library_hf_writer_refuses_a_foreign_folder(tmp_path: Path) -> None:

@@ -101,6 +101,7 @@ def report(
     The samples are the run's stored comparison; any of --prompts, --prompts-from, --temperature or
     --max-tokens generates them afresh with those settings."""
     from studio.evaluation.compare_session import run_comparison, stored_comparison, write_run_report
+    from studio.evaluation.report import check_report_folder
 
     with user_errors(out):
         check_report_folder(out)  # before any model is loaded: never into a folder it did not write
@@ -115,23 +116,4 @@ def report(
                 result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
                                         sampling=sampling, prompts_from=source, limit=8)
             path = write_run_report(store, run, result, out)
-        mark_report_folder(out)
     typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")
-
-
-REPORT_EXPORT_KIND = "report"
-
-
-def check_report_folder(out: Path) -> None:
-    """``report --out``: a new or empty folder, or an earlier report (store/output_folders.py's rule)."""
-    from store.output_folders import earlier_export_files
-
-    earlier_export_files(out, REPORT_EXPORT_KIND)
-
-
-def mark_report_folder(out: Path) -> None:
-    """Record the report's files in ``out``, so the next report may replace them (and only them)."""
-    from store.output_folders import write_marker
-    from studio.evaluation.report import LOSS_PNG, MARGINS_PNG
-
-    write_marker(Path(out).expanduser(), REPORT_EXPORT_KIND, (LOSS_PNG, MARGINS_PNG, "report.html", "report.md"))

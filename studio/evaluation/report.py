@@ -18,10 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from store.output_folders import earlier_export_files, write_marker
 from studio import __version__
 
 LOSS_PNG = "loss.png"
 MARGINS_PNG = "margins.png"
+REPORT_FILES = (LOSS_PNG, MARGINS_PNG, "report.html", "report.md")
+REPORT_EXPORT_KIND = "report"
 UNFINISHED = ("queued", "loading", "training")
 METRIC_NOTES = (
     "raw_accuracy: share of held-out pairs where the model gives the chosen reply the higher log-probability. "
@@ -321,6 +324,7 @@ def write_report(
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportError(f"{out_dir} exists and is not a directory; choose another --out")
+    check_report_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_dir(out_dir)
     try:
@@ -331,8 +335,17 @@ def write_report(
         images = {name: (tmp / name).read_bytes() for name in (LOSS_PNG, MARGINS_PNG)}
         (tmp / "report.html").write_text(render_html(blocks, images), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
-        _publish(tmp, out_dir, (LOSS_PNG, MARGINS_PNG, "report.html", "report.md"))
+        _publish(tmp, out_dir, REPORT_FILES)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # Marked as a report (the CLI's and the compare screen's alike), so the next report may replace these
+    # files, and only these.
+    write_marker(out_dir, REPORT_EXPORT_KIND, REPORT_FILES)
     return out_dir / "report.md"
+
+
+def check_report_folder(out: Path) -> None:
+    """A report goes into a new or empty folder, or over an earlier report (store/output_folders.py's rule):
+    OutputFolderError otherwise, before anything is written."""
+    earlier_export_files(Path(out).expanduser(), REPORT_EXPORT_KIND)
