@@ -262,6 +262,49 @@ class Store(RunLog, Evaluations, Datasets):
         duration_s: float | None = None,
     ) -> int:
         """Record a generated reply with everything needed to reproduce it; return its id."""
+        with write_transaction(self.db):
+            self._row("prompts", prompt_id, "prompt")
+            return self._insert_candidate(
+                prompt_id, slot, text, rendered_prompt, model_id, model_sha256, sampling, seed, adapter=adapter,
+                finish_reason=finish_reason, n_tokens=n_tokens, duration_s=duration_s,
+            )
+
+    @serialized
+    def add_prompt_with_candidates(
+        self, session_id: int, text: str, history: list[dict[str, str]], candidates: Sequence[dict[str, Any]]
+    ) -> tuple[int, list[int]]:
+        """Record a user prompt and its candidates in ONE transaction; return the prompt id and the candidate
+        ids in order. Each candidate is a dict of ``add_candidate``'s keyword arguments (without
+        ``prompt_id``; ``slot`` defaults to its position). A crash or a refused candidate keeps nothing: a
+        prompt is never stored without its candidates."""
+        prompt_row = {
+            "session_id": session_id,
+            "text": text,
+            "history_json": json.dumps(history, ensure_ascii=False),
+            "created_at": utc_now(),
+        }
+        with write_transaction(self.db):
+            self._row("sessions", session_id, "session")
+            prompt_id = self.db["prompts"].insert(prompt_row).last_pk
+            ids = [self._insert_candidate(prompt_id, **{"slot": slot, **fields})
+                   for slot, fields in enumerate(candidates)]
+        return prompt_id, ids
+
+    def _insert_candidate(
+        self,
+        prompt_id: int,
+        slot: int,
+        text: str,
+        rendered_prompt: str,
+        model_id: str,
+        model_sha256: str,
+        sampling: dict[str, Any],
+        seed: int,
+        adapter: str | None = None,
+        finish_reason: str | None = None,
+        n_tokens: int | None = None,
+        duration_s: float | None = None,
+    ) -> int:
         if slot < 0:
             raise ValueError(f"candidate slot must be 0 or more, got {slot}")
         row = {
@@ -279,9 +322,7 @@ class Store(RunLog, Evaluations, Datasets):
             "duration_s": duration_s,
             "created_at": utc_now(),
         }
-        with write_transaction(self.db):
-            self._row("prompts", prompt_id, "prompt")
-            return self.db["candidates"].insert(row).last_pk
+        return self.db["candidates"].insert(row).last_pk
 
     @serialized
     def candidates(self, prompt_id: int) -> list[CandidateRecord]:

@@ -1,0 +1,275 @@
+"""The judging workflow, headless: one prompt → N candidates → what the user says about them → stored.
+
+A ``JudgingSession`` keeps one conversation (a store session and its turns). Each prompt becomes a
+``Round``: the conversation fitted to the context (oldest turns dropped when it is full), one seed per
+candidate, the candidates streamed under one hold of the engine (so no adapter switch lands between
+candidate A and B), then stored — the prompt and its candidates in one transaction. A ``Judgement`` (the
+user's verdict on the round) is stored with the turns it adds in one transaction, and the reply it keeps
+continues the conversation.
+
+The chat screen and ``prefstudio generate`` are clients: they decide *when* (keys, workers, retries on a
+busy database) and show the results; this module decides *what* is generated and stored. No Textual, no
+typer. Later feedback kinds (more candidates, rankings, thumbs, ratings) add ``Judgement`` constructors.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from store.records import Verdict
+from store.studio_store import Store
+from studio.inference.engine import (
+    ChatEngine,
+    EngineError,
+    FittedPrompt,
+    Generation,
+    SamplingSettings,
+    new_seed,
+)
+from trainers.prompt_format import ChatTurn
+
+# on_token(slot, text so far): called from the generating thread for every streamed piece.
+CandidateStream = Callable[[int, str], None]
+
+
+def candidate_seeds(n: int, base_seed: int | None, round_number: int) -> list[int]:
+    """Fresh random seeds, or, with a base seed, the reproducible sequence base + (round − 1)·n + slot."""
+    if base_seed is None:
+        return [new_seed() for _ in range(n)]
+    return [base_seed + (round_number - 1) * n + slot for slot in range(n)]
+
+
+@dataclass
+class Round:
+    """One prompt being answered: what the model saw, with which seeds, and what came of it."""
+
+    number: int
+    user_text: str
+    history: list[ChatTurn]
+    fitted: FittedPrompt
+    seeds: list[int]
+    generations: list[Generation] = field(default_factory=list)
+    prompt_id: int | None = None
+    candidate_ids: list[int] = field(default_factory=list)
+    judged: bool = False
+
+    @property
+    def stored(self) -> bool:
+        return self.prompt_id is not None
+
+    def reply(self, slot: int) -> str:
+        return self.generations[slot].text
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the user says about a round's candidates, by slot (0 = A). Build one with the constructors."""
+
+    verdict: Verdict
+    chosen: int | None = None
+    rejected: int | None = None
+    edited_text: str | None = None  # the user's own reply (in the model's completion whitespace)
+    continues: int | None = None  # the slot whose reply continues the conversation (tie)
+
+    @classmethod
+    def prefer(cls, chosen: int, rejected: int) -> Judgement:
+        """Candidate ``chosen`` is better than ``rejected``; the chosen reply continues the conversation."""
+        if chosen == rejected:
+            raise ValueError("the chosen and the rejected candidate must differ")
+        # The store names a two-way preference by the winner's letter; more candidates come with ranking.
+        return cls(Verdict.A if chosen == 0 else Verdict.B, chosen=chosen, rejected=rejected)
+
+    @classmethod
+    def tie(cls, continue_with: int = 0) -> Judgement:
+        """No pair is made; the conversation goes on with candidate ``continue_with``'s reply."""
+        return cls(Verdict.TIE, continues=continue_with)
+
+    @classmethod
+    def both_bad(cls) -> Judgement:
+        """Neither is worth keeping: no pair, and the conversation does not move on."""
+        return cls(Verdict.BOTH_BAD)
+
+    @classmethod
+    def edited(cls, text: str, base: int, rejected: int | None) -> Judgement:
+        """The user wrote the better reply (starting from candidate ``base``); it becomes the chosen side."""
+        return cls(Verdict.EDITED, chosen=base, rejected=rejected, edited_text=text)
+
+    def continuing_reply(self, round_: Round) -> str | None:
+        """The reply that continues the conversation after this judgement, or None (both bad)."""
+        if self.verdict == Verdict.EDITED:
+            return self.edited_text
+        if self.verdict in (Verdict.A, Verdict.B):
+            return round_.reply(self.chosen)
+        if self.verdict == Verdict.TIE:
+            return round_.reply(self.continues or 0)
+        return None
+
+
+class JudgingSession:
+    """One conversation being judged. Thread use: ``generate`` and the store calls may run in a worker;
+    everything else on the caller's thread. The engine may be attached after the session starts (the
+    model loads while the screen is already up)."""
+
+    def __init__(
+        self,
+        store: Store,
+        system_prompt: str,
+        model_id: str,
+        *,
+        sampling: SamplingSettings,
+        n_candidates: int = 2,
+        base_seed: int | None = None,
+        source: str = "tui",
+        engine: ChatEngine | None = None,
+    ) -> None:
+        if n_candidates < 1:
+            raise ValueError("a round needs at least one candidate")
+        self.store = store
+        self.model_id = model_id
+        self.sampling = sampling
+        self.n_candidates = n_candidates
+        self.base_seed = base_seed
+        self.source = source
+        self.engine = engine
+        self.turns: list[ChatTurn] = []
+        self.current: Round | None = None
+        self._rounds = 0
+        self._turns_lock = threading.Lock()  # a judgement saved in a worker continues the conversation
+        self.session_id = store.create_session(system_prompt, model_id=model_id)
+
+    # --- the session ---
+
+    @property
+    def system_prompt(self) -> str:
+        return self.store.get_session(self.session_id).system_prompt
+
+    def set_system_prompt(self, text: str) -> None:
+        self.store.update_system_prompt(self.session_id, text)
+
+    def new_session(self) -> int:
+        """A fresh conversation with the same system prompt and model; earlier rounds stay stored."""
+        system = self.system_prompt
+        with self._turns_lock:
+            self.session_id = self.store.create_session(system, model_id=self.model_id)
+            self.turns = []
+            self.current = None
+        return self.session_id
+
+    def pair_count(self) -> int:
+        return self.store.count_pairs(session_id=self.session_id)
+
+    # --- a round: fit, generate, store ---
+
+    def _engine(self) -> ChatEngine:
+        if self.engine is None:
+            raise EngineError("the model is not loaded yet")
+        return self.engine
+
+    def prepare(self, user_text: str) -> Round:
+        """The next round for ``user_text``: the conversation fitted to the context and the seeds.
+
+        EngineError when even the prompt alone does not fit, or the chat template refuses it; nothing
+        changes then. The round becomes ``current`` (a regenerated round replaces the one before)."""
+        engine = self._engine()
+        history = list(self.turns)
+        fitted = engine.fit_prompt(self.system_prompt, [*history, ChatTurn("user", user_text)],
+                                   self.sampling.max_tokens)
+        self._rounds += 1
+        round_ = Round(self._rounds, user_text, history, fitted,
+                       candidate_seeds(self.n_candidates, self.base_seed, self._rounds))
+        self.current = round_
+        return round_
+
+    def regenerate(self, round_: Round) -> Round:
+        """The same prompt again with new seeds (the old round's candidates stay stored, unjudged)."""
+        return self.prepare(round_.user_text)
+
+    def generate(
+        self,
+        round_: Round,
+        on_token: CandidateStream | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[Generation] | None:
+        """Stream every candidate of the round, holding the engine the whole time: an adapter switch asked
+        for meanwhile is refused (EngineBusy), never applied between two candidates. None when stopped."""
+        engine = self._engine()
+        results: list[Generation] = []
+        with engine.session(f"generating candidates for prompt {round_.number}"):
+            for slot, seed in enumerate(round_.seeds):
+                pieces: list[str] = []
+
+                def stream(piece: str, slot: int = slot, pieces: list[str] = pieces) -> None:
+                    pieces.append(piece)
+                    if on_token is not None:
+                        on_token(slot, "".join(pieces))
+
+                gen = engine.generate(round_.fitted.text, self.sampling, seed, on_token=stream,
+                                      should_stop=should_stop)
+                if gen.cancelled or (should_stop is not None and should_stop()):
+                    return None
+                results.append(gen)
+        round_.generations = results
+        return results
+
+    def store_candidates(self, round_: Round) -> None:
+        """The prompt (with the conversation before it) and its candidates, in one transaction."""
+        engine = self._engine()
+        prompt_id, ids = self.store.add_prompt_with_candidates(
+            self.session_id,
+            round_.user_text,
+            [{"role": t.role, "content": t.content} for t in round_.history],
+            [
+                {
+                    "text": gen.text, "rendered_prompt": round_.fitted.text, "model_id": engine.identity.model_id,
+                    "model_sha256": engine.identity.sha256, "sampling": gen.sampling.to_dict(), "seed": gen.seed,
+                    "adapter": gen.adapter, "finish_reason": gen.finish_reason, "n_tokens": gen.n_tokens,
+                    "duration_s": round(gen.duration_s, 3),
+                }
+                for gen in round_.generations
+            ],
+        )
+        round_.prompt_id, round_.candidate_ids = prompt_id, ids
+
+    # --- judging ---
+
+    def edited(self, round_: Round, text: str, base: int) -> Judgement:
+        """The user's own reply, put in the model's completion whitespace (as candidates are stored); the
+        first other candidate is the rejected side."""
+        others = [slot for slot in range(len(round_.candidate_ids)) if slot != base]
+        return Judgement.edited(self._engine().prompt_format.as_completion(text), base,
+                                others[0] if others else None)
+
+    def record(self, round_: Round, judgement: Judgement, wait_at_most_s: float | None = None) -> int:
+        """Store the judgement and, when a reply continues the conversation, the user's turn and that
+        reply, in one transaction (a kill never keeps one without the other); then continue with it.
+
+        ``wait_at_most_s`` bounds how long a busy database is waited for (StoreBusyError after it; nothing
+        is stored and the round is unchanged, so the same call can be retried). Safe to call from a worker.
+        """
+        if not round_.stored:
+            raise ValueError("the round's candidates are not stored yet")
+        reply = judgement.continuing_reply(round_)
+        turns = (("user", round_.user_text), ("assistant", reply.strip())) if reply is not None else ()
+        ids = round_.candidate_ids
+        waiting = self.store.waiting_at_most(wait_at_most_s) if wait_at_most_s is not None else nullcontext()
+        with waiting:
+            judgement_id = self.store.record_judgement(
+                round_.prompt_id,
+                judgement.verdict,
+                chosen_candidate_id=ids[judgement.chosen] if judgement.chosen is not None else None,
+                rejected_candidate_id=ids[judgement.rejected] if judgement.rejected is not None else None,
+                edited_text=judgement.edited_text,
+                source=self.source,
+                adapter=round_.generations[0].adapter if round_.generations else None,
+                turns=turns,
+            )
+        round_.judged = True
+        with self._turns_lock:
+            # A round of an earlier conversation (a new session started while it waited) continues nothing.
+            if reply is not None and self.current is round_:
+                self.turns += [ChatTurn("user", round_.user_text), ChatTurn("assistant", reply.strip())]
+                self.current = None
+        return judgement_id
