@@ -11,6 +11,8 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from trainers.methods.registry import DEFAULT_METHOD, METHODS
+
 # TRL 1.16's DPOConfig.loss_type values (trl/trainer/dpo_config.py).
 LOSS_TYPES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -37,6 +39,11 @@ class RunConfig:
     Every field is also a ``prefstudio train`` flag: ``learning_rate`` is ``--learning-rate``.
     """
 
+    method: str = field(
+        default=DEFAULT_METHOD,
+        metadata={"help": "Training method, one module each under trainers/methods/ (dpo: TRL DPOTrainer + "
+                  "LoRA)."},
+    )
     # Model
     train_model: str | None = field(
         default=None,
@@ -143,11 +150,13 @@ class RunConfig:
             self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
         else:
             self.target_modules = [str(m).strip() for m in self.target_modules if str(m).strip()]
+        self.method = str(self.method).strip().lower()
         self.loss_type = str(self.loss_type).strip().lower()
         self.device = str(self.device).strip().lower()
         self.dtype = {"float32": "fp32", "bfloat16": "bf16"}.get(str(self.dtype).strip().lower(),
                                                                  str(self.dtype).strip().lower())
         checks: list[tuple[bool, str, str]] = [
+            (self.method in METHODS, "method", f"must be one of the training methods: {', '.join(sorted(METHODS))}"),
             (self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}"),
             (self.beta > 0, "beta", "must be greater than 0"),
             (0 < self.learning_rate < 1, "learning_rate", "must be between 0 and 1 (e.g. 5e-5)"),

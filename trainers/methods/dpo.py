@@ -11,44 +11,35 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
-from trainers.dataset_selection import dataset_pairs
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.pair_selection import (
     PairSelection,
-    PairSelectionError,
     SelectionReport,
     TrainingPair,
-    dataset_hash,
-    from_store_pairs,
-    pairs_by_ids,
 )
+from trainers.recorded_pairs import run_pairs
 from trainers.run.allocator import keep_freed_memory
 from trainers.run.callbacks import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
+from trainers.run.errors import RunError, RunOutcome
 from trainers.run.outputs import RunPaths, checked_run_paths, publish_output, runs_roots
 from trainers.run.plan import plan_selection
 from trainers.run_config import RunConfig
 
+if TYPE_CHECKING:
+    from peft import LoraConfig
+    from transformers import PreTrainedTokenizerBase
+    from trl import DPOConfig, DPOTrainer
 
-def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPair], list[TrainingPair]]:
-    """The run's recorded train and held-out pairs, checked against its dataset hash."""
-    if config.dataset:
-        available = dataset_pairs(store, config)
-    else:
-        available = from_store_pairs(store.pairs(session_id=config.session_id))
-    train = pairs_by_ids(available, run.pair_ids)
-    heldout = pairs_by_ids(available, run.heldout_ids)
-    if run.dataset_hash and dataset_hash(train + heldout) != run.dataset_hash:
-        raise PairSelectionError(f"the pairs of run {run.id} changed since it was prepared; start a new run")
-    if not train:
-        raise PairSelectionError(f"run {run.id} has no training pairs")
-    return train, heldout
+    from store.records import RunRecord
+    from store.studio_store import Store
+    from trainers.methods import CancelSignal
 
 
-def planned_selection(run: Any, config: RunConfig, train: list[TrainingPair], heldout: list[TrainingPair],
-                      tokenizer: Any) -> PairSelection:
+def planned_selection(run: RunRecord, config: RunConfig, train: list[TrainingPair], heldout: list[TrainingPair],
+                      tokenizer: PreTrainedTokenizerBase) -> PairSelection:
     """The run's pairs and the counts recorded when it was prepared (its pairs were measured then, so all of
     them fit). A run prepared before the counts were recorded is measured now, the same way."""
     stored = (run.summary or {}).get("selection") or {}
@@ -60,7 +51,7 @@ def planned_selection(run: Any, config: RunConfig, train: list[TrainingPair], he
 
 
 def build_dpo_config(config: RunConfig, work_dir: Path, device: str, dtype: str, has_eval: bool,
-                     max_length: int | None = None) -> Any:
+                     max_length: int | None = None) -> DPOConfig:
     """TRL's config for this run; ``max_length`` is the run's planned length (``config.max_length`` may be auto)."""
     from trl import DPOConfig
 
@@ -103,10 +94,10 @@ def build_dpo_config(config: RunConfig, work_dir: Path, device: str, dtype: str,
     )
 
 
-def lora_config(config: RunConfig) -> Any:
+def lora_config(config: RunConfig) -> LoraConfig:
     from peft import LoraConfig
 
-    targets: Any = "all-linear" if config.target_modules == ["all-linear"] else list(config.target_modules)
+    targets: str | list[str] = "all-linear" if config.target_modules == ["all-linear"] else list(config.target_modules)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -117,7 +108,7 @@ def lora_config(config: RunConfig) -> Any:
     )
 
 
-def length_grouped_trainer_class() -> type:
+def length_grouped_trainer_class() -> type[DPOTrainer]:
     """TRL's ``DPOTrainer`` with training batches of pairs of similar length.
 
     Each batch is padded to its longest prompt + reply, so on a CPU (compute-bound, no padding-free
@@ -145,17 +136,51 @@ def length_grouped_trainer_class() -> type:
     return LengthGroupedDPOTrainer
 
 
-def train_and_publish(
-    store: Any,
-    run: Any,
+class DPOMethod:
+    """LoRA DPO with TRL (the ``TrainingMethod`` registered as ``dpo``).
+
+    A method that differs only in its TRL config or trainer subclasses this and overrides ``trainer_args``
+    or ``trainer_class``; everything else (data, model, callbacks, resume, publishing) stays shared.
+    """
+
+    def trainer_args(self, config: RunConfig, work_dir: Path, device: str, dtype: str, has_eval: bool,
+                     max_length: int | None) -> DPOConfig:
+        return build_dpo_config(config, work_dir, device, dtype, has_eval, max_length)
+
+    def trainer_class(self) -> type[DPOTrainer]:
+        return length_grouped_trainer_class()
+
+    def train_and_publish(
+        self,
+        store: Store,
+        run: RunRecord,
+        config: RunConfig,
+        paths: RunPaths,
+        *,
+        resume: bool,
+        cancel: CancelSignal,
+        log: Callable[[str], None],
+        facts: dict[str, Any],
+    ) -> RunOutcome:
+        return _train_and_publish(self, store, run, config, paths, resume=resume, cancel=cancel, log=log,
+                                  facts=facts)
+
+
+METHOD = DPOMethod()
+
+
+def _train_and_publish(
+    method: DPOMethod,
+    store: Store,
+    run: RunRecord,
     config: RunConfig,
     paths: RunPaths,
     *,
     resume: bool,
-    cancel: Any,
+    cancel: CancelSignal,
     log: Callable[[str], None],
     facts: dict[str, Any],
-) -> Any:
+) -> RunOutcome:
     # The folder is renamed and deleted under at the end: refuse one the row names outside the runs folder.
     paths = checked_run_paths(paths.output_dir, runs_roots(getattr(store, "path", None)))
     import torch
@@ -164,7 +189,6 @@ def train_and_publish(
 
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
     from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype
-    from trainers.run.errors import RunError, RunOutcome
 
     started = time.monotonic()
     # transformers 5 warns at every checkpoint save about its own renamed attribute.
@@ -206,10 +230,10 @@ def train_and_publish(
         _truncate_metrics(paths.live_metrics, _checkpoint_step(checkpoint))
         store.delete_run_metrics(run.id, after_step=_checkpoint_step(checkpoint))
 
-    args = build_dpo_config(config, paths.work_dir, device, dtype, bool(heldout_pairs), plan.max_length)
-    trainer: Any = None
+    args = method.trainer_args(config, paths.work_dir, device, dtype, bool(heldout_pairs), plan.max_length)
+    trainer: DPOTrainer | None = None
 
-    def add_metrics(step: int, epoch: float | None, metrics: dict[str, float]) -> Any:
+    def add_metrics(step: int, epoch: float | None, metrics: dict[str, float]) -> int:
         # The Trainer's own step count, so a progress bar's total is the number of steps that really run.
         total = int(trainer.state.max_steps) if trainer is not None and trainer.state.max_steps else plan.steps
         return store.add_run_metrics(run.id, step, epoch, {**metrics, "total_steps": total})
@@ -217,7 +241,7 @@ def train_and_publish(
     recorder = MetricsRecorder(add_metrics, paths.live_metrics, echo=log)
     stopper = CancelAtStepBoundary(cancel.event)
     trainer_started = time.monotonic()
-    trainer = length_grouped_trainer_class()(
+    trainer = method.trainer_class()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list([p.to_trl() for p in train_pairs]),

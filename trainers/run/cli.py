@@ -124,6 +124,7 @@ def run_train(
                     if not model:
                         raise ValueError("no model to train: pass --train-model (a .gguf file or an HF model "
                                          "directory)")
+                    say(f"method: {config.method}")
                     say(f"would train: {plan_for_config(store, config, model).report.describe()}")
                     return 0
                 prepared = prepare_run(store, config, model_path=model)

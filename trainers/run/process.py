@@ -15,7 +15,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
 from store.run_log import ACTIVE_RUN_STATUSES as ACTIVE
@@ -26,7 +26,11 @@ from trainers.run.errors import RunCancelled, RunError, RunOutcome
 from trainers.run.outputs import DiskFullError, RunPaths
 from trainers.run_config import RunConfig, RunConfigError
 
-METHOD = "dpo"  # the only method so far (trainers.methods); RunConfig names it once there are two
+if TYPE_CHECKING:
+    import subprocess
+
+    from store.records import RunRecord
+    from store.studio_store import Store
 
 
 class CancelController:
@@ -75,10 +79,10 @@ def is_worker_process() -> bool:
 class ReadOnlyRuns:
     """A store seen by a worker process: it reads the run and its pairs, and writes nothing."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self._store = store
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> Any:  # any read of the Store passes through
         return getattr(self._store, name)
 
     def set_run_status(self, *args: Any, **kwargs: Any) -> None:
@@ -136,7 +140,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def execute_run(
-    store: Any,
+    store: Store,
     run_id: int,
     *,
     resume: bool = False,
@@ -147,7 +151,7 @@ def execute_run(
     cancel = cancel or CancelController()
     run = store.get_run(run_id)
     if is_worker_process():
-        store = ReadOnlyRuns(store)
+        store = cast("Store", ReadOnlyRuns(store))  # reads pass through; the three writers do nothing
     else:
         check_startable(run, resume)
     paths = RunPaths(Path(run.output_dir))
@@ -156,8 +160,9 @@ def execute_run(
     try:
         config = RunConfig.from_dict(run.config)
         store.set_run_status(run_id, "loading", "loading the model", pid=os.getpid())
-        train_and_publish = training_method(METHOD)
-        return train_and_publish(store, run, config, paths, resume=resume, cancel=cancel, log=log, facts=facts)
+        method = training_method(config.method)  # RunConfig checked the name against the registry
+        return method.train_and_publish(store, run, config, paths, resume=resume, cancel=cancel, log=log,
+                                        facts=facts)
     except RunCancelled:
         message = "cancelled before training started; nothing to save"
         store.set_run_status(run_id, "cancelled", message)
@@ -179,7 +184,7 @@ def execute_run(
         return _fail(store, run_id, f"training failed: {type(exc).__name__}: {exc}", log)
 
 
-def _fail(store: Any, run_id: int, message: str, log: Callable[[str], None]) -> RunOutcome:
+def _fail(store: Store, run_id: int, message: str, log: Callable[[str], None]) -> RunOutcome:
     log(f"error: {message}")
     try:
         store.set_run_status(run_id, "failed", message)
@@ -191,7 +196,7 @@ def _fail(store: Any, run_id: int, message: str, log: Callable[[str], None]) -> 
     return RunOutcome("failed", message)
 
 
-def check_startable(run: Any, resume: bool) -> None:
+def check_startable(run: RunRecord, resume: bool) -> None:
     from store.run_log import process_alive
 
     if run.status in ACTIVE and run.pid and run.pid != os.getpid() and process_alive(run.pid, run.pid_started):
@@ -206,7 +211,7 @@ def check_startable(run: Any, resume: bool) -> None:
         )
 
 
-def wait_for_exit(proc: Any, timeout: float | None = None) -> int | None:
+def wait_for_exit(proc: subprocess.Popen, timeout: float | None = None) -> int | None:
     """Wait for a trainer process started with ``start_run_process``; its return code (None on timeout)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while proc.poll() is None:
