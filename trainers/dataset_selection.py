@@ -6,7 +6,7 @@ exercise rule (trainers/exercise.py), so neither of those imports the other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainers.exercise import select_exercise
 from trainers.pair_selection import (
@@ -20,8 +20,12 @@ from trainers.pair_selection import (
     store_dataset_pairs,
 )
 
+if TYPE_CHECKING:
+    from store.studio_store import Store
+    from trainers.run_config import RunConfig
 
-def _check_stance_only(config: Any, what: str) -> None:
+
+def _check_stance_only(config: RunConfig, what: str) -> None:
     given = [flag for flag, value in (("--support-ratio", config.support_ratio),
                                       ("--shuffle-seed", config.shuffle_seed),
                                       ("--system-prompt", config.system_prompt)) if value is not None]
@@ -32,7 +36,7 @@ def _check_stance_only(config: Any, what: str) -> None:
         )
 
 
-def select_dataset(store: Any, config: Any) -> PairSelection:
+def select_dataset(store: Store, config: RunConfig) -> PairSelection:
     """The pairs of ``config.dataset``: a JSONL file, or a named store dataset.
 
     A labelled-stance dataset gives the exercise's pairs (``trainers.exercise.select_exercise``: the first
@@ -60,7 +64,7 @@ def select_dataset(store: Any, config: Any) -> PairSelection:
     return selection
 
 
-def dataset_pairs(store: Any, config: Any) -> list[TrainingPair]:
+def dataset_pairs(store: Store, config: RunConfig) -> list[TrainingPair]:
     """Every pair a run on ``config.dataset`` may name (its training and held-out pairs among them)."""
     path = dataset_file(config.dataset)
     if path is not None:

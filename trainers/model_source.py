@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before any transformers import)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 GGUF_MAGIC = b"GGUF"
 CONVERSION_MARKER = "prefstudio-conversion.json"
@@ -105,7 +108,7 @@ def _write_atomically(target: Path, fill: Callable[[Path], None]) -> None:
         raise
 
 
-def _gguf_tokenizer(gguf_path: Path, sha256: str, cache_root: Path | None = None) -> Any:
+def _gguf_tokenizer(gguf_path: Path, sha256: str, cache_root: Path | None = None) -> PreTrainedTokenizerBase:
     """The GGUF's tokenizer, read from the GGUF once (13-19 s of metadata parsing) and then from its cache."""
     from transformers import AutoTokenizer
 
@@ -135,11 +138,12 @@ def _gguf_tokenizer(gguf_path: Path, sha256: str, cache_root: Path | None = None
     return tokenizer
 
 
-_TOKENIZERS: dict[str, Any] = {}
+_TOKENIZERS: dict[str, PreTrainedTokenizerBase] = {}
 _TOKENIZERS_LOCK = threading.Lock()
 
 
-def load_tokenizer_for(path: Path | str, sha256: str | None = None, cache_root: Path | None = None) -> Any:
+def load_tokenizer_for(path: Path | str, sha256: str | None = None,
+                       cache_root: Path | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer a run on ``path`` (a .gguf or an HF model directory) will train with, without the model.
 
     Enough to count a run's tokens before it starts. A GGUF's tokenizer comes from its converted model when
@@ -322,7 +326,7 @@ def resolve_model_source(
     return ModelSource(model_dir=model_dir, model_id=path.name, kind="gguf", origin=path.resolve(), sha256=digest)
 
 
-def load_tokenizer(model_dir: Path):  # noqa: ANN201 - transformers type
+def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
@@ -332,13 +336,14 @@ def load_tokenizer(model_dir: Path):  # noqa: ANN201 - transformers type
     return _with_pad(tokenizer)
 
 
-def _with_pad(tokenizer: Any) -> Any:
+def _with_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
-def load_model(model_dir: Path, *, device: str, four_bit: bool = False, bf16_weights: bool = False):  # noqa: ANN201
+def load_model(model_dir: Path, *, device: str, four_bit: bool = False,
+               bf16_weights: bool = False) -> PreTrainedModel:
     """Load the causal LM for LoRA training.
 
     CPU: fp32 weights (bf16 there is an autocast choice made by the trainer, not a storage dtype).

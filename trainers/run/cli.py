@@ -15,14 +15,17 @@ import sys
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 import trainers  # noqa: F401  (HF offline env)
 from trainers.run_config import RunConfig, flag
+
+if TYPE_CHECKING:
+    from trainers.pair_selection import SelectionReport
 
 EXTRA_ALIASES = {"session_id": ["--session"], "train_model": []}
 EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 130}
@@ -39,7 +42,7 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def _default_text(f: Any) -> str:
+def _default_text(f: Field[Any]) -> str:
     if f.default is not MISSING:
         value = f.default
     elif f.default_factory is not MISSING:
@@ -167,7 +170,7 @@ def run_train(
     return EXIT_CODES.get(outcome.status, 1)
 
 
-def data_size_note(config: RunConfig, report: Any) -> str | None:
+def data_size_note(config: RunConfig, report: SelectionReport) -> str | None:
     """A note when ``--data-size`` asks for more preference pairs than there are (all are used, not silently)."""
     stance = bool(report.dataset) and report.dataset.get("kind") == "stance"
     if config.data_size is None or stance or config.data_size <= report.used:

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING
 
 from store.run_log import ACTIVE_RUN_STATUSES
 from trainers.dataset_selection import select_dataset
@@ -27,6 +27,11 @@ from trainers.run.outputs import RunPaths, unique_output_dir
 from trainers.run.plan import plan_selection
 from trainers.run_config import RunConfig, RunConfigError
 from trainers.target_modules import check_target_modules
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from store.studio_store import Store
 
 ACTIVE = ACTIVE_RUN_STATUSES  # statuses of a run whose process should be alive
 
@@ -45,7 +50,7 @@ class PreparedRun:
         return RunPaths(self.output_dir)
 
 
-def select_for_config(store: Any, config: RunConfig) -> PairSelection:
+def select_for_config(store: Store, config: RunConfig) -> PairSelection:
     """The pairs ``config`` asks for (a dataset by name or file, one session, or every pair), cleaned and split."""
     if config.dataset:
         return select_dataset(store, config)
@@ -56,7 +61,8 @@ def select_for_config(store: Any, config: RunConfig) -> PairSelection:
                              heldout_fraction=config.heldout_fraction, data_size=config.data_size)
 
 
-def plan_for_config(store: Any, config: RunConfig, model: Path | str, tokenizer: Any | None = None) -> PairSelection:
+def plan_for_config(store: Store, config: RunConfig, model: Path | str,
+                    tokenizer: PreTrainedTokenizerBase | None = None) -> PairSelection:
     """What a run of ``config`` on ``model`` would train on, counted with the model's tokenizer alone (pairs
     that fit per split, max length, steps); records nothing. ``tokenizer`` saves loading it again."""
     check_target_modules(Path(model), config.target_modules)  # a misspelt module is named here too
@@ -69,12 +75,12 @@ def plan_for_config(store: Any, config: RunConfig, model: Path | str, tokenizer:
 
 
 def prepare_run(
-    store: Any,
+    store: Store,
     config: RunConfig,
     *,
     model_path: Path | str | None = None,
     runs_root: Path | None = None,
-    tokenizer: Any | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> PreparedRun:
     """Select the pairs and record a queued run; the model path is stored in the config.
 
@@ -124,7 +130,7 @@ def launch_command(run_id: int, db_path: Path | str, resume: bool = False) -> li
     return cmd + (["--resume"] if resume else [])
 
 
-def start_run_process(run_id: int, db_path: Path | str, resume: bool = False, *, store: Any | None = None,
+def start_run_process(run_id: int, db_path: Path | str, resume: bool = False, *, store: Store | None = None,
                       env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start the trainer process for a prepared run, its output appended to the run's log file.
 
@@ -135,7 +141,7 @@ def start_run_process(run_id: int, db_path: Path | str, resume: bool = False, *,
     if store is not None:
         log_path = RunPaths(Path(store.get_run(run_id).output_dir)).log_path
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    out: Any = subprocess.DEVNULL
+    out: IO[bytes] | int = subprocess.DEVNULL
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = log_path.open("ab")
@@ -145,7 +151,7 @@ def start_run_process(run_id: int, db_path: Path | str, resume: bool = False, *,
             stdin=subprocess.DEVNULL, env=full_env, start_new_session=True,
         )
     finally:
-        if log_path is not None:
+        if not isinstance(out, int):
             out.close()
 
 
@@ -158,7 +164,7 @@ def request_cancel(pid: int) -> bool:
     return True
 
 
-def finalize_dead_run(store: Any, run_id: int, returncode: int | None) -> bool:
+def finalize_dead_run(store: Store, run_id: int, returncode: int | None) -> bool:
     """After the trainer process exited: if the run still looks active, mark it failed; return whether so.
 
     A process killed by the kernel's OOM killer (SIGKILL) cannot record anything itself.

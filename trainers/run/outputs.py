@@ -29,7 +29,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def publish_output(paths: RunPaths, write_into: Any, extra_files: dict[str, Any]) -> Path:
+def publish_output(paths: RunPaths, write_into: Callable[[Path], object], extra_files: dict[str, Any]) -> Path:
     """Assemble the final directory in a staging directory and rename it into place.
 
     ``write_into(staging)`` writes the adapter; ``extra_files`` maps file names to JSON data, or to a

@@ -21,9 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from trainers.pair_selection import PairSelection, PairSelectionError, TrainingPair, dataset_hash
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from trainers.run_config import RunConfig
 
 # TRL's own default. Measured with Gemma 3 270M, batch 2, pairs up to 1,024 tokens on a shared 2-core CPU:
 # peak RSS 5.5 GB (the one-time GGUF conversion included), ~45 s per step against ~3 s at 256 tokens.
@@ -46,7 +51,7 @@ class PairLength:
         return self.prompt + max(self.chosen, self.rejected)
 
 
-def measure(pairs: Sequence[TrainingPair], tokenizer: Any) -> list[PairLength]:
+def measure(pairs: Sequence[TrainingPair], tokenizer: PreTrainedTokenizerBase) -> list[PairLength]:
     """Token counts of ``pairs``: the prompt as TRL tokenises it, each reply by what it adds to the prompt."""
     if not pairs:
         return []
@@ -65,7 +70,7 @@ def auto_max_length(lengths: Sequence[PairLength]) -> int:
     return min(AUTO_MAX_LENGTH_CAP, max(LENGTH_STEP, math.ceil(longest / LENGTH_STEP) * LENGTH_STEP))
 
 
-def planned_steps(train_pairs: int, config: Any) -> int:
+def planned_steps(train_pairs: int, config: RunConfig) -> int:
     """Optimizer steps the Trainer will take: ceil(pairs / batch / grad-accum) per epoch × epochs."""
     if config.max_steps:
         return int(config.max_steps)
@@ -78,7 +83,7 @@ def fits(length: PairLength, max_length: int) -> bool:
     return length.prompt < max_length
 
 
-def plan_selection(selection: PairSelection, tokenizer: Any, config: Any) -> PairSelection:
+def plan_selection(selection: PairSelection, tokenizer: PreTrainedTokenizerBase, config: RunConfig) -> PairSelection:
     """The selection with too-long pairs dropped from each split, its report completed (max length, per-split
     drops, truncated replies, steps). Raises ``PairSelectionError`` only when no *training* pair fits."""
     train_lengths = measure(selection.train, tokenizer)

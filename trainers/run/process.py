@@ -85,13 +85,14 @@ class ReadOnlyRuns:
     def __getattr__(self, name: str) -> Any:  # any read of the Store passes through
         return getattr(self._store, name)
 
-    def set_run_status(self, *args: Any, **kwargs: Any) -> None:
+    # The Store's three run writers, same signatures, writing nothing.
+    def set_run_status(self, run_id: int, status: str, message: str | None = None, pid: int | None = None) -> None:
         return None
 
-    def set_run_summary(self, *args: Any, **kwargs: Any) -> None:
+    def set_run_summary(self, run_id: int, summary: dict[str, Any]) -> None:
         return None
 
-    def add_run_metrics(self, *args: Any, **kwargs: Any) -> int:
+    def add_run_metrics(self, run_id: int, step: int, epoch: float | None, metrics: dict[str, Any]) -> int:
         return 0
 
 
