@@ -85,6 +85,11 @@ def test_control_and_modality_tokens_are_never_sampled(engine):
         assert banned[token(text)], text
     for text in ("<eos>", "<end_of_turn>", " Hello", "<table>", "\n\n"):
         assert not banned[token(text)], text
+    import numpy as np
+
+    scores = np.zeros(banned.size, dtype=np.float32)  # what the sampler's logits processor is handed
+    engine._ban_unprintable(None, scores)
+    assert np.array_equal(np.isneginf(scores), banned)  # exactly the banned tokens, every one of them
 
 
 @pytest.mark.parametrize("template, phrase", [
