@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from store.transactions import serialized, utc_now, write_transaction
+from store.transactions import StoreLock, serialized, utc_now, write_transaction
 
 VOTES = ("a", "b", "tie")
 
@@ -19,7 +18,7 @@ class Evaluations:
 
     db: sqlite_utils.Database
     path: Path
-    _lock: threading.RLock
+    lock: StoreLock
 
     @serialized
     def record_vote(self, run_id: int, prompt: str, seed: int | None, tuned_on_left: bool, vote: str,

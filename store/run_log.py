@@ -1,6 +1,6 @@
 """Training runs in the store: their lifecycle, live metrics, and runs orphaned by a dead process.
 
-A mixin of `Store`: it uses the store's `db`, `path` and `_lock`, and keeps the run methods out of the
+A mixin of `Store`: it uses the store's `db`, `path` and `lock`, and keeps the run methods out of the
 conversation code.
 """
 
@@ -48,7 +48,7 @@ class RunLog:
 
     db: sqlite_utils.Database
     path: Path
-    _lock: StoreLock
+    lock: StoreLock
 
     def _run_row(self, run_id: int) -> dict[str, Any]:
         try:

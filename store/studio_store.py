@@ -87,7 +87,7 @@ class Store(RunLog, Evaluations, Datasets):
     def __init__(self, path: Path, db: sqlite_utils.Database, busy_limit_s: float = BUSY_LIMIT_S) -> None:
         self.path = path
         self.db = db
-        self._lock = StoreLock()
+        self.lock = StoreLock()  # public: the mixins and the import staging take it too
         self.busy_limit_s = busy_limit_s
         self._limits = threading.local()
         # PRAGMAs take no parameters; the value is our own constant.

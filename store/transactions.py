@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import sqlite_utils
 
@@ -150,6 +150,16 @@ class StoreLock:
         return self._owner == threading.get_ident()
 
 
+class LockedStore(Protocol):
+    """What the serialised calls and the import staging need of a store: its file, connection, lock, busy limit."""
+
+    path: Path
+    db: sqlite_utils.Database
+    lock: StoreLock
+
+    def busy_limit(self) -> float: ...
+
+
 def serialized(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R]:
     """Run a Store method under the store's lock, retried while another process holds the database.
 
@@ -160,12 +170,12 @@ def serialized(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate
     """
 
     @functools.wraps(method)
-    def locked(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
-        if self._lock.held():
+    def locked(self: LockedStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self.lock.held():
             return method(self, *args, **kwargs)
 
         def attempt() -> R:
-            with self._lock:
+            with self.lock:
                 return method(self, *args, **kwargs)
 
         return retry_busy(attempt, path=self.path, limit_s=self.busy_limit(), what=f"running {method.__name__}")

@@ -15,9 +15,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from store.datasets.files import Located, batch_records, hf_dir_batches, jsonl_line_records, parquet_batches
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from store.datasets.files import ArrowBatch
+
+T = TypeVar("T")
 
 _JSONL_CHUNK_BYTES = 1 << 20
 ARROW_CONTAINERS = ("jsonl", "parquet", "hf-dir")
@@ -28,7 +35,7 @@ class Chunk:
     """Consecutive records of a file, both readings on demand: Arrow's (a Table or RecordBatch, or None
     where Arrow cannot read them) and the exact record-by-record one."""
 
-    arrow: Callable[[], Any]
+    arrow: Callable[[], ArrowBatch | None]
     records: Callable[[], Iterator[Located]]
 
 
@@ -66,7 +73,7 @@ def _jsonl_chunks(path: Path, chunk_bytes: int = _JSONL_CHUNK_BYTES) -> Iterator
                 return
 
 
-def _arrow_json(text: bytes) -> Any:
+def _arrow_json(text: bytes) -> pa.Table | None:
     """Arrow's table of a run of JSON Lines, or None when it is not one record per line as Arrow reads it."""
     import pyarrow as pa
     import pyarrow.json as pj
@@ -97,7 +104,7 @@ def _hf_dir_chunks(path: Path) -> Iterator[Chunk]:
     yield from _batch_chunks(batches, where_prefix)
 
 
-def _batch_chunks(batches: Iterable[Any], where_prefix: str) -> Iterator[Chunk]:
+def _batch_chunks(batches: Iterable[ArrowBatch], where_prefix: str) -> Iterator[Chunk]:
     # A batch is already Arrow's reading; its records are the exact reader's, placed alike.
     done = 0
     for batch in batches:
@@ -105,5 +112,5 @@ def _batch_chunks(batches: Iterable[Any], where_prefix: str) -> Iterator[Chunk]:
         done += batch.num_rows
 
 
-def _same(value: Any) -> Any:
+def _same(value: T) -> T:
     return value

@@ -16,9 +16,16 @@ import json
 import json.scanner
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from store.errors import StoreError
+
+if TYPE_CHECKING:
+    import datasets
+    import pyarrow as pa
+
+    # parquet gives record batches, a save_to_disk folder (datasets' arrow format) tables
+    ArrowBatch: TypeAlias = pa.RecordBatch | pa.Table
 
 CONTAINERS = ("json", "jsonl", "parquet", "hf-dir")
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -302,7 +309,7 @@ def _hf_dir_records(path: Path) -> Iterator[Located]:
     yield from batch_records(batches, where_prefix)
 
 
-def batch_records(batches: Iterable[Any], where_prefix: str = "", done: int = 0) -> Iterator[Located]:
+def batch_records(batches: Iterable[ArrowBatch], where_prefix: str = "", done: int = 0) -> Iterator[Located]:
     """The records of Arrow batches as dicts, placed as "row N" counting on from `done` rows."""
     number = done
     for batch in batches:
@@ -311,7 +318,7 @@ def batch_records(batches: Iterable[Any], where_prefix: str = "", done: int = 0)
             yield f"{where_prefix}row {number}", record
 
 
-def parquet_batches(path: Path) -> Iterator[Any]:
+def parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
     """A parquet file's record batches in order; a damaged or empty file raises DatasetImportError."""
     import pyarrow.parquet as pq
 
@@ -334,13 +341,13 @@ def parquet_batches(path: Path) -> Iterator[Any]:
         done += batch.num_rows
 
 
-def hf_dir_batches(path: Path) -> tuple[str, Iterator[Any]]:
+def hf_dir_batches(path: Path) -> tuple[str, Iterator[ArrowBatch]]:
     """The prefix of a save_to_disk folder's record places and its record batches (see `load_hf_split`)."""
     loaded, where_prefix = load_hf_split(path)
     return where_prefix, loaded.with_format("arrow").iter(batch_size=ARROW_BATCH_ROWS)
 
 
-def load_hf_split(path: Path) -> tuple[Any, str]:
+def load_hf_split(path: Path) -> tuple[datasets.Dataset, str]:
     """The split of a save_to_disk folder to import (its 'train' split, or its only one) and the prefix
     of its records' places ("train " for a DatasetDict, "" for a Dataset)."""
     import datasets

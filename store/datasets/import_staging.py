@@ -30,12 +30,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from store.datasets.files import DatasetImportError
 from store.processes import process_alive, process_start_time
 from store.schema import IMPORT_DATA_TABLES
-from store.transactions import retry_busy, utc_now, write_transaction
+from store.transactions import LockedStore, retry_busy, utc_now, write_transaction
 
 CLAIM_WAIT_S = 600.0
 _DISCARD_ROWS = 2000  # rows deleted per transaction when an import is thrown away
@@ -54,27 +54,27 @@ def visible(alias: str) -> str:
             "(SELECT id FROM dataset_imports WHERE state = 'staging'))")
 
 
-def short_write(store: Any, what: str, body: Callable[[], R]) -> R:
+def short_write(store: LockedStore, what: str, body: Callable[[], R]) -> R:
     """`body` as one write transaction under the store's lock, retried while another writer holds the file."""
 
     def attempt() -> R:
-        with store._lock, write_transaction(store.db):
+        with store.lock, write_transaction(store.db):
             return body()
 
     return retry_busy(attempt, path=store.path, limit_s=store.busy_limit(), what=what)
 
 
-def locked_read(store: Any, body: Callable[[], R]) -> R:
+def locked_read(store: LockedStore, body: Callable[[], R]) -> R:
     """`body` (reads only) under the store's lock, retried on a busy file like every store call."""
 
     def attempt() -> R:
-        with store._lock:
+        with store.lock:
             return body()
 
     return retry_busy(attempt, path=store.path, limit_s=store.busy_limit(), what="reading datasets")
 
 
-def claim(store: Any, name: str, kind: str, fmt: str, source_path: str | Path | None,
+def claim(store: LockedStore, name: str, kind: str, fmt: str, source_path: str | Path | None,
           wait_s: float = CLAIM_WAIT_S) -> tuple[int, int]:
     """Start an import into dataset `name`: (import id, dataset id). Waits while another live import of
     the same name is staging; raises DatasetImportError when the name holds another kind of data."""
@@ -128,7 +128,7 @@ def claim(store: Any, name: str, kind: str, fmt: str, source_path: str | Path | 
         time.sleep(_POLL_S)
 
 
-def _is_dead(store: Any, import_id: int, pid: int | None, started: str | None) -> bool:
+def _is_dead(store: LockedStore, import_id: int, pid: int | None, started: str | None) -> bool:
     if pid is None:
         return True
     if pid == os.getpid():
@@ -136,7 +136,7 @@ def _is_dead(store: Any, import_id: int, pid: int | None, started: str | None) -
     return not process_alive(pid, started)
 
 
-def finish(store: Any, import_id: int) -> None:
+def finish(store: LockedStore, import_id: int) -> None:
     """Make everything the import wrote visible, in one tiny transaction."""
 
     def flip() -> None:
@@ -150,7 +150,7 @@ def finish(store: Any, import_id: int) -> None:
     _running.discard((str(store.path), import_id))
 
 
-def discard(store: Any, import_id: int) -> None:
+def discard(store: LockedStore, import_id: int) -> None:
     """Delete what a staging import wrote (a batch at a time), then the dataset row it created, then the
     import row itself; a 'done' import is never touched."""
     db = store.db
@@ -178,7 +178,7 @@ def discard(store: Any, import_id: int) -> None:
     _running.discard((str(store.path), import_id))
 
 
-def discard_quietly(store: Any, import_id: int) -> None:
+def discard_quietly(store: LockedStore, import_id: int) -> None:
     """`discard` after a failed import: the import's own error is what the user must see, so a failure
     here (a busy or full disk) only leaves invisible rows for the next import's sweep."""
     try:
@@ -187,7 +187,7 @@ def discard_quietly(store: Any, import_id: int) -> None:
         _running.discard((str(store.path), import_id))
 
 
-def sweep_dead(store: Any) -> list[int]:
+def sweep_dead(store: LockedStore) -> list[int]:
     """Discard every staging import whose process is gone (killed, or failed without cleaning up)."""
     rows = locked_read(store, lambda: store.db.execute(
         "SELECT id, pid, pid_started FROM dataset_imports WHERE state = 'staging'").fetchall())

@@ -27,6 +27,7 @@ from store.datasets.files import DatasetImportError
 from store.datasets.formats import KINDS, StanceRow, TestRow
 from store.datasets.import_staging import visible
 from store.errors import RecordNotFoundError
+from store.pair_ids import dataset_pair_id, parse_pair_id
 from store.pairs import PreferencePair
 from store.transactions import StoreLock, serialized
 
@@ -34,7 +35,6 @@ _INSERT_BATCH = 1000
 STAGE_ROWS = 5000  # stance items or test prompts written per staged transaction
 STAGE_BYTES = 4 << 20  # Arrow bytes of pairs written (compressed) per staged transaction
 DATASET_VERDICT = "dataset"
-STANCE_PAIR_PREFIX = "stance:"  # an exercise pair's id: the prefix and its stance item's key
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ class Datasets:
 
     db: sqlite_utils.Database
     path: Path
-    _lock: StoreLock
+    lock: StoreLock
 
     # Writing
 
@@ -386,14 +386,14 @@ class Datasets:
     def dataset_pairs(self, dataset: DatasetRecord | str | int) -> list[PreferencePair]:
         """A preference dataset's pairs in file order, as `PreferencePair`s.
 
-        pair_id is f"d{pair id}", verdict 'dataset', session_id and judgement_id -1, and `prompt` the
+        pair_id is `d<pair id>` (store/pair_ids.py), verdict 'dataset', session_id and judgement_id -1, and `prompt` the
         prompt as stored (for conversational and HH records a readable flattening of the messages;
         `dataset_pair_messages` gives the messages to render). A stance dataset raises ValueError: its
         pairs depend on the exercise's support ratio.
         """
         record = self._dataset_of_kind(dataset, "preference")
         return [
-            PreferencePair(pair_id=f"d{pair_id}", prompt=prompt, prompt_text=prompt, chosen=chosen,
+            PreferencePair(pair_id=dataset_pair_id(pair_id), prompt=prompt, prompt_text=prompt, chosen=chosen,
                            rejected=rejected, session_id=-1, judgement_id=-1, verdict=DATASET_VERDICT,
                            created_at=record.created_at)
             for batch in self.iter_pair_batches(record.id)
@@ -408,7 +408,7 @@ class Datasets:
         texts. Pairs imported as plain text are not included.
         """
         record = self._dataset_of_kind(dataset, "preference")
-        return [{"pair_id": f"d{pair_id}", "prompt_messages": json.loads(messages), "chosen": chosen,
+        return [{"pair_id": dataset_pair_id(pair_id), "prompt_messages": json.loads(messages), "chosen": chosen,
                  "rejected": rejected}
                 for batch in self.iter_pair_batches(record.id)
                 for pair_id, _, chosen, rejected, messages in pair_batches.rows_of(batch) if messages is not None]
@@ -425,7 +425,7 @@ class Datasets:
             [min(wanted), max(wanted)])
         found = [_export_pair(row) for (blob,) in blobs for row in pair_batches.rows_of(pair_batches.decode(blob))
                  if row[0] in wanted]
-        return sorted(found, key=lambda pair: int(pair.pair_id[1:]))
+        return sorted(found, key=lambda pair: parse_pair_id(pair.pair_id).row_id or 0)
 
     def iter_pair_batches(self, dataset_id: int, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
         """Stream a preference dataset's stored batches (only `columns`, when given) in file order, one
@@ -435,7 +435,7 @@ class Datasets:
         """
         last = 0
         while True:
-            with self._lock:
+            with self.lock:
                 row = self.db.execute(
                     f"SELECT id, arrow FROM dataset_pair_batches p WHERE dataset_id = ? AND id > ? AND {visible('p')} "
                     "ORDER BY id LIMIT 1", [dataset_id, last]).fetchone()
@@ -460,7 +460,7 @@ class Datasets:
 
 def _export_pair(row: tuple[Any, ...]) -> ExportPair:
     pair_id, prompt, chosen, rejected, messages = row
-    return ExportPair(f"d{pair_id}", prompt, chosen, rejected, json.loads(messages) if messages is not None else None)
+    return ExportPair(dataset_pair_id(pair_id), prompt, chosen, rejected, json.loads(messages) if messages is not None else None)
 
 
 def _dataset_record(row: dict[str, Any]) -> DatasetRecord:
