@@ -3,6 +3,7 @@
 Headless by design: nothing here imports the app (`studio`), the trainers or Textual.
 """
 
+from store.datasets.export import write_pairs_jsonl
 from store.errors import (
     RecordNotFoundError,
     SchemaTooNewError,
@@ -11,7 +12,7 @@ from store.errors import (
     StoreError,
     StoreUnwritableError,
 )
-from store.pairs import PreferencePair, read_pairs, write_pairs_jsonl
+from store.pairs import PreferencePair, read_pairs
 from store.records import (
     CandidateRecord,
     JudgementRecord,

@@ -1,4 +1,4 @@
-"""Preference pairs, read out of judgements, and their export in TRL's standard preference format.
+"""Preference pairs, read out of judgements (exported by store/datasets/export.py).
 
 Pairs are never stored: they are derived on demand, so a changed rule applies to every past judgement.
 
@@ -9,15 +9,13 @@ Pairs are never stored: they are derived on demand, so a changed rule applies to
 | tie, both_bad | none                                                                   |
 """
 
-import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from store.atomic_files import write_lines
+from store.pair_ids import judged_pair_id
 from store.records import Verdict
 
 
@@ -79,7 +77,7 @@ def _pairs_for(
             if candidate["text"].strip() == edited.strip():
                 continue
             yield PreferencePair(
-                pair_id=f"j{judgement['id']}c{candidate['id']}",
+                pair_id=judged_pair_id(judgement["id"], candidate["id"]),
                 prompt=candidate["rendered_prompt"],
                 chosen=edited,
                 rejected=candidate["text"],
@@ -92,7 +90,7 @@ def _pairs_for(
     if chosen is None or rejected is None:
         return
     yield PreferencePair(
-        pair_id=f"j{judgement['id']}",
+        pair_id=judged_pair_id(judgement["id"]),
         prompt=chosen["rendered_prompt"],
         chosen=chosen["text"],
         rejected=rejected["text"],
@@ -112,13 +110,3 @@ def read_pairs(db: sqlite_utils.Database, session_id: int | None = None) -> list
     for judgement in judgements:
         pairs.extend(_pairs_for(judgement, by_id, by_prompt))
     return pairs
-
-
-def write_pairs_jsonl(pairs: Iterable[PreferencePair], path: Path) -> int:
-    """Write `pairs` to `path` as TRL preference JSONL (prompt, chosen, rejected); return the count.
-
-    The file is written beside its destination and renamed into place, so a reader (or a crash) never
-    sees half an export.
-    """
-    lines = (json.dumps(pair.to_trl(), ensure_ascii=False) + "\n" for pair in pairs)
-    return write_lines(lines, Path(path))

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from store import Store
 from store.datasets.export import (
     dataset_export_pairs,
-    heldout_export_pairs,
     judged_export_pairs,
     sibling_path,
     write_dataset_pairs,
@@ -20,6 +19,7 @@ from store.datasets.export import (
 from store.datasets.importing import import_dataset
 from store.datasets.store_mixin import ExportPair
 from studio.cli.datasets import make_datasets_app
+from trainers.recorded_pairs import heldout_export_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 SHA = "0" * 64

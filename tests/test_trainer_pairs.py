@@ -115,6 +115,28 @@ def test_dataset_file_rows_and_conversational_prompts(tmp_path: Path) -> None:
         read_dataset_file(bad)
 
 
+def test_a_dataset_file_is_read_by_the_stores_reader_of_trl_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": 3, "rejected": "r"}\n\n{"prompt": "p", "chosen": "c"}\n')
+    # Every problem at once, by line, as `datasets import` names them.
+    with pytest.raises(PairSelectionError, match=r"bad.jsonl: 1 record\(s\) with fields that are not text: line 1: "
+                       r"chosen \(int\)\. 1 record\(s\) with missing fields: line 3: rejected\. Fix them and train again\."):
+        read_dataset_file(bad)
+    rows = [{"prompt": "User: hi\nAssistant:", "chosen": " Hello!", "rejected": " Go away."}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pairs.parquet")  # the import's containers too
+    (tmp_path / "pairs.json").write_text(json.dumps(rows))
+    for name in ("pairs.parquet", "pairs.json"):
+        assert [p.to_trl() for p in read_dataset_file(tmp_path / name)] == rows
+    equal = tmp_path / "equal.jsonl"  # kept for the selection to count, unlike an import
+    equal.write_text(json.dumps({"prompt": "p", "chosen": " same", "rejected": " same"}) + "\n")
+    assert [p.chosen for p in read_dataset_file(equal)] == [" same"]
+    (tmp_path / "empty.jsonl").write_text("\n")
+    assert read_dataset_file(tmp_path / "empty.jsonl") == []
+
+
 def test_prepare_run_records_the_selection(store: Store, tiny_model_dir: Path, tmp_path: Path) -> None:
     fill_separable(store, repeat=2)  # every pair twice: 6 duplicates
     prepared = prepare_run(store, RunConfig(heldout_fraction=0.34, seed=3), model_path=tiny_model_dir,

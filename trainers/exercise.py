@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from store.datasets.store_mixin import STANCE_PAIR_PREFIX
+from store.pair_ids import stance_pair_id
 from trainers.pair_selection import (
     PairSelection,
     PairSelectionError,
@@ -75,7 +75,7 @@ class ExercisePair:
 
     @property
     def pair_id(self) -> str:
-        return STANCE_PAIR_PREFIX + self.item_key
+        return stance_pair_id(self.item_key)
 
     def to_training_pair(self) -> TrainingPair:
         return TrainingPair(pair_id=self.pair_id, prompt=self.prompt, chosen=self.chosen, rejected=self.rejected)
@@ -267,8 +267,3 @@ def missing_test_prompts_note(kind: str, n_test_prompts: int, name: str) -> str 
             "instead. Import the data file again with its test-prompt file (the test-prompts field, or "
             "`prefstudio datasets import FILE --test-prompts TEST_FILE`), or import the folder holding both; "
             "items already stored are skipped.")
-
-
-def item_key_of(pair_id: str) -> str | None:
-    """The stance item key of an exercise pair id (``stance:<key>``), else None."""
-    return pair_id[len(STANCE_PAIR_PREFIX):] if pair_id.startswith(STANCE_PAIR_PREFIX) else None

@@ -17,6 +17,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from store.datasets.files import DatasetImportError
+from store.datasets.formats import read_trl_rows
+from store.pair_ids import file_pair_id
 from trainers.prompt_format import ChatTurn, TranscriptFormat
 
 
@@ -200,35 +203,32 @@ def from_store_pairs(pairs: Iterable[Any]) -> list[TrainingPair]:
 
 
 def read_dataset_file(path: Path, prompt_format: Any | None = None) -> list[TrainingPair]:
-    """Read TRL preference rows from a JSONL file.
+    """The pairs of a TRL preference file (``--dataset FILE``), read by the store's reader of TRL rows
+    (``store.datasets.formats.read_trl_rows``: JSON Lines, a JSON array or parquet, problems named by line).
 
-    A string ``prompt`` is used as the rendered prompt. A conversational prompt (a list of
-    ``{"role", "content"}``) is rendered with ``prompt_format`` (default: the transcript format), and its
-    completions (strings or one assistant message) are put in that format's whitespace convention.
+    A text ``prompt`` is used as the rendered prompt. A conversational prompt (a list of ``{"role", "content"}``)
+    or an HH transcript is rendered with ``prompt_format`` (default: the transcript format), and its replies
+    (text or one assistant message) put in that format's whitespace convention. Each pair's id names the file,
+    the line and its content (``store.pair_ids.file_pair_id``).
     """
     fmt = prompt_format or TranscriptFormat()
     path = Path(path).expanduser()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        rows = list(read_trl_rows(path))
     except OSError as exc:
         raise PairSelectionError(f"cannot read dataset {path}: {exc.strerror or exc}") from exc
+    except DatasetImportError as exc:
+        raise PairSelectionError(str(exc)) from exc
     out: list[TrainingPair] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PairSelectionError(
-                f"{path} line {number} is not a preference row with prompt, chosen and rejected ({exc})"
-            ) from exc
-        if isinstance(prompt, list):
-            prompt, chosen, rejected = render_conversation(fmt, prompt, _message_text(chosen), _message_text(rejected))
-        if not all(isinstance(v, str) for v in (prompt, chosen, rejected)):
-            raise PairSelectionError(f"{path} line {number}: prompt, chosen and rejected must be text")
+    for where, (prompt, chosen, rejected, messages) in rows:
+        if messages is not None:
+            try:
+                prompt, chosen, rejected = render_conversation(fmt, messages, chosen, rejected)
+            except ValueError as exc:  # a role the prompt format has no place for
+                raise PairSelectionError(f"{path} {where} cannot be rendered: {exc}") from exc
         digest = hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).hexdigest()[:12]
-        out.append(TrainingPair(pair_id=f"{path.stem}:{number}:{digest}", prompt=prompt, chosen=chosen,
+        number = int(where.rsplit(" ", 1)[-1])  # "line 3" (JSON Lines), "record 3", "row 3"
+        out.append(TrainingPair(pair_id=file_pair_id(path.stem, number, digest), prompt=prompt, chosen=chosen,
                                 rejected=rejected))
     return out
 
@@ -240,12 +240,6 @@ def render_conversation(fmt: Any, messages: Sequence[Any], chosen: str, rejected
     system = " ".join(t.content for t in turns if t.role == "system")
     prompt = fmt.render(system, [t for t in turns if t.role != "system"])
     return prompt, fmt.as_completion(chosen), fmt.as_completion(rejected)
-
-
-def _message_text(value: Any) -> str:
-    if isinstance(value, list):
-        return "".join(m["content"] for m in value if m.get("role") == "assistant")
-    return str(value)
 
 
 def dataset_hash(pairs: Sequence[TrainingPair]) -> str:
@@ -365,14 +359,3 @@ def store_dataset_pairs(store: Any, record: Any, prompt_format: Any | None = Non
                 from exc
         out.append(TrainingPair(pair.pair_id, prompt, chosen, rejected))
     return out
-
-
-def pairs_by_ids(available: Sequence[TrainingPair], ids: Sequence[str]) -> list[TrainingPair]:
-    """The pairs with these ids, in this order; raises when some are gone."""
-    by_id = {p.pair_id: p for p in available}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise PairSelectionError(
-            f"{len(missing)} pair(s) of this run are no longer available (e.g. {missing[0]}); start a new run"
-        )
-    return [by_id[i] for i in ids]

@@ -2,8 +2,10 @@
 parquet, or a `datasets` `save_to_disk` folder.
 
 Sources: an imported dataset's pairs (a stance dataset becomes pairs with chosen = support, or oppose
-with `prefer="oppose"`), the studio's own judged pairs (filtered by session, verdict and date), and a
-training run's held-out pairs. Every writer streams and writes beside its destination, then renames into
+with `prefer="oppose"`) and the studio's own judged pairs (filtered by session, verdict and date); a
+training run's held-out pairs are read back by `trainers.recorded_pairs.heldout_export_pairs`. This is the
+one pairs exporter: `prefstudio pairs export` and `prefstudio datasets export` both write through it.
+Every writer streams and writes beside its destination, then renames into
 place, so a reader (or a crash) never sees half an export. Reading the export back with
 `import_dataset` gives the same pairs.
 """
@@ -22,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from store.atomic_files import write_lines
-from store.datasets.store_mixin import STANCE_PAIR_PREFIX, DatasetRecord, ExportPair, StanceItem, TestPrompt
-from store.errors import RecordNotFoundError
+from store.datasets.store_mixin import DatasetRecord, ExportPair, TestPrompt
 from store.output_folders import check_output_file, earlier_export_files, publish_folder
 from store.pairs import PreferencePair
 from store.records import Verdict
@@ -95,42 +96,6 @@ def judged_export_pairs(store: Store, session: int | None = None, verdicts: Iter
     return chosen
 
 
-def heldout_export_pairs(store: Store, run_id: int) -> tuple[list[ExportPair], list[str]]:
-    """A run's held-out pairs (judged ones, imported dataset ones, and an exercise's held-out stance items
-    with support chosen, as the stance metric scores them), and the ids no longer found."""
-    run = store.get_run(run_id)
-    ids = run.heldout_ids
-    judged = ({pair.pair_id: pair for pair in store.pairs()}
-              if any(i.startswith("j") for i in ids) else {})
-    row_ids = [int(i[1:]) for i in ids if i.startswith("d") and i[1:].isdigit()]
-    from_datasets = {pair.pair_id: pair for pair in store.dataset_pairs_by_row_ids(row_ids)}
-    stance = _heldout_stance_items(store, run.config, ids)
-    found, missing = [], []
-    for pair_id in ids:
-        if pair_id in judged:
-            found.append(_from_preference(judged[pair_id]))
-        elif pair_id in from_datasets:
-            found.append(from_datasets[pair_id])
-        elif pair_id in stance:
-            item = stance[pair_id]
-            found.append(ExportPair(pair_id, item.prompt, item.support, item.oppose))
-        else:
-            missing.append(pair_id)
-    return found, missing
-
-
-def _heldout_stance_items(store: Store, config: dict[str, Any], ids: list[str]) -> dict[str, StanceItem]:
-    """The stance items an exercise run's held-out ids ("stance:<item key>") name, by those ids."""
-    name = config.get("dataset")
-    if not name or not any(i.startswith(STANCE_PAIR_PREFIX) for i in ids):
-        return {}
-    try:
-        items = store.stance_items(name)
-    except (RecordNotFoundError, ValueError):  # the dataset is gone, or is not a stance dataset
-        return {}
-    return {STANCE_PAIR_PREFIX + item.item_key: item for item in items}
-
-
 def write_dataset_pairs(store: Store, datasets: Iterable[DatasetRecord], out: Path, fmt: str = "jsonl",
                         conversational: bool = False, prefer: str = "support") -> int:
     """Write the pairs of imported datasets to `out`; return how many.
@@ -196,6 +161,11 @@ def write_pairs(pairs: Iterable[ExportPair], out: Path, fmt: str = "jsonl", conv
         rows = (pair.to_conversational() for pair in pairs)
         return write_rows(rows, out, fmt, _pair_schema(conversational))
     return write_standard_batches(_standard_batches(pairs, _pair_schema(conversational)), out, fmt)
+
+
+def write_pairs_jsonl(pairs: Iterable[PreferencePair], out: Path) -> int:
+    """Write the store's pairs as TRL standard JSONL (prompt, chosen, rejected), atomically; return the count."""
+    return write_pairs(map(_from_preference, pairs), out, "jsonl")
 
 
 def write_standard_batches(batches: Iterable[Any], out: Path, fmt: str = "jsonl") -> int:

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from store.datasets.chunks import Chunk
-from store.datasets.files import CONTAINERS, DatasetImportError, Located
+from store.datasets.files import CONTAINERS, DatasetImportError, Located, iter_records, sniff_container
 from store.datasets.pair_batches import as_input_batch, input_batches
 
 SCHEMAS = ("stance-json", "trl-standard", "trl-conversational", "hh")
@@ -142,6 +142,7 @@ class RecordProblems:
     path: Path
     groups: dict[str, list[str]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    outcome: str = "Nothing was imported."  # the closing sentence: what became of the file
 
     def add(self, what: str, entry: str) -> None:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -157,7 +158,7 @@ class RecordProblems:
             total = self.counts[what]
             more = f"; and {total - len(shown)} more" if total > len(shown) else ""
             sentences.append(f"{total} record(s) with {what}: {'; '.join(shown)}{more}")
-        raise DatasetImportError(f"{self.path}: " + ". ".join(sentences) + ". Nothing was imported.")
+        raise DatasetImportError(f"{self.path}: " + ". ".join(sentences) + ". " + self.outcome)
 
 
 def _record_name(record: dict, where: str) -> str:
@@ -271,11 +272,13 @@ class SchemaReader:
     rejected replies are equal teach nothing: they are skipped and listed in `skipped`.
     """
 
-    def __init__(self, path: Path, schema: str, auto: bool) -> None:
+    def __init__(self, path: Path, schema: str, auto: bool, problems: RecordProblems | None = None,
+                 text_replies: bool = False) -> None:
         self.path = path
         self.schema = schema
         self.auto = auto
-        self.problems = RecordProblems(path)
+        self.problems = problems or RecordProblems(path)
+        self.text_replies = text_replies  # conversational replies may be plain text (what a training file may hold)
         self.n_skipped = 0
         self.skipped: list[str] = []
         self._first: str | None = None
@@ -384,12 +387,7 @@ class SchemaReader:
         return (str(key), record["prompt"], record["support"], record["oppose"])
 
     def _pair_row(self, where: str, record: dict) -> PairRow | None:
-        if self.schema == "trl-conversational":
-            row = self._conversational(where, record)
-        elif self.schema == "hh":
-            row = self._hh(where, record)
-        else:
-            row = self._standard(where, record)
+        row = self.pair_row(where, record)
         if row is None:
             return None
         if row[1] == row[2]:  # chosen == rejected
@@ -398,6 +396,15 @@ class SchemaReader:
                 self.skipped.append(where)
             return None
         return row
+
+    def pair_row(self, where: str, record: dict) -> PairRow | None:
+        """One record of this reader's pair schema as a row (None, with the problem collected, if it has one);
+        equal replies are kept here."""
+        if self.schema == "trl-conversational":
+            return self._conversational(where, record)
+        if self.schema == "hh":
+            return self._hh(where, record)
+        return self._standard(where, record)
 
     def _standard(self, where: str, record: dict) -> PairRow | None:
         name = _record_name(record, where)
@@ -418,6 +425,10 @@ class SchemaReader:
             self.problems.add("missing fields", f"{name}: {', '.join(missing)}")
             return None
         lists = {key: _messages(record.get(key)) for key in ("prompt", "chosen", "rejected")}
+        for key in ("chosen", "rejected"):
+            reply = record.get(key)
+            if self.text_replies and isinstance(reply, str) and _is_unicode(reply):
+                lists[key] = [{"role": "assistant", "content": reply}]
         # A text prompt beside full conversations (UltraFeedback's layout) is read from the conversations.
         loose_prompt = record.get("prompt") is None or isinstance(record.get("prompt"), str)
         bad = [key for key in ("prompt", "chosen", "rejected")
@@ -481,4 +492,40 @@ def companion_prompt_rows(path: Path, records: Iterable[Located]) -> Iterator[Te
             continue
         key = record.get("id")
         yield (str(key) if key is not None else str(number), record["prompt"])
+    problems.raise_if_any()
+
+
+# TRL rows for training
+
+
+PAIR_SCHEMAS = ("trl-standard", "trl-conversational", "hh")
+
+
+def read_trl_rows(path: Path) -> Iterator[tuple[str, PairRow]]:
+    """The preference rows of a file a run trains on (``prefstudio train --dataset FILE``), in file order, each
+    with where it was found ("line 3"): the one reader of TRL rows, the import's own.
+
+    Read as an import reads them (JSON Lines, a JSON array or parquet; standard rows, where a missing prompt is
+    the replies' shared prefix; conversational ones; HH transcripts), with two differences a training file
+    needs: rows may mix the standard and the conversational form, and a conversational reply may be plain text.
+    Rows whose replies are equal are kept (the run's selection counts them). A record that is not a preference
+    row stops the reading at once; problems inside rows are collected and raised together at the end, naming
+    the file and the lines (``DatasetImportError``). An empty file has no rows.
+    """
+    with path.open("rb") as handle:
+        if not handle.read(1 << 16).strip() and not handle.read(1):
+            return
+    problems = RecordProblems(path, outcome="Fix them and train again.")
+    readers: dict[str, SchemaReader] = {}
+    for where, record in iter_records(path, sniff_container(path)):
+        schema = classify(record)
+        if schema not in PAIR_SCHEMAS:
+            raise DatasetImportError(f"{path} {where} is not a preference row with prompt, chosen and rejected "
+                                     f"(fields: {_fields(record)})")
+        reader = readers.get(schema)
+        if reader is None:
+            reader = readers[schema] = SchemaReader(path, schema, auto=False, problems=problems, text_replies=True)
+        row = reader.pair_row(where, record)
+        if row is not None:
+            yield where, row
     problems.raise_if_any()

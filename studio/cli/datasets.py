@@ -21,7 +21,6 @@ from store.datasets.export import (
     PREFER,
     check_export_target,
     dataset_export_pairs,
-    heldout_export_pairs,
     judged_export_pairs,
     sibling_path,
     write_dataset_pairs,
@@ -198,6 +197,8 @@ def make_datasets_app(get_db: Callable[[], Path | None]) -> typer.Typer:
                     verdicts = [v.strip() for v in verdict.split(",") if v.strip()] if verdict else None
                     sources.append(judged_export_pairs(store, session, verdicts, since, until))
                 if heldout is not None:
+                    from trainers.recorded_pairs import heldout_export_pairs
+
                     found, missing = heldout_export_pairs(store, heldout)
                     sources.append(found)
                 pairs = _peeked(_unique(p for source in sources for p in source))

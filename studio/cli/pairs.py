@@ -40,19 +40,19 @@ def pairs_export(
     session: Annotated[int | None, typer.Option(help="Only this session's pairs.")] = None,
 ) -> None:
     """Write pairs in TRL's standard preference format (prompt / chosen / rejected)."""
-    from store.datasets.export import check_export_target
-    from store.pairs import write_pairs_jsonl
+    # The one pairs exporter, the one `datasets export --judged` writes through too.
+    from store.datasets.export import check_export_target, judged_export_pairs, write_pairs
 
     if fmt != "jsonl":
         raise fail(f"unknown format {fmt!r}; supported: jsonl")
     with user_errors():
         check_export_target(out, fmt)  # never over a file this export did not write
         with Store.open(settings().db) as store:
-            pairs = store.pairs(session_id=session)
+            pairs = judged_export_pairs(store, session)
         if not pairs:
             raise fail("no preference pairs to export: judge some candidates in the studio first")
         try:
-            count = write_pairs_jsonl(pairs, out)
+            count = write_pairs(pairs, out, fmt)
         except OSError as exc:
             raise fail(describe_write_error(exc, out)) from None
     typer.echo(f"wrote {count} pair(s) to {visible(out)}")

@@ -5,7 +5,6 @@ The compare screen and ``prefstudio compare`` are thin clients of this module.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -272,59 +271,27 @@ def load_prompts_file(path: Path | str) -> list[str]:
     return prompts
 
 
-def _completion_like(pair: PreferencePair) -> PreferencePair:
-    # Training gave an edited (stored stripped) chosen reply the model's leading whitespace; score the
-    # same text it trained on.
-    from trainers.pair_selection import completion_like
-
-    if pair.verdict != "edited":
-        return pair
-    return dataclasses.replace(pair, chosen=completion_like(pair.chosen, pair.rejected))
-
-
-def _dataset_pairs(store: Any, run: Any) -> list[PreferencePair]:
-    from trainers.dataset_selection import dataset_pairs
-    from trainers.pair_selection import dataset_file
-    from trainers.run_config import RunConfig
-
-    what = "dataset file" if dataset_file(run.config["dataset"]) is not None else "dataset"
-    try:  # a named stance dataset's pairs depend on the run's exercise settings, hence the whole config
-        rows = dataset_pairs(store, RunConfig.from_dict(run.config))
-    except ValueError as exc:  # PairSelectionError, RunConfigError
-        raise ComparisonError(f"run {run.id} trained on a {what} that cannot be read now: {exc}") from exc
-    return [
-        PreferencePair(
-            pair_id=row.pair_id, prompt=row.prompt, prompt_text=row.prompt, chosen=row.chosen,
-            rejected=row.rejected, session_id=-1, judgement_id=-1, verdict="dataset", created_at="",
-        )
-        for row in rows
-    ]
-
-
 def heldout_pairs(store: Any, run: Any) -> list[PreferencePair]:
-    """The run's held-out pairs, in the run's order, as the trainer saw them.
+    """The run's held-out pairs, in the run's order, as the trainer saw them (read back by
+    ``trainers.recorded_pairs.heldout_preference_pairs``); ``ComparisonError`` when it held none out or they
+    cannot be read now.
 
     Runs trained on a ``--dataset`` (a file, or a dataset in the store) read it again; their pairs have
     ``verdict`` "dataset", ``prompt_text`` equal to the rendered prompt and ``session_id``/``judgement_id`` -1.
     """
+    from trainers.pair_selection import PairSelectionError
+    from trainers.recorded_pairs import heldout_preference_pairs
+
     if not run.heldout_ids:
         fraction = (run.config or {}).get("heldout_fraction")
         raise ComparisonError(
             f"run {run.id} has no held-out pairs (held-out fraction {fraction}); train with "
             "--heldout-fraction above 0 and enough pairs, or compare on --prompts FILE"
         )
-    if (run.config or {}).get("dataset"):
-        available = _dataset_pairs(store, run)
-    else:
-        available = [_completion_like(p) for p in store.pairs(session_id=run.config.get("session_id"))]
-    by_id = {p.pair_id: p for p in available}
-    missing = [pair_id for pair_id in run.heldout_ids if pair_id not in by_id]
-    if missing:
-        raise ComparisonError(
-            f"{len(missing)} of run {run.id}'s {len(run.heldout_ids)} held-out pair(s) are no longer "
-            f"available (e.g. {missing[0]}); is this the store the run was trained from?"
-        )
-    return [by_id[pair_id] for pair_id in run.heldout_ids]
+    try:
+        return heldout_preference_pairs(store, run)
+    except PairSelectionError as exc:
+        raise ComparisonError(str(exc)) from exc
 
 
 def comparison_prompts(pairs: Iterable[PreferencePair]) -> list[ComparisonPrompt]:

@@ -27,7 +27,6 @@ from studio.inference.scoring import reply_logprob
 from trainers.exercise import (
     EXERCISE_SYSTEM_PROMPT,
     exercise_prompt,
-    item_key_of,
     stance_fields,
     support_count,
 )
@@ -140,30 +139,17 @@ def run_exercise_system(run: Any) -> str:
 
 
 def run_stance_items(store: Any, run: Any, part: str = "heldout") -> list[Any]:
-    """The labelled items of an exercise run, in the run's order: its ``"heldout"`` or its ``"train"`` ones.
-
-    Raises ``StanceMetricError`` when the run did not train on a labelled-stance dataset in the store.
+    """The labelled items of an exercise run, in the run's order: its ``"heldout"`` or its ``"train"`` ones
+    (read back by ``trainers.recorded_pairs``). Raises ``StanceMetricError`` when the run did not train on a
+    labelled-stance dataset in the store, or names items it no longer holds.
     """
-    from trainers.pair_selection import PairSelectionError, find_dataset
+    from trainers.pair_selection import PairSelectionError
+    from trainers.recorded_pairs import run_stance_items as recorded_stance_items
 
-    name = (run.config or {}).get("dataset")
-    if not name:
-        raise StanceMetricError(f"run {run.id} did not train on a labelled-stance dataset")
     try:
-        record = find_dataset(store, name)
+        return recorded_stance_items(store, run, part)
     except PairSelectionError as exc:
-        raise StanceMetricError(f"run {run.id}: {exc}") from exc
-    if record.kind != "stance":
-        raise StanceMetricError(f"run {run.id} trained on '{record.name}', a {record.kind} dataset, not a stance one")
-    ids = run.heldout_ids if part == "heldout" else run.pair_ids
-    by_key = {stance_fields(item).item_key: item for item in store.stance_items(record)}
-    keys = [item_key_of(pair_id) for pair_id in ids]
-    missing = [key for key in keys if key not in by_key]
-    if missing:
-        raise StanceMetricError(
-            f"{len(missing)} item(s) of run {run.id} are not in dataset '{record.name}' any more (e.g. {missing[0]})"
-        )
-    return [by_key[key] for key in keys]
+        raise StanceMetricError(str(exc)) from exc
 
 
 # --- a run's stance metrics, held-out and training items ---
