@@ -11,11 +11,16 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store.pairs import PreferencePair
 from trainers.prompt_format import ChatTurn
 from trainers.prompt_stops import stops_for_prompt
+
+if TYPE_CHECKING:
+    from store.records import RunRecord
+    from store.studio_store import Store
+    from studio.inference.engine import ChatEngine, SamplingSettings
 
 # The 97.5th percentile of the standard normal: two-sided 95 %.
 Z_95 = 1.959963984540054
@@ -50,7 +55,7 @@ class ComparisonRow:
     rendered_prompt: str = ""  # the exact text both models were given
 
 
-def _render(engine: Any, prompt: str | ComparisonPrompt, system: str, max_tokens: int) -> tuple[str, str]:
+def _render(engine: ChatEngine, prompt: str | ComparisonPrompt, system: str, max_tokens: int) -> tuple[str, str]:
     if isinstance(prompt, ComparisonPrompt):
         if prompt.rendered is not None:
             return prompt.text, prompt.rendered
@@ -59,10 +64,10 @@ def _render(engine: Any, prompt: str | ComparisonPrompt, system: str, max_tokens
 
 
 def side_by_side(
-    engine: Any,
+    engine: ChatEngine,
     prompts: Sequence[str | ComparisonPrompt],
     system: str,
-    sampling: Any,
+    sampling: SamplingSettings,
     seed: int,
     activate: Callable[[str | None], None],
     adapter: str,
@@ -271,7 +276,7 @@ def load_prompts_file(path: Path | str) -> list[str]:
     return prompts
 
 
-def heldout_pairs(store: Any, run: Any) -> list[PreferencePair]:
+def heldout_pairs(store: Store, run: RunRecord) -> list[PreferencePair]:
     """The run's held-out pairs, in the run's order, as the trainer saw them (read back by
     ``trainers.recorded_pairs.heldout_preference_pairs``); ``ComparisonError`` when it held none out or they
     cannot be read now.

@@ -16,10 +16,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store.output_folders import earlier_export_files, write_marker
 from studio import __version__
+
+if TYPE_CHECKING:
+    from store.records import RunRecord
+    from studio.evaluation.comparison import BlindTally, ComparisonRow
 
 LOSS_PNG = "loss.png"
 MARGINS_PNG = "margins.png"
@@ -97,7 +101,7 @@ def _plot(path: Path, rows: Sequence[dict], panels: Sequence[tuple[str, str]]) -
 # --- the document ---
 
 
-def _header(run: Any) -> list[Block]:
+def _header(run: RunRecord) -> list[Block]:
     blocks = [
         Block("h1", f"Preference Studio report: run {run.id}"),
         _table(
@@ -114,7 +118,7 @@ def _header(run: Any) -> list[Block]:
     return blocks
 
 
-def _data_and_training(run: Any, metrics_rows: Sequence[dict]) -> list[Block]:
+def _data_and_training(run: RunRecord, metrics_rows: Sequence[dict]) -> list[Block]:
     summary = run.summary or {}
     selection = summary.get("selection") or {}
     if selection.get("source"):  # the counts recorded when the run was prepared: the same numbers as its log
@@ -166,7 +170,7 @@ def _before_after(before_after: dict[str, Any]) -> list[Block]:
     return [*blocks, table, *notes]
 
 
-def _tally(tally: Any) -> list[Block]:
+def _tally(tally: BlindTally | None) -> list[Block]:
     blocks = [Block("h2", "Blind comparison")]
     if tally is None or tally.total == 0:
         return [*blocks, Block("p", "No blind votes were recorded.")]
@@ -177,7 +181,7 @@ def _tally(tally: Any) -> list[Block]:
     return [*blocks, _table(("", ""), rows)]
 
 
-def _samples(samples: Sequence[Any], max_samples: int, note: str = "") -> list[Block]:
+def _samples(samples: Sequence[ComparisonRow], max_samples: int, note: str = "") -> list[Block]:
     blocks = [Block("h2", "Side-by-side samples")]
     if not samples:
         return [*blocks, Block("p", "No side-by-side answers were generated.")]
@@ -190,8 +194,8 @@ def _samples(samples: Sequence[Any], max_samples: int, note: str = "") -> list[B
     return blocks
 
 
-def build_blocks(run: Any, metrics_rows: Sequence[dict], before_after: dict[str, Any], tally: Any,
-                 samples: Sequence[Any], max_samples: int = 5, samples_note: str = "") -> list[Block]:
+def build_blocks(run: RunRecord, metrics_rows: Sequence[dict], before_after: dict[str, Any],
+                 tally: BlindTally | None, samples: Sequence[ComparisonRow], max_samples: int = 5, samples_note: str = "") -> list[Block]:
     """The report's content, in order, independent of the output format."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return [*_header(run), *_data_and_training(run, metrics_rows), *_before_after(before_after), *_tally(tally),
@@ -270,7 +274,7 @@ def render_html(blocks: Sequence[Block], images: dict[str, bytes]) -> str:
 # --- writing ---
 
 
-def _check_run(run: Any) -> None:
+def _check_run(run: RunRecord) -> None:
     if run.status == "failed":
         raise ReportError(
             f"run {run.id} failed ({run.message or 'no message'}); it has no trained adapter to report on. "
@@ -304,11 +308,11 @@ def _publish(tmp: Path, out_dir: Path, names: Sequence[str]) -> None:
 
 def write_report(
     out_dir: Path,
-    run: Any,
+    run: RunRecord,
     metrics_rows: Sequence[dict],
     before_after: dict[str, Any],
-    tally: Any | None,
-    samples: Sequence[Any],
+    tally: BlindTally | None,
+    samples: Sequence[ComparisonRow],
     max_samples: int = 5,
     samples_note: str = "",
 ) -> Path:

@@ -19,9 +19,9 @@ gives the lines the CLI, the compare screen, the exercise screen and the report 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from studio.inference.scoring import reply_logprob
 from trainers.exercise import (
@@ -31,6 +31,15 @@ from trainers.exercise import (
     support_count,
 )
 from trainers.prompt_format import PromptFormat, TranscriptFormat
+
+if TYPE_CHECKING:
+    from store.datasets.store_mixin import StanceItem
+    from store.records import RunRecord
+    from store.studio_store import Store
+    from studio.inference.engine import ChatEngine
+
+    # A store ``StanceItem``, or a homework JSON record (id, prompt, support, oppose): ``stance_fields`` reads both.
+    LabelledItem: TypeAlias = StanceItem | Mapping[str, Any]
 
 
 class StanceMetricError(ValueError):
@@ -77,8 +86,8 @@ class StanceResult:
 
 
 def stance_share(
-    engine: Any,
-    items: Sequence[Any],
+    engine: ChatEngine,
+    items: Sequence[LabelledItem],
     system: str = EXERCISE_SYSTEM_PROMPT,
     *,
     prompt_format: PromptFormat | None = None,
@@ -106,8 +115,8 @@ def stance_share(
 
 
 def stance_before_after(
-    engine: Any,
-    items: Sequence[Any],
+    engine: ChatEngine,
+    items: Sequence[LabelledItem],
     system: str,
     adapter_name: str,
     *,
@@ -133,12 +142,12 @@ def stance_before_after(
     return before, after
 
 
-def run_exercise_system(run: Any) -> str:
+def run_exercise_system(run: RunRecord) -> str:
     """The system prompt an exercise run rendered its items with."""
     return (run.config or {}).get("system_prompt") or EXERCISE_SYSTEM_PROMPT
 
 
-def run_stance_items(store: Any, run: Any, part: str = "heldout") -> list[Any]:
+def run_stance_items(store: Store, run: RunRecord, part: str = "heldout") -> list[StanceItem]:
     """The labelled items of an exercise run, in the run's order: its ``"heldout"`` or its ``"train"`` ones
     (read back by ``trainers.recorded_pairs``). Raises ``StanceMetricError`` when the run did not train on a
     labelled-stance dataset in the store, or names items it no longer holds.
@@ -163,9 +172,9 @@ STANCE_PARTS = {"heldout": "held-out items", "train": "training items (seen in t
 
 
 def run_stance_metrics(
-    engine: Any,
-    store: Any,
-    run: Any,
+    engine: ChatEngine,
+    store: Store,
+    run: RunRecord,
     system: str,
     adapter_name: str,
     *,
