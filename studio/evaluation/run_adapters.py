@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from store.output_folders import check_output_file
 from studio.inference.adapter_checks import AdapterFileError, validate_adapter
 from studio.inference.model_files import GGUFInfo
 from trainers.gguf_adapter import AdapterExportError, export_gguf_adapter
 from trainers.run.outputs import RunFolderError, checked_run_paths, runs_roots
+
+if TYPE_CHECKING:
+    from store.records import RunRecord
+    from store.studio_store import Store
 
 USABLE_STATUSES = ("done", "cancelled")  # a cancelled run saved the adapter it had so far
 
@@ -20,11 +24,11 @@ class RunAdapterError(ValueError):
     """A run has no adapter this model can use; the message says which run and why."""
 
 
-def adapter_name(run: Any) -> str:
+def adapter_name(run: RunRecord) -> str:
     return f"run-{run.id}"
 
 
-def peft_dir(run: Any, db_path: Path | str | None) -> Path:
+def peft_dir(run: RunRecord, db_path: Path | str | None) -> Path:
     """The run's folder, checked: a run-named folder inside the runs folder of the data dir or beside the
     database ``db_path``. The GGUF export is written there, so a row naming any other folder is refused."""
     try:
@@ -33,19 +37,19 @@ def peft_dir(run: Any, db_path: Path | str | None) -> Path:
         raise RunAdapterError(f"run {run.id}: {exc}") from None
 
 
-def _has_adapter(run: Any, db_path: Path | str | None) -> bool:
+def _has_adapter(run: RunRecord, db_path: Path | str | None) -> bool:
     try:
         return (peft_dir(run, db_path) / "adapter_model.safetensors").exists()
     except RunAdapterError:
         return False
 
 
-def usable_runs(store: Any) -> list[Any]:
+def usable_runs(store: Store) -> list[RunRecord]:
     """Finished (or cancelled) runs whose PEFT adapter is on disk in a run folder, newest first."""
     return [r for r in store.list_runs() if r.status in USABLE_STATUSES and _has_adapter(r, store.path)]
 
 
-def gguf_adapter_for_run(run: Any, base: GGUFInfo, db_path: Path | str | None) -> Path:
+def gguf_adapter_for_run(run: RunRecord, base: GGUFInfo, db_path: Path | str | None) -> Path:
     """The run's adapter as a GGUF LoRA for ``base``: exported on first use (next to the PEFT files),
     re-exported when the PEFT weights are newer, and always validated against the base. ``db_path`` is the
     database the run was read from: its run folder must lie in the runs folder beside it (or the data dir's)."""
@@ -79,7 +83,7 @@ def is_gguf_adapter(path: Path) -> bool:
         return False
 
 
-def export_run_adapter(run: Any, base: GGUFInfo, out: Path, db_path: Path | str | None) -> Path:
+def export_run_adapter(run: RunRecord, base: GGUFInfo, out: Path, db_path: Path | str | None) -> Path:
     """``prefstudio adapters export``: write the run's GGUF LoRA to ``out`` (validated, atomic).
 
     ``out`` may be new, empty or an earlier adapter; anything else (a model, a database) is refused
