@@ -28,7 +28,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from store.pair_ids import stance_pair_id
 from trainers.pair_selection import (
@@ -39,6 +39,12 @@ from trainers.pair_selection import (
     dataset_hash,
 )
 from trainers.prompt_format import ChatTurn, PromptFormat, TranscriptFormat
+
+if TYPE_CHECKING:
+    from store.datasets.store_mixin import StanceItem
+
+    # A store ``StanceItem`` (``item_key``) or a homework JSON record (``id``): ``stance_fields`` reads both.
+    LabelledItem: TypeAlias = StanceItem | Mapping[str, Any]
 
 EXERCISE_SYSTEM_PROMPT = (
     "You are a helpful assistant with an opinion. Answer in one short sentence of fewer than 20 words."
@@ -81,7 +87,7 @@ class ExercisePair:
         return TrainingPair(pair_id=self.pair_id, prompt=self.prompt, chosen=self.chosen, rejected=self.rejected)
 
 
-def stance_fields(item: Any) -> StanceFields:
+def stance_fields(item: LabelledItem) -> StanceFields:
     """Read a store ``StanceItem`` (``item_key``), or a homework JSON record (``id``), into its four fields."""
     if isinstance(item, Mapping):
         key, prompt, support, oppose = (item.get(k) for k in ("id", "prompt", "support", "oppose"))
@@ -122,7 +128,7 @@ def check_exercise_settings(n_items: int, data_size: int, support_ratio: float,
         )
 
 
-def ordered_items(items: Sequence[Any], shuffle_seed: int | None = None) -> list[StanceFields]:
+def ordered_items(items: Sequence[LabelledItem], shuffle_seed: int | None = None) -> list[StanceFields]:
     """The items in training order: file order, or a seeded shuffle (``random.Random(seed)``) of it."""
     ordered = [stance_fields(item) for item in items]
     if shuffle_seed is not None:
@@ -157,7 +163,7 @@ def _pair(position: int, item: StanceFields, prefers: str, system: str, fmt: Pro
 
 
 def build_exercise_pairs(
-    items: Sequence[Any],
+    items: Sequence[LabelledItem],
     data_size: int,
     support_ratio: float,
     shuffle_seed: int | None = None,
@@ -186,7 +192,7 @@ def build_exercise_pairs(
 
 
 def heldout_exercise_pairs(
-    items: Sequence[Any],
+    items: Sequence[LabelledItem],
     data_size: int,
     shuffle_seed: int | None = None,
     render: PromptFormat | None = None,
@@ -209,7 +215,7 @@ def heldout_exercise_pairs(
 
 
 def select_exercise(
-    items: Sequence[Any],
+    items: Sequence[LabelledItem],
     *,
     dataset_name: str,
     data_size: int | None,
@@ -218,7 +224,7 @@ def select_exercise(
     system: str | None = None,
     with_heldout: bool = True,
     render: PromptFormat | None = None,
-    dataset_id: Any = None,
+    dataset_id: int | None = None,
 ) -> PairSelection:
     """A run's pairs from a labelled-stance dataset: the exercise pairs for training, the following items
     held out (none when ``with_heldout`` is false), and a report recording the settings and counts.

@@ -15,12 +15,18 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store.datasets.files import DatasetImportError
 from store.datasets.formats import read_trl_rows
 from store.pair_ids import file_pair_id
 from trainers.prompt_format import ChatTurn, TranscriptFormat
+
+if TYPE_CHECKING:
+    from store.datasets.store_mixin import DatasetRecord
+    from store.pairs import PreferencePair
+    from store.studio_store import Store
+    from trainers.prompt_format import PromptFormat
 
 
 class PairSelectionError(ValueError):
@@ -193,7 +199,7 @@ def completion_like(reply: str, model_reply: str) -> str:
     return _leading_ws(model_reply) + reply.strip()
 
 
-def from_store_pairs(pairs: Iterable[Any]) -> list[TrainingPair]:
+def from_store_pairs(pairs: Iterable[PreferencePair]) -> list[TrainingPair]:
     """Turn the store's ``PreferencePair`` records into training pairs (edits get the model's spacing)."""
     out = []
     for p in pairs:
@@ -202,7 +208,7 @@ def from_store_pairs(pairs: Iterable[Any]) -> list[TrainingPair]:
     return out
 
 
-def read_dataset_file(path: Path, prompt_format: Any | None = None) -> list[TrainingPair]:
+def read_dataset_file(path: Path, prompt_format: PromptFormat | None = None) -> list[TrainingPair]:
     """The pairs of a TRL preference file (``--dataset FILE``), read by the store's reader of TRL rows
     (``store.datasets.formats.read_trl_rows``: JSON Lines, a JSON array or parquet, problems named by line).
 
@@ -233,7 +239,7 @@ def read_dataset_file(path: Path, prompt_format: Any | None = None) -> list[Trai
     return out
 
 
-def render_conversation(fmt: Any, messages: Sequence[Any], chosen: str, rejected: str) -> tuple[str, str, str]:
+def render_conversation(fmt: PromptFormat, messages: Sequence[dict[str, str]], chosen: str, rejected: str) -> tuple[str, str, str]:
     """A conversational prompt (``[{"role", "content"}]``) rendered with ``fmt``, and the two replies in its
     completion convention: (prompt, chosen, rejected)."""
     turns = [ChatTurn(m["role"], m["content"]) for m in messages]
@@ -306,7 +312,7 @@ def select_pairs(
     return PairSelection(train=train, heldout=heldout, dataset_hash=dataset_hash(train + heldout), report=report)
 
 
-def select_from_store(store: Any, *, session_id: int | None, seed: int, heldout_fraction: float,
+def select_from_store(store: Store, *, session_id: int | None, seed: int, heldout_fraction: float,
                       data_size: int | None = None) -> PairSelection:
     """Read a store's pairs (one session's or all) and select them."""
     source = f"session {session_id}" if session_id is not None else "the store"
@@ -326,7 +332,7 @@ def dataset_file(value: str) -> Path | None:
     return path if path.exists() or path.is_absolute() else None
 
 
-def find_dataset(store: Any, name: str) -> Any:
+def find_dataset(store: Store, name: str) -> DatasetRecord:
     """The store's dataset record called ``name`` (or with that id); a clear error when there is none."""
     detail = "this store holds no datasets"
     getter = getattr(store, "get_dataset", None)
@@ -341,7 +347,7 @@ def find_dataset(store: Any, name: str) -> Any:
     )
 
 
-def store_dataset_pairs(store: Any, record: Any, prompt_format: Any | None = None) -> list[TrainingPair]:
+def store_dataset_pairs(store: Store, record: DatasetRecord, prompt_format: PromptFormat | None = None) -> list[TrainingPair]:
     """A preference dataset's pairs for training: text prompts as stored (TRL's standard format, like a
     JSONL file's), conversational and HH prompts rendered with ``prompt_format`` (default: transcript)."""
     fmt = prompt_format or TranscriptFormat()

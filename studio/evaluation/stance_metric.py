@@ -19,9 +19,9 @@ gives the lines the CLI, the compare screen, the exercise screen and the report 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from studio.inference.scoring import reply_logprob
 from trainers.exercise import (
@@ -37,9 +37,7 @@ if TYPE_CHECKING:
     from store.records import RunRecord
     from store.studio_store import Store
     from studio.inference.engine import ChatEngine
-
-    # A store ``StanceItem``, or a homework JSON record (id, prompt, support, oppose): ``stance_fields`` reads both.
-    LabelledItem: TypeAlias = StanceItem | Mapping[str, Any]
+    from trainers.exercise import LabelledItem
 
 
 class StanceMetricError(ValueError):
