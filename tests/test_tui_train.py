@@ -163,3 +163,18 @@ async def test_a_growing_chat_trains_from_the_form_and_every_count_agrees(max_le
             assert f"pairs: {preview}" in log and f"step {report.steps}/{report.steps} " in log
     finally:
         store.close()
+
+
+async def test_this_session_on_the_train_form_counts_the_chats_session(train_app):
+    """'this session' is the session the chat is in (a new, empty one here), not every judged pair."""
+    app = train_app
+    async with app.run_test(size=(140, 44)) as pilot:
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.plan_text.startswith("Will train"))  # every session: the judged pairs
+        screen.query_one("#cfg-scope").value = "session"
+        chat_session = app.current_session_id
+        assert chat_session is not None and chat_session != 1  # the chat opened a session of its own
+        await wait_for(pilot, lambda: f"session {chat_session}" in screen.plan_text)
+        assert screen.plan_text.startswith(f"Cannot start: no preference pairs in session {chat_session}")

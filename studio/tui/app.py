@@ -93,6 +93,12 @@ class PreferenceStudioApp(App[None]):
     def chat(self) -> ChatScreen:
         return next(s for s in self.screen_stack if isinstance(s, ChatScreen))
 
+    @property
+    def current_session_id(self) -> int | None:
+        """The session the chat is in: what "this session" means on the train and compare screens (they ask
+        the app, not the chat screen)."""
+        return self.chat.session_id
+
     # --- actions (keys and command palette) ---
 
     def action_edit_system_prompt(self) -> None:

@@ -186,7 +186,7 @@ class TrainScreen(Screen):
                 raise ValueError(f"{name.replace('_', ' ')}: {text!r} is not a number") from None
         values["loss_type"] = self.query_one("#cfg-loss_type", Select).value
         scope = self.query_one("#cfg-scope", Select).value
-        values["session_id"] = self.app.chat.session_id if scope == "session" else None
+        values["session_id"] = self.app.current_session_id if scope == "session" else None
         dataset = scope.removeprefix("dataset:") if scope.startswith("dataset:") else None
         base = self._base_config()
         return base.replace(**values, train_model=None, dataset=dataset, max_steps=None, support_ratio=None,
