@@ -96,3 +96,9 @@ async def wait_for(pilot, condition, timeout: float = 120.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for the app")
         await pilot.pause(0.05)
+
+
+def offered(select) -> list[str]:  # noqa: ANN001
+    """The choices a Select shows when opened (its dropdown's options), read through OptionList's public API."""
+    dropdown = select.query_one("SelectOverlay")
+    return [str(dropdown.get_option_at_index(i).prompt) for i in range(dropdown.option_count)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import wait_for
+from conftest import offered, wait_for
 from test_tui_chat import ask, make_app  # noqa: F401  (make_app is a fixture used by name)
 
 from store.datasets.importing import import_dataset
@@ -147,7 +147,7 @@ async def test_train_screen_shows_dataset_names_and_errors_literally(make_app, t
         await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
         screen = app.screen
         scope = screen.query_one("#cfg-scope")
-        assert any(f"set {MARKUP}" in str(prompt) for prompt, _ in scope._options)
+        assert any(f"set {MARKUP}" in choice for choice in offered(scope))
         scope.value = f"dataset:set {MARKUP}"
         screen.query_one("#cfg-epochs").value = MARKUP
         await pilot.press("ctrl+s")
