@@ -27,7 +27,8 @@ def shown(widget) -> str:  # noqa: ANN001
 
 
 def toasts(app) -> list[str]:  # noqa: ANN001
-    return [n.message for n in app._notifications]
+    """The notifications on screen (Textual's toasts), as the user reads them."""
+    return [shown(toast) for toast in app.screen.query("Toast")]
 
 
 async def test_chat_shows_typed_and_model_text_literally(make_app, tmp_path):  # noqa: F811
@@ -35,7 +36,7 @@ async def test_chat_shows_typed_and_model_text_literally(make_app, tmp_path):  #
     bank_file.write_text(f"{MARKUP} first bank prompt\n\nsecond\n", encoding="utf-8")
     app = make_app()
     app.prompt_banks = [load_bank(bank_file)]
-    async with app.run_test(size=(120, 36)) as pilot:
+    async with app.run_test(size=(120, 36), notifications=True) as pilot:  # toasts shown, as to a user
         await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
         chat = app.chat
         # Typed key by key, as a user would.
@@ -77,8 +78,7 @@ async def test_chat_shows_typed_and_model_text_literally(make_app, tmp_path):  #
         assert chat.system_prompt == f"System {MARKUP}"
         chat.notify(f"screen note {MARKUP}")
         app.notify(f"app note {MARKUP}", severity="error")
-        await pilot.pause(0.3)
-        assert {f"screen note {MARKUP}", f"app note {MARKUP}"} <= set(toasts(app))
+        await wait_for(pilot, lambda: {f"screen note {MARKUP}", f"app note {MARKUP}"} <= set(toasts(app)), timeout=10)
         assert app.is_running
 
 
@@ -141,7 +141,7 @@ async def test_train_screen_shows_dataset_names_and_errors_literally(make_app, t
                             + "\n" for i in range(3)), encoding="utf-8")
     app = make_app()
     import_dataset(app.store, data, name=f"set {MARKUP}")
-    async with app.run_test(size=(130, 40)) as pilot:
+    async with app.run_test(size=(130, 40), notifications=True) as pilot:  # toasts shown, as to a user
         await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
         await pilot.press("f5")
         await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
@@ -165,7 +165,7 @@ async def test_train_screen_shows_dataset_names_and_errors_literally(make_app, t
         assert f"boom {MARKUP}" in shown(screen.query_one("#train-status"))
         log_lines = [strip.text for strip in screen.query_one("#train-log").lines]
         assert f"step 1 {MARKUP}" in log_lines and f"Traceback {MARKUP}" in log_lines
-        assert any(f"boom {MARKUP}" in message for message in toasts(app))
+        await wait_for(pilot, lambda: any(f"boom {MARKUP}" in message for message in toasts(app)), timeout=10)
         await pilot.pause(0.2)
         assert app.is_running and isinstance(app.screen, TrainScreen)
 
