@@ -160,7 +160,7 @@ async def test_train_screen_shows_dataset_names_and_errors_literally(make_app, t
         run_dir.with_name("run-markup.log").write_text(f"step 1 {MARKUP}\nTraceback {MARKUP}\n", encoding="utf-8")
         run_id = app.store.create_run({}, "gemma", str(run_dir), [], [])
         app.store.set_run_status(run_id, "failed", message=f"boom {MARKUP}")
-        screen._follow(run_id, None)  # as the screen follows a run it started
+        screen.follow(run_id, None)  # as the screen follows a run it started
         await wait_for(pilot, lambda: "failed" in shown(screen.query_one("#train-status")), timeout=30)
         assert f"boom {MARKUP}" in shown(screen.query_one("#train-status"))
         log_lines = [strip.text for strip in screen.query_one("#train-log").lines]

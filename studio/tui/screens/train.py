@@ -162,7 +162,7 @@ class TrainScreen(Screen):
             return
         runs = self.app.store.list_runs()
         if runs and runs[0].status in ACTIVE:
-            self._follow(runs[0].id, None)
+            self.follow(runs[0].id, None)
         self._schedule_plan()
 
     def _base_config(self) -> RunConfig:
@@ -311,9 +311,9 @@ class TrainScreen(Screen):
 
     def _start_process(self, run_id: int, resume: bool) -> None:
         process = start_run_process(run_id, self.app.store.path, resume=resume, store=self.app.store)
-        self._follow(run_id, process)
+        self.follow(run_id, process)
 
-    def _follow(self, run_id: int, process: subprocess.Popen | None) -> None:
+    def follow(self, run_id: int, process: subprocess.Popen | None) -> None:
         """Show ``run_id`` from its first metric row and log line. A resumed run is re-read too: its rows
         after the checkpoint were replaced, and its log file holds the earlier attempt as well."""
         self.run_id = run_id
