@@ -99,6 +99,11 @@ class PreferenceStudioApp(App[None]):
         the app, not the chat screen)."""
         return self.chat.session_id
 
+    @property
+    def current_system_prompt(self) -> str:
+        """The chat's system prompt, which the compare screen answers its prompts under."""
+        return self.chat.system_prompt
+
     # --- actions (keys and command palette) ---
 
     def action_edit_system_prompt(self) -> None:

@@ -151,10 +151,9 @@ class CompareScreen(Screen):
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def compute(self, source: PromptSource, sampling: SamplingSettings) -> None:
         worker = get_current_worker()
-        chat = self.app.chat
         try:
             result = run_comparison(
-                self.app.engine, self.app.store, self.run_id, system=chat.system_prompt,
+                self.app.engine, self.app.store, self.run_id, system=self.app.current_system_prompt,
                 sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source,
                 progress=lambda phase, done, total: self.post_message(ComparisonProgress(phase, done, total)),
                 should_stop=lambda: worker.is_cancelled,
