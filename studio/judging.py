@@ -64,6 +64,42 @@ class Round:
         return self.generations[slot].text
 
 
+def draft_round(engine: ChatEngine, system: str, history: list[ChatTurn], user_text: str,
+                sampling: SamplingSettings, n_candidates: int, base_seed: int | None, number: int = 1) -> Round:
+    """A round for ``user_text`` after ``history``: the conversation fitted to the context (the oldest
+    turns dropped when it is full) and one seed per candidate. EngineError when the prompt alone does
+    not fit or the chat template refuses it. Stores nothing (``prefstudio generate`` uses it as is)."""
+    fitted = engine.fit_prompt(system, [*history, ChatTurn("user", user_text)], sampling.max_tokens)
+    return Round(number, user_text, list(history), fitted, candidate_seeds(n_candidates, base_seed, number))
+
+
+def generate_round(
+    engine: ChatEngine,
+    round_: Round,
+    sampling: SamplingSettings,
+    on_token: CandidateStream | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[Generation] | None:
+    """Stream every candidate of the round, holding the engine the whole time: an adapter switch asked
+    for meanwhile is refused (EngineBusy), never applied between two candidates. None when stopped."""
+    results: list[Generation] = []
+    with engine.session(f"generating candidates for prompt {round_.number}"):
+        for slot, seed in enumerate(round_.seeds):
+            pieces: list[str] = []
+
+            def stream(piece: str, slot: int = slot, pieces: list[str] = pieces) -> None:
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(slot, "".join(pieces))
+
+            gen = engine.generate(round_.fitted.text, sampling, seed, on_token=stream, should_stop=should_stop)
+            if gen.cancelled or (should_stop is not None and should_stop()):
+                return None
+            results.append(gen)
+    round_.generations = results
+    return results
+
+
 @dataclass(frozen=True)
 class Judgement:
     """What the user says about a round's candidates, by slot (0 = A). Build one with the constructors."""
@@ -173,13 +209,13 @@ class JudgingSession:
 
         EngineError when even the prompt alone does not fit, or the chat template refuses it; nothing
         changes then. The round becomes ``current`` (a regenerated round replaces the one before)."""
-        engine = self._engine()
-        history = list(self.turns)
-        fitted = engine.fit_prompt(self.system_prompt, [*history, ChatTurn("user", user_text)],
-                                   self.sampling.max_tokens)
         self._rounds += 1
-        round_ = Round(self._rounds, user_text, history, fitted,
-                       candidate_seeds(self.n_candidates, self.base_seed, self._rounds))
+        try:
+            round_ = draft_round(self._engine(), self.system_prompt, self.turns, user_text, self.sampling,
+                                 self.n_candidates, self.base_seed, self._rounds)
+        except EngineError:
+            self._rounds -= 1
+            raise
         self.current = round_
         return round_
 
@@ -193,26 +229,8 @@ class JudgingSession:
         on_token: CandidateStream | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Generation] | None:
-        """Stream every candidate of the round, holding the engine the whole time: an adapter switch asked
-        for meanwhile is refused (EngineBusy), never applied between two candidates. None when stopped."""
-        engine = self._engine()
-        results: list[Generation] = []
-        with engine.session(f"generating candidates for prompt {round_.number}"):
-            for slot, seed in enumerate(round_.seeds):
-                pieces: list[str] = []
-
-                def stream(piece: str, slot: int = slot, pieces: list[str] = pieces) -> None:
-                    pieces.append(piece)
-                    if on_token is not None:
-                        on_token(slot, "".join(pieces))
-
-                gen = engine.generate(round_.fitted.text, self.sampling, seed, on_token=stream,
-                                      should_stop=should_stop)
-                if gen.cancelled or (should_stop is not None and should_stop()):
-                    return None
-                results.append(gen)
-        round_.generations = results
-        return results
+        """Stream every candidate of the round under one hold of the engine (``generate_round``)."""
+        return generate_round(self._engine(), round_, self.sampling, on_token, should_stop)
 
     def store_candidates(self, round_: Round) -> None:
         """The prompt (with the conversation before it) and its candidates, in one transaction."""

@@ -1,4 +1,8 @@
-"""``prefstudio generate``: N candidate replies to a prompt, headless."""
+"""``prefstudio generate``: N candidate replies to a prompt, headless.
+
+A thin client of ``studio.judging``: the same context fitting and seeds as the chat screen's rounds (a
+base seed gives seed, seed+1, …; none gives fresh random seeds), under one hold of the engine. It stores
+nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ import typer
 from studio.cli.context import open_engine, settings
 from studio.cli.errors import fail, user_errors
 from studio.cli.terminal_text import json_visible, visible
-from studio.inference.engine import new_seed
 
 
 def generate(
@@ -24,7 +27,7 @@ def generate(
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
 ) -> None:
     """Print N candidate replies to PROMPT (headless)."""
-    from trainers.prompt_format import ChatTurn
+    from studio.judging import draft_round, generate_round
 
     if not prompt.strip():
         raise fail("the prompt is empty; give some text to answer")
@@ -38,15 +41,10 @@ def generate(
                 temperature=temperature if temperature is not None else sampling.temperature,
             )
         engine = open_engine()
-        fitted = engine.fit_prompt(system if system is not None else s.system_prompt,
-                                   [ChatTurn("user", prompt)], sampling.max_tokens)
-        if seed is None:
-            seed = s.seed
-        base_seed = seed if seed is not None else new_seed()
-        results = []
-        for i in range(n):
-            gen = engine.generate(fitted.text, sampling, seed=base_seed + i)
-            results.append(gen)
+        round_ = draft_round(engine, system if system is not None else s.system_prompt, [], prompt, sampling,
+                             n_candidates=n, base_seed=seed if seed is not None else s.seed)
+        results = generate_round(engine, round_, sampling) or []
+        fitted = round_.fitted
     if as_json:
         payload = {
             "model": engine.identity.model_id,
