@@ -11,8 +11,9 @@ from conftest import prefstudio_home, run_cli, wait_for
 from tiny_model import SEPARABLE_PAIRS, build_tiny_model
 
 from store.studio_store import Store
-from studio.evaluation.compare_session import vote_tally
+from studio.evaluation.compare_session import stored_comparison, vote_tally
 from studio.evaluation.comparison import BlindTally
+from studio.evaluation.comparison_text import metric_paragraphs, metrics_text, summary_line
 from studio.evaluation.prompts import find_bank
 from studio.evaluation.run_adapters import RunAdapterError, gguf_adapter_for_run
 from studio.inference.engine import SamplingSettings
@@ -143,6 +144,8 @@ async def test_blind_votes_through_pilot_are_stored_and_tallied(trained, default
             await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.result is not None)
             screen = app.screen
             assert screen.blind and "tuned" not in screen.query_one("#compare-left").border_title
+            metrics = str(screen.query_one("#compare-metrics").render())
+            assert metrics == metrics_text(screen.result) and metrics.startswith("held-out pairs: 2 ·")
             before = len(store.votes(run_id))
             await pilot.press("1")
             await pilot.press("t")
@@ -207,6 +210,11 @@ def test_compare_cli_chooses_the_prompts_and_answers_greedily(trained, default_m
     assert (f"run {run_id}: 3 prompt(s) from the questions of the run's session(s) 1 · greedy (temperature 0), "
             "max 6 tokens") in proc.stdout
     assert SEPARABLE_PAIRS[2][0] in proc.stdout
+    with Store.open(db) as store:  # the CLI prints what the one formatter says of the stored result
+        printed = stored_comparison(store, run_id)
+    assert printed is not None and metric_paragraphs(printed)
+    assert summary_line(printed) in proc.stdout
+    assert all(f"\n\n{paragraph}\n" in proc.stdout for paragraph in metric_paragraphs(printed))
 
     out = tmp_path / "report"
     run_cli(*cli, "report", "--run", str(run_id), "--out", str(out), "--prompts-from", "heldout", *greedy,
@@ -254,7 +262,7 @@ async def test_compare_screen_chooses_prompts_and_greedy_settings_and_pages_when
             result = screen.result
             assert [row.prompt for row in result.rows] == [prompt for prompt, _, _ in SEPARABLE_PAIRS]
             assert result.rows[0].rendered_prompt == f"{SYSTEM}\n\nUser: {SEPARABLE_PAIRS[0][0]}\nAssistant:"
-            assert (result.sampling["temperature"], result.sampling["max_tokens"]) == (0.0, 6)
+            assert (result.sampling.temperature, result.sampling.max_tokens) == (0.0, 6)
             assert "greedy (temperature 0), max 6 tokens" in str(screen.query_one("#compare-title").render())
             assert store.latest_evaluation(run_id, "comparison")["sampling"]["max_tokens"] == 6
 

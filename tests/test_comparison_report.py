@@ -21,7 +21,9 @@ from studio.evaluation.comparison import (
     wilson_interval,
 )
 from studio.evaluation.report import ReportError, write_report
+from studio.evaluation.stance_metric import describe_stance
 from studio.inference.engine import SamplingSettings
+from studio.inference.scoring import PreferenceMetrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -424,7 +426,83 @@ def test_report_says_how_the_samples_were_generated(store: Store, tmp_path: Path
 
     run = finished_run(store, tmp_path)
     result = ComparisonResult(run_id=run.id, prompts_source="prompt bank 'values'", rows=SAMPLES, seed=40,
-                              sampling=SamplingSettings(temperature=0.0, max_tokens=12).to_dict())
+                              sampling=SamplingSettings(temperature=0.0, max_tokens=12))
     md = write_run_report(store, run.id, result, tmp_path / "r").read_text(encoding="utf-8")
     assert "Prompts from prompt bank 'values'; both answered greedy (temperature 0), max 12 tokens." in md
-    assert ComparisonResult.from_dict(result.to_dict()).sampling["temperature"] == 0.0
+    assert ComparisonResult.from_dict(result.to_dict()).sampling == SamplingSettings(temperature=0.0, max_tokens=12)
+
+
+# --- one typed result, one formatter (studio/evaluation/comparison_text.py) ---
+
+BEFORE = PreferenceMetrics(n=2, raw_accuracy=0.5, mean_margin=-0.42)
+AFTER = PreferenceMetrics(n=2, raw_accuracy=1.0, mean_margin=3.17, implicit_reward_accuracy=1.0,
+                          mean_implicit_margin=0.36, beta=0.1)
+
+
+def test_the_comparison_result_is_typed_and_round_trips_as_stored_json():
+    from studio.evaluation.comparison_result import ComparisonResult
+
+    result = ComparisonResult(run_id=3, prompts_source="held-out pairs", rows=SAMPLES, seed=40, before=BEFORE,
+                              after=AFTER, notes=["a note"], sampling=SamplingSettings(temperature=0.0, max_tokens=12),
+                              prompts_spec="heldout")
+    stored = json.loads(json.dumps(result.to_dict()))
+    assert stored["before"] == BEFORE.to_dict() and stored["sampling"]["max_tokens"] == 12  # the JSON as before
+    again = ComparisonResult.from_dict(stored)
+    assert again == result and isinstance(again.before, PreferenceMetrics)
+    # What another version stored is read as far as it can be: unknown keys ignored, bad sampling unrecorded.
+    stored["before"]["per_pair_count"] = 7
+    stored["sampling"] = {"temperature": -1, "max_tokens": 12}
+    older = ComparisonResult.from_dict(stored)
+    assert older.before == BEFORE and older.sampling is None
+
+
+def test_one_formatter_says_what_the_cli_prints():
+    from studio.evaluation.comparison_result import ComparisonResult
+    from studio.evaluation.comparison_text import (
+        NO_METRICS_NOTE,
+        metric_paragraphs,
+        metrics_text,
+        sample_lines,
+        summary_line,
+    )
+
+    result = ComparisonResult(run_id=3, prompts_source="held-out pairs", rows=SAMPLES, seed=40, before=BEFORE,
+                              after=AFTER, sampling=SamplingSettings(temperature=0.0, max_tokens=12))
+    assert summary_line(result) == "run 3: 2 prompt(s) from held-out pairs · greedy (temperature 0), max 12 tokens"
+    assert metric_paragraphs(result) == [
+        "held-out pairs: 2 · preference accuracy base 0.50 → tuned 1.00 (implicit reward 1.00) · mean margin "
+        "-0.420 → +3.170"]
+    assert sample_lines(1, SAMPLES[1], lambda text, _width: text.strip()) == [
+        "[1] Second & last  (seed 41)", "  base : b2", "  tuned: t2"]
+    stance = {"train": {"before": {"n": 4, "support_preferred": 1, "share": 0.25},
+                        "after": {"n": 4, "support_preferred": 3, "share": 0.75}, "total": 4, "trained_support": 4}}
+    exercise = ComparisonResult(run_id=4, prompts_source="the test prompts of 'x'", rows=[], seed=0, stance=stance)
+    assert metrics_text(exercise) == "\n".join(describe_stance(stance))
+    assert metrics_text(ComparisonResult(run_id=5, prompts_source="file p.txt", rows=[], seed=0)) == NO_METRICS_NOTE
+    assert metrics_text(None) == NO_METRICS_NOTE
+
+
+async def test_the_compare_screen_shows_the_formatters_metrics(store: Store, tmp_path: Path, default_model,
+                                                              studio_home):
+    from conftest import wait_for
+
+    from studio.evaluation.compare_session import EVALUATION_KIND
+    from studio.evaluation.comparison_result import ComparisonResult
+    from studio.evaluation.comparison_text import describe_sampling, metrics_text
+    from studio.settings import StudioSettings
+    from studio.tui.app import PreferenceStudioApp
+    from studio.tui.screens.compare import CompareScreen
+
+    run = finished_run(store, tmp_path)
+    result = ComparisonResult(run_id=run.id, prompts_source="held-out pairs", rows=SAMPLES, seed=40, before=BEFORE,
+                              after=AFTER, sampling=SamplingSettings(temperature=0.0, max_tokens=12),
+                              prompts_spec="heldout")
+    store.save_evaluation(run.id, EVALUATION_KIND, result.to_dict())
+    app = PreferenceStudioApp(settings=StudioSettings(model=default_model), store=store)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None)
+        app.action_compare(run.id)  # the stored comparison: nothing generated
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.result is not None)
+        screen = app.screen
+        assert str(screen.query_one("#compare-metrics").render()) == metrics_text(result)
+        assert describe_sampling(result.sampling) in str(screen.query_one("#compare-title").render())

@@ -26,7 +26,8 @@ def compare(
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Max new tokens per answer (default: settings).")] = None,
 ) -> None:
     """Base and tuned answers side by side, and held-out preference accuracy before and after."""
-    from studio.evaluation.compare_session import describe_sampling, run_comparison
+    from studio.evaluation.compare_session import run_comparison
+    from studio.evaluation.comparison_text import metric_paragraphs, sample_lines, summary_line
 
     with user_errors():
         source = _prompt_source(prompts, prompts_from)
@@ -41,21 +42,15 @@ def compare(
         return
     for note in result.notes:
         typer.echo(f"note: {visible(note)}", err=True)
-    typer.echo(f"run {run}: {len(result.rows)} prompt(s) from {visible(result.prompts_source, keep='')} · "
-               f"{describe_sampling(sampling)}")
+    # The one formatter (studio/evaluation/comparison_text.py), the compare screen's and the report's too.
+    typer.echo(visible(summary_line(result), keep=""))
     for i, row in enumerate(result.rows, 1):
-        typer.echo(f"\n[{i}] {one_line(row.prompt, 100)}  (seed {row.seed})")
-        typer.echo(f"  base : {one_line(row.base_text, 200)}")
-        typer.echo(f"  tuned: {one_line(row.tuned_text, 200)}")
-    if result.before and result.after:
         typer.echo("")
-        typer.echo(_metrics_line(result.before, result.after))
-    if result.stance:
-        from studio.evaluation.stance_metric import describe_stance
-
-        typer.echo("")
-        for line in describe_stance(result.stance):  # held-out and training items, each labelled
+        for line in sample_lines(i, row, one_line):
             typer.echo(line)
+    for paragraph in metric_paragraphs(result):  # held-out pairs, then stance items (each part labelled)
+        typer.echo("")
+        typer.echo(visible(paragraph))
 
 
 PROMPTS_FROM_HELP = ("Where the prompts come from: heldout, bank:NAME (assets/prompts), session (the questions of the "
@@ -80,12 +75,6 @@ def _sampling(temperature: float | None, max_tokens: int | None):  # noqa: ANN20
     if max_tokens is not None:
         sampling = replace(sampling, max_tokens=max_tokens)
     return sampling
-
-
-def _metrics_line(before: dict, after: dict) -> str:
-    return (f"held-out pairs: {before['n']} · preference accuracy base {before['raw_accuracy']:.2f} → tuned "
-            f"{after['raw_accuracy']:.2f} (implicit reward {after['implicit_reward_accuracy']:.2f}) · mean margin "
-            f"{before['mean_margin']:+.3f} → {after['mean_margin']:+.3f}")
 
 
 def report(

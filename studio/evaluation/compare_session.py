@@ -8,66 +8,39 @@ without generating again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studio.evaluation.comparison import (
     BlindTally,
     ComparisonError,
-    ComparisonRow,
     heldout_pairs,
     side_by_side,
 )
+from studio.evaluation.comparison_result import ComparisonResult, StanceParts
+from studio.evaluation.comparison_text import report_columns, samples_note, stance_lines
 from studio.evaluation.prompts import PromptSource, resolve_prompts
 from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
 from studio.evaluation.stance_metric import (
     StanceMetricError,
     run_exercise_system,
     run_stance_metrics,
-    stance_parts,
 )
 from studio.inference.engine import ChatEngine, SamplingSettings
-from studio.inference.scoring import preference_metrics
+from studio.inference.scoring import PreferenceMetrics, preference_metrics
+
+if TYPE_CHECKING:
+    from store.records import RunRecord
+    from store.studio_store import Store
 
 EVALUATION_KIND = "comparison"
 Progress = Callable[[str, int, int], None]
 """Called with (phase, done, total)."""
 
 
-@dataclass
-class ComparisonResult:
-    run_id: int
-    prompts_source: str
-    rows: list[ComparisonRow]
-    seed: int
-    before: dict | None = None  # held-out preference metrics of the base (raw accuracy, mean margin)
-    after: dict | None = None  # of the tuned model, with the base as DPO's reference
-    notes: list[str] = field(default_factory=list)
-    stance: dict | None = None  # exercise runs: support share, {"heldout"/"train": {"before", "after"}}
-    sampling: dict | None = None  # the settings both sides answered with (temperature 0: greedy)
-    prompts_spec: str = "auto"  # the PromptSource spec the prompts were chosen with
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id, "prompts_source": self.prompts_source, "seed": self.seed,
-            "rows": [asdict(r) for r in self.rows], "before": self.before, "after": self.after,
-            "notes": self.notes, "stance": self.stance, "sampling": self.sampling,
-            "prompts_spec": self.prompts_spec,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ComparisonResult:
-        rows = [ComparisonRow(**row) for row in data.get("rows", [])]
-        return cls(run_id=data["run_id"], prompts_source=data["prompts_source"], rows=rows, seed=data["seed"],
-                   before=data.get("before"), after=data.get("after"), notes=data.get("notes", []),
-                   stance=data.get("stance"), sampling=data.get("sampling"),
-                   prompts_spec=data.get("prompts_spec", "auto"))
-
-
 def run_comparison(
     engine: ChatEngine,
-    store: Any,
+    store: Store,
     run_id: int,
     *,
     system: str,
@@ -111,7 +84,7 @@ def run_comparison(
     if limit:
         prompts = prompts[:limit]
     result = ComparisonResult(run_id=run_id, prompts_source=label, rows=[], seed=seed, notes=notes,
-                              sampling=sampling.to_dict(), prompts_spec=source.spec)
+                              sampling=sampling, prompts_spec=source.spec)
     try:
         if with_metrics and exercise:
             result.stance = _stance(engine, store, run, system, name, progress, notes)
@@ -136,7 +109,7 @@ def run_comparison(
 
 
 def _heldout_metrics(engine: ChatEngine, name: str, pairs: list, beta: float,
-                     progress: Progress | None) -> tuple[dict, dict]:
+                     progress: Progress | None) -> tuple[PreferenceMetrics, PreferenceMetrics]:
     def report(phase: str) -> Callable[[int, int], None] | None:
         return (lambda done, total: progress(phase, done, total)) if progress else None
 
@@ -145,18 +118,18 @@ def _heldout_metrics(engine: ChatEngine, name: str, pairs: list, beta: float,
     engine.activate_adapter(name)
     after = preference_metrics(engine, pairs, reference=before.as_reference(), beta=beta,
                                on_progress=report("scoring tuned"))
-    return before.to_dict(), after.to_dict()
+    return before, after
 
 
-def _exercise_test_prompts(store: Any, run: Any) -> list[str]:
+def _exercise_test_prompts(store: Store, run: RunRecord) -> list[str]:
     try:
         return [p.prompt for p in store.test_prompts(run.config["dataset"])]
     except (LookupError, ValueError):
         return []
 
 
-def _stance(engine: ChatEngine, store: Any, run: Any, system: str, name: str, progress: Progress | None,
-            notes: list[str]) -> dict | None:
+def _stance(engine: ChatEngine, store: Store, run: RunRecord, system: str, name: str, progress: Progress | None,
+            notes: list[str]) -> StanceParts | None:
     # Held-out items when there are any, and always the training items (labelled as such): the homework's
     # data size 50 of 50 holds nothing out (studio.evaluation.stance_metric.run_stance_metrics).
     try:
@@ -166,44 +139,38 @@ def _stance(engine: ChatEngine, store: Any, run: Any, system: str, name: str, pr
         return None
 
 
-def stored_comparison(store: Any, run_id: int) -> ComparisonResult | None:
+def stored_comparison(store: Store, run_id: int) -> ComparisonResult | None:
     data = store.latest_evaluation(run_id, EVALUATION_KIND)
     return ComparisonResult.from_dict(data) if data else None
 
 
-def report_columns(result: ComparisonResult) -> dict[str, dict]:
-    """The report's before/after table: held-out preference metrics and, for exercises, the support share."""
-    columns: dict[str, dict] = {"base": dict(result.before or {}), "tuned": dict(result.after or {})}
-    for part, values in stance_parts(result.stance).items():
-        suffix = "" if part == "heldout" else " (training items)"
-        for column, key in (("base", "before"), ("tuned", "after")):
-            columns[column][f"support_share{suffix}"] = values[key]["share"]
-            columns[column][f"stance_items{suffix}"] = values[key]["n"]
-    return {k: v for k, v in columns.items() if v}
+def last_stance_lines(store: Store, dataset: str) -> list[str]:
+    """The stance lines (held-out and training items) of the newest exercise run on ``dataset`` that has a
+    stored comparison, headed by the run and its settings; empty when there is none (the exercise screen's)."""
+    for run in store.list_runs():
+        config = run.config or {}
+        if config.get("dataset") != dataset or config.get("support_ratio") is None:
+            continue
+        lines = stance_lines(stored_comparison(store, run.id))
+        if lines:
+            head = (f"Last compared run {run.id} (data size {config.get('data_size') or 'all'}, support ratio "
+                    f"{config['support_ratio']}, {config.get('epochs')} epoch(s)):")
+            return [head, *lines]
+    return []
 
 
-def vote_tally(store: Any, run_id: int) -> BlindTally:
+def vote_tally(store: Store, run_id: int) -> BlindTally:
     """The blind votes stored with a run, counted as tuned wins / ties / losses."""
     return BlindTally.from_votes((v["vote"], v["tuned_on_left"]) for v in store.votes(run_id))
 
 
-def write_run_report(store: Any, run_id: int, result: ComparisonResult | None, out_dir: Path) -> Path:
+def write_run_report(store: Store, run_id: int, result: ComparisonResult | None, out_dir: Path) -> Path:
     """``prefstudio report`` and the compare screen's ``w``: the run, its curves, the before/after metrics,
     the blind tally (when anyone voted) and the side-by-side samples."""
     from studio.evaluation.report import write_report
 
     tally = vote_tally(store, run_id)
-    note = f"Prompts from {result.prompts_source}; both answered {describe_sampling(result.sampling)}." if result else ""
+    note = samples_note(result) if result else ""
     return write_report(out_dir, store.get_run(run_id), store.run_metrics(run_id),
                         report_columns(result) if result else {}, tally if tally.total else None,
                         result.rows if result else [], samples_note=note)
-
-
-def describe_sampling(sampling: SamplingSettings | dict[str, Any] | None) -> str:
-    """How the answers were sampled, in a few words: "greedy (temperature 0), max 32 tokens"."""
-    if sampling is None:
-        return "with unrecorded sampling settings"
-    values = sampling.to_dict() if isinstance(sampling, SamplingSettings) else sampling
-    temperature = values.get("temperature")
-    how = "greedy (temperature 0)" if temperature == 0 else f"with temperature {temperature}"
-    return f"{how}, max {values.get('max_tokens')} tokens"

@@ -28,13 +28,13 @@ from textual.worker import get_current_worker
 
 from studio.evaluation.compare_session import (
     ComparisonResult,
-    describe_sampling,
     run_comparison,
     stored_comparison,
     vote_tally,
     write_run_report,
 )
 from studio.evaluation.comparison import blind_order
+from studio.evaluation.comparison_text import describe_sampling, metrics_text
 from studio.evaluation.prompts import PromptSource
 from studio.inference.engine import EngineError, SamplingSettings
 from studio.tui.widgets.candidate_panel import CandidatePanel
@@ -185,29 +185,13 @@ class CompareScreen(Screen):
         self._seen_revealed = set()
         self.query_one("#compare-progress", ProgressBar).display = False
         self.query_one("#compare-title", Static).remove_class("error-text")
-        if self.result.sampling:
-            try:
-                self._show_sampling(SamplingSettings(**self.result.sampling))
-            except (TypeError, ValueError):  # recorded by another version: keep the fields as they are
-                pass
+        if self.result.sampling:  # None when unrecorded or unreadable: the fields stay as they are
+            self._show_sampling(self.result.sampling)
         self._show_source(PromptSource.parse(self.result.prompts_spec))
-        self.query_one("#compare-metrics", Static).update(self._metrics_text())
+        self.query_one("#compare-metrics", Static).update(metrics_text(self.result))  # as the CLI prints them
         self._show()
 
     # --- display ---
-
-    def _metrics_text(self) -> str:
-        r = self.result
-        if r and r.stance:
-            from studio.evaluation.stance_metric import describe_stance
-
-            return "\n".join(describe_stance(r.stance))  # held-out and training items, each labelled
-        if not r or not r.before or not r.after:
-            return "No held-out pairs in this run: no automatic metrics (votes still count)."
-        b, a = r.before, r.after
-        return (f"Held-out pairs: {b['n']} · preference accuracy (logp chosen > rejected) base "
-                f"{b['raw_accuracy']:.2f} → tuned {a['raw_accuracy']:.2f} · DPO implicit-reward accuracy "
-                f"{a['implicit_reward_accuracy']:.2f} · mean margin {b['mean_margin']:+.2f} → {a['mean_margin']:+.2f}")
 
     def _show(self) -> None:
         result = self.result

@@ -46,25 +46,6 @@ def sibling_test_files(path: Path) -> list[Path]:
                   and p.suffix.lower() in DATA_SUFFIXES)
 
 
-def last_stance_lines(store, dataset: str) -> list[str]:  # noqa: ANN001
-    """The stance lines (held-out and training items) of the newest exercise run on ``dataset`` that has a
-    stored comparison, headed by the run and its settings; empty when there is none."""
-    from studio.evaluation.compare_session import stored_comparison
-    from studio.evaluation.stance_metric import describe_stance
-
-    for run in store.list_runs():
-        config = run.config or {}
-        if config.get("dataset") != dataset or config.get("support_ratio") is None:
-            continue
-        result = stored_comparison(store, run.id)
-        lines = describe_stance(result.stance if result else None)
-        if lines:
-            head = (f"Last compared run {run.id} (data size {config.get('data_size') or 'all'}, support ratio "
-                    f"{config['support_ratio']}, {config.get('epochs')} epoch(s)):")
-            return [head, *lines]
-    return []
-
-
 def import_bundled_exercises(store) -> list[str]:  # noqa: ANN001
     """Import every exercise under assets/exercises/ (content hashes make a repeat a no-op)."""
     names = []
@@ -184,6 +165,8 @@ class ExerciseScreen(Screen):
         if note:
             lines.append(note)
         if s["dataset"] not in self._stance_lines:
+            from studio.evaluation.compare_session import last_stance_lines
+
             self._stance_lines[s["dataset"]] = last_stance_lines(self.app.store, s["dataset"])
         if self._stance_lines[s["dataset"]]:
             lines += ["", *self._stance_lines[s["dataset"]]]

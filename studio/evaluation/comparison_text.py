@@ -1,0 +1,90 @@
+"""A comparison in words: the one formatter ``prefstudio compare``, the compare screen and the report use.
+
+Every line here is plain text, never markup; a client makes it safe for its own output (the CLI escapes
+terminal controls, the screen shows it with ``markup=False``, the report escapes HTML).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from studio.evaluation.comparison import ComparisonRow
+from studio.evaluation.comparison_result import ComparisonResult
+from studio.evaluation.stance_metric import describe_stance, stance_parts
+from studio.inference.engine import SamplingSettings
+from studio.inference.scoring import PreferenceMetrics
+
+NO_METRICS_NOTE = "No held-out pairs in this run: no automatic metrics (votes still count)."
+
+
+def describe_sampling(sampling: SamplingSettings | None) -> str:
+    """How the answers were sampled, in a few words: "greedy (temperature 0), max 32 tokens"."""
+    if sampling is None:
+        return "with unrecorded sampling settings"
+    how = "greedy (temperature 0)" if sampling.temperature == 0 else f"with temperature {sampling.temperature}"
+    return f"{how}, max {sampling.max_tokens} tokens"
+
+
+def summary_line(result: ComparisonResult) -> str:
+    """"run 3: 8 prompt(s) from held-out pairs · greedy (temperature 0), max 32 tokens"."""
+    return (f"run {result.run_id}: {len(result.rows)} prompt(s) from {result.prompts_source} · "
+            f"{describe_sampling(result.sampling)}")
+
+
+def metrics_line(before: PreferenceMetrics, after: PreferenceMetrics) -> str:
+    """The held-out preference metrics, base → tuned, on one line."""
+    implicit = after.implicit_reward_accuracy
+    implicit_text = f"{implicit:.2f}" if implicit is not None else "—"
+    return (f"held-out pairs: {before.n} · preference accuracy base {before.raw_accuracy:.2f} → tuned "
+            f"{after.raw_accuracy:.2f} (implicit reward {implicit_text}) · mean margin "
+            f"{before.mean_margin:+.3f} → {after.mean_margin:+.3f}")
+
+
+def metric_paragraphs(result: ComparisonResult) -> list[str]:
+    """The automatic metrics: the held-out preference line, then the stance lines (held-out and training
+    items, each labelled); empty when the run has neither."""
+    paragraphs = []
+    if result.before and result.after:
+        paragraphs.append(metrics_line(result.before, result.after))
+    if result.stance:
+        paragraphs.append("\n".join(stance_lines(result)))
+    return paragraphs
+
+
+def stance_lines(result: ComparisonResult | None) -> list[str]:
+    """The stance lines of an exercise run's comparison (held-out and training items, each labelled); empty
+    when it measured none."""
+    return describe_stance(result.stance if result else None)
+
+
+def metrics_text(result: ComparisonResult | None) -> str:
+    """The compare screen's metrics: the paragraphs, or a note that there are none."""
+    paragraphs = metric_paragraphs(result) if result else []
+    return "\n".join(paragraphs) or NO_METRICS_NOTE
+
+
+def sample_lines(number: int, row: ComparisonRow, shorten: Callable[[str, int], str]) -> list[str]:
+    """One side-by-side row as the CLI prints it; ``shorten(text, width)`` makes a text one short line."""
+    return [f"[{number}] {shorten(row.prompt, 100)}  (seed {row.seed})",
+            f"  base : {shorten(row.base_text, 200)}",
+            f"  tuned: {shorten(row.tuned_text, 200)}"]
+
+
+def samples_note(result: ComparisonResult) -> str:
+    """The report's sentence above the samples: where the prompts came from and how both sides sampled."""
+    return f"Prompts from {result.prompts_source}; both answered {describe_sampling(result.sampling)}."
+
+
+def report_columns(result: ComparisonResult) -> dict[str, dict[str, Any]]:
+    """The report's before/after table: held-out preference metrics and, for exercises, the support share."""
+    columns: dict[str, dict[str, Any]] = {
+        "base": result.before.to_dict() if result.before else {},
+        "tuned": result.after.to_dict() if result.after else {},
+    }
+    for part, values in stance_parts(result.stance).items():
+        suffix = "" if part == "heldout" else " (training items)"
+        for column, key in (("base", "before"), ("tuned", "after")):
+            columns[column][f"support_share{suffix}"] = values[key]["share"]
+            columns[column][f"stance_items{suffix}"] = values[key]["n"]
+    return {k: v for k, v in columns.items() if v}
