@@ -6,8 +6,8 @@ read back here, and nowhere else, for:
 - the run process: its training and held-out pairs as TRL sees them, checked against the dataset hash
   (``run_pairs``);
 - the comparison: the held-out pairs scored before and after, as the trainer saw them, with the judged
-  question for display (``heldout_preference_pairs``); the stance metric: an exercise run's items by key
-  (``run_stance_items``);
+  question for display (``heldout_preference_pairs``), and the sessions its questions come from
+  (``recorded_sessions``); the stance metric: an exercise run's items by key (``run_stance_items``);
 - ``prefstudio datasets export --heldout``: the held-out pairs as stored, whatever mix of kinds
   (``heldout_export_pairs``).
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store.datasets.store_mixin import ExportPair, StanceItem
 from store.errors import RecordNotFoundError
@@ -37,10 +37,14 @@ from trainers.pair_selection import (
 )
 from trainers.run_config import RunConfig
 
+if TYPE_CHECKING:
+    from store.records import RunRecord
+    from store.studio_store import Store
+
 DATASET_VERDICT = "dataset"
 
 
-def available_pairs(store: Any, config: RunConfig) -> list[TrainingPair]:
+def available_pairs(store: Store, config: RunConfig) -> list[TrainingPair]:
     """Every pair a run on ``config`` may name, as the trainer sees it: its ``--dataset``'s (a file, a stored
     dataset, a stance dataset's exercise pairs) or the store's judged pairs (one session's with ``--session``)."""
     if config.dataset:
@@ -59,7 +63,7 @@ def pairs_by_ids(available: Sequence[TrainingPair], ids: Sequence[str]) -> list[
     return [by_id[i] for i in ids]
 
 
-def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPair], list[TrainingPair]]:
+def run_pairs(store: Store, run: RunRecord, config: RunConfig) -> tuple[list[TrainingPair], list[TrainingPair]]:
     """The run's recorded train and held-out pairs, checked against its dataset hash."""
     available = available_pairs(store, config)
     train = pairs_by_ids(available, run.pair_ids)
@@ -71,7 +75,7 @@ def run_pairs(store: Any, run: Any, config: RunConfig) -> tuple[list[TrainingPai
     return train, heldout
 
 
-def heldout_preference_pairs(store: Any, run: Any) -> list[PreferencePair]:
+def heldout_preference_pairs(store: Store, run: RunRecord) -> list[PreferencePair]:
     """The run's held-out pairs, in the run's order, as the trainer saw them (an edit with the model's leading
     space, a conversational prompt rendered), as store ``PreferencePair``s.
 
@@ -109,7 +113,15 @@ def _as_preference(pair: TrainingPair, judged: PreferencePair | None) -> Prefere
                           created_at="")
 
 
-def run_stance_items(store: Any, run: Any, part: str = "heldout") -> list[Any]:
+def recorded_sessions(store: Store, run: RunRecord) -> list[int]:
+    """The chat sessions a run's judged pairs (training and held out) were judged in, in order."""
+    wanted = set(run.pair_ids) | set(run.heldout_ids)
+    if "judged" not in {pair_kind(pair_id) for pair_id in wanted}:
+        return []
+    return sorted({p.session_id for p in store.pairs() if p.pair_id in wanted})
+
+
+def run_stance_items(store: Store, run: RunRecord, part: str = "heldout") -> list[StanceItem]:
     """The labelled items of an exercise run, in the run's order: its ``"heldout"`` or its ``"train"`` ones.
 
     Raises ``PairSelectionError`` when the run did not train on a labelled-stance dataset in the store, or
@@ -135,7 +147,7 @@ def run_stance_items(store: Any, run: Any, part: str = "heldout") -> list[Any]:
     return [by_key[key] for key in keys]
 
 
-def heldout_export_pairs(store: Any, run_id: int) -> tuple[list[ExportPair], list[str]]:
+def heldout_export_pairs(store: Store, run_id: int) -> tuple[list[ExportPair], list[str]]:
     """A run's held-out pairs as stored (judged ones, imported dataset ones, and an exercise's held-out stance
     items with support chosen, as the stance metric scores them), and the ids no longer found."""
     run = store.get_run(run_id)
@@ -167,7 +179,7 @@ def _parsed(pair_id: str) -> PairId | None:
         return None
 
 
-def _stance_items_by_id(store: Any, config: dict[str, Any]) -> dict[str, StanceItem]:
+def _stance_items_by_id(store: Store, config: dict[str, Any]) -> dict[str, StanceItem]:
     """The stance items of an exercise run's dataset, by the ids ("stance:<item key>") its pairs have."""
     name = config.get("dataset")
     if not name:

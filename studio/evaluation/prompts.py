@@ -88,8 +88,9 @@ def run_sessions(store: Any, run: Any) -> list[int]:
         return [int(config["session_id"])]
     if config.get("dataset"):
         return []
-    wanted = set(run.pair_ids) | set(run.heldout_ids)
-    return sorted({p.session_id for p in store.pairs() if p.pair_id in wanted})
+    from trainers.recorded_pairs import recorded_sessions
+
+    return recorded_sessions(store, run)
 
 
 def session_prompts(store: Any, run: Any, session: str = "") -> tuple[list[ComparisonPrompt], str]:
