@@ -263,3 +263,20 @@ def test_cli_export_all_judged_and_errors(store: Store, db_path: Path, tmp_path:
     assert not (tmp_path / "none.jsonl").exists()
     unknown = runner.invoke(app, ["export", "nope", "--out", str(tmp_path / "none.jsonl")])
     assert unknown.exit_code == 1 and "error: No dataset 'nope'" in unknown.output
+
+
+def test_pairs_export_and_datasets_export_judged_write_the_same_file(db_path: Path, store: Store, tmp_path: Path,
+                                                                      studio_home: Path) -> None:
+    from studio.cli.app import app as prefstudio
+
+    session = store.create_session("sys")
+    judge(store, session, "a", texts=("naïve «reply»", 'quoted "reply"\nline two'))
+    judge(store, session, "edited", texts=("one", "two"), edited="a better reply 🙂")
+    runner = CliRunner()
+    by_pairs = runner.invoke(prefstudio, ["--db", str(db_path), "pairs", "export", "--out", str(tmp_path / "p.jsonl")])
+    by_datasets = runner.invoke(make_datasets_app(lambda: db_path),
+                                ["export", "--judged", "--out", str(tmp_path / "d.jsonl")])
+    assert by_pairs.exit_code == 0 and by_datasets.exit_code == 0, (by_pairs.output, by_datasets.output)
+    written = (tmp_path / "p.jsonl").read_bytes()
+    assert written == (tmp_path / "d.jsonl").read_bytes()
+    assert [json.loads(line) for line in written.splitlines()] == [pair.to_trl() for pair in store.pairs()]
