@@ -53,6 +53,8 @@ def dataset_export_pairs(store: Store, dataset: DatasetRecord | str | int,
     if record.kind == "stance":
         for item in store.stance_items(record):
             chosen, rejected = (item.support, item.oppose) if prefer == "support" else (item.oppose, item.support)
+            # Not a pair id (store/pair_ids.py): a run never records it. Only this export's de-duplication reads
+            # it, and an item preferring oppose is another pair than its held-out stance:<key> (support chosen).
             yield ExportPair(f"s{item.id}", item.prompt, chosen, rejected)
         return
     yield from store.iter_dataset_pairs(record.id)
