@@ -13,9 +13,9 @@ from store.studio_store import Store
 from studio.inference.engine import SamplingSettings
 from studio.settings import load_settings
 from studio.tui.app import PreferenceStudioApp
+from studio.tui.screens.chat import JUDGE_HINT
 from studio.tui.screens.modals import ErrorScreen, TextEditScreen
 from studio.tui.widgets.conversation_turn import ConversationTurn
-from trainers.prompt_format import ChatTurn
 
 
 @pytest.fixture
@@ -34,11 +34,38 @@ def make_app(tmp_path, default_model, studio_home):
         store.close()
 
 
+# What the tests wait for and read is what a user sees or what the store holds, not the screen's internals.
+
+
+def input_ready(app) -> bool:
+    """The prompt input takes text: the model is loaded and no prompt is being answered or judged."""
+    return app.engine is not None and not app.chat.query_one("#prompt-input").disabled
+
+
+def judging(app) -> bool:
+    """The judge bar offers the verdict keys: the candidates are on screen (and stored)."""
+    return str(app.chat.query_one("#judge-bar").render()) == JUDGE_HINT
+
+
+def session_id(app) -> int:
+    return app.store.latest_session().id
+
+
+def rendered_prompts(app) -> list[str | None]:
+    """The exact prompt the model saw for each question of the current session, in order."""
+    return [rendered for _, rendered in app.store.session_questions(session_id(app))]
+
+
+def last_candidates(app):
+    prompt_id = max(row["id"] for row in app.store.db["prompts"].rows)
+    return app.store.candidates(prompt_id)
+
+
 async def ask(pilot, app, text: str) -> None:
-    await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+    await wait_for(pilot, lambda: input_ready(app))
     app.chat.query_one("#prompt-input").value = text
     await pilot.press("enter")
-    await wait_for(pilot, lambda: app.chat.state == "judging")
+    await wait_for(pilot, lambda: judging(app))
 
 
 async def test_prompt_two_candidates_key_1_stores_the_pair(make_app, tmp_path, studio_home):
@@ -51,12 +78,12 @@ async def test_prompt_two_candidates_key_1_stores_the_pair(make_app, tmp_path, s
         assert len(texts) == 2 and all(t.strip() for t in texts)
         assert "adapter: none" in app.sub_title and "gemma-3-270m" in app.sub_title
         await pilot.press("1")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         pairs = app.store.pairs()
         assert len(pairs) == 1 and pairs[0].chosen == texts[0] and pairs[0].rejected == texts[1]
         assert "pairs this session: 1" in str(chat.query_one("#counter").render())
         # The pick became the assistant turn, so the conversation continues from it.
-        assert [t.role for t in app.store.turns(chat.session_id)] == ["user", "assistant"]
+        assert [t.role for t in app.store.turns(session_id(app))] == ["user", "assistant"]
         candidates = app.store.candidates(pairs[0].judgement_id and app.store.judgements()[0].prompt_id)
         assert [c.seed for c in candidates] == [100, 101]
         assert candidates[0].rendered_prompt.endswith("User: Say hello.\nAssistant:")
@@ -73,18 +100,19 @@ async def test_both_bad_then_regenerate_then_b(make_app):
         chat = app.chat
         await pilot.press("x")
         await pilot.pause(0.1)
-        assert chat.state == "judging"  # both bad: still judging, offered r / e / i
-        first_prompt_id = chat.job.prompt_id
+        # Both bad: still judging, offered r / e / i.
+        assert str(chat.query_one("#judge-bar").render()).startswith("Both bad, recorded. r regenerate")
+        (first,) = app.store.judgements()
         await pilot.press("r")
-        await wait_for(pilot, lambda: chat.state == "judging" and chat.job.prompt_id != first_prompt_id)
-        second = chat.job
-        assert second.seeds == [102, 103]
+        await wait_for(pilot, lambda: judging(app) and len(rendered_prompts(app)) == 2)
+        second = last_candidates(app)
+        assert [c.seed for c in second] == [102, 103]
         await pilot.press("2")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         verdicts = [(j.prompt_id, j.verdict) for j in app.store.judgements()]
-        assert verdicts == [(first_prompt_id, "both_bad"), (second.prompt_id, "b")]
+        assert verdicts == [(first.prompt_id, "both_bad"), (second[0].prompt_id, "b")]
         pair = app.store.pairs()[0]
-        assert pair.chosen == second.generations[1].text
+        assert pair.chosen == second[1].text
 
 
 async def test_tie_says_what_was_recorded_and_continues_with_the_highlighted_reply(make_app):
@@ -95,11 +123,11 @@ async def test_tie_says_what_was_recorded_and_continues_with_the_highlighted_rep
         texts = [panel.text for panel in chat.panels]
         await pilot.press("right")  # highlight B: the tie continues with B
         await pilot.press("t")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         assert [j.verdict for j in app.store.judgements()] == ["tie"]
         assert app.store.count_pairs() == 0
-        assert chat.turns[-1] == ChatTurn("assistant", texts[1].strip())
-        assert [t.content for t in app.store.turns(chat.session_id)][-1] == texts[1].strip()
+        assert chat.query(ConversationTurn)[-1].text == texts[1].strip()
+        assert [t.content for t in app.store.turns(session_id(app))][-1] == texts[1].strip()
         messages = [n.message for n in app._notifications]
         assert any("Tie recorded" in m and "continues with B's reply" in m for m in messages), messages
 
@@ -116,74 +144,75 @@ async def test_edit_writes_a_better_reply_that_becomes_chosen(make_app):
         area = app.screen.query_one("TextArea")
         area.text = "Blue, on a clear day."
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         judgement = app.store.judgements()[0]
         assert judgement.verdict == "edited" and judgement.edited_text == " Blue, on a clear day."
         assert {p.chosen for p in app.store.pairs()} == {" Blue, on a clear day."}
-        assert chat.turns[-1].content == "Blue, on a clear day."
+        assert app.store.turns(session_id(app))[-1].content == "Blue, on a clear day."
+        assert chat.query(ConversationTurn)[-1].text == "Blue, on a clear day."
 
 
 async def test_system_prompt_edit_is_stored_and_rendered(make_app):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         await pilot.press("f2")
         await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "You are a pirate. Answer like one."
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: not isinstance(app.screen, TextEditScreen))
-        chat = app.chat
-        assert app.store.get_session(chat.session_id).system_prompt == "You are a pirate. Answer like one."
+        assert app.store.get_session(session_id(app)).system_prompt == "You are a pirate. Answer like one."
         await ask(pilot, app, "Hello?")
-        assert chat.job.fitted.text.startswith("You are a pirate. Answer like one.\n\nUser: Hello?")
+        assert rendered_prompts(app)[-1].startswith("You are a pirate. Answer like one.\n\nUser: Hello?")
 
 
 async def test_prompt_bank_fills_the_input_only_when_asked(make_app):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         chat = app.chat
         bank = app.prompt_banks[0]
         prompt_input = chat.query_one("#prompt-input")
         await pilot.press("f3")  # one bank prompt, on request
         assert prompt_input.value == bank.prompts[0]
         await pilot.press("enter")
-        await wait_for(pilot, lambda: chat.state == "judging")
+        await wait_for(pilot, lambda: judging(app))
         await pilot.press("1")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         assert prompt_input.value == ""  # F3 filled one prompt; judging it does not fetch another
         await ask(pilot, app, "A question I typed myself.")
         await pilot.press("2")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         assert prompt_input.value == ""
         await pilot.press("f4")  # bank mode: now every judgement brings the next one
         assert prompt_input.value == bank.prompts[1]
         assert "bank mode on" in str(chat.query_one("#counter").render())
         await pilot.press("enter")
-        await wait_for(pilot, lambda: chat.state == "judging")
+        await wait_for(pilot, lambda: judging(app))
         await pilot.press("1")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         assert prompt_input.value == bank.prompts[2]
         assert f"bank: {bank.name} 3/{len(bank.prompts)}" in str(chat.query_one("#counter").render())
         await pilot.press("f4")
         prompt_input.value = ""
         await ask(pilot, app, "Bank mode is off again.")
         await pilot.press("1")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         assert prompt_input.value == ""
 
 
 async def test_escape_stops_the_generation_and_puts_the_prompt_back(make_app):
     app = make_app(sampling=SamplingSettings(max_tokens=400))
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         chat = app.chat
         question = "Write a very long story about a lighthouse keeper and the sea, in many chapters."
         chat.query_one("#prompt-input").value = question
         await pilot.press("enter")
-        assert chat.state == "generating"
+        assert chat.query_one("#prompt-input").disabled
+        assert str(chat.query_one("#judge-bar").render()).startswith("generating for: Write a very long story")
         await pilot.press("escape")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         assert chat.query_one("#prompt-input").value == question
         assert not chat.query(ConversationTurn)  # the pending question left the conversation pane
         assert app.store.db["prompts"].count == 0 and app.store.judgements() == []
@@ -199,15 +228,17 @@ async def test_the_question_being_judged_is_shown_pending_and_turns_say_who_spok
         assert pending.pending and "Which ocean is the largest?" in shown and "pending" in shown
         assert shown.startswith("you")
         await pilot.press("1")
-        await wait_for(pilot, lambda: chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         user_turn, reply_turn = chat.query(ConversationTurn)
         assert not user_turn.pending and not reply_turn.pending
         assert str(user_turn.render()) == "you\nWhich ocean is the largest?"
-        assert str(reply_turn.render()) == f"assistant · {app.engine.identity.model_id}\n{chat.turns[-1].content}"
+        reply = app.store.turns(session_id(app))[-1].content
+        assert str(reply_turn.render()) == f"assistant · {app.engine.identity.model_id}\n{reply}"
         # A regenerate keeps one pending question; "i" (move on without a verdict) takes it away.
         await ask(pilot, app, "And the smallest?")
         await pilot.press("r")
-        await wait_for(pilot, lambda: chat.state == "judging" and chat.job.seeds[0] != 102)
+        await wait_for(pilot, lambda: judging(app) and len(rendered_prompts(app)) == 3)
+        assert [c.seed for c in last_candidates(app)] == [104, 105]
         assert [t.pending for t in chat.query(ConversationTurn)] == [False, False, True]
         await pilot.press("i")
         await pilot.pause(0.1)
@@ -217,26 +248,26 @@ async def test_the_question_being_judged_is_shown_pending_and_turns_say_who_spok
 async def test_the_system_prompt_survives_a_restart(make_app):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         await pilot.press("f2")
         await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "You are a patient maths tutor."
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: not isinstance(app.screen, TextEditScreen))
-        first_session = app.chat.session_id
+        first_session = session_id(app)
     again = make_app()
     async with again.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: again.engine is not None and again.chat.state == "input")
-        assert again.chat.session_id != first_session  # a new session…
+        await wait_for(pilot, lambda: input_ready(again))
+        assert session_id(again) != first_session  # a new session…
         assert again.chat.system_prompt == "You are a patient maths tutor."  # …with the last system prompt
         await ask(pilot, again, "What is a prime?")
-        assert again.chat.job.fitted.text.startswith("You are a patient maths tutor.\n\nUser: What is a prime?")
+        assert rendered_prompts(again)[-1].startswith("You are a patient maths tutor.\n\nUser: What is a prime?")
 
 
 async def test_the_editor_clears_with_ctrl_u_and_replaces_after_ctrl_a(make_app):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         await pilot.press("f2")
         await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
         area = app.screen.query_one("TextArea")
@@ -255,11 +286,11 @@ async def test_the_editor_clears_with_ctrl_u_and_replaces_after_ctrl_a(make_app)
 async def test_empty_prompt_is_refused_and_nothing_stored(make_app):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         app.chat.query_one("#prompt-input").value = "   "
         await pilot.press("enter")
         await pilot.pause(0.1)
-        assert app.chat.state == "input"
+        assert input_ready(app)
         assert any("empty" in n.message for n in app._notifications)
         assert app.store.db["prompts"].count == 0
 
@@ -271,7 +302,7 @@ async def test_context_overflow_shows_a_notice(make_app):
         for i in range(3):
             await ask(pilot, app, f"Round {i}: please tell me a long story about the sea and ships.")
             await pilot.press("1")
-            await wait_for(pilot, lambda: chat.state == "input")
+            await wait_for(pilot, lambda: input_ready(app))
             if chat.query_one("#notice").display:
                 break
         notice = chat.query_one("#notice")
@@ -319,7 +350,7 @@ async def test_escape_from_compare_returns_to_the_chat(make_app, tmp_path):
                                                     "rows": [{"prompt": "Hi?", "base_text": "a", "tuned_text": "b",
                                                               "seed": 1}]})
     async with app.run_test(size=(130, 40)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         await pilot.press("f5")  # compare opened from the train screen, as after a run
         await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
         for _ in range(2):  # and F6 pressed again on the comparison
@@ -360,7 +391,7 @@ async def test_a_prompt_the_chat_template_refuses_shows_an_error_and_keeps_the_p
                 "words') }}{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:")
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         app.engine.prompt_format = ChatTemplateFormat(template=template)  # this app's own engine
         app.chat.query_one("#prompt-input").value = "Say a forbidden word."
         await pilot.press("enter")
@@ -369,10 +400,10 @@ async def test_a_prompt_the_chat_template_refuses_shows_an_error_and_keeps_the_p
         assert app.engine.identity.model_id in message and "the template refused: no forbidden words" in message
         await pilot.press("escape")
         await wait_for(pilot, lambda: app.screen is app.chat)
-        assert app.chat.state == "input" and app.chat.query_one("#prompt-input").value == "Say a forbidden word."
+        assert input_ready(app) and app.chat.query_one("#prompt-input").value == "Say a forbidden word."
         assert app.store.db["prompts"].count == 0
         await ask(pilot, app, "Say a kind word.")  # the chat goes on
-        assert app.chat.job.fitted.text.endswith("user: Say a kind word.\nassistant:")
+        assert rendered_prompts(app)[-1].endswith("user: Say a kind word.\nassistant:")
 
 
 async def test_a_saved_persona_comes_back_from_the_palette(make_app, tmp_path):
@@ -380,7 +411,7 @@ async def test_a_saved_persona_comes_back_from_the_palette(make_app, tmp_path):
 
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         await pilot.press("f2")
         await wait_for(pilot, lambda: isinstance(app.screen, TextEditScreen))
         app.screen.query_one("TextArea").text = "You are a pirate. Answer like one."
@@ -397,13 +428,13 @@ async def test_a_saved_persona_comes_back_from_the_palette(make_app, tmp_path):
     assert saved == {"personas": {"Pirate [/]": "You are a pirate. Answer like one."}}
     again = make_app()
     async with again.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: again.engine is not None and again.chat.state == "input")
-        again.store.update_system_prompt(again.chat.session_id, "Something else entirely.")
+        await wait_for(pilot, lambda: input_ready(again))
+        again.store.update_system_prompt(session_id(again), "Something else entirely.")
         commands = {c.title: c for c in again.get_system_commands(again.screen)}
         commands["Use persona: Pirate \\[/]"].callback()  # the title is escaped for the palette's markup
         assert again.chat.system_prompt == "You are a pirate. Answer like one."
         await ask(pilot, again, "Where is the treasure?")
-        assert again.chat.job.fitted.text.startswith("You are a pirate. Answer like one.\n\nUser: Where")
+        assert rendered_prompts(again)[-1].startswith("You are a pirate. Answer like one.\n\nUser: Where")
         # A damaged personas file is named, and nothing in it is overwritten.
         (tmp_path / "personas.json").write_text('{"personas": {"Pirate": ', encoding="utf-8")
         commands = {c.title: c for c in again.get_system_commands(again.screen)}
@@ -411,3 +442,43 @@ async def test_a_saved_persona_comes_back_from_the_palette(make_app, tmp_path):
         await pilot.pause(0.1)
         assert any("personas.json: not valid JSON (line 1" in n.message for n in again._notifications)
         assert (tmp_path / "personas.json").read_text() == '{"personas": {"Pirate": '
+
+
+def notices(app) -> list[str]:
+    """The notifications shown so far, as the user reads them."""
+    return [n.message for n in app._notifications]
+
+
+async def test_f6_and_f7_while_candidates_generate_are_refused_and_both_come_from_one_adapter(make_app):
+    app = make_app(sampling=SamplingSettings(max_tokens=64))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: input_ready(app))
+        chat = app.chat
+        chat.query_one("#prompt-input").value = "Write a very long story about a lighthouse keeper and the sea."
+        await pilot.press("enter", "f7", "f6")  # one press: the keys land while the candidates are written
+        shown = notices(app)  # read at once: a notification leaves the screen after its timeout
+        await wait_for(pilot, lambda: judging(app))
+        assert any("Cannot switch the adapter now: the model is generating candidates" in m for m in shown), shown
+        assert any("Cannot compare now" in m for m in shown), shown
+        assert app.screen is chat and "adapter: none" in app.sub_title
+        assert [c.adapter for c in last_candidates(app)] == [None, None]
+        await pilot.press("1")
+        await wait_for(pilot, lambda: input_ready(app))
+        await pilot.press("f7")  # free again: F7 is taken (here there is no run to switch to)
+        await pilot.pause(0.1)
+        assert any("No finished training run yet" in m for m in notices(app))
+
+
+async def test_a_new_session_records_the_model_it_was_started_with(make_app, default_model):
+    app = make_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ask(pilot, app, "Hello?")
+        await pilot.press("1")
+        await wait_for(pilot, lambda: input_ready(app))
+        first = session_id(app)
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: session_id(app) != first)
+        assert [app.store.get_session(s).model_id for s in (first, session_id(app))] == [default_model.name] * 2
+        assert not app.chat.query(ConversationTurn) and app.store.turns(session_id(app)) == []
+        await ask(pilot, app, "Who are you?")
+        assert rendered_prompts(app) == [rendered_prompts(app)[0]] and "Hello?" not in rendered_prompts(app)[0]

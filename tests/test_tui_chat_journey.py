@@ -5,7 +5,7 @@ must all tell the same story (issue 9, the chat items; issue 10, item 7)."""
 from __future__ import annotations
 
 from conftest import wait_for
-from test_tui_chat import make_app  # noqa: F401  (a fixture, used by name)
+from test_tui_chat import input_ready, judging, make_app, rendered_prompts, session_id  # noqa: F401  (make_app: a fixture)
 
 from studio.inference.engine import SamplingSettings
 from studio.tui.screens.modals import TextEditScreen
@@ -40,7 +40,7 @@ JOURNEY = [
 async def test_a_dozen_prompts_in_one_session_judged_with_every_key(make_app):  # noqa: F811
     app = make_app(system_prompt=SYSTEM, sampling=SamplingSettings(max_tokens=8))
     async with app.run_test(size=(130, 44)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
+        await wait_for(pilot, lambda: input_ready(app))
         chat = app.chat
         store = app.store
         prompt_input = chat.query_one("#prompt-input")
@@ -51,7 +51,7 @@ async def test_a_dozen_prompts_in_one_session_judged_with_every_key(make_app):  
         for prompt, keys in JOURNEY:
             prompt_input.value = prompt
             await pilot.press("enter")
-            await wait_for(pilot, lambda: chat.state == "judging")
+            await wait_for(pilot, lambda: judging(app))
             # The question being judged is on screen, marked pending, as typed.
             pending = [t for t in chat.query(ConversationTurn) if t.pending]
             assert [t.text for t in pending] == [prompt]
@@ -70,10 +70,10 @@ async def test_a_dozen_prompts_in_one_session_judged_with_every_key(make_app):  
                     expected_pairs += [(" " + written, text) for text in texts if text != " " + written]
                     reply = written
                     continue
-                job = chat.job
+                asked = len(rendered_prompts(app))
                 await pilot.press(key)
-                if key == "r":
-                    await wait_for(pilot, lambda job=job: chat.state == "judging" and chat.job is not job)
+                if key == "r":  # asked again, answered and stored: judging the new candidates
+                    await wait_for(pilot, lambda asked=asked: judging(app) and len(rendered_prompts(app)) > asked)
                 elif key in ("1", "2"):
                     picked = int(key) - 1
                     expected_verdicts.append("a" if key == "1" else "b")
@@ -87,8 +87,9 @@ async def test_a_dozen_prompts_in_one_session_judged_with_every_key(make_app):  
                 elif key == "x":
                     expected_verdicts.append("both_bad")
                     await pilot.pause(0.1)
-                    assert chat.state == "judging"  # both bad: r, e or i next
-            await wait_for(pilot, lambda: chat.state == "input")
+                    # Both bad: r, e or i next.
+                    assert str(chat.query_one("#judge-bar").render()).startswith("Both bad, recorded.")
+            await wait_for(pilot, lambda: input_ready(app))
             if reply is not None:
                 expected_turns += [("user", prompt), ("assistant", reply)]
             assert prompt_input.value == ""  # no bank prompt pushed in after a typed prompt
@@ -97,10 +98,9 @@ async def test_a_dozen_prompts_in_one_session_judged_with_every_key(make_app):  
 
         # The store: every verdict in order, the pairs they imply, the conversation as continued.
         assert [j.verdict for j in store.judgements()] == expected_verdicts
-        assert sorted((p.chosen, p.rejected) for p in store.pairs(session_id=chat.session_id)) == sorted(
+        assert sorted((p.chosen, p.rejected) for p in store.pairs(session_id=session_id(app))) == sorted(
             expected_pairs)
-        assert [(t.role, t.content) for t in store.turns(chat.session_id)] == expected_turns
-        assert [(t.role, t.content) for t in chat.turns] == expected_turns
+        assert [(t.role, t.content) for t in store.turns(session_id(app))] == expected_turns
         assert store.db["prompts"].count == len(JOURNEY) + 2  # two regenerations asked again
         # Every candidate saw the whole system prompt and the conversation so far, markup-like text verbatim.
         last = store.judgements()[-1]

@@ -25,6 +25,8 @@ from store.studio_store import Store
 from studio.inference.engine import SamplingSettings
 from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
+from studio.tui.screens.chat import JUDGE_HINT
+from studio.tui.widgets.conversation_turn import ConversationTurn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,6 +42,7 @@ from store.studio_store import Store
 from studio.inference.engine import SamplingSettings
 from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
+from studio.tui.screens.chat import JUDGE_HINT
 
 db, model, mode, delay_ms = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 store = Store.open(Path(db))
@@ -77,18 +80,26 @@ async def until(pilot, condition) -> None:
     raise SystemExit("timed out")
 
 
+def input_ready() -> bool:
+    return app.engine is not None and not app.chat.query_one("#prompt-input").disabled
+
+
+def judging() -> bool:
+    return str(app.chat.query_one("#judge-bar").render()) == JUDGE_HINT
+
+
 async def ask(pilot, text: str) -> None:
-    await until(pilot, lambda: app.engine is not None and app.chat.state == "input")
+    await until(pilot, input_ready)
     app.chat.query_one("#prompt-input").value = text
     await pilot.press("enter")
-    await until(pilot, lambda: app.chat.state == "judging")
+    await until(pilot, judging)
 
 
 async def main() -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await ask(pilot, "Name a colour.")
         await pilot.press("1")
-        await until(pilot, lambda: app.chat.state == "input")
+        await until(pilot, input_ready)
         for judgement in store.judgements():
             print("ack", judgement.id, flush=True)
         await ask(pilot, "Name a fruit.")
@@ -158,11 +169,12 @@ def make_app(tmp_path, default_model, studio_home):
 async def test_a_busy_database_keeps_the_judgement_says_so_and_saves_it_when_free(make_app, tmp_path):
     app = make_app()
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
         chat = app.chat
-        chat.query_one("#prompt-input").value = "Say hello."
+        prompt_input, bar = chat.query_one("#prompt-input"), chat.query_one("#judge-bar")
+        await wait_for(pilot, lambda: app.engine is not None and not prompt_input.disabled)
+        prompt_input.value = "Say hello."
         await pilot.press("enter")
-        await wait_for(pilot, lambda: chat.state == "judging")
+        await wait_for(pilot, lambda: str(bar.render()) == JUDGE_HINT)
         # Another program holds the write lock (an old studio's import, an sqlite3 shell inside BEGIN).
         blocker = sqlite3.connect(tmp_path / "studio.db", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
@@ -170,22 +182,25 @@ async def test_a_busy_database_keeps_the_judgement_says_so_and_saves_it_when_fre
             await pilot.press("1")
             notice = chat.query_one("#notice")
             await wait_for(pilot, lambda: "database busy, retrying" in str(notice.render()), timeout=10)
-            assert notice.display and chat.state == "saving"
+            assert notice.display and str(bar.render()) == "saving your judgement: database busy, retrying…"
             await pilot.press("2")  # another verdict on the same answers is not taken while one is saving
             await pilot.press("i")  # nor is moving on before it is stored
             await pilot.press("ctrl+q")  # quitting first says the judgement would be lost
             await pilot.pause(0.2)
-            assert app.is_running and app._quit_anyway
+            assert app.is_running
+            assert any("quitting now loses it" in n.message for n in app._notifications)
             await pilot.pause(1.5)  # longer than one retry: still kept, still retrying, the app still up
-            assert app.is_running and chat.state == "saving"
+            assert app.is_running and str(bar.render()) == "saving your judgement: database busy, retrying…"
+            assert prompt_input.disabled
             assert blocker.execute("SELECT COUNT(*) FROM judgements").fetchone() == (0,)
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        await wait_for(pilot, lambda: chat.state == "input", timeout=30)
+        await wait_for(pilot, lambda: not prompt_input.disabled, timeout=30)
         (judgement,) = app.store.judgements()
         assert judgement.verdict == "a"
-        turns = app.store.turns(chat.session_id)
+        turns = app.store.turns(app.store.latest_session().id)
         assert [(t.role, t.judgement_id) for t in turns] == [("user", judgement.id), ("assistant", judgement.id)]
-        assert turns[1].content == chat.turns[1].content
+        assert turns[1].content == app.store.candidates(judgement.prompt_id)[0].text.strip()  # A, continuing
+        assert [t.text for t in chat.query(ConversationTurn)] == ["Say hello.", turns[1].content]
         assert not notice.display

@@ -14,7 +14,7 @@ from textual.screen import Screen
 from store.studio_store import Store
 from studio.assets import assets_dir
 from studio.evaluation.prompt_bank import PromptBank, bundled_banks
-from studio.inference.engine import ChatEngine
+from studio.inference.engine import ChatEngine, EngineError
 from studio.settings import StudioSettings
 from studio.tui.screens.chat import ChatScreen
 
@@ -137,6 +137,8 @@ class PreferenceStudioApp(App[None]):
         if self.engine is None:
             self.notify("The model is still loading.", severity="warning")
             return
+        if self._engine_busy("compare"):
+            return
         if run_id is None:
             runs = usable_runs(self.store)
             if not runs:
@@ -147,6 +149,17 @@ class PreferenceStudioApp(App[None]):
             self.pop_screen()  # F6 on a comparison replaces it: escape must not lead into an older one
         self.push_screen(CompareScreen(run_id))
 
+    def _engine_busy(self, what: str) -> bool:
+        """While candidates are being written (or any job holds the engine), the model must not change
+        under them: say so and refuse. True when refused."""
+        chat = next((s for s in self.screen_stack if isinstance(s, ChatScreen)), None)
+        owner = self.engine.owner if self.engine is not None else None
+        if (chat is not None and chat.generating) or owner is not None:
+            self.notify(f"Cannot {what} now: the model is {owner or 'generating candidates'}. Wait for it, or "
+                        "press escape to stop it.", severity="warning", timeout=10)
+            return True
+        return False
+
     def return_to_chat(self) -> None:
         """Close every screen above the chat (compare opened from the train or exercise screen included)."""
         while not isinstance(self.screen, ChatScreen) and len(self.screen_stack) > 1:
@@ -156,7 +169,7 @@ class PreferenceStudioApp(App[None]):
         """One key walks base → newest run → older runs → base; judgements record the active one."""
         from studio.evaluation.run_adapters import adapter_name, usable_runs
 
-        if self.engine is None:
+        if self.engine is None or self._engine_busy("switch the adapter"):
             return
         choices: list[str | None] = [None, *(adapter_name(r) for r in usable_runs(self.store))]
         if len(choices) == 1:
@@ -174,7 +187,7 @@ class PreferenceStudioApp(App[None]):
                 run = self.store.get_run(int(name.removeprefix("run-")))
                 self.engine.load_adapter(name, gguf_adapter_for_run(run, self.engine.info, self.store.path))
             self.engine.activate_adapter(name)
-        except (ValueError, RuntimeError) as exc:
+        except (ValueError, RuntimeError, EngineError) as exc:  # EngineBusy: a job holds the engine
             self.call_from_thread(self.notify, f"Adapter not switched: {exc}", severity="error", timeout=10)
             return
         self.call_from_thread(self._adapter_switched, name)

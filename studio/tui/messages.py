@@ -40,3 +40,4 @@ class CandidatesFinished(Message):
 class GenerationFailed(Message):
     job_id: int
     error: str
+    title: str = "Generation failed"

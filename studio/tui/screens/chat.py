@@ -1,15 +1,13 @@
 """The chat screen: prompt → two streaming candidates → one key records the preference.
 
-States: ``loading`` (model not ready) → ``input`` → ``generating`` → ``judging`` → ``input`` …
-Inference runs in a thread worker; every store write is a quick transaction on the UI thread, and each
-judgement is committed before the screen moves on.
+A thin client of ``studio.judging.JudgingSession``, which decides what is generated and stored: this screen
+lays out, maps keys to judgements, runs the session's generation and every store write that may wait on a
+busy database in workers, and shows the results.
+
+States: ``loading`` (model not ready) → ``input`` → ``generating`` → ``judging`` (→ ``saving``) → ``input`` …
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,9 +18,9 @@ from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
 
 from store.errors import StoreBusyError, StoreError
-from store.records import Verdict
 from studio.evaluation.prompt_bank import PromptBank, PromptFeed
-from studio.inference.engine import ChatEngine, EngineConfig, EngineError, FittedPrompt, Generation, new_seed
+from studio.inference.engine import ChatEngine, EngineConfig, EngineError
+from studio.judging import Judgement, JudgingSession, Round
 from studio.personas import PersonaError, personas_path, save_persona
 from studio.tui.messages import (
     CandidatesFinished,
@@ -42,21 +40,6 @@ SAVE_RETRY_WAIT_S = 1.0  # each retry in the worker; between them it checks whet
 JUDGE_HINT = "1 A better · 2 B better · t tie · x both bad · r regenerate · e edit (◀ ▶ pick) · i input"
 
 
-@dataclass
-class GenerationJob:
-    """One prompt being answered: what the model saw, with which seeds."""
-
-    id: int
-    user_text: str
-    history: list[ChatTurn]
-    fitted: FittedPrompt
-    seeds: list[int]
-    prompt_id: int | None = None
-    candidate_ids: list[int] = field(default_factory=list)
-    generations: list[Generation] = field(default_factory=list)
-    judged: bool = False
-
-
 class ChatScreen(Screen):
     BINDINGS = [
         Binding("escape", "cancel_generation", "Stop", show=False),
@@ -65,14 +48,12 @@ class ChatScreen(Screen):
     def __init__(self) -> None:
         super().__init__()
         self.state = "loading"
-        self.turns: list[ChatTurn] = []
-        self.job: GenerationJob | None = None
-        self._job_counter = 0
+        self.judging: JudgingSession | None = None  # created on mount (it opens a store session)
+        self.round: Round | None = None  # the round on screen: generating, being judged or being saved
         self.feed: PromptFeed | None = None
         # Bank mode: after each judgement the input gets the next bank prompt. Off until the user turns it
         # on (F4, or choosing a bank in the palette); F3 alone fills one prompt and changes nothing else.
         self.bank_mode = False
-        self.session_id: int | None = None
 
     # --- layout ---
 
@@ -93,9 +74,10 @@ class ChatScreen(Screen):
 
     def on_mount(self) -> None:
         self.query_one("#conversation").border_title = "conversation"
-        store = self.app.store
-        self.session_id = store.create_session(
-            self._starting_system_prompt(), model_id=self.app.settings.model.name if self.app.settings.model else None
+        settings = self.app.settings
+        self.judging = JudgingSession(
+            self.app.store, self._starting_system_prompt(), settings.model.name, sampling=settings.sampling,
+            n_candidates=settings.candidates, base_seed=settings.seed, source="tui", engine=self.app.engine,
         )
         self.panels[0].highlighted = True
         self._update_counter()
@@ -107,12 +89,31 @@ class ChatScreen(Screen):
             self._engine_ready(self.app.engine)
 
     @property
-    def panels(self) -> list[CandidatePanel]:
-        return list(self.query(CandidatePanel))
+    def session(self) -> JudgingSession:
+        assert self.judging is not None, "the chat screen is not mounted yet"
+        return self.judging
+
+    @property
+    def session_id(self) -> int:
+        """The store session this conversation is recorded in (train screen: "this session's pairs")."""
+        return self.session.session_id
+
+    @property
+    def turns(self) -> list[ChatTurn]:
+        return list(self.session.turns)
 
     @property
     def system_prompt(self) -> str:
-        return self.app.store.get_session(self.session_id).system_prompt
+        return self.session.system_prompt
+
+    @property
+    def generating(self) -> bool:
+        """Candidates are being written: the engine must not change under them (F6, F7 wait)."""
+        return self.state == "generating"
+
+    @property
+    def panels(self) -> list[CandidatePanel]:
+        return list(self.query(CandidatePanel))
 
     def _starting_system_prompt(self) -> str:
         """The last session's system prompt, so an edit survives a restart; a new store starts with the
@@ -140,6 +141,9 @@ class ChatScreen(Screen):
             if turn.pending:
                 turn.remove()
 
+    def _highlighted(self) -> int:
+        return next(i for i, p in enumerate(self.panels) if p.highlighted)
+
     # --- engine ---
 
     @work(thread=True, exclusive=True, group="engine", exit_on_error=False)
@@ -159,6 +163,7 @@ class ChatScreen(Screen):
         self._engine_ready(message.engine)
 
     def _engine_ready(self, engine: ChatEngine) -> None:
+        self.session.engine = engine
         self.app.update_header()
         self.query_one("#engine-status", Static).update(
             f"{engine.identity.model_id} · {engine.prompt_format.name} format · {engine.n_threads} threads"
@@ -187,32 +192,24 @@ class ChatScreen(Screen):
         self.start_generation(text)
 
     def start_generation(self, user_text: str) -> None:
-        engine: ChatEngine = self.app.engine
-        sampling = self.app.settings.sampling
         try:
-            fitted = engine.fit_prompt(self.system_prompt, [*self.turns, ChatTurn("user", user_text)], sampling.max_tokens)
+            round_ = self.session.prepare(user_text)
         except EngineError as exc:  # too long for the context, or the model's chat template refused it
             if self.state == "input":
                 self.query_one("#prompt-input", Input).value = user_text  # nothing typed is lost
             self.app.push_screen(ErrorScreen("The prompt could not be prepared", str(exc)))
             return
         notice = self.query_one("#notice", Static)
+        fitted = round_.fitted
         if fitted.dropped_turns:
             notice.update(
                 f"Context full: the {fitted.dropped_turns} oldest turn(s) were left out of this prompt "
-                f"({fitted.n_tokens} of {engine.n_ctx} tokens used)."
+                f"({fitted.n_tokens} of {self.app.engine.n_ctx} tokens used)."
             )
             notice.display = True
         else:
             notice.display = False
-        self._job_counter += 1
-        self.job = GenerationJob(
-            id=self._job_counter,
-            user_text=user_text,
-            history=list(self.turns),
-            fitted=fitted,
-            seeds=self._seeds_for_next_job(),
-        )
+        self.round = round_
         for panel in self.panels:
             panel.reset("waiting…")
         self.panels[0].reset("thinking…")
@@ -220,68 +217,44 @@ class ChatScreen(Screen):
         self.query_one("#prompt-input", Input).disabled = True
         self._show_pending(user_text)
         self.query_one("#judge-bar", JudgeBar).update(f"generating for: {user_text[:80]} · escape stops")
-        self.run_generation(self.job)
-
-    def _seeds_for_next_job(self) -> list[int]:
-        """Fresh random seeds, or, with a base seed in the settings, a reproducible sequence."""
-        n = len(self.panels)
-        base = self.app.settings.seed
-        if base is None:
-            return [new_seed() for _ in range(n)]
-        return [base + (self._job_counter - 1) * n + slot for slot in range(n)]
+        self.run_generation(round_)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    def run_generation(self, job: GenerationJob) -> None:
+    def run_generation(self, round_: Round) -> None:
+        """Every candidate under one hold of the engine, then the prompt and its candidates in one write
+        (which may wait on a busy database: never on the UI thread)."""
         worker = get_current_worker()
-        engine: ChatEngine = self.app.engine
-        sampling = self.app.settings.sampling
-        results: list[Generation] = []
         try:
-            for slot, seed in enumerate(job.seeds):
-                pieces: list[str] = []
-
-                def on_token(piece: str, slot: int = slot, pieces: list[str] = pieces) -> None:
-                    pieces.append(piece)
-                    self.post_message(CandidateToken(job.id, slot, "".join(pieces)))
-
-                gen = engine.generate(
-                    job.fitted.text, sampling, seed, on_token=on_token, should_stop=lambda: worker.is_cancelled
-                )
-                if worker.is_cancelled:
-                    return
-                results.append(gen)
+            generations = self.session.generate(
+                round_,
+                on_token=lambda slot, text: self.post_message(CandidateToken(round_.number, slot, text)),
+                should_stop=lambda: worker.is_cancelled,
+            )
         except Exception as exc:  # noqa: BLE001 - any engine failure becomes an error panel
-            self.post_message(GenerationFailed(job.id, f"{type(exc).__name__}: {exc}"))
+            self.post_message(GenerationFailed(round_.number, f"{type(exc).__name__}: {exc}"))
             return
-        self.post_message(CandidatesFinished(job.id, results))
+        if generations is None or worker.is_cancelled:
+            return  # stopped: nothing is stored for it
+        try:
+            self.session.store_candidates(round_)
+        except (StoreError, ValueError) as exc:
+            self.post_message(GenerationFailed(round_.number, str(exc), "The candidates were not saved"))
+            return
+        self.post_message(CandidatesFinished(round_.number, generations))
 
     def on_candidate_token(self, message: CandidateToken) -> None:
-        if self.job and message.job_id == self.job.id and self.state == "generating":
+        if self.round and message.job_id == self.round.number and self.state == "generating":
             self.panels[message.slot].show_text(message.text_so_far)
 
     def on_generation_failed(self, message: GenerationFailed) -> None:
-        if self.job and message.job_id == self.job.id:
+        if self.round and message.job_id == self.round.number:
             self._back_to_input()
-            self.app.push_screen(ErrorScreen("Generation failed", message.error))
+            self.app.push_screen(ErrorScreen(message.title, message.error))
 
     def on_candidates_finished(self, message: CandidatesFinished) -> None:
-        job = self.job
-        if job is None or message.job_id != job.id or self.state != "generating":
+        if self.round is None or message.job_id != self.round.number or self.state != "generating":
             return
-        engine: ChatEngine = self.app.engine
-        store = self.app.store
-        job.generations = message.generations
-        job.prompt_id = store.add_prompt(
-            self.session_id, job.user_text, [{"role": t.role, "content": t.content} for t in job.history]
-        )
         for slot, gen in enumerate(message.generations):
-            job.candidate_ids.append(
-                store.add_candidate(
-                    job.prompt_id, slot, gen.text, job.fitted.text, engine.identity.model_id,
-                    engine.identity.sha256, gen.sampling.to_dict(), gen.seed, adapter=self.app.active_adapter,
-                    finish_reason=gen.finish_reason, n_tokens=gen.n_tokens, duration_s=round(gen.duration_s, 3),
-                )
-            )
             self.panels[slot].finish(gen.text, f"seed {gen.seed} · {gen.n_tokens} tok · {gen.duration_s:.1f} s")
         self.state = "judging"
         bar = self.query_one("#judge-bar", JudgeBar)
@@ -291,8 +264,8 @@ class ChatScreen(Screen):
     def action_cancel_generation(self) -> None:
         if self.state == "generating":
             self.workers.cancel_group(self, "generate")
-            question = self.job.user_text if self.job else ""
-            self.job = None
+            question = self.round.user_text if self.round else ""
+            self.round = None
             for panel in self.panels:
                 panel.reset("(stopped)")
             self._clear_pending()
@@ -314,83 +287,66 @@ class ChatScreen(Screen):
             self._clear_pending()
             self._back_to_input()
             return
-        if self.state != "judging" or self.job is None:
+        if self.state != "judging" or self.round is None:
             return
-        job = self.job
+        round_ = self.round
         if action in ("highlight_prev", "highlight_next"):
-            current = next(i for i, p in enumerate(self.panels) if p.highlighted)
+            current = self._highlighted()
             step = -1 if action == "highlight_prev" else 1
             for i, panel in enumerate(self.panels):
                 panel.highlighted = i == (current + step) % len(self.panels)
         elif action == "regenerate":
-            self.start_generation(job.user_text)
+            self.start_generation(round_.user_text)
         elif action == "edit":
-            self._edit_reply(job)
+            self._edit_reply(round_)
         elif action in ("a", "b"):
             picked = 0 if action == "a" else 1
-            self._record(job, Verdict(action), chosen=picked, rejected=1 - picked, reply=job.generations[picked].text)
+            self._record(round_, Judgement.prefer(chosen=picked, rejected=1 - picked))
         elif action == "tie":
             # No pair is made; the conversation goes on with the highlighted reply (◀ ▶ choose; A by default).
-            picked = next(i for i, p in enumerate(self.panels) if p.highlighted)
-            self._record(job, Verdict.TIE, reply=job.generations[picked].text)
+            picked = self._highlighted()
+            self._record(round_, Judgement.tie(continue_with=picked))
             self.notify(f"Tie recorded (no training pair). The conversation continues with "
                         f"{self.panels[picked].letter}'s reply.")
         elif action == "both_bad":
-            self._record(job, Verdict.BOTH_BAD)
+            self._record(round_, Judgement.both_bad())
             self.query_one("#judge-bar", JudgeBar).update(
                 "Both bad, recorded. r regenerate · e write a better one · i move on (no reply kept)"
             )
 
     _busy_shown = False  # the "database busy" notice is up
 
-    def _record(self, job: GenerationJob, verdict: Verdict, chosen: int | None = None, rejected: int | None = None,
-                edited_text: str | None = None, reply: str | None = None) -> None:
-        """Store the verdict and, when `reply` continues the conversation, the user's turn and that reply,
-        in one transaction (a kill can never keep the judgement without its turns); then go on with it.
+    def _record(self, round_: Round, judgement: Judgement) -> None:
+        """Store the judgement (with the turns it adds, in one transaction), then go on with its reply.
 
         A busy database (another program writing) never loses the judgement: it is kept and retried in a
         worker until stored, the screen says so, and it moves on once the judgement is saved.
         """
-        turns = (("user", job.user_text), ("assistant", reply.strip())) if reply is not None else ()
-        save = partial(
-            self.app.store.record_judgement,
-            job.prompt_id,
-            verdict,
-            chosen_candidate_id=job.candidate_ids[chosen] if chosen is not None else None,
-            rejected_candidate_id=job.candidate_ids[rejected] if rejected is not None else None,
-            edited_text=edited_text,
-            source="tui",
-            adapter=self.app.active_adapter,
-            turns=turns,
-        )
-        job.judged = True
         self.state = "saving"  # judge keys wait until this verdict is stored
         try:
             # A short wait on the UI thread; a longer one would freeze the screen.
-            with self.app.store.waiting_at_most(FIRST_SAVE_WAIT_S):
-                save()
+            self.session.record(round_, judgement, wait_at_most_s=FIRST_SAVE_WAIT_S)
         except StoreBusyError:
             self._saving_notice(True)
-            self._save_when_free(job, save, reply)
+            self._save_when_free(round_, judgement)
             return
         except (StoreError, ValueError) as exc:
-            self._judgement_failed(job, str(exc))
+            self._judgement_failed(str(exc))
             return
-        self._judgement_saved(job, reply)
+        self._judgement_saved(round_, judgement)
 
     @work(thread=True, group="save-judgement", exit_on_error=False)
-    def _save_when_free(self, job: GenerationJob, save: Callable[[], int], reply: str | None) -> None:
+    def _save_when_free(self, round_: Round, judgement: Judgement) -> None:
         worker = get_current_worker()
         while not worker.is_cancelled:
             try:
-                with self.app.store.waiting_at_most(SAVE_RETRY_WAIT_S):
-                    save()
+                self.session.record(round_, judgement, wait_at_most_s=SAVE_RETRY_WAIT_S)
             except StoreBusyError:
                 continue  # still busy: the judgement stays kept, the notice stays up
             except (StoreError, ValueError) as exc:
-                self.app.call_from_thread(self._judgement_failed, job, str(exc))
+                self.app.call_from_thread(self._judgement_failed, str(exc))
                 return
-            self.app.call_from_thread(self._judgement_saved, job, reply)
+            self.app.call_from_thread(self._judgement_saved, round_, judgement)
             return
 
     def _saving_notice(self, busy: bool) -> None:
@@ -404,51 +360,46 @@ class ChatScreen(Screen):
         notice.display = busy
         self._busy_shown = busy
 
-    def _judgement_saved(self, job: GenerationJob, reply: str | None) -> None:
+    def _judgement_saved(self, round_: Round, judgement: Judgement) -> None:
         if self._busy_shown:
             self._saving_notice(False)
             self.notify("The database is free again: your judgement is saved.")
-        if self.job is not job:  # the screen moved on while it waited (a new session): nothing to continue
-            self._update_counter()
+        self._update_counter()
+        if self.round is not round_:  # the screen moved on while it waited (a new session): nothing to continue
             return
         self.state = "judging"
-        self._update_counter()
+        reply = judgement.continuing_reply(round_)
         if reply is not None:
-            self._continue_with(job, reply)
+            self._continue_with(round_, reply)
 
-    def _judgement_failed(self, job: GenerationJob, error: str) -> None:
+    def _judgement_failed(self, error: str) -> None:
         self._saving_notice(False)
         self.state = "judging"  # the verdict was not stored: the same keys try again
-        job.judged = False
         self.query_one("#judge-bar", JudgeBar).update(JUDGE_HINT)
         self.app.push_screen(ErrorScreen("The judgement was not saved", error))
 
-    def _edit_reply(self, job: GenerationJob) -> None:
-        base = next(i for i, p in enumerate(self.panels) if p.highlighted)
+    def _edit_reply(self, round_: Round) -> None:
+        base = self._highlighted()
         letter = self.panels[base].letter
 
         def save(text: str | None) -> None:
-            if text is None or self.job is not job:
+            if text is None or self.round is not round_:
                 return
-            completion = self.app.engine.prompt_format.as_completion(text)
-            others = [i for i in range(len(job.candidate_ids)) if i != base]
-            self._record(job, Verdict.EDITED, chosen=base, rejected=others[0] if others else None,
-                         edited_text=completion, reply=completion)
+            self._record(round_, self.session.edited(round_, text, base))
 
         self.app.push_screen(
             TextEditScreen(
                 f"Write the better reply (starting from {letter})",
-                job.generations[base].text.strip(),
+                round_.reply(base).strip(),
                 "Your text is stored as a demonstration and becomes the chosen side.",
             ),
             save,
         )
 
-    def _continue_with(self, job: GenerationJob, reply: str) -> None:
+    def _continue_with(self, round_: Round, reply: str) -> None:
         """The chosen reply (stored as the assistant turn with the judgement) continues the conversation."""
-        self.turns += [ChatTurn("user", job.user_text), ChatTurn("assistant", reply.strip())]
-        self._show_exchange(job.user_text, reply.strip())
-        self.job = None
+        self._show_exchange(round_.user_text, reply.strip())
+        self.round = None
         self._back_to_input()
         if self.bank_mode and self.feed is not None:
             self.query_one("#prompt-input", Input).value = self.feed.next()
@@ -472,7 +423,7 @@ class ChatScreen(Screen):
         prompt_input.focus()
 
     def _update_counter(self) -> None:
-        pairs = self.app.store.count_pairs(session_id=self.session_id)
+        pairs = self.session.pair_count()
         bank = f" · bank: {self.feed.label}" if self.feed else ""
         bank += " · bank mode on (F4)" if self.bank_mode else ""
         self.query_one("#counter", Static).update(f"pairs this session: {pairs}{bank}")
@@ -482,7 +433,7 @@ class ChatScreen(Screen):
     def edit_system_prompt(self) -> None:
         def save(text: str | None) -> None:
             if text is not None:
-                self.app.store.update_system_prompt(self.session_id, text.strip())
+                self.session.set_system_prompt(text.strip())
                 self.notify("System prompt saved for this session.")
 
         self.app.push_screen(
@@ -507,7 +458,7 @@ class ChatScreen(Screen):
                              save)
 
     def use_persona(self, name: str, text: str) -> None:
-        self.app.store.update_system_prompt(self.session_id, text)
+        self.session.set_system_prompt(text)
         self.notify(f"Persona '{name}' is now this session's system prompt.")
 
     def use_bank(self, bank: PromptBank) -> None:
@@ -542,12 +493,11 @@ class ChatScreen(Screen):
     def new_session(self) -> None:
         if self.state == "generating":
             self.action_cancel_generation()
-        self.session_id = self.app.store.create_session(self.system_prompt)
-        self.turns = []
-        self.job = None
+        session_id = self.session.new_session()  # same system prompt, and the model recorded again
+        self.round = None
         self.query_one("#conversation", VerticalScroll).remove_children()
         for panel in self.panels:
             panel.reset("")
         self._update_counter()
         self._back_to_input()
-        self.notify(f"New session {self.session_id}.")
+        self.notify(f"New session {session_id}.")
