@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from studio.evaluation.comparison import (
     BlindTally,
@@ -26,7 +26,7 @@ from studio.evaluation.stance_metric import (
     run_exercise_system,
     run_stance_metrics,
 )
-from studio.inference.engine import ChatEngine, SamplingSettings
+from studio.inference.engine import ChatEngine, Generation, SamplingSettings
 from studio.inference.scoring import PreferenceMetrics, preference_metrics
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def run_comparison(
         total = 2 * len(prompts)
         answered = 0
 
-        def on_answer(*_: Any) -> None:
+        def on_answer(_index: int, _side: str, _answer: Generation) -> None:
             nonlocal answered
             answered += 1
             if progress:

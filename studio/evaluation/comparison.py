@@ -20,7 +20,7 @@ from trainers.prompt_stops import stops_for_prompt
 if TYPE_CHECKING:
     from store.records import RunRecord
     from store.studio_store import Store
-    from studio.inference.engine import ChatEngine, SamplingSettings
+    from studio.inference.engine import ChatEngine, Generation, SamplingSettings
 
 # The 97.5th percentile of the standard normal: two-sided 95 %.
 Z_95 = 1.959963984540054
@@ -71,7 +71,7 @@ def side_by_side(
     seed: int,
     activate: Callable[[str | None], None],
     adapter: str,
-    on_answer: Callable[[int, str, Any], None] | None = None,
+    on_answer: Callable[[int, str, Generation], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[ComparisonRow]:
     """Answer every prompt with the base model, then every prompt with ``adapter`` active.

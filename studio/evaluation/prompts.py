@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from studio.evaluation.comparison import (
     ComparisonError,
@@ -26,6 +26,11 @@ from studio.evaluation.comparison import (
     load_prompts_file,
 )
 from studio.evaluation.prompt_bank import PromptBank, bundled_banks
+
+if TYPE_CHECKING:
+    from store.pairs import PreferencePair
+    from store.records import RunRecord
+    from store.studio_store import Store
 
 KINDS = ("auto", "heldout", "bank", "session", "file")
 
@@ -81,7 +86,7 @@ def find_bank(name: str, banks: list[PromptBank] | None = None) -> PromptBank:
     raise ComparisonError(f"no prompt bank named {name!r}; the banks are: {known}")
 
 
-def run_sessions(store: Any, run: Any) -> list[int]:
+def run_sessions(store: Store, run: RunRecord) -> list[int]:
     """The sessions a run's pairs were judged in (its ``--session``, else those of its pair ids)."""
     config = run.config or {}
     if config.get("session_id") is not None:
@@ -93,7 +98,7 @@ def run_sessions(store: Any, run: Any) -> list[int]:
     return recorded_sessions(store, run)
 
 
-def session_prompts(store: Any, run: Any, session: str = "") -> tuple[list[ComparisonPrompt], str]:
+def session_prompts(store: Store, run: RunRecord, session: str = "") -> tuple[list[ComparisonPrompt], str]:
     """The questions of ``session`` (an id), else of the run's sessions, else of the latest session."""
     if session:
         sessions = [int(session)]
@@ -123,7 +128,7 @@ def session_prompts(store: Any, run: Any, session: str = "") -> tuple[list[Compa
     return prompts, label
 
 
-def resolve_prompts(source: PromptSource, store: Any, run: Any, heldout: list[Any],
+def resolve_prompts(source: PromptSource, store: Store, run: RunRecord, heldout: list[PreferencePair],
                     test_prompts: list[str]) -> tuple[list[str | ComparisonPrompt], str]:
     """The prompts of ``source`` and a label saying where they came from.
 
