@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import chain, islice
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store.atomic_files import write_lines
 from store.datasets.store_mixin import DatasetRecord, ExportPair, TestPrompt
@@ -29,6 +29,9 @@ from store.output_folders import check_output_file, earlier_export_files, publis
 from store.pairs import PreferencePair
 from store.records import Verdict
 from store.studio_store import Store
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 HF_EXPORT_KIND = "hf dataset"  # the marker kind of a save_to_disk folder this module wrote
@@ -170,7 +173,7 @@ def write_pairs_jsonl(pairs: Iterable[PreferencePair], out: Path) -> int:
     return write_pairs(map(_from_preference, pairs), out, "jsonl")
 
 
-def write_standard_batches(batches: Iterable[Any], out: Path, fmt: str = "jsonl") -> int:
+def write_standard_batches(batches: Iterable[pa.RecordBatch], out: Path, fmt: str = "jsonl") -> int:
     """Write Arrow batches of prompt, chosen and rejected strings in TRL's standard format; return the rows."""
     schema = _pair_schema(conversational=False)
     if fmt == "jsonl":
@@ -178,7 +181,7 @@ def write_standard_batches(batches: Iterable[Any], out: Path, fmt: str = "jsonl"
     return write_batches((batch.cast(schema) for batch in batches), out, fmt, schema)
 
 
-def _batch_lines(batch: Any) -> list[str]:
+def _batch_lines(batch: pa.RecordBatch) -> list[str]:
     # The C string encoder gives the same text as json.dumps(row, ensure_ascii=False) at a fraction of
     # its per-call cost, which is most of a large export's time.
     prompts, chosen, rejected = (batch.column(name).to_pylist() for name in ("prompt", "chosen", "rejected"))
@@ -193,7 +196,7 @@ def write_test_prompts(prompts: Iterable[TestPrompt], out: Path, fmt: str = "jso
     return write_rows(rows, out, fmt, _prompt_schema())
 
 
-def write_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str, schema: Any) -> int:
+def write_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str, schema: pa.Schema) -> int:
     """Write dict rows to `out` as jsonl, parquet or hf (save_to_disk), atomically; return the count."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
@@ -202,7 +205,7 @@ def write_rows(rows: Iterable[dict[str, Any]], out: Path, fmt: str, schema: Any)
     return write_batches(_batches(rows, schema), out, fmt, schema)
 
 
-def write_batches(batches: Iterable[Any], out: Path, fmt: str, schema: Any) -> int:
+def write_batches(batches: Iterable[pa.RecordBatch], out: Path, fmt: str, schema: pa.Schema) -> int:
     """Write Arrow record batches to `out` as parquet or hf (save_to_disk), atomically; return the rows."""
     if fmt not in ("parquet", "hf"):
         raise ValueError(f"unknown Arrow export format {fmt!r}; expected parquet or hf")
@@ -226,7 +229,7 @@ def write_batches(batches: Iterable[Any], out: Path, fmt: str, schema: Any) -> i
     return count
 
 
-def _pair_schema(conversational: bool) -> Any:
+def _pair_schema(conversational: bool) -> pa.Schema:
     import pyarrow as pa
 
     if conversational:
@@ -235,13 +238,13 @@ def _pair_schema(conversational: bool) -> Any:
     return pa.schema([("prompt", pa.string()), ("chosen", pa.string()), ("rejected", pa.string())])
 
 
-def _prompt_schema() -> Any:
+def _prompt_schema() -> pa.Schema:
     import pyarrow as pa
 
     return pa.schema([("id", pa.string()), ("prompt", pa.string())])
 
 
-def _batches(rows: Iterable[dict[str, Any]], schema: Any) -> Iterator[Any]:
+def _batches(rows: Iterable[dict[str, Any]], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
 
     iterator = iter(rows)
@@ -249,7 +252,7 @@ def _batches(rows: Iterable[dict[str, Any]], schema: Any) -> Iterator[Any]:
         yield pa.RecordBatch.from_pylist(batch, schema=schema)
 
 
-def _standard_batches(pairs: Iterable[ExportPair], schema: Any) -> Iterator[Any]:
+def _standard_batches(pairs: Iterable[ExportPair], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     import pyarrow as pa
 
     iterator = iter(pairs)
@@ -259,7 +262,7 @@ def _standard_batches(pairs: Iterable[ExportPair], schema: Any) -> Iterator[Any]
         yield pa.RecordBatch.from_arrays(columns, schema=schema)
 
 
-def _write_parquet(batches: Iterable[Any], path: Path, schema: Any) -> int:
+def _write_parquet(batches: Iterable[pa.RecordBatch], path: Path, schema: pa.Schema) -> int:
     import pyarrow.parquet as pq
 
     count = 0
@@ -272,7 +275,7 @@ def _write_parquet(batches: Iterable[Any], path: Path, schema: Any) -> int:
     return count
 
 
-def _write_hf(batches: Iterable[Any], out: Path, schema: Any) -> int:
+def _write_hf(batches: Iterable[pa.RecordBatch], out: Path, schema: pa.Schema) -> int:
     """A save_to_disk folder: batches streamed to an Arrow file, mapped by `datasets`, saved, renamed in."""
     import datasets
     import pyarrow as pa
