@@ -128,7 +128,7 @@ async def test_tie_says_what_was_recorded_and_continues_with_the_highlighted_rep
         assert app.store.count_pairs() == 0
         assert chat.query(ConversationTurn)[-1].text == texts[1].strip()
         assert [t.content for t in app.store.turns(session_id(app))][-1] == texts[1].strip()
-        messages = [n.message for n in app._notifications]
+        messages = list(app.notices)
         assert any("Tie recorded" in m and "continues with B's reply" in m for m in messages), messages
 
 
@@ -291,7 +291,7 @@ async def test_empty_prompt_is_refused_and_nothing_stored(make_app):
         await pilot.press("enter")
         await pilot.pause(0.1)
         assert input_ready(app)
-        assert any("empty" in n.message for n in app._notifications)
+        assert any("empty" in n for n in app.notices)
         assert app.store.db["prompts"].count == 0
 
 
@@ -440,13 +440,13 @@ async def test_a_saved_persona_comes_back_from_the_palette(make_app, tmp_path):
         commands = {c.title: c for c in again.get_system_commands(again.screen)}
         commands["Personas file unreadable"].callback()
         await pilot.pause(0.1)
-        assert any("personas.json: not valid JSON (line 1" in n.message for n in again._notifications)
+        assert any("personas.json: not valid JSON (line 1" in n for n in again.notices)
         assert (tmp_path / "personas.json").read_text() == '{"personas": {"Pirate": '
 
 
 def notices(app) -> list[str]:
     """The notifications shown so far, as the user reads them."""
-    return [n.message for n in app._notifications]
+    return list(app.notices)
 
 
 async def test_f6_and_f7_while_candidates_generate_are_refused_and_both_come_from_one_adapter(make_app):

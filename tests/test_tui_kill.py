@@ -188,7 +188,7 @@ async def test_a_busy_database_keeps_the_judgement_says_so_and_saves_it_when_fre
             await pilot.press("ctrl+q")  # quitting first says the judgement would be lost
             await pilot.pause(0.2)
             assert app.is_running
-            assert any("quitting now loses it" in n.message for n in app._notifications)
+            assert any("quitting now loses it" in n for n in app.notices)
             await pilot.pause(1.5)  # longer than one retry: still kept, still retrying, the app still up
             assert app.is_running and str(bar.render()) == "saving your judgement: database busy, retrying…"
             assert prompt_input.disabled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 
 from textual import work
@@ -46,6 +47,9 @@ class PreferenceStudioApp(App[None]):
             raise ValueError("PreferenceStudioApp needs a resolved model path (settings.model)")
         self.settings = settings
         self.store = store
+        # What the studio told the user, newest last: toasts vanish after their timeout, this stays readable
+        # (the tests read it instead of Textual's private notification list).
+        self.notices: deque[str] = deque(maxlen=200)
         self.engine: ChatEngine | None = engine
         self.active_adapter: str | None = None
         self.stale_runs = list(stale_runs)
@@ -71,6 +75,7 @@ class PreferenceStudioApp(App[None]):
         """Every notification is plain text, whoever sends it (screens pass ``markup=True`` by default):
         they quote prompts, model replies, dataset names, paths and error messages, and a ``[/]`` in any
         of them would raise MarkupError and end the app."""
+        self.notices.append(message)
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)
 
     _quit_anyway = False  # a second ctrl+q while a judgement is still being saved
