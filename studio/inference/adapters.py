@@ -20,12 +20,15 @@ import ctypes
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.inference.adapter_checks import AdapterInfo, validate_adapter
 from studio.inference.llama_log import recent_llama_log
 from studio.inference.model_files import GGUFInfo
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
 
 
 class AdapterRuntimeError(RuntimeError):
@@ -48,7 +51,7 @@ class AdapterSlots:
     against it before llama.cpp sees it.
     """
 
-    def __init__(self, llm: Any, base: GGUFInfo | None = None) -> None:
+    def __init__(self, llm: Llama, base: GGUFInfo | None = None) -> None:
         import llama_cpp
 
         self._lib = llama_cpp

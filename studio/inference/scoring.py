@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from llama_cpp import Llama
+
     from studio.inference.engine import ChatEngine
 
 # Logit rows llama.cpp keeps per decode grow its output buffer for good (n_vocab floats each, ~1 MiB
@@ -59,7 +61,7 @@ def _row_logprob(logits_ptr: Any, n_vocab: int, target: int) -> float:
     return float(row[target]) - log_sum
 
 
-def _decode_scores(llama: Any, tokens: list[int], first_output: int) -> list[float]:
+def _decode_scores(llama: Llama, tokens: list[int], first_output: int) -> list[float]:
     """Decode ``tokens[:-1]`` and return log p(tokens[i+1] | tokens[:i+1]) for i ≥ first_output."""
     import llama_cpp
 
@@ -95,7 +97,7 @@ def _decode_scores(llama: Any, tokens: list[int], first_output: int) -> list[flo
     return scores
 
 
-def _clear_memory(llama: Any) -> None:
+def _clear_memory(llama: Llama) -> None:
     import llama_cpp
 
     memory = llama_cpp.llama_get_memory(llama.ctx)
