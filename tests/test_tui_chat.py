@@ -455,8 +455,12 @@ async def test_f6_and_f7_while_candidates_generate_are_refused_and_both_come_fro
         await wait_for(pilot, lambda: input_ready(app))
         chat = app.chat
         chat.query_one("#prompt-input").value = "Write a very long story about a lighthouse keeper and the sea."
-        await pilot.press("enter", "f7", "f6")  # one press: the keys land while the candidates are written
-        shown = notices(app)  # read at once: a notification leaves the screen after its timeout
+        # The test holds the engine while the keys land, so they arrive while the candidates wait to be
+        # written however fast this machine is (a short reply used to finish before F6 was read).
+        with app.engine.session("generating candidates for prompt 1"):
+            await pilot.press("enter")
+            await pilot.press("f7", "f6")
+            shown = notices(app)
         await wait_for(pilot, lambda: judging(app))
         assert any("Cannot switch the adapter now: the model is generating candidates" in m for m in shown), shown
         assert any("Cannot compare now" in m for m in shown), shown

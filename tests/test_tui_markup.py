@@ -43,8 +43,9 @@ async def test_chat_shows_typed_and_model_text_literally(make_app, tmp_path):  #
         chat.query_one("#prompt-input").focus()
         await pilot.press(*f"Say {MARKUP}")
         assert chat.query_one("#prompt-input").value == f"Say {MARKUP}"
-        await pilot.press("enter")
-        assert MARKUP in shown(chat.query_one("#judge-bar"))  # "generating for: …"
+        with app.engine.session("the test"):  # the candidates wait, so "generating for: …" is on screen
+            await pilot.press("enter")
+            assert MARKUP in shown(chat.query_one("#judge-bar"))  # "generating for: …"
         await wait_for(pilot, lambda: chat.state == "judging")
         (pending,) = chat.query(ConversationTurn)
         assert f"Say {MARKUP}" in shown(pending)
