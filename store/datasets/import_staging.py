@@ -39,6 +39,17 @@ from store.transactions import LockedStore, retry_busy, utc_now, write_transacti
 
 CLAIM_WAIT_S = 600.0
 _DISCARD_ROWS = 2000  # rows deleted per transaction when an import is thrown away
+# One fixed statement per import table (no SQL is built at run time): a bounded batch of an unfinished
+# import's rows, so a large one is discarded in short transactions.
+_DISCARD_STATEMENTS = {
+    "dataset_pair_batches": "DELETE FROM dataset_pair_batches WHERE id IN "
+                            "(SELECT id FROM dataset_pair_batches WHERE import_id = ? LIMIT ?)",
+    "dataset_stance_items": "DELETE FROM dataset_stance_items WHERE id IN "
+                            "(SELECT id FROM dataset_stance_items WHERE import_id = ? LIMIT ?)",
+    "dataset_test_prompts": "DELETE FROM dataset_test_prompts WHERE id IN "
+                            "(SELECT id FROM dataset_test_prompts WHERE import_id = ? LIMIT ?)",
+}
+assert set(_DISCARD_STATEMENTS) == set(IMPORT_DATA_TABLES)
 _POLL_S = 0.2
 
 R = TypeVar("R")
@@ -160,11 +171,10 @@ def discard(store: LockedStore, import_id: int) -> None:
         return row is not None and row[0] == "staging"
 
     for table in IMPORT_DATA_TABLES:
-        def delete_some(table: str = table) -> int:
+        def delete_some(statement: str = _DISCARD_STATEMENTS[table]) -> int:
             if not staging():
                 return 0
-            return db.execute(f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE import_id = ? LIMIT ?)",
-                              [import_id, _DISCARD_ROWS]).rowcount
+            return db.execute(statement, [import_id, _DISCARD_ROWS]).rowcount
 
         while short_write(store, "discarding an unfinished import", delete_some):
             pass
