@@ -67,6 +67,12 @@ def _check_role(role: str) -> None:
         raise ValueError(f"unknown turn role {role!r}; expected one of {', '.join(TURN_ROLES)}")
 
 
+def _prompt_row(session_id: int, text: str, history: list[dict[str, str]]) -> dict[str, Any]:
+    """A ``prompts`` row: the user's text and the conversation before it, as JSON."""
+    return {"session_id": session_id, "text": text, "history_json": json.dumps(history, ensure_ascii=False),
+            "created_at": utc_now()}
+
+
 def _parse_verdict(verdict: Verdict | str) -> Verdict:
     try:
         return Verdict(verdict)
@@ -235,12 +241,7 @@ class Store(RunLog, Evaluations, Datasets):
     @serialized
     def add_prompt(self, session_id: int, text: str, history: list[dict[str, str]]) -> int:
         """Record a user prompt with the conversation before it ({role, content} dicts); return its id."""
-        row = {
-            "session_id": session_id,
-            "text": text,
-            "history_json": json.dumps(history, ensure_ascii=False),
-            "created_at": utc_now(),
-        }
+        row = _prompt_row(session_id, text, history)
         with write_transaction(self.db):
             self._row("sessions", session_id, "session")
             return self.db["prompts"].insert(row).last_pk
@@ -277,12 +278,7 @@ class Store(RunLog, Evaluations, Datasets):
         ids in order. Each candidate is a dict of ``add_candidate``'s keyword arguments (without
         ``prompt_id``; ``slot`` defaults to its position). A crash or a refused candidate keeps nothing: a
         prompt is never stored without its candidates."""
-        prompt_row = {
-            "session_id": session_id,
-            "text": text,
-            "history_json": json.dumps(history, ensure_ascii=False),
-            "created_at": utc_now(),
-        }
+        prompt_row = _prompt_row(session_id, text, history)
         with write_transaction(self.db):
             self._row("sessions", session_id, "session")
             prompt_id = self.db["prompts"].insert(prompt_row).last_pk
