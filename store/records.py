@@ -13,6 +13,10 @@ class Verdict(StrEnum):
     TIE = "tie"
     BOTH_BAD = "both_bad"
     EDITED = "edited"
+    RANKED = "ranked"  # K >= 2 candidates put in order (judgement_ranks); chosen_candidate_id is the best
+    ALL_BAD = "all_bad"  # every candidate of the prompt is bad (the ranking mode's `x`)
+    GOOD = "good"  # a thumbs-up on one candidate, named as chosen_candidate_id
+    BAD = "bad"  # a thumbs-down on one candidate, named as rejected_candidate_id
 
 
 @dataclass(frozen=True)
@@ -91,3 +95,45 @@ class RunRecord:
     output_dir: str
     summary: dict[str, Any] | None
     pid_started: str | None = None  # the process's start time, recorded with the pid (store/processes.py)
+
+
+@dataclass(frozen=True)
+class RankingRecord:
+    """A ranking judgement: each candidate of its prompt with its place (0 = best; ties share a place)."""
+
+    judgement_id: int
+    prompt_id: int
+    places: tuple[tuple[int, int], ...]  # (candidate_id, place), best first, then by candidate id
+    all_bad: bool
+    source: str
+    created_at: str
+
+    @property
+    def order(self) -> list[int]:
+        """The candidate ids best first, as ranked (a partial ranking's tied last place in id order)."""
+        return [candidate_id for candidate_id, _ in self.places]
+
+
+@dataclass(frozen=True)
+class RatingRecord:
+    """One attribute rating of a candidate, 0–4, alone or given with a judgement."""
+
+    id: int
+    candidate_id: int
+    judgement_id: int | None
+    attribute: str
+    value: int
+    source: str
+    created_at: str
+
+
+@dataclass(frozen=True)
+class DemonstrationRecord:
+    """A reply the user wrote (or corrected) for a prompt; the prompt's context is the prompt's own."""
+
+    id: int
+    prompt_id: int
+    text: str
+    based_on_candidate_id: int | None
+    source: str
+    created_at: str

@@ -11,7 +11,7 @@ import sqlite_utils
 from store.errors import SchemaTooNewError, StoreCorruptError
 from store.transactions import database_file, write_transaction
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _VERSION_KEY = "schema_version"
 
@@ -260,7 +260,9 @@ def _dataset_storage_v4(db: sqlite_utils.Database) -> None:
         db[table].create_index(["dataset_id"], find_unique_name=True)
 
 
-IMPORT_DATA_TABLES = ("dataset_pair_batches", "dataset_stance_items", "dataset_test_prompts")
+# The import tables version 5 tagged with their import; version 6 adds dataset_feedback_items, created tagged.
+_V5_IMPORT_TABLES = ("dataset_pair_batches", "dataset_stance_items", "dataset_test_prompts")
+IMPORT_DATA_TABLES = (*_V5_IMPORT_TABLES, "dataset_feedback_items")
 
 
 def _staged_imports_and_process_identity_v5(db: sqlite_utils.Database) -> None:
@@ -283,10 +285,52 @@ def _staged_imports_and_process_identity_v5(db: sqlite_utils.Database) -> None:
     db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_dataset_imports_staging_name ON dataset_imports (dataset_name) "
                "WHERE state = 'staging'")
     # `datasets.import_id`: the import that created the dataset row, hidden until that import is done.
-    for table in ("datasets", *IMPORT_DATA_TABLES):
+    for table in ("datasets", *_V5_IMPORT_TABLES):
         _add_column(db, table, "import_id", "INTEGER REFERENCES dataset_imports(id)", indexed=True)
     _add_column(db, "turns", "judgement_id", "INTEGER REFERENCES judgements(id)", indexed=True)
     _add_column(db, "runs", "pid_started", "TEXT")
+
+
+def _feedback_kinds_v6(db: sqlite_utils.Database) -> None:
+    """Version 6: every kind of feedback — rankings, good/bad labels, attribute ratings, demonstrations —
+    and imported datasets of those kinds.
+
+    A ranking and a label are judgements (new verdicts 'ranked', 'all_bad', 'good', 'bad'; the verdict
+    column is free text, so the judgements table is unchanged): a label names its candidate as the chosen
+    (good) or the rejected (bad) one, and a ranking's place for each candidate of its prompt is a row of
+    `judgement_ranks` (0 = best; candidates left out of a partial ranking share the last place). Ratings
+    (0–4 per attribute) and demonstrations (a reply the user wrote) are rows of their own, with or
+    without a judgement. Imported labels, demonstrations, ratings and rankings are one JSON row each in
+    `dataset_feedback_items` (the pair tables keep pairs), staged like every import table. Only new
+    tables: nothing existing is rewritten.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS judgement_ranks (judgement_id INTEGER NOT NULL REFERENCES judgements(id), "
+        "candidate_id INTEGER NOT NULL REFERENCES candidates(id), rank INTEGER NOT NULL CHECK (rank >= 0), "
+        "PRIMARY KEY (judgement_id, candidate_id))"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_judgement_ranks_candidate_id ON judgement_ranks (candidate_id)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS candidate_ratings (id INTEGER PRIMARY KEY, "
+        "candidate_id INTEGER NOT NULL REFERENCES candidates(id), judgement_id INTEGER REFERENCES judgements(id), "
+        "attribute TEXT NOT NULL CHECK (length(attribute) > 0), "
+        "value INTEGER NOT NULL CHECK (value BETWEEN 0 AND 4), source TEXT NOT NULL, created_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_candidate_ratings_candidate_id ON candidate_ratings (candidate_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_candidate_ratings_judgement_id ON candidate_ratings (judgement_id)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS demonstrations (id INTEGER PRIMARY KEY, "
+        "prompt_id INTEGER NOT NULL REFERENCES prompts(id), text TEXT NOT NULL, "
+        "based_on_candidate_id INTEGER REFERENCES candidates(id), source TEXT NOT NULL, created_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_demonstrations_prompt_id ON demonstrations (prompt_id)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS dataset_feedback_items (id INTEGER PRIMARY KEY, "
+        "dataset_id INTEGER NOT NULL REFERENCES datasets(id), item_json TEXT NOT NULL, content_hash TEXT NOT NULL, "
+        "import_id INTEGER REFERENCES dataset_imports(id))"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_dataset_feedback_items_dataset_id ON dataset_feedback_items (dataset_id)")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_dataset_feedback_items_import_id ON dataset_feedback_items (import_id)")
 
 
 def _add_column(db: sqlite_utils.Database, table: str, column: str, declaration: str, indexed: bool = False) -> None:
@@ -304,6 +348,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _add_datasets_v3,
     _dataset_storage_v4,
     _staged_imports_and_process_identity_v5,
+    _feedback_kinds_v6,
 ]
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"

@@ -15,6 +15,8 @@ from store.database import open_database
 from store.datasets.store_mixin import Datasets
 from store.errors import RecordNotFoundError, StoreError
 from store.evaluations import Evaluations
+from store.feedback import Feedback
+from store.judgement_rows import check_role, check_source, insert_judgement, insert_turn
 from store.locations import default_db_path
 from store.pairs import PreferencePair, read_pairs
 from store.records import CandidateRecord, JudgementRecord, SessionRecord, TurnRecord, Verdict
@@ -30,8 +32,6 @@ from store.transactions import (
     utc_now,
     write_transaction,
 )
-
-TURN_ROLES = ("user", "assistant", "system")
 
 
 def _session_record(row: dict[str, Any]) -> SessionRecord:
@@ -62,15 +62,15 @@ def _candidate_record(row: dict[str, Any]) -> CandidateRecord:
     )
 
 
-def _check_role(role: str) -> None:
-    if role not in TURN_ROLES:
-        raise ValueError(f"unknown turn role {role!r}; expected one of {', '.join(TURN_ROLES)}")
-
-
 def _prompt_row(session_id: int, text: str, history: list[dict[str, str]]) -> dict[str, Any]:
     """A ``prompts`` row: the user's text and the conversation before it, as JSON."""
     return {"session_id": session_id, "text": text, "history_json": json.dumps(history, ensure_ascii=False),
             "created_at": utc_now()}
+
+
+# Verdicts with more to store than a judgement row, each written by its own method (store/feedback.py).
+_OWN_METHOD = {Verdict.RANKED: "record_ranking", Verdict.ALL_BAD: "record_ranking(all_bad=True)",
+               Verdict.GOOD: "record_label", Verdict.BAD: "record_label"}
 
 
 def _parse_verdict(verdict: Verdict | str) -> Verdict:
@@ -81,8 +81,8 @@ def _parse_verdict(verdict: Verdict | str) -> Verdict:
         raise ValueError(f"unknown verdict {verdict!r}; expected one of {known}") from None
 
 
-class Store(RunLog, Evaluations, Datasets):
-    """The studio database: sessions, turns, prompts, candidates, judgements, pairs and runs.
+class Store(RunLog, Evaluations, Datasets, Feedback):
+    """The studio database: sessions, turns, prompts, candidates, judgements (every feedback kind), pairs, runs.
 
     Every write is its own committed transaction (several rows at once commit together or not at
     all). Methods are safe to call from the UI thread and from workers. While another process holds
@@ -204,7 +204,7 @@ class Store(RunLog, Evaluations, Datasets):
     @serialized
     def add_turn(self, session_id: int, role: str, content: str, candidate_id: int | None = None) -> int:
         """Append a message to a session's conversation and return its id; its idx is the next free one."""
-        _check_role(role)
+        check_role(role)
         with write_transaction(self.db):
             self._row("sessions", session_id, "session")
             if candidate_id is not None:
@@ -213,20 +213,7 @@ class Store(RunLog, Evaluations, Datasets):
 
     def _insert_turn(self, session_id: int, role: str, content: str, candidate_id: int | None,
                      judgement_id: int | None) -> int:
-        # Computed under the write lock, so two writers cannot take the same index.
-        idx = self.db.execute(
-            "SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE session_id = ?", [session_id]
-        ).fetchone()[0]
-        row = {
-            "session_id": session_id,
-            "idx": idx,
-            "role": role,
-            "content": content,
-            "candidate_id": candidate_id,
-            "judgement_id": judgement_id,
-            "created_at": utc_now(),
-        }
-        return self.db["turns"].insert(row).last_pk
+        return insert_turn(self.db, session_id, role, content, candidate_id, judgement_id)
 
     @serialized
     def turns(self, session_id: int) -> list[TurnRecord]:
@@ -361,8 +348,10 @@ class Store(RunLog, Evaluations, Datasets):
         transaction, each pointing at the judgement: a crash can never keep one without the other.
         """
         for role, _ in turns:
-            _check_role(role)
+            check_role(role)
         verdict = _parse_verdict(verdict)
+        if verdict in _OWN_METHOD:
+            raise ValueError(f"verdict {verdict.value!r} is recorded with {_OWN_METHOD[verdict]}")
         if verdict in (Verdict.A, Verdict.B):
             if chosen_candidate_id is None or rejected_candidate_id is None:
                 raise ValueError(
@@ -377,8 +366,7 @@ class Store(RunLog, Evaluations, Datasets):
             # space after "Assistant:"), which is how the candidates it is compared with are stored.
         elif edited_text is not None:
             raise ValueError(f"edited text only goes with verdict 'edited', not {verdict.value!r}")
-        if not source:
-            raise ValueError("a judgement needs a source (such as 'tui' or 'cli')")
+        check_source(source)
         with write_transaction(self.db):
             self._row("prompts", prompt_id, "prompt")
             own = {
@@ -388,22 +376,8 @@ class Store(RunLog, Evaluations, Datasets):
             for candidate_id in (chosen_candidate_id, rejected_candidate_id):
                 if candidate_id is not None and candidate_id not in own:
                     raise ValueError(f"candidate {candidate_id} does not belong to prompt {prompt_id}")
-            row = {
-                "prompt_id": prompt_id,
-                "verdict": verdict.value,
-                "chosen_candidate_id": chosen_candidate_id,
-                "rejected_candidate_id": rejected_candidate_id,
-                "edited_text": edited_text,
-                "source": source,
-                "adapter": adapter,
-                "created_at": utc_now(),
-            }
-            judgement_id = self.db["judgements"].insert(row).last_pk
-            if turns:
-                session_id = self.db.execute("SELECT session_id FROM prompts WHERE id = ?", [prompt_id]).fetchone()[0]
-                for role, content in turns:
-                    self._insert_turn(session_id, role, content, None, judgement_id)
-            return judgement_id
+            return insert_judgement(self.db, prompt_id, verdict, chosen_candidate_id, rejected_candidate_id,
+                                    edited_text, source, adapter, turns)
 
     @serialized
     def judgements(

@@ -57,14 +57,15 @@ def count(store: Store, table: str) -> int:
 
 
 def test_fresh_file_gets_current_schema(store: Store, db_path: Path) -> None:
-    assert SCHEMA_VERSION == 5 and len(MIGRATIONS) == SCHEMA_VERSION
+    assert SCHEMA_VERSION == 6 and len(MIGRATIONS) == SCHEMA_VERSION
     assert store.schema_version == SCHEMA_VERSION
     assert store.path == db_path and db_path.is_file()
     expected = {"meta", "sessions", "turns", "prompts", "candidates", "judgements", "runs", "run_metrics",
                 "comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
-                "dataset_test_prompts", "dataset_pair_batches"}
+                "dataset_test_prompts", "dataset_pair_batches", "judgement_ranks", "candidate_ratings",
+                "demonstrations", "dataset_feedback_items"}
     assert expected <= set(store.db.table_names())
-    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("5",)
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("6",)
 
 
 def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
@@ -73,7 +74,8 @@ def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
     with sqlite3.connect(db_path) as conn:  # turn it back into what version 1 wrote
         conn.execute("DROP TABLE comparison_votes")
         conn.execute("DROP TABLE run_evaluations")
-        for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pair_batches", "datasets"):
+        for table in ("dataset_stance_items", "dataset_test_prompts", "dataset_pair_batches", "dataset_feedback_items",
+                      "datasets", "judgement_ranks", "candidate_ratings", "demonstrations"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()

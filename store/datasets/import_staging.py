@@ -48,6 +48,8 @@ _DISCARD_STATEMENTS = {
                             "(SELECT id FROM dataset_stance_items WHERE import_id = ? LIMIT ?)",
     "dataset_test_prompts": "DELETE FROM dataset_test_prompts WHERE id IN "
                             "(SELECT id FROM dataset_test_prompts WHERE import_id = ? LIMIT ?)",
+    "dataset_feedback_items": "DELETE FROM dataset_feedback_items WHERE id IN "
+                              "(SELECT id FROM dataset_feedback_items WHERE import_id = ? LIMIT ?)",
 }
 assert set(_DISCARD_STATEMENTS) == set(IMPORT_DATA_TABLES)
 _POLL_S = 0.2
