@@ -195,6 +195,61 @@ def test_export_reads_bf16_weights(tmp_path, base):
     np.testing.assert_array_equal(tensors["blk.0.attn_k.weight.lora_b"], expected.to(torch.bfloat16).float().numpy())
 
 
+def test_llama_q_and_k_rows_are_stored_as_llama_cpp_orders_them(tmp_path, smollm2_model):
+    """A llama GGUF keeps q/k rows permuted for its rotary embedding and transformers un-permutes them when it
+    reads the file; the exported lora_b, read back the way transformers reads a llama GGUF tensor, must be the
+    trained one (v and o, and lora_a everywhere, are stored as they are)."""
+    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
+
+    from trainers.gguf_adapter import AttentionHeads
+
+    smollm2 = inspect_gguf(smollm2_model)
+    heads = AttentionHeads.from_metadata(smollm2.metadata, smollm2.architecture)
+    assert heads == AttentionHeads(n_head=9, n_head_kv=3)
+    peft_dir = write_peft_adapter(tmp_path / "peft", smollm2, layers=range(2))
+    out = export_gguf_adapter(peft_dir, tmp_path / "llama.gguf", smollm2.architecture, smollm2.n_layers, heads=heads)
+    stored = {t.name: np.array(t.data) for t in gguf.GGUFReader(out).tensors}
+    from safetensors.numpy import load_file
+
+    peft = load_file(str(peft_dir / "adapter_model.safetensors"))
+    hf_reader = LlamaTensorProcessor(config={"num_attention_heads": 9, "num_key_value_heads": 3})
+    for module, tensor in ATTENTION.items():
+        trained = peft[f"base_model.model.model.layers.1.self_attn.{module}.lora_B.weight"]
+        name = f"blk.1.{tensor}.weight"
+        as_read = hf_reader.process(stored[f"{name}.lora_b"], name).weights
+        np.testing.assert_array_equal(as_read, trained)
+        if module in ("q_proj", "k_proj"):
+            assert not np.array_equal(stored[f"{name}.lora_b"], trained)
+        np.testing.assert_array_equal(stored[f"{name}.lora_a"],
+                                      peft[f"base_model.model.model.layers.1.self_attn.{module}.lora_A.weight"])
+    assert validate_adapter(out, smollm2).architecture == "llama"
+
+    with pytest.raises(AdapterExportError, match="attention head counts are needed"):
+        export_gguf_adapter(peft_dir, tmp_path / "no-heads.gguf", smollm2.architecture, smollm2.n_layers)
+    with pytest.raises(AdapterExportError, match="do not split into 5 heads"):  # 576 rows, not 5 × an even size
+        export_gguf_adapter(peft_dir, tmp_path / "bad.gguf", smollm2.architecture, smollm2.n_layers,
+                            heads=AttentionHeads(n_head=5, n_head_kv=3))
+    assert not (tmp_path / "no-heads.gguf").exists() and not (tmp_path / "bad.gguf").exists()
+
+
+def test_llama_mlp_modules_have_tensor_names(tmp_path, smollm2_model):
+    """gate/up/down (and every attention projection) of a llama model map onto its GGUF tensors."""
+    smollm2 = inspect_gguf(smollm2_model)
+    shapes = {t.name: t.shape for t in smollm2.tensors}
+    rng = np.random.default_rng(1)
+    tensors = {}
+    for module, tensor in {"gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}.items():
+        in_dim, out_dim = shapes[f"blk.29.{tensor}.weight"]
+        key = f"base_model.model.model.layers.29.mlp.{module}"
+        tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.1, (4, in_dim)).astype(np.float32)
+        tensors[f"{key}.lora_B.weight"] = rng.normal(0, 0.1, (out_dim, 4)).astype(np.float32)
+    peft_dir = write_peft_adapter(tmp_path / "peft", smollm2, r=4, layers=range(0), extra=tensors,
+                                  config={"target_modules": ["gate_proj", "up_proj", "down_proj"]})
+    out = export_gguf_adapter(peft_dir, tmp_path / "mlp.gguf", smollm2.architecture, smollm2.n_layers)
+    info = validate_adapter(out, smollm2)
+    assert set(info.adapted) == {"blk.29.ffn_gate.weight", "blk.29.ffn_up.weight", "blk.29.ffn_down.weight"}
+
+
 def _break(kind: str, directory: Path, base: GGUFInfo) -> tuple[Path, str, str]:
     """Damage a fresh adapter one way; return (directory, architecture, expected message fragment)."""
     q = "base_model.model.model.layers.0.self_attn.q_proj"

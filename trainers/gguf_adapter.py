@@ -10,6 +10,12 @@ llama.cpp applies ``scale × alpha / r`` with one alpha for the whole file. PEFT
 ``alpha / r`` too, unless the config says otherwise (``use_rslora``: ``alpha / sqrt(r)``; ``alpha_pattern``:
 per-module alphas); then the difference is folded into that module's ``lora_b`` so the file stays exact.
 
+A ``llama`` GGUF's q and k projections are stored with their rows permuted: llama.cpp's converter reorders
+each head's rows for its rotary embedding (which rotates neighbouring pairs; transformers rotates the two
+halves), and transformers undoes that when it reads a llama GGUF (its ``LlamaTensorProcessor``). So an adapter
+trained on those weights has its q/k ``lora_b`` rows (the output dimension) permuted the same way here, which
+needs the base's attention head counts (``AttentionHeads``). ``lora_a`` (the input side) is untouched.
+
 The adapter is read with a small safetensors parser (never ``torch.load``: no pickle, no torch import) that
 also understands bf16. This module is headless: it never imports ``studio``.
 """
@@ -22,6 +28,7 @@ import os
 import re
 import struct
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +41,39 @@ _SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, 
 _MAX_HEADER = 100 << 20
 
 
+# Architectures whose GGUF q/k rows llama.cpp's converter permutes and transformers un-permutes on reading
+# (transformers' TENSOR_PROCESSORS: "llama", which Mistral-family GGUFs use too).
+ROPE_PERMUTED_ARCHITECTURES = frozenset({"llama"})
+_PERMUTED_TENSORS = {"attn_q": "n_head", "attn_k": "n_head_kv"}
+
+
 class AdapterExportError(ValueError):
     """The adapter cannot be exported. The message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class AttentionHeads:
+    """The base GGUF's attention head counts (``<arch>.attention.head_count`` / ``head_count_kv``)."""
+
+    n_head: int
+    n_head_kv: int
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, object], architecture: str) -> AttentionHeads | None:
+        """Read them from a GGUF's metadata; None when the file does not say (or says it per layer)."""
+        n_head = metadata.get(f"{architecture}.attention.head_count")
+        n_head_kv = metadata.get(f"{architecture}.attention.head_count_kv", n_head)
+        counts = [n for n in (n_head, n_head_kv) if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+        return cls(*counts) if len(counts) == 2 else None
+
+
+def permute_for_rope(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's ``LlamaModel.permute`` on the first (output) axis: in each of ``n_head`` heads, the rows of
+    the first half and of the second half are interleaved (0, h, 1, h+1, … for a head of 2h rows)."""
+    if rows.shape[0] % (2 * n_head):
+        raise AdapterExportError(f"{rows.shape[0]} rows do not split into {n_head} heads of an even size")
+    return (rows.reshape(n_head, 2, rows.shape[0] // n_head // 2, *rows.shape[1:])
+            .swapaxes(1, 2).reshape(rows.shape))
 
 
 @dataclass(frozen=True)
@@ -169,10 +207,14 @@ def export_gguf_adapter(
     base_architecture: str,
     n_layers: int,
     dtype: str = "f32",
+    *,
+    heads: AttentionHeads | None = None,
 ) -> Path:
     """Write the PEFT adapter in ``adapter_dir`` as a GGUF LoRA adapter at ``out_path``; return ``out_path``.
 
-    ``base_architecture`` and ``n_layers`` are the base GGUF's ``general.architecture`` and block count.
+    ``base_architecture`` and ``n_layers`` are the base GGUF's ``general.architecture`` and block count;
+    ``heads`` its attention head counts, needed when the base is a ``llama`` GGUF and q or k is adapted
+    (``AttentionHeads.from_metadata`` reads them).
     ``dtype`` is "f32" or "f16" (llama.cpp rejects quantised lora_b at small ranks). The file is written to a
     temporary name beside ``out_path`` and renamed, so a failure never leaves a half file.
     Raises AdapterExportError naming the file and the problem.
@@ -213,6 +255,20 @@ def export_gguf_adapter(
         peft_scale = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
         fold = peft_scale / (alpha / rank)
         lora_b = pair.lora_b if fold == 1.0 else pair.lora_b * np.float32(fold)
+        tensor_kind = gguf_name.removesuffix(".weight").rsplit(".", 1)[-1]
+        if base_architecture in ROPE_PERMUTED_ARCHITECTURES and tensor_kind in _PERMUTED_TENSORS:
+            if heads is None:
+                raise AdapterExportError(
+                    f"{weights_path}: {pair.module} adapts a {base_architecture} {tensor_kind} tensor, whose rows "
+                    "the GGUF stores permuted; the base's attention head counts are needed to export it"
+                )
+            n_head = getattr(heads, _PERMUTED_TENSORS[tensor_kind])
+            if lora_b.shape[0] % (2 * n_head):
+                raise AdapterExportError(
+                    f"{weights_path}: {pair.module} has {lora_b.shape[0]} output rows, which do not split into "
+                    f"{n_head} heads (another model's adapter?)"
+                )
+            lora_b = permute_for_rope(lora_b, n_head)
         if dtype == "f16" and max(np.abs(pair.lora_a).max(), np.abs(lora_b).max()) > np.finfo(np.float16).max:
             raise AdapterExportError(f"{weights_path}: {pair.module} has values beyond float16's range; export as f32")
         named.append((gguf_name, pair.lora_a, lora_b))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from store.output_folders import check_output_file
 from studio.inference.adapter_checks import AdapterFileError, validate_adapter
 from studio.inference.model_files import GGUFInfo
-from trainers.gguf_adapter import AdapterExportError, export_gguf_adapter
+from trainers.gguf_adapter import AdapterExportError, AttentionHeads, export_gguf_adapter
 from trainers.run.outputs import RunFolderError, checked_run_paths, runs_roots
 
 if TYPE_CHECKING:
@@ -66,7 +66,8 @@ def gguf_adapter_for_run(run: RunRecord, base: GGUFInfo, db_path: Path | str | N
         if not target.exists() or target.stat().st_mtime_ns < source.stat().st_mtime_ns:
             if not base.n_layers:
                 raise RunAdapterError(f"{base.path} does not say how many layers it has; cannot name tensors")
-            export_gguf_adapter(folder, target, base.architecture, base.n_layers)
+            export_gguf_adapter(folder, target, base.architecture, base.n_layers,
+                                heads=AttentionHeads.from_metadata(base.metadata, base.architecture))
         validate_adapter(target, base)
     except (AdapterExportError, AdapterFileError) as exc:
         raise RunAdapterError(f"run {run.id}'s adapter does not fit {base.path.name}: {exc}") from exc
