@@ -37,13 +37,49 @@ def test_unknown_role_is_refused():
         ChatTurn("robot", "beep")
 
 
-def test_chat_template_is_rendered_and_bos_left_to_the_tokenizer():
-    fmt = format_for_metadata({"tokenizer.chat_template": GEMMA_LIKE_TEMPLATE}, {"bos": "<bos>", "eos": "<eos>"})
+def test_chat_template_is_rendered_and_bos_left_to_the_tokenizer_that_adds_it():
+    metadata = {"tokenizer.chat_template": GEMMA_LIKE_TEMPLATE, "tokenizer.ggml.add_bos_token": True}
+    fmt = format_for_metadata(metadata, {"bos": "<bos>", "eos": "<eos>"})
     assert isinstance(fmt, ChatTemplateFormat)
     text = fmt.render("Sys", [ChatTurn("user", "Hi")])
     assert text == "<start_of_turn>system\nSys<end_of_turn>\n<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
     assert fmt.stop == ("<eos>",)
     assert fmt.as_completion(" ok ") == "ok"
+
+
+def test_a_template_bos_stays_when_the_tokenizer_does_not_add_one():
+    # The tokenizer will not put BOS in front, so the template's own BOS text is the prompt's one BOS.
+    metadata = {"tokenizer.chat_template": GEMMA_LIKE_TEMPLATE, "tokenizer.ggml.add_bos_token": False}
+    text = format_for_metadata(metadata, {"bos": "<bos>"}).render("", [ChatTurn("user", "Hi")])
+    assert text.startswith("<bos><start_of_turn>user\n")
+
+
+def test_a_bos_token_that_opens_every_chatml_turn_is_never_cut():
+    # SmolLM2: bos_token is <|im_start|>, add_bos_token false. Cutting it would lose the first turn's opening.
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    metadata = {"tokenizer.chat_template": chatml, "tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.model": "gpt2"}
+    fmt = format_for_metadata(metadata, {"bos": "<|im_start|>", "eos": "<|im_end|>"})
+    assert fmt.render("S", [ChatTurn("user", "Hi")]) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize(("metadata", "adds"), [
+    ({"tokenizer.ggml.add_bos_token": True, "tokenizer.ggml.model": "gpt2"}, True),
+    ({"tokenizer.ggml.add_bos_token": False, "tokenizer.ggml.model": "llama"}, False),
+    ({"tokenizer.ggml.model": "llama"}, True),
+    ({"tokenizer.ggml.model": "gpt2"}, False),
+])
+def test_whether_the_tokenizer_adds_bos_is_read_from_the_gguf(metadata, adds):
+    from trainers.prompt_format import tokenizer_adds_bos
+
+    assert tokenizer_adds_bos(metadata) is adds
+
+
+def test_every_end_of_turn_token_is_a_stop_beside_the_eos():
+    fmt = format_for_metadata({"tokenizer.chat_template": GEMMA_LIKE_TEMPLATE}, {"eos": "<eos>"},
+                              end_of_turn=["<eos>", "<end_of_turn>"])
+    assert fmt.stop == ("<eos>", "<end_of_turn>")
 
 
 def test_metadata_without_template_gives_transcript():

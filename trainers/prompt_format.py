@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Protocol
+from typing import Literal, Protocol
 
 import jinja2
 
@@ -31,6 +31,11 @@ PROBE_SYSTEM = "You are a helpful assistant."
 PROBE_TURNS = ("Hello!", "Hello! How can I help?", "What is the capital of France?")
 
 ROLES = ("system", "user", "assistant")
+
+# What a user may ask for: "auto" renders with the model's own chat template when it has one (else the
+# transcript); "transcript" uses the transcript even then, the way past a template that cannot render.
+PromptFormatName = Literal["auto", "transcript"]
+PROMPT_FORMAT_NAMES: tuple[PromptFormatName, ...] = ("auto", "transcript")
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,12 @@ class ChatTemplateFormat:
 
     ``fold_system``: the template refuses a system turn (Gemma's and Mistral's do), so the system text
     is put at the top of the first user turn instead, as transformers users do by hand.
+
+    ``tokenizer_adds_bos``: whether the model's tokenizer puts BOS in front of a text itself (GGUF
+    ``tokenizer.ggml.add_bos_token``; llama.cpp's ``tokenize(add_bos=True)`` and the HF tokenizer both obey
+    it). When it does, a BOS the template writes is cut from the rendered text, so the prompt has BOS once, as
+    llama.cpp's own chat code does; when it does not, the template's BOS text stays and is parsed as the BOS
+    token. Never cut otherwise: SmolLM2's ``bos_token`` is ``<|im_start|>``, the opening of every ChatML turn.
     """
 
     template: str
@@ -129,6 +140,7 @@ class ChatTemplateFormat:
     stop: tuple[str, ...] = ()
     name: str = "chat_template"
     fold_system: bool = False
+    tokenizer_adds_bos: bool = True
 
     @cached_property
     def _compiled(self) -> jinja2.Template:
@@ -164,9 +176,8 @@ class ChatTemplateFormat:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure inside a template is the template's problem
             raise PromptFormatError(f"chat template: {_template_problem(exc)}") from None
-        # llama.cpp and the HF tokenizer both add BOS themselves; a template that writes it too would
-        # give the model two of them.
-        if self.bos_token and text.startswith(self.bos_token):
+        # A tokenizer that adds BOS itself, given a template that writes it too, would give the model two.
+        if self.tokenizer_adds_bos and self.bos_token and text.startswith(self.bos_token):
             text = text[len(self.bos_token) :]
         return text
 
@@ -174,12 +185,30 @@ class ChatTemplateFormat:
         return reply.strip()
 
 
-def format_for_metadata(metadata: Mapping[str, str], token_texts: Mapping[str, str] | None = None) -> PromptFormat:
+def tokenizer_adds_bos(metadata: Mapping[str, object]) -> bool:
+    """Whether a GGUF's tokenizer puts BOS in front of a text: ``tokenizer.ggml.add_bos_token`` when the file
+    says, else the usual default for its tokenizer type (SentencePiece adds it, BPE does not). The engine asks
+    llama.cpp itself instead (``llama_vocab_get_add_bos``), which also knows its per-model exceptions."""
+    said = metadata.get("tokenizer.ggml.add_bos_token")
+    if isinstance(said, bool):
+        return said
+    return metadata.get("tokenizer.ggml.model") in ("llama", "t5", "bert")
+
+
+def format_for_metadata(
+    metadata: Mapping[str, object],
+    token_texts: Mapping[str, str] | None = None,
+    adds_bos: bool | None = None,
+    end_of_turn: Sequence[str] = (),
+) -> PromptFormat:
     """Choose the format for a model from its GGUF metadata (``tokenizer.chat_template`` or not), and try
     it on a probe conversation (``probe_format``): a template that cannot work fails here, with
     PromptFormatError, rather than at the first prompt.
 
-    ``token_texts`` may carry ``bos``/``eos`` token strings for templates that reference them.
+    ``token_texts`` may carry ``bos``/``eos`` token strings for templates that reference them; ``adds_bos``
+    whether the tokenizer adds BOS itself (default: read from the metadata, ``tokenizer_adds_bos``);
+    ``end_of_turn`` the text of every token that ends a reply (llama.cpp's end-of-generation tokens), all stop
+    strings beside the EOS.
     """
     template = metadata.get("tokenizer.chat_template")
     if template:
@@ -192,7 +221,8 @@ def format_for_metadata(metadata: Mapping[str, str], token_texts: Mapping[str, s
             template=template,
             bos_token=tokens.get("bos", ""),
             eos_token=eos,
-            stop=(eos,) if eos else (),
+            stop=tuple(dict.fromkeys(s for s in (eos, *end_of_turn) if s)),
+            tokenizer_adds_bos=tokenizer_adds_bos(metadata) if adds_bos is None else adds_bos,
         ))
     return TranscriptFormat()
 

@@ -12,13 +12,16 @@ within the limit, so the result is at most a few times the limit), the output is
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import jinja2
+import jinja2.ext
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.filters import do_center, do_format, do_indent, do_replace, do_wordwrap, sync_do_join
 from jinja2.nodes import Concat
@@ -169,9 +172,14 @@ class CappedSandboxedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def __init__(self) -> None:
-        super().__init__(trim_blocks=True, lstrip_blocks=True)
+        # The environment transformers and llama-cpp-python render chat templates in: blocks trimmed, break /
+        # continue, the generation tag, tojson, strftime_now; so a template renders here as it does there.
+        super().__init__(trim_blocks=True, lstrip_blocks=True,
+                         extensions=[_IgnoreGenerationTags, jinja2.ext.loopcontrols])
         self.globals["raise_exception"] = _raise_exception
+        self.globals["strftime_now"] = _strftime_now
         self.filters.update(_CAPPED_FILTERS)
+        self.filters["tojson"] = _tojson
 
     def capped_concat(self, parts: tuple) -> str:
         _check_time()
@@ -202,6 +210,37 @@ class CappedSandboxedEnvironment(ImmutableSandboxedEnvironment):
         if isinstance(owner, str):
             _precheck_str_method(owner, getattr(method, "__name__", ""), args, kwargs)
         return _checked(super().call(__context, __obj, *args, **kwargs), "a call")
+
+
+class _IgnoreGenerationTags(jinja2.ext.Extension):
+    """HF's ``{% generation %}…{% endgeneration %}`` (marks assistant text for training masks) renders its body
+    as is, as transformers and llama-cpp-python's ``Jinja2ChatFormatter`` do."""
+
+    tags = {"generation"}
+
+    def parse(self, parser: Any) -> Any:
+        parser.stream.skip(1)
+        return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+
+# Indentation a template may ask ``tojson`` for: ample for pretty-printing a tool schema, far from a gigabyte.
+_MAX_JSON_INDENT = 64
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    """transformers' ``tojson``: plain ``json.dumps``, non-ASCII kept (Jinja's own escapes ``<`` and ``'`` for
+    HTML, which would change the prompt). The indent is checked first: it multiplies the output's size."""
+    width = len(indent) if isinstance(indent, str) else indent or 0
+    if width > _MAX_JSON_INDENT:
+        raise TemplateLimitError(f"tojson(indent={width}) is wider than {_MAX_JSON_INDENT}")
+    return _checked(json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                               sort_keys=sort_keys), "the tojson filter")
+
+
+def _strftime_now(fmt: str) -> str:
+    # Llama 3.x templates write today's date into the system turn.
+    return datetime.now().strftime(fmt)
 
 
 def _raise_exception(message: str) -> None:

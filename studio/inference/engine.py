@@ -22,7 +22,14 @@ from studio.inference.adapters import AdapterSlots
 from studio.inference.llama_log import install_quiet_logger as _install_quiet_logger
 from studio.inference.llama_log import recent_llama_log
 from studio.inference.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
-from trainers.prompt_format import ChatTurn, PromptFormat, PromptFormatError, format_for_metadata
+from trainers.prompt_format import (
+    ChatTurn,
+    PromptFormat,
+    PromptFormatError,
+    PromptFormatName,
+    TranscriptFormat,
+    format_for_metadata,
+)
 
 
 class EngineError(Exception):
@@ -81,6 +88,9 @@ class EngineConfig:
     n_threads: int | None = None
     n_threads_batch: int | None = None
     n_batch: int = 512
+    # "auto": the model's own chat template when it has one, else the transcript; "transcript": the transcript
+    # even for a model with a template (the user's way past a template that cannot render).
+    prompt_format: PromptFormatName = "auto"
 
 
 @dataclass(frozen=True)
@@ -160,22 +170,31 @@ class ChatEngine:
         import llama_cpp
 
         self._logits_processors = llama_cpp.LogitsProcessorList([self._ban_unprintable])
+        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        # What llama.cpp itself does with this vocabulary: whether tokenize(add_bos=True) puts BOS in front,
+        # and which tokens end a reply, so the rendered prompt has BOS once and the stops match the model's.
         self.prompt_format: PromptFormat = self._prompt_format_for(
             {
                 "bos": self._token_text(self._llm.token_bos()),
                 "eos": self._token_text(self._llm.token_eos()),
             },
+            adds_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+            end_of_turn=[self._token_text(int(t)) for t in self._eog_ids],
         )
 
-    def _prompt_format_for(self, token_texts: dict[str, str]) -> PromptFormat:
+    def _prompt_format_for(self, token_texts: dict[str, str], adds_bos: bool | None = None,
+                           end_of_turn: Sequence[str] = ()) -> PromptFormat:
         """The model's prompt format, tried on a probe conversation; EngineError naming the file if it fails."""
+        if self.config.prompt_format == "transcript":
+            return TranscriptFormat()
         try:
-            return format_for_metadata(self.info.metadata, token_texts)
+            return format_for_metadata(self.info.metadata, token_texts, adds_bos=adds_bos, end_of_turn=end_of_turn)
         except PromptFormatError as exc:
             raise EngineError(
                 f"{self.info.path}: the model's chat template (GGUF key tokenizer.chat_template) cannot be used: "
-                f"{str(exc).removeprefix('chat template: ').rstrip('.')}. Use another model file, or fix the "
-                "template in it."
+                f"{str(exc).removeprefix('chat template: ').rstrip('.')}. Use another model file, fix the "
+                "template in it, or chat in the plain transcript format instead (--prompt-format transcript, or "
+                'prompt_format = "transcript" in the config file).'
             ) from None
 
     # --- loading ---
@@ -210,8 +229,10 @@ class ChatEngine:
         vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
         n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         mask = np.zeros(n_vocab, dtype=bool)
+        eog: list[int] = []
         for token in range(n_vocab):
             if llama_cpp.llama_vocab_is_eog(vocab, token):
+                eog.append(token)
                 continue
             attr = llama_cpp.llama_vocab_get_attr(vocab, token)
             if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
@@ -220,6 +241,8 @@ class ChatEngine:
                 self._token_text(token)
             ):
                 mask[token] = True
+        # The end-of-generation tokens come out of the same walk over the vocabulary: their texts are stops.
+        self._eog_ids: tuple[int, ...] = tuple(eog)
         return mask
 
     def _ban_unprintable(self, input_ids, scores):  # noqa: ANN001,ANN202 - llama-cpp-python logits processor
