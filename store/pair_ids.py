@@ -3,6 +3,7 @@
 | kind      | id                                   | names                                                      |
 |-----------|--------------------------------------|------------------------------------------------------------|
 | judged    | `j<judgement>`, `j<judgement>c<cand>` | a pair read out of a judgement (an edit: one per candidate) |
+| judged    | `r<judgement>:<better>><worse>`      | one ordered pair of a ranking judgement, by candidate ids   |
 | dataset   | `d<pair>`                            | a pair of an imported preference dataset (ids never reused) |
 | stance    | `stance:<item key>`                  | an exercise pair: a labelled-stance item, by its own key    |
 | file      | `<stem>:<line>:<digest>`             | a row of a `--dataset` JSONL file (12 hex digits of sha256) |
@@ -20,9 +21,10 @@ from typing import Literal
 PairKind = Literal["judged", "dataset", "stance", "file"]
 STANCE_PREFIX = "stance:"
 _JUDGED = re.compile(r"j(\d+)(?:c(\d+))?")
+_RANKED = re.compile(r"r(\d+):(\d+)>(\d+)")
 _DATASET = re.compile(r"d(\d+)")
 _FILE = re.compile(r"(.+):(\d+):([0-9a-f]{12})")
-_EXPECTED = "j<judgement>[c<candidate>], d<pair>, stance:<item key> or <file stem>:<line>:<digest>"
+_EXPECTED = "j<judgement>[c<candidate>], r<judgement>:<better>><worse>, d<pair>, stance:<item key> or <file stem>:<line>:<digest>"
 
 
 class PairIdError(ValueError):
@@ -35,7 +37,8 @@ class PairId:
 
     kind: PairKind
     judgement_id: int | None = None  # judged
-    candidate_id: int | None = None  # judged, an edited judgement's rejected candidate
+    candidate_id: int | None = None  # judged: an edited judgement's or a ranking's rejected candidate
+    chosen_candidate_id: int | None = None  # judged: a ranking's chosen candidate (set only for rankings)
     row_id: int | None = None  # dataset: the stored pair's id
     item_key: str | None = None  # stance
     file_stem: str | None = None  # file
@@ -43,6 +46,8 @@ class PairId:
     digest: str | None = None  # file
 
     def __str__(self) -> str:
+        if self.kind == "judged" and self.chosen_candidate_id is not None:
+            return ranked_pair_id(self.judgement_id or 0, self.chosen_candidate_id, self.candidate_id or 0)
         if self.kind == "judged":
             return judged_pair_id(self.judgement_id or 0, self.candidate_id)
         if self.kind == "dataset":
@@ -55,6 +60,15 @@ class PairId:
 def judged_pair_id(judgement_id: int, candidate_id: int | None = None) -> str:
     """``j<judgement>``, or ``j<judgement>c<candidate>`` for one of an edited judgement's pairs."""
     return f"j{judgement_id}" if candidate_id is None else f"j{judgement_id}c{candidate_id}"
+
+
+def ranked_pair_id(judgement_id: int, chosen_candidate_id: int, rejected_candidate_id: int) -> str:
+    """``r<judgement>:<better>><worse>``: the pair of a ranking that puts one candidate above another.
+
+    Its own form because one ranking of K yields up to K(K-1)/2 pairs, each named by both of its candidates;
+    its kind is still "judged" (read out of a judgement), so every reader of judged pairs takes it.
+    """
+    return f"r{judgement_id}:{chosen_candidate_id}>{rejected_candidate_id}"
 
 
 def dataset_pair_id(row_id: int) -> str:
@@ -82,6 +96,9 @@ def parse_pair_id(text: str) -> PairId:
         candidate = match.group(2)
         return PairId("judged", judgement_id=int(match.group(1)),
                       candidate_id=int(candidate) if candidate is not None else None)
+    if match := _RANKED.fullmatch(text):
+        return PairId("judged", judgement_id=int(match.group(1)), chosen_candidate_id=int(match.group(2)),
+                      candidate_id=int(match.group(3)))
     if match := _DATASET.fullmatch(text):
         return PairId("dataset", row_id=int(match.group(1)))
     if match := _FILE.fullmatch(text):

@@ -137,3 +137,23 @@ class DemonstrationRecord:
     based_on_candidate_id: int | None
     source: str
     created_at: str
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One training example: a rendered prompt with a preferred and a dispreferred reply (store/feedback_yield.py
+    reads them out of judgements)."""
+
+    pair_id: str
+    prompt: str  # the rendered prompt, exactly as the engine evaluated it
+    prompt_text: str  # the user's raw prompt, for display
+    chosen: str
+    rejected: str
+    session_id: int
+    judgement_id: int
+    verdict: str
+    created_at: str
+
+    def to_trl(self) -> dict[str, str]:
+        """The pair as a row of TRL's standard (non-conversational) preference dataset."""
+        return {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}

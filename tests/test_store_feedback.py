@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from store import RecordNotFoundError, Store, Verdict
+from store import RecordNotFoundError, Store, Verdict, feedback_yield
+from store.datasets.export import judged_export_pairs
+from store.pair_ids import PairId, pair_kind, parse_pair_id
 from store.schema import MIGRATIONS, SCHEMA_VERSION
 
 SHA = "0" * 64
@@ -75,8 +77,9 @@ def test_a_version_5_file_with_data_is_upgraded_to_6(db_path: Path) -> None:
         assert SCHEMA_VERSION == 6 and store.schema_version == 6
         assert {"judgement_ranks", "candidate_ratings", "demonstrations", "dataset_feedback_items"} <= set(
             store.db.table_names())
-        # What version 5 stored reads back unchanged.
+        # What version 5 stored reads back unchanged, and the edit now also yields a demonstration.
         assert [p.pair_id for p in store.pairs()] == ["j1", "j2c1", "j2c2"]
+        assert [(d.text, d.origin) for d in feedback_yield.demonstrations(store.db)] == [(" my own", "edited")]
         # The new kinds work on the old rows.
         assert store.record_ranking(1, [2, 1]) == 3
         assert store.record_ratings(1, {"quality": 3})
@@ -249,3 +252,139 @@ def test_each_kind_is_committed_before_the_call_returns(store: Store, db_path: P
                 for table in ("judgement_ranks", "judgements", "candidate_ratings", "demonstrations")]
     reader.close()
     assert seen == [4, 2, 1, 1]
+
+
+# What each kind yields (store/feedback_yield.py)
+
+
+def test_a_full_ranking_of_k_yields_every_ordered_pair(store: Store) -> None:
+    _, prompt_id, (a, b, c, d) = prompt_with(store)
+    j = store.record_ranking(prompt_id, [c, a, d, b])
+    pairs = store.pairs()
+    assert len(pairs) == 4 * 3 // 2
+    texts = {"one": a, "two": b, "three": c, "four": d}
+    assert [(texts[p.chosen], texts[p.rejected]) for p in pairs] == [
+        (c, a), (c, d), (c, b), (a, d), (a, b), (d, b)]
+    assert [p.pair_id for p in pairs][:2] == [f"r{j}:{c}>{a}", f"r{j}:{c}>{d}"]
+    assert all(p.verdict == "ranked" and p.judgement_id == j and p.prompt.startswith("User: ") for p in pairs)
+
+
+def test_a_partial_ranking_yields_no_pairs_among_the_tied(store: Store) -> None:
+    _, prompt_id, (a, b, c, d) = prompt_with(store)
+    store.record_ranking(prompt_id, [b, c])  # b > c > {a, d}: 1 + 2 + 2 pairs, none between a and d
+    assert sorted((p.chosen, p.rejected) for p in store.pairs()) == sorted([
+        ("two", "three"), ("two", "one"), ("two", "four"), ("three", "one"), ("three", "four")])
+    store.record_ranking(prompt_id, [], all_bad=True)
+    assert store.count_pairs() == 5  # all bad adds none
+
+
+def test_ranking_pair_ids_round_trip_through_the_codec(store: Store) -> None:
+    _, prompt_id, (a, b, c, _) = prompt_with(store)
+    j = store.record_ranking(prompt_id, [b, a, c])
+    for pair in store.pairs():
+        parsed = parse_pair_id(pair.pair_id)
+        assert parsed.kind == "judged" and pair_kind(pair.pair_id) == "judged"
+        assert parsed.judgement_id == j and str(parsed) == pair.pair_id
+    assert parse_pair_id(f"r{j}:{b}>{c}") == PairId("judged", judgement_id=j, chosen_candidate_id=b, candidate_id=c)
+
+
+def test_ranking_pairs_reach_the_pairs_export_and_the_training_selection(store: Store) -> None:
+    from trainers.pair_selection import select_from_store
+
+    _, prompt_id, (a, b, c) = prompt_with(store, ("one", "two", "three"))
+    store.record_ranking(prompt_id, [b, a, c])
+    _, other, (x, y) = prompt_with(store, ("x", "y"))
+    store.record_judgement(other, "a", x, y)
+    exported = judged_export_pairs(store, verdicts=["ranked"])
+    assert [(p.chosen, p.rejected) for p in exported] == [("two", "one"), ("two", "three"), ("one", "three")]
+    selection = select_from_store(store, session_id=None, seed=1, heldout_fraction=0.0)
+    assert selection.report.total == 4 and len(selection.train) == 4
+    assert sum(p.pair_id.startswith("r") for p in selection.train) == 3
+
+
+@pytest.fixture
+def every_kind(store: Store) -> dict[str, int]:
+    """One prompt per judgement kind; returns the ids the tests below name."""
+    ids: dict[str, int] = {}
+    _, p, (ids["a_win"], ids["a_lose"]) = prompt_with(store, ("win", "lose"))
+    ids["ab"] = store.record_judgement(p, "a", ids["a_win"], ids["a_lose"])
+    _, p, (ids["t1"], _) = prompt_with(store, ("tie 1", "tie 2"))
+    store.record_judgement(p, "tie")
+    _, p, _ = prompt_with(store, ("bad 1", "bad 2"))
+    store.record_judgement(p, "both_bad")
+    _, p, (ids["e_same"], _) = prompt_with(store, ("the edit", "other"))
+    ids["edited"] = store.record_judgement(p, "edited", edited_text=" the edit")
+    _, p, (r1, r2, r3) = prompt_with(store, ("r1", "r2", "r3"))
+    ids["ranked"] = store.record_ranking(p, [r2])
+    _, p, _ = prompt_with(store, ("x1", "x2", "x3"))
+    ids["all_bad"] = store.record_ranking(p, [], all_bad=True)
+    _, p, (ids["up"], ids["down"]) = prompt_with(store, ("thumbs up", "thumbs down"))
+    store.record_label(ids["up"], True)
+    store.record_label(ids["down"], False)
+    ids["demo_prompt"] = p
+    return ids
+
+
+def test_labels_are_thumbs_by_default(store: Store, every_kind: dict[str, int]) -> None:
+    labels = feedback_yield.unpaired_labels(store.db)
+    assert [(lab.completion, lab.label, lab.verdict) for lab in labels] == [
+        ("thumbs up", True, "good"), ("thumbs down", False, "bad")]
+    assert labels[0].context.prompt == "User: Name a colour.\nAssistant:"
+
+
+def test_labels_implied_by_judgements_with_the_option(store: Store, every_kind: dict[str, int]) -> None:
+    labels = feedback_yield.unpaired_labels(store.db, from_judgements=True)
+    assert [(lab.verdict, lab.completion, lab.label) for lab in labels] == [
+        ("a", "win", True), ("a", "lose", False),
+        ("both_bad", "bad 1", False), ("both_bad", "bad 2", False),
+        ("edited", " the edit", True), ("edited", "other", False),
+        ("ranked", "r2", True), ("ranked", "r1", False), ("ranked", "r3", False),
+        ("all_bad", "x1", False), ("all_bad", "x2", False), ("all_bad", "x3", False),
+        ("good", "thumbs up", True), ("bad", "thumbs down", False),
+    ]
+    assert len({lab.label_id for lab in labels}) == len(labels)
+
+
+def test_demonstrations_are_written_replies_and_edits(store: Store, every_kind: dict[str, int]) -> None:
+    prompt_id = every_kind["demo_prompt"]
+    store.add_demonstration(prompt_id, "Green.", based_on_candidate_id=every_kind["up"])
+    store.add_demonstration(prompt_id, "Teal.")
+    demos = feedback_yield.demonstrations(store.db)
+    assert [(d.text, d.origin) for d in demos] == [("Green.", "corrected"), ("Teal.", "written"),
+                                                   (" the edit", "edited")]
+    assert demos[0].context.messages == (
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "Name a colour."})
+
+
+def test_ratings_yield_the_latest_value_per_attribute(store: Store) -> None:
+    _, _, (a, b) = prompt_with(store, ("x", "y"))
+    store.record_ratings(b, {"quality": 4})
+    store.record_ratings(a, {"quality": 1, "humour": 2})
+    store.record_ratings(a, {"quality": 3})
+    rated = feedback_yield.rated_responses(store.db)
+    assert [(r.response, r.ratings) for r in rated] == [("y", {"quality": 4}), ("x", {"quality": 3, "humour": 2})]
+
+
+def test_rankings_as_raw_records(store: Store) -> None:
+    _, p, (a, b, c, d) = prompt_with(store)
+    store.record_ranking(p, [c, a, d, b])
+    store.record_ranking(p, [b])
+    store.record_ranking(p, [], all_bad=True)
+    raw = feedback_yield.ranked_responses(store.db)
+    assert [(r.responses, r.ranking, r.all_bad) for r in raw] == [
+        (("one", "two", "three", "four"), (2, 0, 3, 1), False),
+        (("one", "two", "three", "four"), (1,), False),
+        (("one", "two", "three", "four"), (), True)]
+
+
+def test_yields_filter_by_session(store: Store) -> None:
+    one, p1, (a1, b1) = prompt_with(store, ("x", "y"))
+    two, p2, (a2, b2, c2) = prompt_with(store, ("p", "q", "r"))
+    store.record_label(a1, True)
+    store.record_ranking(p2, [c2, a2])
+    store.add_demonstration(p1, "mine")
+    assert [lab.completion for lab in feedback_yield.unpaired_labels(store.db, session_id=two)] == []
+    assert [lab.completion for lab in feedback_yield.unpaired_labels(store.db, session_id=one)] == ["x"]
+    assert len(store.pairs(session_id=two)) == 3 and store.pairs(session_id=one) == []
+    assert [d.text for d in feedback_yield.demonstrations(store.db, session_id=two)] == []

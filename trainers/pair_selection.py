@@ -316,7 +316,7 @@ def select_from_store(store: Store, *, session_id: int | None, seed: int, heldou
                       data_size: int | None = None) -> PairSelection:
     """Read a store's pairs (one session's or all) and select them."""
     source = f"session {session_id}" if session_id is not None else "the store"
-    excluded = sum(1 for j in store.judgements(session_id=session_id) if j.verdict in ("tie", "both_bad"))
+    excluded = sum(1 for j in store.judgements(session_id=session_id) if j.verdict in ("tie", "both_bad", "all_bad"))
     pairs = from_store_pairs(store.pairs(session_id=session_id))
     return select_pairs(pairs, seed=seed, heldout_fraction=heldout_fraction, data_size=data_size, source=source,
                         excluded_judgements=excluded)

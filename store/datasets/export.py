@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any
 from store.atomic_files import write_lines
 from store.datasets.store_mixin import DatasetRecord, ExportPair, TestPrompt
 from store.output_folders import check_output_file, earlier_export_files, publish_folder
-from store.pairs import PreferencePair
-from store.records import Verdict
+from store.pairs import PAIR_VERDICTS, PreferencePair  # PAIR_VERDICTS: a, b, edited, ranked
 from store.studio_store import Store
 
 if TYPE_CHECKING:
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 HF_EXPORT_KIND = "hf dataset"  # the marker kind of a save_to_disk folder this module wrote
-PAIR_VERDICTS = (Verdict.A.value, Verdict.B.value, Verdict.EDITED.value)
 PREFER = ("support", "oppose")
 _BATCH_ROWS = 5000
 
