@@ -20,6 +20,7 @@ from pathlib import Path
 
 from store.locations import config_dir, default_db_path
 from studio.inference.engine import SamplingSettings
+from trainers.prompt_format import PROMPT_FORMAT_NAMES, PromptFormatName
 
 DEFAULT_SYSTEM_PROMPT = (
     "The following is a conversation between a curious user and a helpful, honest assistant. "
@@ -45,6 +46,9 @@ class StudioSettings:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     candidates: int = 2
     seed: int | None = None  # None: a fresh random seed per candidate; else seed, seed+1, … (demos, tests)
+    # "auto": the model's own chat template if it has one; "transcript": the plain transcript even then (the way
+    # past a model whose template cannot render: never chosen for the user, who must ask for it).
+    prompt_format: PromptFormatName = "auto"
     # The config file these settings were read from (None: none was), so `doctor` names the one in use.
     config_file: Path | None = None
 
@@ -67,6 +71,14 @@ def check_count(name: str, value: object, minimum: int, where: str) -> int:
     if not _is_int(value) or value < minimum:  # type: ignore[operator]
         raise SettingsError(f"{where} must be a whole number of at least {minimum}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def check_prompt_format(value: object, where: str) -> PromptFormatName:
+    """``value`` as a prompt format name, else SettingsError naming ``where`` (a flag or key) and the choices."""
+    for name in PROMPT_FORMAT_NAMES:
+        if value == name:
+            return name
+    raise SettingsError(f"{where} must be one of {', '.join(PROMPT_FORMAT_NAMES)}, got {value!r}")
 
 
 def _sampling(path: Path, value: object) -> SamplingSettings:
@@ -127,6 +139,8 @@ def _from_toml(path: Path) -> dict:
             out[key] = check_count(key, value, 0, f"{path}: seed")
         elif key in _COUNT_MINIMUMS:
             out[key] = check_count(key, value, _COUNT_MINIMUMS[key], f"{path}: {key}")
+        elif key == "prompt_format":
+            out[key] = check_prompt_format(value, f"{path}: prompt_format")
         elif key == "system_prompt":
             if not isinstance(value, str):
                 raise SettingsError(f"{path}: system_prompt must be text in quotes, got {value!r}")
@@ -160,6 +174,8 @@ def load_settings(path: Path | None = None, **overrides) -> StudioSettings:
     elif path.exists():
         raise SettingsError(f"{path} is not a file; the config must be a TOML file")
     chosen = {k: v for k, v in overrides.items() if v is not None}
+    if "prompt_format" in chosen:
+        chosen["prompt_format"] = check_prompt_format(chosen["prompt_format"], "--prompt-format")
     for key, (flag_name, minimum) in _FLAG_MINIMUMS.items():
         if key in chosen:
             check_count(key, chosen[key], minimum, flag_name)

@@ -224,3 +224,66 @@ def test_gemma_stored_prompt_tokenises_for_training_into_the_ids_llama_cpp_evalu
     with prefstudio_home(session_home):
         tokenizer = load_tokenizer_for(default_model)  # the converted model's when a test converted it already
     assert_training_ids_are_llama_cpp_ids(engine, tokenizer, pairs)
+
+
+# --- 4. a template that cannot render: named at load, the transcript only when the user asks ----------------
+
+BROKEN_TEMPLATE = "{% for m in messages %}{{ render_turn(m) }}{% endfor %}"  # a helper this runtime lacks
+
+
+@pytest.fixture(scope="module")
+def broken_smollm2(smollm2_model, tmp_path_factory) -> Path:
+    from test_bad_inputs import with_chat_template
+
+    return with_chat_template(smollm2_model, tmp_path_factory.mktemp("broken") / "smollm2-broken.gguf",
+                              BROKEN_TEMPLATE)
+
+
+def test_a_template_that_fails_to_render_is_refused_at_load_naming_the_model_and_the_error(broken_smollm2):
+    from studio.inference.engine import EngineError
+
+    with pytest.raises(EngineError) as refused:
+        ChatEngine(EngineConfig(model_path=broken_smollm2, n_ctx=256))
+    message = str(refused.value)
+    assert "smollm2-broken.gguf" in message and "tokenizer.chat_template" in message
+    assert "'render_turn' is undefined" in message
+    assert "--prompt-format transcript" in message
+
+
+def test_the_transcript_format_is_used_for_a_broken_template_only_when_asked(broken_smollm2):
+    eng = ChatEngine(EngineConfig(model_path=broken_smollm2, n_ctx=256, prompt_format="transcript"))
+    try:
+        assert eng.prompt_format.name == "transcript"
+        fitted = eng.fit_prompt("Be brief.", [ChatTurn("user", "Hi")], max_tokens=8)
+        assert fitted.text == "Be brief.\n\nUser: Hi\nAssistant:"
+    finally:
+        eng.close()
+
+
+def test_cli_names_the_broken_template_and_takes_prompt_format_transcript(broken_smollm2, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    home = tmp_path / "home"
+    args = ["--model", str(broken_smollm2), "generate", "Hi", "-n", "1", "--max-tokens", "4", "--json"]
+    refused = run_cli(*args, home=home)
+    assert refused.returncode == 1
+    assert "smollm2-broken.gguf" in refused.stderr and "'render_turn' is undefined" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    answered = run_cli("--prompt-format", "transcript", *args, home=home, check=True)
+    assert json.loads(answered.stdout)["rendered_prompt"].endswith("User: Hi\nAssistant:")
+
+
+def test_prompt_format_setting_is_checked_in_the_flag_and_the_config_file(tmp_path, studio_home):
+    from studio.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="--prompt-format must be one of auto, transcript, got 'jinja'"):
+        load_settings(None, prompt_format="jinja")
+    config = tmp_path / "config.toml"
+    config.write_text('prompt_format = "chatml"\n')
+    with pytest.raises(SettingsError, match=r"config.toml: prompt_format must be one of auto, transcript"):
+        load_settings(config)
+    config.write_text('prompt_format = "transcript"\n')
+    assert load_settings(config).prompt_format == "transcript"
+    assert load_settings(config, prompt_format="auto").prompt_format == "auto"

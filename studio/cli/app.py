@@ -47,12 +47,13 @@ def main_callback(
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: chosen for this CPU).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Config TOML (default: user config dir).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Base seed: candidates get seed, seed+1, … (reproducible demos).")] = None,
+    prompt_format: Annotated[str | None, typer.Option("--prompt-format", help="auto (the model's chat template if it has one) or transcript (plain User:/Assistant: text, e.g. for a model whose template fails).")] = None,
 ) -> None:
     """Start the studio (TUI) when no command is given."""
     with user_errors():
         state.settings = load_settings(
             config, db=db.expanduser() if db else None, model=model.expanduser() if model else None,
-            n_ctx=n_ctx, threads=threads, seed=seed,
+            n_ctx=n_ctx, threads=threads, seed=seed, prompt_format=prompt_format,
         )
     if ctx.invoked_subcommand is None:
         run_tui()

@@ -48,4 +48,5 @@ def _stderr_console():  # noqa: ANN202
 
 def open_engine() -> ChatEngine:
     s = settings()
-    return ChatEngine(EngineConfig(model_path=resolve_model_path(), n_ctx=s.n_ctx, n_threads=s.threads))
+    return ChatEngine(EngineConfig(model_path=resolve_model_path(), n_ctx=s.n_ctx, n_threads=s.threads,
+                                   prompt_format=s.prompt_format))

@@ -151,7 +151,8 @@ class ChatScreen(Screen):
         settings = self.app.settings
         try:
             engine = ChatEngine(
-                EngineConfig(model_path=settings.model, n_ctx=settings.n_ctx, n_threads=settings.threads)
+                EngineConfig(model_path=settings.model, n_ctx=settings.n_ctx, n_threads=settings.threads,
+                             prompt_format=settings.prompt_format)
             )
         except EngineError as exc:
             self.post_message(EngineFailed(str(exc)))
