@@ -9,13 +9,15 @@ continues the conversation.
 
 The chat screen and ``prefstudio generate`` are clients: they decide *when* (keys, workers, retries on a
 busy database) and show the results; this module decides *what* is generated and stored. No Textual, no
-typer. Later feedback kinds (more candidates, rankings, thumbs, ratings) add ``Judgement`` constructors.
+typer. Every verdict kind is a ``Judgement`` constructor: a preference of two (a / b), tie, both bad, an edit,
+a ranking of several (or all bad), a thumbs up or down on one; attribute ratings go with ``rate``. An edit is
+also stored as a demonstration of the prompt in its context.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -55,6 +57,15 @@ class Round:
     prompt_id: int | None = None
     candidate_ids: list[int] = field(default_factory=list)
     judged: bool = False
+    judgement_ids: list[int] = field(default_factory=list)  # every judgement recorded on it, in order
+    # A judgement stored whose demonstration is not yet (a busy database between the two writes): the
+    # retry writes only what is missing.
+    half_recorded: tuple[Judgement, int] | None = None
+
+    @property
+    def judgement_id(self) -> int | None:
+        """The latest judgement recorded on this round (ratings saved now go with it), or None."""
+        return self.judgement_ids[-1] if self.judgement_ids else None
 
     @property
     def stored(self) -> bool:
@@ -108,7 +119,8 @@ class Judgement:
     chosen: int | None = None
     rejected: int | None = None
     edited_text: str | None = None  # the user's own reply (in the model's completion whitespace)
-    continues: int | None = None  # the slot whose reply continues the conversation (tie)
+    continues: int | None = None  # the slot whose reply continues the conversation (tie, thumbs)
+    order: tuple[int, ...] = ()  # a ranking's slots, best first; slots left out share the last place
 
     @classmethod
     def prefer(cls, chosen: int, rejected: int) -> Judgement:
@@ -133,13 +145,42 @@ class Judgement:
         """The user wrote the better reply (starting from candidate ``base``); it becomes the chosen side."""
         return cls(Verdict.EDITED, chosen=base, rejected=rejected, edited_text=text)
 
+    @classmethod
+    def ranking(cls, order: Sequence[int]) -> Judgement:
+        """Candidates best first (``order`` by slot); those left out share the last place (a partial
+        ranking). The best one continues the conversation."""
+        order = tuple(order)
+        if not order:
+            raise ValueError("a ranking needs at least the best candidate (all bad is its own verdict)")
+        if len(set(order)) != len(order):
+            raise ValueError(f"a ranking names each candidate once, got slots {list(order)}")
+        return cls(Verdict.RANKED, chosen=order[0], order=order)
+
+    @classmethod
+    def all_bad(cls) -> Judgement:
+        """Every candidate of a ranking round is bad: no pair, and the conversation does not move on."""
+        return cls(Verdict.ALL_BAD)
+
+    @classmethod
+    def label(cls, slot: int, good: bool) -> Judgement:
+        """A thumbs up (``good``) or down on one candidate; its reply continues the conversation either way,
+        as in a plain chat (an edit is the way to replace it)."""
+        if good:
+            return cls(Verdict.GOOD, chosen=slot, continues=slot)
+        return cls(Verdict.BAD, rejected=slot, continues=slot)
+
+    def slots(self) -> list[int]:
+        """Every candidate slot this judgement names."""
+        return sorted({slot for slot in (self.chosen, self.rejected, self.continues, *self.order)
+                       if slot is not None})
+
     def continuing_reply(self, round_: Round) -> str | None:
-        """The reply that continues the conversation after this judgement, or None (both bad)."""
+        """The reply that continues the conversation after this judgement, or None (both / all bad)."""
         if self.verdict == Verdict.EDITED:
             return self.edited_text
-        if self.verdict in (Verdict.A, Verdict.B):
+        if self.verdict in (Verdict.A, Verdict.B, Verdict.RANKED):
             return round_.reply(self.chosen)
-        if self.verdict == Verdict.TIE:
+        if self.verdict in (Verdict.TIE, Verdict.GOOD, Verdict.BAD):
             return round_.reply(self.continues or 0)
         return None
 
@@ -263,31 +304,73 @@ class JudgingSession:
     def record(self, round_: Round, judgement: Judgement, wait_at_most_s: float | None = None) -> int:
         """Store the judgement and, when a reply continues the conversation, the user's turn and that
         reply, in one transaction (a kill never keeps one without the other); then continue with it.
+        An edit is then stored as a demonstration too (a second transaction: a kill between the two keeps the
+        edited judgement, which yields the edit for training by itself).
 
-        ``wait_at_most_s`` bounds how long a busy database is waited for (StoreBusyError after it; nothing
-        is stored and the round is unchanged, so the same call can be retried). Safe to call from a worker.
+        ``wait_at_most_s`` bounds how long a busy database is waited for (StoreBusyError after it; the
+        round is unchanged and what was not stored is written by the same call retried: never twice). Safe to
+        call from a worker.
         """
         if not round_.stored:
             raise ValueError("the round's candidates are not stored yet")
+        foreign = [slot for slot in judgement.slots() if not 0 <= slot < len(round_.candidate_ids)]
+        if foreign:
+            raise ValueError(f"candidate slot(s) {foreign} are not in this round of {len(round_.candidate_ids)}")
         reply = judgement.continuing_reply(round_)
         turns = (("user", round_.user_text), ("assistant", reply.strip())) if reply is not None else ()
-        ids = round_.candidate_ids
         waiting = self.store.waiting_at_most(wait_at_most_s) if wait_at_most_s is not None else nullcontext()
         with waiting:
-            judgement_id = self.store.record_judgement(
-                round_.prompt_id,
-                judgement.verdict,
-                chosen_candidate_id=ids[judgement.chosen] if judgement.chosen is not None else None,
-                rejected_candidate_id=ids[judgement.rejected] if judgement.rejected is not None else None,
-                edited_text=judgement.edited_text,
-                source=self.source,
-                adapter=round_.generations[0].adapter if round_.generations else None,
-                turns=turns,
-            )
+            if round_.half_recorded is not None and round_.half_recorded[0] == judgement:
+                judgement_id = round_.half_recorded[1]
+            else:
+                judgement_id = self._write_judgement(round_, judgement, turns)
+                round_.half_recorded = (judgement, judgement_id)
+            if judgement.verdict == Verdict.EDITED:
+                self.store.add_demonstration(round_.prompt_id, judgement.edited_text or "",
+                                             based_on_candidate_id=round_.candidate_ids[judgement.chosen or 0],
+                                             source=self.source)
+            round_.half_recorded = None
         round_.judged = True
+        round_.judgement_ids.append(judgement_id)
         with self._turns_lock:
             # A round of an earlier conversation (a new session started while it waited) continues nothing.
             if reply is not None and self.current is round_:
                 self.turns += [ChatTurn("user", round_.user_text), ChatTurn("assistant", reply.strip())]
                 self.current = None
         return judgement_id
+
+    def _write_judgement(self, round_: Round, judgement: Judgement, turns: tuple[tuple[str, str], ...]) -> int:
+        """The one transaction of a judgement and its turns, through the store method for its kind."""
+        ids = round_.candidate_ids
+        adapter = round_.generations[0].adapter if round_.generations else None
+        if judgement.verdict in (Verdict.RANKED, Verdict.ALL_BAD):
+            return self.store.record_ranking(round_.prompt_id, [ids[slot] for slot in judgement.order],
+                                             all_bad=judgement.verdict == Verdict.ALL_BAD, source=self.source,
+                                             adapter=adapter, turns=turns)
+        if judgement.verdict in (Verdict.GOOD, Verdict.BAD):
+            return self.store.record_label(ids[judgement.continues or 0], judgement.verdict == Verdict.GOOD,
+                                           source=self.source, adapter=adapter, turns=turns)
+        return self.store.record_judgement(
+            round_.prompt_id,
+            judgement.verdict,
+            chosen_candidate_id=ids[judgement.chosen] if judgement.chosen is not None else None,
+            rejected_candidate_id=ids[judgement.rejected] if judgement.rejected is not None else None,
+            edited_text=judgement.edited_text,
+            source=self.source,
+            adapter=adapter,
+            turns=turns,
+        )
+
+    def rate(self, round_: Round, slot: int, ratings: Mapping[str, int], wait_at_most_s: float | None = None
+             ) -> list[int]:
+        """Attribute ratings (0–4 each) of one candidate, with the round's latest judgement when one is
+        recorded, else standalone; one transaction. StoreBusyError after ``wait_at_most_s``: nothing stored,
+        the same call can be retried. ValueError for a value or name the store refuses."""
+        if not round_.stored:
+            raise ValueError("the round's candidates are not stored yet")
+        if not 0 <= slot < len(round_.candidate_ids):
+            raise ValueError(f"candidate slot {slot} is not in this round of {len(round_.candidate_ids)}")
+        waiting = self.store.waiting_at_most(wait_at_most_s) if wait_at_most_s is not None else nullcontext()
+        with waiting:
+            return self.store.record_ratings(round_.candidate_ids[slot], dict(ratings),
+                                             judgement_id=round_.judgement_id, source=self.source)

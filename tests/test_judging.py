@@ -189,3 +189,127 @@ def test_every_session_records_its_model_the_new_one_too(store, engine):
     for session_id in (first, second):
         record = store.get_session(session_id)
         assert record.model_id == engine.identity.model_id and record.system_prompt == "Answer briefly."
+
+
+# --- the verdict kinds beyond two candidates: rankings, all bad, thumbs, edits as demonstrations, ratings ---
+
+
+def test_a_partial_ranking_of_four_stores_places_and_its_best_reply_continues(store, engine):
+    session = session_on(store, engine, n=4)
+    round_ = answered(session, "Name an animal.")
+    judgement_id = session.record(round_, Judgement.ranking([2, 0]))  # C best, then A; B and D tie last
+    ids = round_.candidate_ids
+    (ranking,) = store.rankings(prompt_id=round_.prompt_id)
+    assert ranking.judgement_id == judgement_id and not ranking.all_bad
+    assert dict(ranking.places) == {ids[2]: 0, ids[0]: 1, ids[1]: 2, ids[3]: 2}
+    assert [(j.verdict, j.chosen_candidate_id) for j in store.judgements()] == [("ranked", ids[2])]
+    # C over A, B, D; A over B, D; nothing between the two tied last (when the texts differ at all)
+    assert {(p.chosen, p.rejected) for p in store.pairs()} <= {
+        (round_.reply(better), round_.reply(worse)) for better, worse in ((2, 0), (2, 1), (2, 3), (0, 1), (0, 3))}
+    assert len(store.pairs()) == 5
+    assert [(t.role, t.content) for t in store.turns(session.session_id)] == [
+        ("user", "Name an animal."), ("assistant", round_.reply(2).strip())]
+    assert session.current is None and round_.judgement_id == judgement_id
+
+
+def test_all_bad_records_a_ranking_of_nothing_and_the_round_waits(store, engine):
+    session = session_on(store, engine, n=3)
+    round_ = answered(session, "Say something odd.")
+    session.record(round_, Judgement.all_bad())
+    (ranking,) = store.rankings()
+    assert ranking.all_bad and ranking.places == ()
+    assert store.turns(session.session_id) == [] and session.current is round_  # r, e or i next
+    with pytest.raises(ValueError, match="at least the best"):
+        Judgement.ranking([])
+    with pytest.raises(ValueError, match="once"):
+        Judgement.ranking([1, 1])
+    with pytest.raises(ValueError, match=r"slot\(s\) \[3\] are not in this round of 3"):
+        session.record(round_, Judgement.ranking([3, 0]))
+    assert len(store.judgements()) == 1  # the refused ranking wrote nothing
+
+
+def test_thumbs_up_and_down_on_one_reply_are_labels_and_the_chat_goes_on(store, engine):
+    session = session_on(store, engine, n=1)
+    liked = answered(session, "Say yes.")
+    assert len(liked.candidate_ids) == 1
+    session.record(liked, Judgement.label(0, good=True))
+    disliked = answered(session, "Say no.")
+    session.record(disliked, Judgement.label(0, good=False))
+    assert [(j.verdict, j.chosen_candidate_id, j.rejected_candidate_id) for j in store.judgements()] == [
+        ("good", liked.candidate_ids[0], None), ("bad", None, disliked.candidate_ids[0])]
+    labels = [(label.completion, label.label) for label in store_labels(store)]
+    assert labels == [(liked.reply(0), True), (disliked.reply(0), False)]
+    # In a plain chat the reply stays the assistant's turn, liked or not; no pair comes of a thumb.
+    assert [t.content for t in session.turns] == ["Say yes.", liked.reply(0).strip(), "Say no.",
+                                                 disliked.reply(0).strip()]
+    assert store.count_pairs() == 0
+
+
+def store_labels(store: Store):
+    from store.feedback_yield import unpaired_labels
+
+    return unpaired_labels(store.db)
+
+
+def test_an_edit_is_stored_as_an_edited_judgement_and_a_demonstration_of_its_prompt(store, engine):
+    session = session_on(store, engine, n=1)
+    round_ = answered(session, "What colour is grass?")
+    session.record(round_, session.edited(round_, "Green.", base=0))
+    (judgement,) = store.judgements()
+    assert (judgement.verdict, judgement.chosen_candidate_id, judgement.rejected_candidate_id) == (
+        "edited", round_.candidate_ids[0], None)
+    (demo,) = store.demonstrations(prompt_id=round_.prompt_id)
+    assert (demo.text, demo.based_on_candidate_id, demo.source) == (" Green.", round_.candidate_ids[0], "tui")
+    assert [t.content for t in session.turns] == ["What colour is grass?", "Green."]
+    # With three candidates the edit is preferred to each that differs, and stored as a demonstration too.
+    three = session_on(store, engine, n=3)
+    ranked = answered(three, "What colour is snow?")
+    three.record(ranked, three.edited(ranked, "White.", base=1))
+    assert [d.based_on_candidate_id for d in store.demonstrations(prompt_id=ranked.prompt_id)] == [
+        ranked.candidate_ids[1]]
+    assert {p.rejected for p in store.pairs(session_id=three.session_id)} == {
+        ranked.reply(slot) for slot in range(3) if ranked.reply(slot).strip() != "White."}
+
+
+def test_a_busy_database_between_the_edit_and_its_demonstration_writes_each_once(store, engine, tmp_path):
+    session = session_on(store, engine)
+    round_ = answered(session, "Say hi.")
+    real = store.add_demonstration
+    blocker = sqlite3.connect(tmp_path / "studio.db", isolation_level=None)
+
+    def busy_once(*args, **kwargs):  # another program takes the database between the two writes
+        store.add_demonstration = real
+        blocker.execute("BEGIN IMMEDIATE")
+        return real(*args, **kwargs)
+
+    store.add_demonstration = busy_once
+    judgement = session.edited(round_, "Hi there.", base=0)
+    try:
+        with pytest.raises(StoreBusyError):
+            session.record(round_, judgement, wait_at_most_s=0.1)
+        assert [j.verdict for j in store.judgements()] == ["edited"] and store.demonstrations() == []
+        assert not round_.judged and session.turns == []
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    session.record(round_, judgement, wait_at_most_s=0.1)  # the same call: only the demonstration is left
+    assert [j.verdict for j in store.judgements()] == ["edited"]
+    assert [d.text for d in store.demonstrations()] == [" Hi there."]
+    assert [t.content for t in store.turns(session.session_id)] == ["Say hi.", "Hi there."]
+
+
+def test_ratings_stand_alone_before_a_verdict_and_go_with_the_judgement_after_one(store, engine):
+    session = session_on(store, engine, n=3)
+    round_ = answered(session, "Tell me a joke.")
+    session.rate(round_, 1, {"quality": 3, "humor": 4})
+    session.record(round_, Judgement.all_bad())
+    session.rate(round_, 2, {"quality": 0})
+    session.rate(round_, 1, {"humor": 1})  # a later rating of the same attribute supersedes the first
+    ids = round_.candidate_ids
+    got = sorted((r.candidate_id, r.attribute, r.value, r.judgement_id) for r in store.ratings())
+    assert got == [(ids[1], "humor", 1, round_.judgement_id), (ids[1], "quality", 3, None),
+                   (ids[2], "quality", 0, round_.judgement_id)]
+    with pytest.raises(ValueError, match="'humor' must be a whole number from 0 to 4"):
+        session.rate(round_, 0, {"humor": 5})
+    with pytest.raises(ValueError, match="slot 3"):
+        session.rate(round_, 3, {"humor": 1})
