@@ -199,6 +199,7 @@ def assert_training_ids_are_llama_cpp_ids(engine: ChatEngine, tokenizer, pairs) 
             assert full[-1] == tokenizer.eos_token_id
 
 
+@pytest.mark.slow
 def test_smollm2_stored_prompt_tokenises_for_training_into_the_ids_llama_cpp_evaluated(
         smollm2_engine, smollm2_model, session_home, tmp_path):
     from trainers.model_source import load_tokenizer, resolve_model_source
@@ -210,20 +211,29 @@ def test_smollm2_stored_prompt_tokenises_for_training_into_the_ids_llama_cpp_eva
         assert second.prompt.startswith(first.prompt)
         assert f"{first.chosen}<|im_end|>\n<|im_start|>user\nAnd a vegetable?<|im_end|>" in second.prompt
     with prefstudio_home(session_home):  # the converted weights are shared by every test of the run
-        tokenizer = load_tokenizer(resolve_model_source(str(smollm2_model)).model_dir)
+        tokenizer = load_tokenizer(resolve_model_source(smollm2_model, sha256=smollm2_engine.identity.sha256).model_dir)
     assert tokenizer.eos_token == "<|im_end|>"
     assert_training_ids_are_llama_cpp_ids(smollm2_engine, tokenizer, pairs)
 
 
+@pytest.mark.slow
 def test_gemma_stored_prompt_tokenises_for_training_into_the_ids_llama_cpp_evaluated(
-        engine, default_model, session_home, tmp_path):
+        engine, gemma_templated_engine, default_model, session_home, tmp_path):
+    from trl.data_utils import _tokenize
+
     from trainers.model_source import load_tokenizer_for
 
     with Store.open(tmp_path / "studio.db") as store:
         pairs = judged_pairs(store, engine, ["Name a fruit.", "And a vegetable?"])
     with prefstudio_home(session_home):
-        tokenizer = load_tokenizer_for(default_model)  # the converted model's when a test converted it already
+        # The converted model's tokenizer when a test converted it already, else the GGUF's own (cached by sha256).
+        tokenizer = load_tokenizer_for(default_model, sha256=engine.identity.sha256)
     assert_training_ids_are_llama_cpp_ids(engine, tokenizer, pairs)
+    # Gemma's own chat template writes <bos> and the HF tokenizer adds one too: still one BOS, llama.cpp's ids.
+    system, turns = turns_of(CONVERSATIONS["multi-turn"])
+    templated = gemma_templated_engine.prompt_format.render(system, turns)
+    ids = _tokenize(tokenizer, templated)["input_ids"]
+    assert ids == gemma_templated_engine.tokenize(templated) and ids.count(tokenizer.bos_token_id) == 1
 
 
 # --- 4. a template that cannot render: named at load, the transcript only when the user asks ----------------
