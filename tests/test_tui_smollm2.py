@@ -77,3 +77,26 @@ async def test_chat_with_smollm2_shows_and_stores_replies_without_template_text(
         pairs = store.pairs()
         assert len(pairs) == 2 and not any(has_template_text(p.chosen + p.rejected) for p in pairs)
         assert [t.content for t in store.turns(session)][1::2] == [first_texts[0].strip(), second_texts[1].strip()]
+
+
+async def test_a_broken_template_is_named_and_the_transcript_serves_only_when_asked(tmp_path, smollm2_model,
+                                                                                     studio_home):
+    from test_bad_inputs import with_chat_template
+
+    from studio.tui.screens.modals import ErrorScreen
+
+    broken = with_chat_template(smollm2_model, tmp_path / "smollm2-broken.gguf", "{{ messages[0].nope() }}")
+    with Store.open(tmp_path / "studio.db") as store:
+        base = replace(load_settings(), model=broken, seed=3, sampling=SamplingSettings(max_tokens=12))
+        app = PreferenceStudioApp(settings=base, store=store)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+            message = str(app.screen.query_one("#error-message").render())
+            assert "smollm2-broken.gguf" in message and "tokenizer.chat_template" in message
+            assert "--prompt-format transcript" in message
+        app = PreferenceStudioApp(settings=replace(base, prompt_format="transcript"), store=store)
+        async with app.run_test(size=(120, 36)) as pilot:
+            await ask(pilot, app, "Hi")
+            assert "transcript format" in str(app.chat.query_one("#engine-status").render())
+        (candidate, *_) = store.candidates(max(row["id"] for row in store.db["prompts"].rows))
+        assert candidate.rendered_prompt.endswith("User: Hi\nAssistant:")
