@@ -301,8 +301,8 @@ def _feedback_kinds_v6(db: sqlite_utils.Database) -> None:
     `judgement_ranks` (0 = best; candidates left out of a partial ranking share the last place). Ratings
     (0–4 per attribute) and demonstrations (a reply the user wrote) are rows of their own, with or
     without a judgement. Imported labels, demonstrations, ratings and rankings are one JSON row each in
-    `dataset_feedback_items` (the pair tables keep pairs), staged like every import table. Only new
-    tables: nothing existing is rewritten.
+    `dataset_feedback_items` (the pair tables keep pairs), staged like every import table. `queue_items` holds the
+    labelling queue's prompts until their candidates exist. Only new tables: nothing existing is rewritten.
     """
     db.execute(
         "CREATE TABLE IF NOT EXISTS judgement_ranks (judgement_id INTEGER NOT NULL REFERENCES judgements(id), "
@@ -331,6 +331,15 @@ def _feedback_kinds_v6(db: sqlite_utils.Database) -> None:
     )
     db.execute("CREATE INDEX IF NOT EXISTS idx_dataset_feedback_items_dataset_id ON dataset_feedback_items (dataset_id)")
     db.execute("CREATE INDEX IF NOT EXISTS idx_dataset_feedback_items_import_id ON dataset_feedback_items (import_id)")
+    # The labelling queue (store/labelling_queue.py): prompts waiting for their candidates. A queue is a session;
+    # an item's prompt_id is set, in the transaction that stores the prompt and its candidates, once generated.
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS queue_items (id INTEGER PRIMARY KEY, "
+        "session_id INTEGER NOT NULL REFERENCES sessions(id), text TEXT NOT NULL CHECK (length(trim(text)) > 0), "
+        "n_candidates INTEGER NOT NULL CHECK (n_candidates BETWEEN 1 AND 4), origin TEXT NOT NULL, "
+        "prompt_id INTEGER UNIQUE REFERENCES prompts(id), created_at TEXT NOT NULL)"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_queue_items_session_id ON queue_items (session_id)")
 
 
 def _add_column(db: sqlite_utils.Database, table: str, column: str, declaration: str, indexed: bool = False) -> None:

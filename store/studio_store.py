@@ -17,6 +17,7 @@ from store.errors import RecordNotFoundError, StoreError
 from store.evaluations import Evaluations
 from store.feedback import Feedback
 from store.judgement_rows import check_role, check_source, insert_judgement, insert_turn
+from store.labelling_queue import LabellingQueue
 from store.locations import default_db_path
 from store.pairs import PreferencePair, read_pairs
 from store.records import CandidateRecord, JudgementRecord, SessionRecord, TurnRecord, Verdict
@@ -81,7 +82,7 @@ def _parse_verdict(verdict: Verdict | str) -> Verdict:
         raise ValueError(f"unknown verdict {verdict!r}; expected one of {known}") from None
 
 
-class Store(RunLog, Evaluations, Datasets, Feedback):
+class Store(RunLog, Evaluations, Datasets, Feedback, LabellingQueue):
     """The studio database: sessions, turns, prompts, candidates, judgements (every feedback kind), pairs, runs.
 
     Every write is its own committed transaction (several rows at once commit together or not at

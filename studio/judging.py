@@ -111,6 +111,20 @@ def generate_round(
     return results
 
 
+def candidate_rows(engine: ChatEngine, round_: Round) -> list[dict[str, object]]:
+    """A generated round's candidates as the store takes them (``add_prompt_with_candidates``; the labelling
+    queue's ``store_queue_candidates``): text, the exact rendered prompt, model, sampling, seed and timings."""
+    return [
+        {
+            "text": gen.text, "rendered_prompt": round_.fitted.text, "model_id": engine.identity.model_id,
+            "model_sha256": engine.identity.sha256, "sampling": gen.sampling.to_dict(), "seed": gen.seed,
+            "adapter": gen.adapter, "finish_reason": gen.finish_reason, "n_tokens": gen.n_tokens,
+            "duration_s": round(gen.duration_s, 3),
+        }
+        for gen in round_.generations
+    ]
+
+
 @dataclass(frozen=True)
 class Judgement:
     """What the user says about a round's candidates, by slot (0 = A). Build one with the constructors."""
@@ -275,20 +289,11 @@ class JudgingSession:
 
     def store_candidates(self, round_: Round) -> None:
         """The prompt (with the conversation before it) and its candidates, in one transaction."""
-        engine = self._engine()
         prompt_id, ids = self.store.add_prompt_with_candidates(
             self.session_id,
             round_.user_text,
             [{"role": t.role, "content": t.content} for t in round_.history],
-            [
-                {
-                    "text": gen.text, "rendered_prompt": round_.fitted.text, "model_id": engine.identity.model_id,
-                    "model_sha256": engine.identity.sha256, "sampling": gen.sampling.to_dict(), "seed": gen.seed,
-                    "adapter": gen.adapter, "finish_reason": gen.finish_reason, "n_tokens": gen.n_tokens,
-                    "duration_s": round(gen.duration_s, 3),
-                }
-                for gen in round_.generations
-            ],
+            candidate_rows(self._engine(), round_),
         )
         round_.prompt_id, round_.candidate_ids = prompt_id, ids
 

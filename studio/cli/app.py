@@ -23,6 +23,7 @@ from studio.cli.doctor import doctor
 from studio.cli.errors import user_errors
 from studio.cli.generate import generate
 from studio.cli.pairs import pairs_app
+from studio.cli.queue import queue_app
 from studio.cli.train import TRAIN_HELP, train_command
 from studio.inference import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
 from studio.settings import load_settings
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(queue_app, name="queue")
 app.add_typer(make_datasets_app(lambda: settings().db), name="datasets")
 
 
