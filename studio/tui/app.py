@@ -32,6 +32,7 @@ class PreferenceStudioApp(App[None]):
         Binding("f6", "compare", "Compare"),
         Binding("f7", "cycle_adapter", "Adapter"),
         Binding("f8", "exercise", "Exercise"),
+        Binding("f9", "queue", "Queue"),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
 
@@ -134,6 +135,27 @@ class PreferenceStudioApp(App[None]):
 
         if not isinstance(self.screen, ExerciseScreen):
             self.push_screen(ExerciseScreen())
+
+    def action_queue(self) -> None:
+        from studio.tui.screens.queue import QueueScreen
+
+        if not isinstance(self.screen, QueueScreen):
+            self.push_screen(QueueScreen())
+
+    def queue_bank(self, bank: PromptBank) -> None:
+        """Queue a bank's prompts (N = the chat's candidates, its system prompt), then open queue mode."""
+        from studio.labelling_queue import QueueError, enqueue, prompts_from_bank
+
+        n = max(1, min(self.settings.candidates, 4))
+        try:
+            queue_id, counts = enqueue(self.store, prompts_from_bank(bank.path.stem), n, self.current_system_prompt,
+                                       self.settings.model.name)
+        except (QueueError, ValueError) as exc:
+            self.notify(f"Not queued: {exc}", severity="error", timeout=10)
+            return
+        self.notify(f"Queued {counts.added} prompt(s) of {bank.name} with {n} candidate(s) each in queue "
+                    f"{queue_id}" + (f" ({counts.already_queued} already queued)." if counts.already_queued else "."))
+        self.action_queue()
 
     def action_compare(self, run_id: int | None = None) -> None:
         from studio.evaluation.run_adapters import usable_runs
@@ -241,6 +263,12 @@ class PreferenceStudioApp(App[None]):
                             self.action_new_session)
         yield SystemCommand("Train a LoRA adapter with DPO", "Open the train screen (F5)", self.action_train)
         yield SystemCommand("Compare the newest run with the base", "Side by side, blind (F6)", self.action_compare)
+        yield SystemCommand("Labelling queue", "Judge queued prompts one key each while the rest generates (F9)",
+                            self.action_queue)
+        for bank in self.prompt_banks:
+            yield SystemCommand(f"Queue prompt bank: {escape(bank.name)}",
+                                f"Generate candidates for its {len(bank.prompts)} prompts in the background",
+                                lambda bank=bank: self.queue_bank(bank))
         yield SystemCommand("DPO exercise", "Labelled stance data, support ratio, data size, epochs (F8)",
                             self.action_exercise)
         yield SystemCommand("Switch adapter", "Base → newest run → … (F7)", self.action_cycle_adapter)
