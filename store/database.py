@@ -81,10 +81,16 @@ def _check_pages(path: Path, db: sqlite_utils.Database) -> None:
     """Refuse a file with damaged pages at open, instead of failing on some later read or write.
 
     ``quick_check`` reads every page but skips the index-content checks of ``integrity_check``:
-    O(file size), a fraction of a second for a studio's database. A check that cannot even run raises
-    sqlite3.DatabaseError, which the caller turns into the same StoreCorruptError.
+    O(file size), a fraction of a second for a studio's database. A check stopped by a malformed page is
+    reported the same way; any other failure to run it raises sqlite3.DatabaseError, which the caller turns
+    into a StoreCorruptError too.
     """
-    rows = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    try:
+        rows = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)").fetchall()]
+    except sqlite3.DatabaseError as error:  # damage that stops the check itself (a mangled b-tree page)
+        if "malformed" not in str(error):
+            raise
+        rows = [f"the check itself stopped: {error}"]
     if rows != ["ok"]:
         # Each row may hold several lines ("*** in database main ***\nPage 40: …"): keep the problems.
         problems = [line for row in rows for line in row.splitlines() if line and not line.startswith("***")]

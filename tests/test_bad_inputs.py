@@ -452,7 +452,7 @@ CASES = [
       "plain is a file, not a folder"),
     C("db-not-a-database", lambda c: ["--db", str(c.file("junk.db", b"x" * 4096)), "pairs", "list"], 1,
       "not a readable Preference Studio database"),
-    C("db-damaged-pages", lambda c: ["--db", str(_damaged_copy(c)), "datasets", "list"], 1, "damaged pages (Page "),
+    C("db-damaged-pages", lambda c: ["--db", str(_damaged_copy(c)), "datasets", "list"], 1, "damaged pages ("),
     C("db-newer-schema", lambda c: ["--db", str(_newer_copy(c)), "pairs", "list"], 1, "newer Preference Studio"),
     # --- models, runs, adapters, reports
     C("generate-empty-prompt", lambda c: [*_model(c), "generate", "   "], 1, "the prompt is empty"),

@@ -280,3 +280,128 @@ def test_pairs_export_and_datasets_export_judged_write_the_same_file(db_path: Pa
     written = (tmp_path / "p.jsonl").read_bytes()
     assert written == (tmp_path / "d.jsonl").read_bytes()
     assert [json.loads(line) for line in written.splitlines()] == [pair.to_trl() for pair in store.pairs()]
+
+
+# Every feedback kind (issue 13): export from the studio, import the file, export the import: the same rows.
+
+from store.datasets.feedback_export import dataset_feedback, studio_feedback, write_feedback  # noqa: E402
+from store.datasets.files import DatasetImportError, iter_records, sniff_container  # noqa: E402
+
+
+def _feedback_store(store: Store) -> None:
+    """A session holding every feedback kind, with text that tests the formats (quotes, newlines, emoji)."""
+    session = store.create_session("Be brief.")
+    prompt, ids = store.add_prompt_with_candidates(
+        session, 'Say "hi"\nnicely 🙂', [{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "ok"}],
+        [{"text": text, "rendered_prompt": "User: Say hi\nAssistant:", "model_id": "m", "model_sha256": SHA,
+          "sampling": {}, "seed": i} for i, text in enumerate([" Hi!", " Hello 🙂", " Go away.", ' "Hey"'])])
+    store.record_ranking(prompt, [ids[1], ids[0], ids[3]])
+    store.record_ranking(prompt, [], all_bad=True)
+    store.record_label(ids[0], True)
+    store.record_label(ids[2], False)
+    store.record_ratings(ids[0], {"quality": 3, "helpfulness": 4})
+    store.record_ratings(ids[2], {"toxicity": 4, "quality": 0})
+    store.add_demonstration(prompt, " Hi there,\nfriend.", based_on_candidate_id=ids[0])
+    store.record_judgement(prompt, "edited", edited_text=" Hello, friend.")
+
+
+def _rows(path: Path) -> list[dict]:
+    return [record for _, record in iter_records(path, sniff_container(path))]
+
+
+FEEDBACK_VARIANTS = [("labels", False), ("labels", True), ("demonstrations", False), ("demonstrations", True),
+                     ("ratings", False), ("rankings", False)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "hf"])
+@pytest.mark.parametrize(("kind", "conversational"), FEEDBACK_VARIANTS)
+def test_every_feedback_kind_round_trips(store: Store, tmp_path: Path, kind: str, conversational: bool,
+                                         fmt: str) -> None:
+    _feedback_store(store)
+    suffix = {"jsonl": ".jsonl", "parquet": ".parquet", "hf": ""}[fmt]
+    first, second = tmp_path / f"first{suffix}", tmp_path / f"second{suffix}"
+    items = studio_feedback(store, kind, from_judgements=kind == "labels")
+    assert write_feedback(items, kind, first, fmt, conversational) == len(items) > 0
+    report = import_dataset(store, first, name="back")
+    # An import keeps one of equal items (a candidate both ranked last and all-bad gives one bad label twice).
+    distinct = list({json.dumps(row, sort_keys=True): row for row in _rows(first)}.values())
+    assert (report.kind, report.n_read, report.n_added, report.n_skipped) == (kind, len(items), len(distinct), 0)
+    assert write_feedback(dataset_feedback(store, [store.get_dataset("back")], kind), kind, second, fmt,
+                          conversational) == len(distinct)
+    assert _rows(second) == distinct
+    assert import_dataset(store, second, name="back").n_added == 0  # the same items: all duplicates
+
+
+def test_feedback_rows_are_the_trainers_formats(store: Store, tmp_path: Path) -> None:
+    _feedback_store(store)
+    out = tmp_path / "x.jsonl"
+    write_feedback(studio_feedback(store, "labels"), "labels", out)
+    assert _rows(out) == [{"prompt": "User: Say hi\nAssistant:", "completion": " Hi!", "label": True},
+                          {"prompt": "User: Say hi\nAssistant:", "completion": " Go away.", "label": False}]
+    write_feedback(studio_feedback(store, "demonstrations"), "demonstrations", out, conversational=True)
+    assert _rows(out)[0] == {"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "earlier"},
+        {"role": "assistant", "content": "ok"}, {"role": "user", "content": 'Say "hi"\nnicely 🙂'},
+        {"role": "assistant", "content": " Hi there,\nfriend."}]}
+    write_feedback(studio_feedback(store, "demonstrations"), "demonstrations", out)
+    assert [row["completion"] for row in _rows(out)] == [" Hi there,\nfriend.", " Hello, friend."]
+    write_feedback(studio_feedback(store, "ratings"), "ratings", out)
+    assert [(row["response"], row["quality"], row["helpfulness"], row["toxicity"]) for row in _rows(out)] == [
+        (" Hi!", 3, 4, None), (" Go away.", 0, None, 4)]
+    write_feedback(studio_feedback(store, "rankings"), "rankings", out)
+    assert [(row["responses"][0], row["ranking"], row["all_bad"]) for row in _rows(out)] == [
+        (" Hi!", [1, 0, 3, 2], False), (" Hi!", [], True)]  # 3 of 4 ranked: the 4th is last alone
+
+
+def test_rankings_export_as_pairs_and_import_back(store: Store, tmp_path: Path) -> None:
+    _feedback_store(store)
+    pairs = judged_export_pairs(store, verdicts=["ranked"])
+    assert len(pairs) == 3 + 3  # b > a > d > c: every ordered pair of a full order of 4
+    out = tmp_path / "ranked.jsonl"
+    write_pairs(pairs, out)
+    import_dataset(store, out, name="ranked")
+    assert triples(store, "ranked") == [(p.prompt, p.chosen, p.rejected) for p in pairs]
+
+
+def test_bad_feedback_records_are_named_by_line_or_skipped(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "ratings.jsonl"
+    rows = [{"prompt": "P", "response": "R", "quality": 3}, {"prompt": "P", "response": "S", "quality": 5},
+            {"prompt": "P", "response": "T", "quality": "high"}, {"prompt": "Q", "response": "U", "quality": 1}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DatasetImportError) as raised:
+        import_dataset(store, path)
+    assert str(raised.value) == (
+        f"{path}: 1 record(s) with ratings outside 0–4: line 2: quality (5). 1 record(s) with attribute values that "
+        "are not numbers: line 3: quality ('high'). Nothing was imported. Fix them, or pass --skip-bad to import "
+        "the rest.")
+    assert store.list_datasets() == []
+    report = import_dataset(store, path, skip_bad=True)
+    assert (report.kind, report.n_added, report.n_skipped) == ("ratings", 2, 2)
+    assert [item.response for item in store.feedback_items("ratings")] == ["R", "U"]
+    ranking = tmp_path / "rankings.jsonl"
+    ranking.write_text(json.dumps({"prompt": "P", "responses": ["a", "b"], "ranking": [1, 1]}) + "\n")
+    with pytest.raises(DatasetImportError, match="line 1: ranking \\[1, 1\\] over 2 responses"):
+        import_dataset(store, ranking)
+
+
+def test_cli_exports_each_kind_and_infers_it_from_the_dataset(db_path: Path, tmp_path: Path) -> None:
+    with Store.open(db_path) as store:
+        _feedback_store(store)
+    app = make_datasets_app(lambda: db_path)
+    runner = CliRunner()
+    first = tmp_path / "labels.jsonl"
+    implied = runner.invoke(app, ["export", "--kind", "labels", "--judged", "--from-judgements", "--out",
+                                  str(tmp_path / "implied.jsonl")])
+    assert implied.exit_code == 0 and implied.output.startswith("wrote 13 labels")
+    done = runner.invoke(app, ["export", "--kind", "labels", "--judged", "--out", str(first)])
+    assert done.exit_code == 0, done.output
+    assert done.output.strip() == f"wrote 2 labels to {first} (jsonl, TRL unpaired preference)"
+    imported = runner.invoke(app, ["import", str(first), "--name", "thumbs"])
+    assert imported.output.strip() == "stored 2 labels (0 duplicates) in dataset 'thumbs' (labels)"
+    assert "\tthumbs\tlabels\ttrl-unpaired\t2 labels\t" in runner.invoke(app, ["list"]).output
+    second = tmp_path / "again.jsonl"
+    assert runner.invoke(app, ["export", "thumbs", "--out", str(second)]).exit_code == 0
+    assert second.read_bytes() == first.read_bytes()
+    refused = runner.invoke(app, ["export", "--kind", "ratings", "--judged", "--verdict", "a", "--out",
+                                  str(tmp_path / "r.jsonl")])
+    assert refused.exit_code == 1 and "--verdict select pairs, not ratings" in refused.output

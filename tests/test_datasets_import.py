@@ -333,7 +333,8 @@ def test_missing_fields_name_records_and_fields(store: Store) -> None:
     message = import_error(store, fixture("missing_fields.json"))
     assert message == (
         f"{fixture('missing_fields.json')}: 3 record(s) with missing fields: id 2: oppose; id 3: support, oppose; "
-        "record 4: id. 1 record(s) with fields that are not text: id 5: support (int). Nothing was imported."
+        "record 4: id. 1 record(s) with fields that are not text: id 5: support (int). Nothing was imported. "
+        "Fix them, or pass --skip-bad to import the rest."
     )
 
 
@@ -342,7 +343,7 @@ def test_many_problems_are_capped_at_ten(store: Store, tmp_path: Path) -> None:
     path.write_text("".join(json.dumps({"id": i, "prompt": "P", "support": "S"}) + "\n" for i in range(1, 26)))
     message = import_error(store, path)
     assert "25 record(s) with missing fields: id 1: oppose;" in message
-    assert "id 10: oppose; and 15 more. Nothing was imported." in message
+    assert "id 10: oppose; and 15 more. Nothing was imported." in message and "--skip-bad" in message
 
 
 def test_mixed_schemas(store: Store) -> None:
@@ -392,7 +393,7 @@ def test_empty_files(store: Store, tmp_path: Path, content: str, detail: str) ->
 def test_support_equal_to_oppose(store: Store) -> None:
     assert import_error(store, fixture("support_equals_oppose.json")) == (
         f"{fixture('support_equals_oppose.json')}: 2 record(s) with support equal to oppose: id 2; id 4. "
-        "Nothing was imported.")
+        "Nothing was imported. Fix them, or pass --skip-bad to import the rest.")
 
 
 def test_a_late_bad_record_rolls_back_batches_already_inserted(store: Store, tmp_path: Path) -> None:
@@ -655,3 +656,99 @@ def test_batch_digests_are_the_pair_digest_of_each_row() -> None:
     # Texts that only differ in where one ends and the next begins do not collide.
     assert pair_digest("ab", "c", "d", False) != pair_digest("a", "bc", "d", False)
     assert pair_digest("P", "a", "b", False) != pair_digest("P", "a", "b", True)
+
+
+# Public data as it really is (issue 13): Anthropic HH's test file has 2,312 transcripts, 5 of whose chosen and
+# rejected differ before the final reply.
+
+HH_RECORDS = 2312
+HH_DIVERGENT_LINES = (17, 402, 1100, 1789, 2311)
+
+
+def _hh_transcript(turns: list[tuple[str, str]]) -> str:
+    return "".join(f"\n\nHuman: {human}\n\nAssistant: {assistant}" for human, assistant in turns)
+
+
+def _hh_record(i: int, divergent: bool) -> dict[str, str]:
+    # Multi-turn, like the real file: one to three earlier exchanges, then the final reply that differs.
+    earlier = [(f"Question {i}.{t}: what about topic {i * 7 + t}?", f"Some earlier answer {i}.{t}.")
+               for t in range(i % 3)]
+    last = f"Final question {i}: can you help with item {i}?"
+    chosen = _hh_transcript([*earlier, (last, f"Yes, here is a careful answer about item {i}.")])
+    if divergent:  # the rejected side's conversation went differently before the final reply
+        earlier = [(f"Question {i}.0: something else entirely {i}?", "A different earlier answer.")]
+    rejected = _hh_transcript([*earlier, (last, f"No. Item {i} is not my problem.")])
+    return {"chosen": chosen, "rejected": rejected}
+
+
+@pytest.fixture(scope="module")
+def hh_public_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("hh") / "harmless-base-test.jsonl"
+    with path.open("w", encoding="utf-8") as out:
+        for line in range(1, HH_RECORDS + 1):
+            out.write(json.dumps(_hh_record(line, line in HH_DIVERGENT_LINES)) + "\n")
+    return path
+
+
+def test_well_formed_records_that_cannot_be_pairs_are_skipped_and_the_rest_imports(
+        store: Store, hh_public_file: Path) -> None:
+    report = import_dataset(store, hh_public_file)
+    assert (report.format, report.n_read, report.n_added) == ("hh", HH_RECORDS - 5, HH_RECORDS - 5)
+    assert report.n_skipped == 5 and report.skipped == tuple(f"line {n}" for n in HH_DIVERGENT_LINES)
+    [group] = report.skips
+    assert (group.reason, group.count, group.malformed) == (
+        "chosen and rejected differing before the final Assistant reply", 5, False)
+    assert report.describe().endswith(
+        "; skipped 5 with chosen and rejected differing before the final Assistant reply "
+        "(line 17, line 402, line 1100, line 1789, line 2311)")
+    assert store.get_dataset("harmless-base-test").n_items == HH_RECORDS - 5
+    pair = store.dataset_pairs("harmless-base-test")[0]
+    assert pair.chosen == "Yes, here is a careful answer about item 1." and "Human: Final question 1" not in pair.chosen
+
+
+def _with_malformed(source: Path, target: Path) -> Path:
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[99] = '{"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello", "rejected": 42}\n'  # wrong type
+    lines[199] = '{"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello"}\n'  # a missing field
+    lines[299] = '{"chosen": "\\n\\nHuman: Hi\\n\\nAssistant: Hello", "rejected": \n'  # not JSON
+    target.write_text("".join(lines), encoding="utf-8")
+    return target
+
+
+def test_malformed_records_still_refuse_the_whole_file(store: Store, hh_public_file: Path, tmp_path: Path) -> None:
+    path = _with_malformed(hh_public_file, tmp_path / "hh-bad.jsonl")
+    message = import_error(store, path)
+    assert message.startswith(f"{path}: malformed JSON at line 300")
+    path.write_text("".join(line for n, line in enumerate(path.read_text().splitlines(keepends=True), 1) if n != 300))
+    message = import_error(store, path)
+    assert "1 record(s) with missing fields: line 200: rejected" in message
+    assert "1 record(s) with fields that are not text: line 100: rejected (int)" in message
+    assert message.endswith("Nothing was imported. Fix them, or pass --skip-bad to import the rest.")
+    assert store.list_datasets() == []
+
+
+def test_skip_bad_leaves_malformed_records_out_and_reports_them(
+        store: Store, hh_public_file: Path, tmp_path: Path) -> None:
+    path = _with_malformed(hh_public_file, tmp_path / "hh-bad.jsonl")
+    report = import_dataset(store, path, skip_bad=True)
+    assert report.n_added == HH_RECORDS - 5 - 3 and report.n_skipped == 8
+    by_reason = {group.reason: (group.count, group.places, group.malformed) for group in report.skips}
+    assert by_reason == {
+        "fields that are not text": (1, ("line 100: rejected (int)",), True),
+        "missing fields": (1, ("line 200: rejected",), True),
+        "malformed JSON": (1, ("line 300",), True),
+        "chosen and rejected differing before the final Assistant reply": (
+            5, tuple(f"line {n}" for n in HH_DIVERGENT_LINES), False),
+    }
+    assert report.describe().startswith(f"stored {HH_RECORDS - 8} pairs (0 duplicates) in dataset 'hh-bad' "
+                                        "(preference); skipped 8: ")
+
+
+def test_cli_skip_bad(tmp_path: Path, hh_public_file: Path) -> None:
+    path = _with_malformed(hh_public_file, tmp_path / "hh-bad.jsonl")
+    app = make_datasets_app(lambda: tmp_path / "cli.db")
+    refused = CliRunner().invoke(app, ["import", str(path)])
+    assert refused.exit_code == 1 and "malformed JSON at line 300" in refused.output
+    done = CliRunner().invoke(app, ["import", str(path), "--skip-bad"])
+    assert done.exit_code == 0, done.output
+    assert f"stored {HH_RECORDS - 8} pairs" in done.output and "1 with malformed JSON (line 300)" in done.output

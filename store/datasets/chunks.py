@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from store.datasets.files import Located, batch_records, hf_dir_batches, jsonl_line_records, parquet_batches
+from store.datasets.skipped import SkippedRecords
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -39,10 +40,10 @@ class Chunk:
     records: Callable[[], Iterator[Located]]
 
 
-def iter_chunks(path: Path, container: str) -> Iterator[Chunk]:
-    """The chunks of a JSON Lines, parquet or save_to_disk file, in order."""
+def iter_chunks(path: Path, container: str, skip: SkippedRecords | None = None) -> Iterator[Chunk]:
+    """The chunks of a JSON Lines, parquet or save_to_disk file, in order (`skip`: see `iter_records`)."""
     if container == "jsonl":
-        return _jsonl_chunks(path)
+        return _jsonl_chunks(path, skip=skip)
     if container == "parquet":
         return _parquet_chunks(path)
     if container == "hf-dir":
@@ -50,7 +51,8 @@ def iter_chunks(path: Path, container: str) -> Iterator[Chunk]:
     raise ValueError(f"no Arrow chunks for {container!r}; expected one of {', '.join(ARROW_CONTAINERS)}")
 
 
-def _jsonl_chunks(path: Path, chunk_bytes: int = _JSONL_CHUNK_BYTES) -> Iterator[Chunk]:
+def _jsonl_chunks(path: Path, chunk_bytes: int = _JSONL_CHUNK_BYTES,
+                  skip: SkippedRecords | None = None) -> Iterator[Chunk]:
     first_line = 1
     with path.open("rb") as handle:
         rest = b""
@@ -67,7 +69,7 @@ def _jsonl_chunks(path: Path, chunk_bytes: int = _JSONL_CHUNK_BYTES) -> Iterator
                 return
             else:
                 rest = b""
-            yield Chunk(partial(_arrow_json, text), _line_reader(path, text, first_line))
+            yield Chunk(partial(_arrow_json, text), _line_reader(path, text, first_line, skip))
             first_line += text.count(b"\n")
             if not block:
                 return
@@ -88,9 +90,10 @@ def _arrow_json(text: bytes) -> pa.Table | None:
     return table if table.num_rows == lines else None
 
 
-def _line_reader(path: Path, text: bytes, first_line: int) -> Callable[[], Iterator[Located]]:
+def _line_reader(path: Path, text: bytes, first_line: int,
+                 skip: SkippedRecords | None = None) -> Callable[[], Iterator[Located]]:
     def records() -> Iterator[Located]:
-        return jsonl_line_records(path, enumerate(io.BytesIO(text), start=first_line))
+        return jsonl_line_records(path, enumerate(io.BytesIO(text), start=first_line), skip)
 
     return records
 

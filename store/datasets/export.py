@@ -117,7 +117,14 @@ def write_dataset_pairs(store: Store, datasets: Iterable[DatasetRecord], out: Pa
 
 # Where an export may go (store/output_folders.py holds the rule)
 
-_EXPORT_COLUMNS = ({"prompt", "chosen", "rejected"}, {"id", "prompt"})  # pairs, test prompts
+# pairs, test prompts, and the other feedback kinds (store/datasets/feedback_formats.py); ratings add a column
+# per attribute to prompt and response
+_EXPORT_COLUMNS = ({"prompt", "chosen", "rejected"}, {"id", "prompt"}, {"prompt", "completion", "label"},
+                   {"prompt", "completion"}, {"messages"}, {"prompt", "responses", "ranking", "all_bad"})
+
+
+def _export_columns(names: set[str]) -> bool:
+    return names in _EXPORT_COLUMNS or {"prompt", "response"} <= names
 
 
 def _is_jsonl_export(path: Path) -> bool:
@@ -127,7 +134,7 @@ def _is_jsonl_export(path: Path) -> bool:
         row = json.loads(first)
     except ValueError:
         return False
-    return isinstance(row, dict) and set(row) in _EXPORT_COLUMNS
+    return isinstance(row, dict) and _export_columns(set(row))
 
 
 def _is_parquet_export(path: Path) -> bool:
@@ -137,7 +144,7 @@ def _is_parquet_export(path: Path) -> bool:
         names = set(pq.read_schema(path).names)
     except Exception:  # noqa: BLE001 - anything pyarrow cannot read as parquet is not our export
         return False
-    return names in _EXPORT_COLUMNS
+    return _export_columns(names)
 
 
 def check_export_target(out: Path, fmt: str) -> None:
@@ -145,9 +152,9 @@ def check_export_target(out: Path, fmt: str) -> None:
     if fmt == "hf":
         earlier_export_files(out, HF_EXPORT_KIND)
     elif fmt == "parquet":
-        check_output_file(out, _is_parquet_export, "parquet export of pairs or test prompts")
+        check_output_file(out, _is_parquet_export, "parquet export of pairs, feedback or test prompts")
     else:
-        check_output_file(out, _is_jsonl_export, "jsonl export of pairs or test prompts")
+        check_output_file(out, _is_jsonl_export, "jsonl export of pairs, feedback or test prompts")
 
 
 # Writers

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from store.datasets.skipped import SkippedRecords
 from store.errors import StoreError
 
 if TYPE_CHECKING:
@@ -72,10 +73,12 @@ def sniff_container(path: Path) -> str:
     return "json" if text[:1] == b"[" else "jsonl"
 
 
-def iter_records(path: Path, container: str) -> Iterator[Located]:
-    """Yield (where, record) for every record of `path` read as `container`, in file order."""
+def iter_records(path: Path, container: str, skip: SkippedRecords | None = None) -> Iterator[Located]:
+    """Yield (where, record) for every record of `path` read as `container`, in file order. With `skip`,
+    JSON Lines that are not JSON (or not UTF-8) are left out and noted there instead of refusing the file; a
+    JSON array cannot be read past a syntax error, so it still refuses."""
     if container == "jsonl":
-        return _jsonl_records(path)
+        return _jsonl_records(path, skip)
     if container == "json":
         return _json_array_records(path)
     if container == "parquet":
@@ -121,24 +124,29 @@ _TOO_DEEP = "a value nested too deeply to read (thousands of levels of lists or 
 # JSON Lines
 
 
-def _jsonl_records(path: Path) -> Iterator[Located]:
+def _jsonl_records(path: Path, skip: SkippedRecords | None = None) -> Iterator[Located]:
     seen_any = False
     with path.open("rb") as handle:
-        for located in jsonl_line_records(path, enumerate(handle, start=1)):
+        for located in jsonl_line_records(path, enumerate(handle, start=1), skip):
             seen_any = True
             yield located
     if not seen_any:
         raise DatasetImportError(f"{path} is empty: no records to import.")
 
 
-def jsonl_line_records(path: Path, lines: Iterable[tuple[int, bytes]]) -> Iterator[Located]:
-    """The records of numbered raw JSON Lines (all of a file, or a run of its lines), blank lines skipped."""
+def jsonl_line_records(path: Path, lines: Iterable[tuple[int, bytes]],
+                       skip: SkippedRecords | None = None) -> Iterator[Located]:
+    """The records of numbered raw JSON Lines (all of a file, or a run of its lines), blank lines skipped; with
+    `skip`, a line that is not JSON (or not UTF-8) is noted there and left out instead of refusing the file."""
     decoder = json.JSONDecoder()
     scan = json.scanner.make_scanner(decoder)  # the C scanner json.loads ends in, without its wrappers
     for number, raw in lines:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
+            if skip is not None:
+                skip.add("lines that are not UTF-8 text", f"line {number}", malformed=True)
+                continue
             raise _not_utf8(path) from None
         if number == 1:
             line = line.removeprefix("\ufeff")
@@ -153,11 +161,17 @@ def jsonl_line_records(path: Path, lines: Iterable[tuple[int, bytes]]) -> Iterat
             if line[end:].strip():
                 raise ValueError
         except RecursionError:
+            if skip is not None:
+                skip.add("malformed JSON", f"line {number}", malformed=True)
+                continue
             raise _malformed(path, number, start + 1, _TOO_DEEP) from None
         except (StopIteration, ValueError):
             try:
                 record = decoder.decode(line)  # the same parse, for json's own message and column
             except json.JSONDecodeError as error:
+                if skip is not None:
+                    skip.add("malformed JSON", f"line {number}", malformed=True)
+                    continue
                 if number == 1:
                     _refuse_single_object(path)
                 raise _malformed(path, number, error.colno, error.msg) from None

@@ -27,10 +27,14 @@ import pyarrow.compute as pc
 from store.datasets.chunks import Chunk
 from store.datasets.files import CONTAINERS, DatasetImportError, Located, iter_records, sniff_container
 from store.datasets.pair_batches import as_input_batch, input_batches
+from store.datasets.skipped import SkippedRecords
 
 SCHEMAS = ("stance-json", "trl-standard", "trl-conversational", "hh")
-FORMAT_NAMES = SCHEMAS + CONTAINERS
-KINDS = ("stance", "preference")
+# The other feedback kinds' schemas and the kind each holds (read by store/datasets/feedback_formats.py).
+FEEDBACK_SCHEMAS = {"trl-unpaired": "labels", "trl-prompt-completion": "demonstrations",
+                    "trl-messages": "demonstrations", "helpsteer": "ratings", "ranking-raw": "rankings"}
+FORMAT_NAMES = SCHEMAS + tuple(FEEDBACK_SCHEMAS) + CONTAINERS
+KINDS = ("stance", "preference", "labels", "demonstrations", "ratings", "rankings")
 
 _FAMILY = {"stance-json": "stance", "trl-standard": "standard", "hh": "standard",
            "trl-conversational": "conversational"}
@@ -49,7 +53,9 @@ TestRow = tuple[str, str]  # item_key, prompt
 
 
 def kind_of(schema: str) -> str:
-    """'stance' for labelled stance items, 'preference' for every pair schema."""
+    """'stance' for labelled stance items, 'preference' for every pair schema, else the feedback kind."""
+    if schema in FEEDBACK_SCHEMAS:
+        return FEEDBACK_SCHEMAS[schema]
     return "stance" if schema == "stance-json" else "preference"
 
 
@@ -67,14 +73,14 @@ def parse_format(fmt: str | None) -> FormatChoice:
         return FormatChoice()
     schema = container = None
     for part in (p.strip().lower() for p in fmt.split(",") if p.strip()):
-        if part in SCHEMAS and schema is None:
+        if (part in SCHEMAS or part in FEEDBACK_SCHEMAS) and schema is None:
             schema = part
         elif part in CONTAINERS and container is None:
             container = part
         else:
             raise DatasetImportError(
                 f"unknown or repeated format {part!r} in {fmt!r}; expected a schema "
-                f"({', '.join(SCHEMAS)}) and/or a file type ({', '.join(CONTAINERS)})"
+                f"({', '.join(SCHEMAS + tuple(FEEDBACK_SCHEMAS))}) and/or a file type ({', '.join(CONTAINERS)})"
             )
     return FormatChoice(schema, container)
 
@@ -143,8 +149,12 @@ class RecordProblems:
     groups: dict[str, list[str]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     outcome: str = "Nothing was imported."  # the closing sentence: what became of the file
+    skip_into: SkippedRecords | None = None  # --skip-bad: each problem skips its record instead
 
     def add(self, what: str, entry: str) -> None:
+        if self.skip_into is not None:
+            self.skip_into.add(what, entry, malformed=True)
+            return
         self.counts[what] = self.counts.get(what, 0) + 1
         shown = self.groups.setdefault(what, [])
         if len(shown) < _SHOWN_PROBLEMS:
@@ -268,20 +278,41 @@ class SchemaReader:
     """Turns a file's located records into the rows `Store.import_records` takes.
 
     `auto` says whether the schema was detected (then a record of another schema is a mixed-schemas
-    error) or forced by `--format` (then every record is read as that schema). Pairs whose chosen and
-    rejected replies are equal teach nothing: they are skipped and listed in `skipped`.
+    error) or forced by `--format` (then every record is read as that schema). Well-formed records that
+    cannot become a pair (equal replies; chosen and rejected differing before the final reply) are skipped
+    and reported in `skips` (`skip_unpairable=False`, as a training file is read, makes them problems).
+    Malformed records are problems that refuse the file, unless `skip_bad` skips them too.
     """
 
     def __init__(self, path: Path, schema: str, auto: bool, problems: RecordProblems | None = None,
-                 text_replies: bool = False) -> None:
+                 text_replies: bool = False, skip_bad: bool = False, skip_unpairable: bool = True,
+                 skips: SkippedRecords | None = None) -> None:
         self.path = path
         self.schema = schema
         self.auto = auto
         self.problems = problems or RecordProblems(path)
         self.text_replies = text_replies  # conversational replies may be plain text (what a training file may hold)
-        self.n_skipped = 0
-        self.skipped: list[str] = []
+        self.skips = skips if skips is not None else SkippedRecords()
+        self.skip_unpairable = skip_unpairable
+        if skip_bad:
+            self.problems.skip_into = self.skips
         self._first: str | None = None
+
+    @property
+    def n_skipped(self) -> int:
+        """How many records were left out (for any reason)."""
+        return self.skips.total
+
+    @property
+    def skipped(self) -> list[str]:
+        """Where the first skipped records were, in file order."""
+        return list(self.skips.order)
+
+    def _unpairable(self, reason: str, where: str, name: str) -> None:
+        if self.skip_unpairable:
+            self.skips.add(reason, where)
+        else:
+            self.problems.add(reason, name)
 
     def begin(self, where: str, record: Any) -> None:
         """Take the file's first record as the one later records are checked against (see `pair_batches`)."""
@@ -391,9 +422,7 @@ class SchemaReader:
         if row is None:
             return None
         if row[1] == row[2]:  # chosen == rejected
-            self.n_skipped += 1
-            if len(self.skipped) < _SHOWN_PROBLEMS:
-                self.skipped.append(where)
+            self.skips.add("chosen equal to rejected", where)
             return None
         return row
 
@@ -444,7 +473,7 @@ class SchemaReader:
             while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
                 shared += 1
             prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
-        return self._one_reply(name, prompt, chosen, rejected)
+        return self._one_reply(where, name, prompt, chosen, rejected)
 
     def _hh(self, where: str, record: dict) -> PairRow | None:
         name = _record_name(record, where)
@@ -455,21 +484,21 @@ class SchemaReader:
             which = [key for key, value in (("chosen", chosen), ("rejected", rejected)) if value is None]
             self.problems.add("text that is not a Human/Assistant transcript", f"{name}: {', '.join(which)}")
             return None
-        if chosen[:-1] != rejected[:-1]:
-            self.problems.add("chosen and rejected differing before the final Assistant reply", name)
+        if chosen[:-1] != rejected[:-1]:  # well-formed, but no one prompt both replies answer
+            self._unpairable("chosen and rejected differing before the final Assistant reply", where, name)
             return None
-        return self._one_reply(name, chosen[:-1], chosen[-1:], rejected[-1:])
+        return self._one_reply(where, name, chosen[:-1], chosen[-1:], rejected[-1:])
 
-    def _one_reply(self, name: str, prompt: list[dict], chosen: list[dict], rejected: list[dict]
+    def _one_reply(self, where: str, name: str, prompt: list[dict], chosen: list[dict], rejected: list[dict]
                    ) -> PairRow | None:
         if not prompt:
-            self.problems.add("no prompt messages", name)
+            self._unpairable("no prompt messages", where, name)
             return None
         replies = []
         for side, messages in (("chosen", chosen), ("rejected", rejected)):
             if len(messages) != 1 or messages[0]["role"] != "assistant":
-                self.problems.add("replies that are not one assistant message",
-                                  f"{name}: {side} ({len(messages)} message(s) after the prompt)")
+                self._unpairable("replies that are not one assistant message", where,
+                                 f"{name}: {side} ({len(messages)} message(s) after the prompt)")
                 return None
             replies.append(messages[0]["content"])
         return (flatten_messages(prompt), replies[0], replies[1], prompt)
@@ -524,7 +553,8 @@ def read_trl_rows(path: Path) -> Iterator[tuple[str, PairRow]]:
                                      f"(fields: {_fields(record)})")
         reader = readers.get(schema)
         if reader is None:
-            reader = readers[schema] = SchemaReader(path, schema, auto=False, problems=problems, text_replies=True)
+            reader = readers[schema] = SchemaReader(path, schema, auto=False, problems=problems, text_replies=True,
+                                                    skip_unpairable=False)
         row = reader.pair_row(where, record)
         if row is not None:
             yield where, row

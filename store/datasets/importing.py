@@ -16,6 +16,7 @@ from typing import Any
 
 from store.datasets import pair_batches
 from store.datasets.chunks import ARROW_CONTAINERS, Chunk, iter_chunks
+from store.datasets.feedback_formats import FeedbackReader, classify_feedback
 from store.datasets.files import (
     DATA_SUFFIXES,
     DatasetImportError,
@@ -24,7 +25,15 @@ from store.datasets.files import (
     iter_records,
     sniff_container,
 )
-from store.datasets.formats import SchemaReader, companion_prompt_rows, detect_schema, kind_of, parse_format
+from store.datasets.formats import (
+    FEEDBACK_SCHEMAS,
+    SchemaReader,
+    companion_prompt_rows,
+    detect_schema,
+    kind_of,
+    parse_format,
+)
+from store.datasets.skipped import SkippedRecords
 from store.datasets.store_mixin import ImportReport
 from store.studio_store import Store
 
@@ -50,14 +59,15 @@ def find_data_files(folder: Path) -> tuple[Path, Path | None]:
     return data[0], tests[0] if tests else None
 
 
-def _chunks_and_first_record(source: Path, container: str) -> tuple[Iterator[Chunk], Located]:
+def _chunks_and_first_record(source: Path, container: str, skip: SkippedRecords | None = None
+                             ) -> tuple[Iterator[Chunk], Located]:
     """The file's chunks (all of them, from the start) and its first record, read exactly, to detect
     the schema from. The file is opened once: the first record comes from the first chunk."""
-    chunks = iter_chunks(source, container)
+    chunks = iter_chunks(source, container, skip)
     head = next(chunks, None)
     first = next(head.records(), None) if head is not None else None
     if first is None:  # nothing in the first chunk: the record reader finds the first record, or says why not
-        with closing(iter_records(source, container)) as records:
+        with closing(iter_records(source, container, skip)) as records:
             first = next(records)
     return (chain([head], chunks) if head is not None else chunks), first
 
@@ -74,14 +84,18 @@ def import_dataset(
     fmt: str | None = None,
     test_prompts_path: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
+    skip_bad: bool = False,
     **staging: Any,
 ) -> ImportReport:
     """Import `path` (a file or folder) into dataset `name` and report what was stored.
 
-    `fmt` forces a schema (stance-json, trl-standard, trl-conversational, hh), a file type (json, jsonl,
+    `fmt` forces a schema (stance-json, trl-standard, trl-conversational, hh, or a feedback kind's:
+    trl-unpaired, trl-prompt-completion, trl-messages, helpsteer, ranking-raw), a file type (json, jsonl,
     parquet, hf-dir), or both ("hh,jsonl"); anything not forced is detected. The file is streamed in,
     all or nothing, without holding the database while it is read: any bad record discards the whole
-    import and raises DatasetImportError naming the file and the records. `on_progress` gets the number
+    import and raises DatasetImportError naming the file and the records, unless `skip_bad` leaves malformed
+    records (and JSON Lines that are not JSON) out and reports them. Well-formed records that cannot become a
+    pair are always left out and reported (`ImportReport.skips`). `on_progress` gets the number
     of records read so far. `staging` passes `stage_rows`, `stage_bytes` and `claim_wait_s` on to
     `Store.import_records`.
     """
@@ -96,14 +110,26 @@ def import_dataset(
     if choice.container == "hf-dir" and not path.is_dir():
         raise DatasetImportError(f"{path}: --format hf-dir needs a folder written by save_to_disk.")
     container = choice.container or sniff_container(source)
+    skips = SkippedRecords()
+    line_skips = skips if skip_bad else None
     if container in ARROW_CONTAINERS:
-        chunks, first = _chunks_and_first_record(source, container)
+        chunks, first = _chunks_and_first_record(source, container, line_skips)
     else:
-        records = iter_records(source, container)
+        records = iter_records(source, container, line_skips)
         first = next(records)  # every reader raises a DatasetImportError for a file without records
-    schema = choice.schema or detect_schema(source, *first)
-    reader = SchemaReader(source, schema, auto=choice.schema is None)
+    schema = choice.schema or classify_feedback(first[1]) or detect_schema(source, *first)
     kind = kind_of(schema)
+    if schema in FEEDBACK_SCHEMAS:  # labels, demonstrations, ratings, rankings: one JSON row per item
+        feedback = FeedbackReader(source, schema, auto=choice.schema is None, skip_bad=skip_bad, skips=skips)
+        if container in ARROW_CONTAINERS:
+            records = chain.from_iterable(chunk.records() for chunk in chunks)
+        else:
+            records = chain([first], records)
+        report = store.import_records(name or default_name(path), kind, schema, path.resolve(),
+                                      feedback_items=feedback.rows(records), on_progress=on_progress, **staging)
+        return replace(report, n_skipped=skips.total, skipped=tuple(skips.order), skips=skips.groups())
+    reader = SchemaReader(source, schema, auto=choice.schema is None, skip_bad=skip_bad, skips=skips)
+    reader.problems.outcome = "Nothing was imported. Fix them, or pass --skip-bad to import the rest."
     if kind == "preference" and container in ARROW_CONTAINERS:
         reader.begin(*first)
         pairs, stance_items = reader.pair_batches(chunks), None
@@ -129,4 +155,4 @@ def import_dataset(
         on_progress=on_progress,
         **staging,
     )
-    return replace(report, n_skipped=reader.n_skipped, skipped=tuple(reader.skipped))
+    return replace(report, n_skipped=reader.n_skipped, skipped=tuple(reader.skipped), skips=skips.groups())

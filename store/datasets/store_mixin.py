@@ -23,9 +23,11 @@ import pyarrow as pa
 import sqlite_utils
 
 from store.datasets import import_staging, pair_batches
+from store.datasets.feedback_formats import FEEDBACK_KINDS, FeedbackItem, item_from_json
 from store.datasets.files import DatasetImportError
 from store.datasets.formats import KINDS, StanceRow, TestRow
 from store.datasets.import_staging import visible
+from store.datasets.skipped import SkipGroup, describe_skips
 from store.errors import RecordNotFoundError
 from store.pair_ids import dataset_pair_id, parse_pair_id
 from store.pairs import PreferencePair
@@ -85,19 +87,22 @@ class ImportReport:
     n_duplicates: int
     n_test_prompts: int  # test prompts stored by this import
     n_test_duplicates: int = 0
-    n_skipped: int = 0  # pairs whose chosen equals rejected
+    n_skipped: int = 0  # records left out (see store/datasets/skipped.py)
     skipped: tuple[str, ...] = field(default_factory=tuple)  # where the first skipped ones were
+    skips: tuple[SkipGroup, ...] = field(default_factory=tuple)  # why, grouped
 
     def describe(self) -> str:
         """One line for the user, e.g. "stored 50 items (0 duplicates) in dataset 'x' (stance)"."""
-        unit = "items" if self.kind == "stance" else "pairs"
+        unit = {"stance": "items", "preference": "pairs"}.get(self.kind, self.kind)  # labels, ratings, …
         text = f"stored {self.n_added} {unit} ({self.n_duplicates} duplicates) in dataset '{self.name}' ({self.kind})"
         if self.n_test_prompts or self.n_test_duplicates:
             text += f", and {self.n_test_prompts} test prompts ({self.n_test_duplicates} duplicates)"
-        if self.n_skipped:
+        if self.skips:
+            text += "; " + describe_skips(self.skips)
+        elif self.n_skipped:
             shown = ", ".join(self.skipped)
             more = ", …" if self.n_skipped > len(self.skipped) else ""
-            text += f"; skipped {self.n_skipped} with chosen equal to rejected ({shown}{more})"
+            text += f"; skipped {self.n_skipped} ({shown}{more})"
         return text
 
 
@@ -156,6 +161,10 @@ def _test_digest(row: TestRow) -> bytes:
     return _text_digest("test", row[1])
 
 
+def _feedback_digest(row: tuple[str]) -> bytes:
+    return _text_digest("feedback", row[0])  # the item's canonical JSON (feedback_formats.item_json)
+
+
 class _Table(NamedTuple):
     """How one row table takes rows: reading a dataset's stored hashes, its INSERT (dataset_id, the row's
     fields, its hash), and a row's content digest."""
@@ -172,6 +181,9 @@ _TABLES = {
     "test": _Table(f"SELECT content_hash FROM dataset_test_prompts t WHERE dataset_id = ? AND {visible('t')}",
                    "INSERT INTO dataset_test_prompts (import_id, dataset_id, item_key, prompt, content_hash) "
                    "VALUES (?, ?, ?, ?, ?)", _test_digest),
+    "feedback": _Table(f"SELECT content_hash FROM dataset_feedback_items f WHERE dataset_id = ? AND {visible('f')}",
+                       "INSERT INTO dataset_feedback_items (import_id, dataset_id, item_json, content_hash) "
+                       "VALUES (?, ?, ?, ?)", _feedback_digest),
 }
 
 # Every read shows only what finished imports wrote (see store/datasets/import_staging.py). Callers add
@@ -180,8 +192,9 @@ _DATASETS_SQL = f"""
 SELECT d.*,
   CASE d.kind WHEN 'stance' THEN (SELECT COUNT(*) FROM dataset_stance_items s WHERE s.dataset_id = d.id
                                   AND {visible('s')})
-              ELSE (SELECT COALESCE(SUM(n_pairs), 0) FROM dataset_pair_batches p WHERE p.dataset_id = d.id
-                    AND {visible('p')})
+              WHEN 'preference' THEN (SELECT COALESCE(SUM(n_pairs), 0) FROM dataset_pair_batches p
+                                      WHERE p.dataset_id = d.id AND {visible('p')})
+              ELSE (SELECT COUNT(*) FROM dataset_feedback_items f WHERE f.dataset_id = d.id AND {visible('f')})
               END AS n_items,
   (SELECT COUNT(*) FROM dataset_test_prompts t WHERE t.dataset_id = d.id AND {visible('t')}) AS n_test_prompts
 FROM datasets d
@@ -208,6 +221,7 @@ class Datasets:
         pairs: Iterable[pa.RecordBatch] | None = None,
         on_progress: Callable[[int], None] | None = None,
         *,
+        feedback_items: Iterable[tuple[str]] | None = None,
         stage_rows: int = STAGE_ROWS,
         stage_bytes: int = STAGE_BYTES,
         claim_wait_s: float = import_staging.CLAIM_WAIT_S,
@@ -216,7 +230,8 @@ class Datasets:
 
         Stance items and test prompts are tuples (item_key, prompt, support, oppose) and (item_key,
         prompt); pairs come as Arrow batches of `pair_batches.INPUT_SCHEMA` (`pair_batches.input_batches`
-        makes them from tuples). A record whose content the dataset already holds (or that came earlier
+        makes them from tuples); the other feedback kinds' items are 1-tuples of their canonical JSON
+        (store/datasets/feedback_formats.py). A record whose content the dataset already holds (or that came earlier
         in this import) is counted, not stored. The iterables are consumed outside any transaction;
         what they yield is written in short staged transactions (`stage_rows` rows, `stage_bytes` of
         pairs each) that stay invisible until the import finishes, so other writers wait at most one of
@@ -231,11 +246,16 @@ class Datasets:
             raise DatasetImportError("a dataset needs a name")
         if (kind == "stance" and pairs is not None) or (kind == "preference" and stance_items is not None):
             raise ValueError(f"a {kind} dataset takes {'stance items' if kind == 'stance' else 'pairs'}")
+        if kind in ("stance", "preference") and feedback_items is not None:
+            raise ValueError(f"a {kind} dataset takes no feedback items")
         import_staging.sweep_dead(self)
         import_id, dataset_id = import_staging.claim(self, name, kind, fmt, source_path, claim_wait_s)
         try:
             if kind == "stance":
                 n_read, n_added = self._stage_rows("stance", import_id, dataset_id, stance_items or (),
+                                                   on_progress, stage_rows)
+            elif kind != "preference":
+                n_read, n_added = self._stage_rows("feedback", import_id, dataset_id, feedback_items or (),
                                                    on_progress, stage_rows)
             else:
                 n_read, n_added = self._stage_pair_batches(import_id, dataset_id, pairs or (), on_progress,
@@ -374,6 +394,18 @@ class Datasets:
         return [StanceItem(*row) for row in rows]
 
     @serialized
+    def feedback_items(self, dataset: DatasetRecord | str | int) -> list[FeedbackItem]:
+        """An imported labels, demonstrations, ratings or rankings dataset's items in file order, typed."""
+        record = self.get_dataset(dataset)
+        if record.kind not in FEEDBACK_KINDS:
+            raise ValueError(f"dataset '{record.name}' is a {record.kind} dataset, not one of "
+                             f"{', '.join(FEEDBACK_KINDS)}")
+        rows = self.db.execute(
+            f"SELECT item_json FROM dataset_feedback_items f WHERE dataset_id = ? AND {visible('f')} ORDER BY id",
+            [record.id])
+        return [item_from_json(record.kind, text) for (text,) in rows]
+
+    @serialized
     def test_prompts(self, dataset: DatasetRecord | str | int) -> list[TestPrompt]:
         """A dataset's test prompts in file order (empty when it was imported without them)."""
         record = self.get_dataset(dataset)
@@ -452,8 +484,11 @@ class Datasets:
     def _dataset_of_kind(self, dataset: DatasetRecord | str | int, kind: str) -> DatasetRecord:
         record = self.get_dataset(dataset)
         if record.kind != kind:
-            hint = ("its pairs come from the exercise's support ratio: use stance_items"
-                    if record.kind == "stance" else "it holds preference pairs: use dataset_pairs")
+            if record.kind in FEEDBACK_KINDS:
+                hint = f"it holds {record.kind}, not pairs: use feedback_items, or export it with --kind {record.kind}"
+            else:
+                hint = ("its pairs come from the exercise's support ratio: use stance_items"
+                        if record.kind == "stance" else "it holds preference pairs: use dataset_pairs")
             raise ValueError(f"dataset '{record.name}' is a {record.kind} dataset, not {kind} ({hint}).")
         return record
 
