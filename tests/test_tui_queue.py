@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -140,6 +141,27 @@ async def test_generation_pauses_and_resumes_with_g_and_stops_when_the_screen_is
         assert store.queue_counts() == left and left.waiting > 0 and app.is_running
         for item in store.queue_items():
             assert item.prompt_id is None or len(store.candidates(item.prompt_id)) == 1
+
+
+async def test_a_busy_database_keeps_the_item_on_screen_and_says_so(store, default_model, engine, tmp_path):
+    queue(store, 2, ["Name a colour."])
+    QueueGenerator(store, engine, SAMPLING, base_seed=4).run()
+    app = make_app(store, default_model, engine)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await open_queue(app, pilot)
+        item = screen.entry.item
+        blocker = sqlite3.connect(tmp_path / "studio.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+        try:
+            await pilot.press("1")
+            assert any("database is busy" in n and "press the key again" in n for n in app.notices)
+            assert screen.entry.item.id == item.id and app.is_running
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert store.judgements() == []
+        await pilot.press("1")
+        assert [j.verdict for j in store.judgements()] == ["a"] and screen.entry is None
 
 
 async def test_queueing_a_prompt_bank_from_the_palette_opens_queue_mode_and_generates(store, default_model, engine):
