@@ -2,7 +2,7 @@
 
 The config file is ``config.toml`` in the user config dir (``prefstudio doctor`` prints where), e.g.::
 
-    model = "~/models/qwen2.5-1.5b-instruct-q4_k_m.gguf"
+    model = "~/models/qwen2.5-1.5b-instruct-q4_k_m.gguf"   # or a bundled model by name: "smollm2"
     n_ctx = 4096
     threads = 2
     system_prompt = "You are a concise, friendly assistant."
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from store.locations import config_dir, default_db_path
 from studio.inference.engine import SamplingSettings
+from studio.inference.model_files import BUNDLED_MODELS, unknown_model_message
 from trainers.prompt_format import PROMPT_FORMAT_NAMES, PromptFormatName
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -37,7 +38,8 @@ class SettingsError(Exception):
 
 @dataclass(frozen=True)
 class StudioSettings:
-    model: Path | None = None  # None: the embedded default model
+    model: Path | None = None  # a GGUF file; None: the bundled model named below
+    model_name: str | None = None  # a bundled model by name (``--model smollm2``); None with no model: the default
     train_model: Path | None = None  # None: train on the served GGUF itself (an HF model dir also works)
     db: Path = field(default_factory=default_db_path)
     n_ctx: int = 2048
@@ -57,7 +59,8 @@ def config_path() -> Path:
     return config_dir() / "config.toml"
 
 
-_PATH_KEYS = ("model", "db", "train_model")
+_PATH_KEYS = ("db", "train_model")
+_NOT_CONFIG_KEYS = {"config_file", "model_name"}  # model_name comes from the ``model`` key
 _COUNT_MINIMUMS = {"n_ctx": MIN_N_CTX, "threads": 1, "candidates": 1}
 _SAMPLING_FIELDS = {f.name: f.type for f in fields(SamplingSettings)}
 
@@ -79,6 +82,25 @@ def check_prompt_format(value: object, where: str) -> PromptFormatName:
         if value == name:
             return name
     raise SettingsError(f"{where} must be one of {', '.join(PROMPT_FORMAT_NAMES)}, got {value!r}")
+
+
+def model_choice(text: str, where: str) -> dict[str, Path | str | None]:
+    """``--model`` or the config's ``model``: a bundled model's name, else a GGUF path, as the two settings.
+
+    A bundled name wins over a file of the same name in the working folder (``./smollm2`` names the file).
+    A bare word that is neither a bundled name nor an existing file is refused here, listing the bundled
+    names, instead of failing later as a missing file."""
+    text = text.strip()
+    if not text:
+        raise SettingsError(f"{where}: empty; give a bundled model name ({', '.join(BUNDLED_MODELS)}) or a "
+                            "GGUF file path")
+    if text in BUNDLED_MODELS:
+        return {"model": None, "model_name": text}
+    path = Path(text).expanduser()
+    looks_like_a_name = not path.suffix and "/" not in text and "\\" not in text and not text.startswith(("~", "."))
+    if looks_like_a_name and not path.exists():
+        raise SettingsError(f"{where}: {unknown_model_message(text)}")
+    return {"model": path, "model_name": None}
 
 
 def _sampling(path: Path, value: object) -> SamplingSettings:
@@ -123,13 +145,18 @@ def _from_toml(path: Path) -> dict:
         raise SettingsError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:
         raise SettingsError(f"cannot read the config file {path}: {exc.strerror or exc}") from exc
-    known = {f.name for f in fields(StudioSettings)} - {"config_file"}
+    known = {f.name for f in fields(StudioSettings)} - _NOT_CONFIG_KEYS
     unknown = sorted(set(data) - known)
     if unknown:
         raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     out: dict = {}
     for key, value in data.items():
-        if key in _PATH_KEYS:
+        if key == "model":
+            if not isinstance(value, str) or not value.strip():
+                raise SettingsError(f"{path}: model must be a file path in quotes or a bundled model name "
+                                    f"({', '.join(BUNDLED_MODELS)}), got {value!r}")
+            out.update(model_choice(value, f"{path}: model"))
+        elif key in _PATH_KEYS:
             if not isinstance(value, str) or not value.strip():
                 raise SettingsError(f"{path}: {key} must be a file path in quotes, got {value!r}")
             out[key] = Path(value).expanduser()
@@ -157,6 +184,9 @@ _FLAG_MINIMUMS = {"n_ctx": ("--n-ctx", MIN_N_CTX), "threads": ("--threads", 1), 
 def load_settings(path: Path | None = None, **overrides) -> StudioSettings:
     """Defaults < config file < the overrides given (``None`` values are ignored).
 
+    A ``model`` override given as text is what ``--model`` says: a bundled name or a path (``model_choice``);
+    either way it replaces the config file's model.
+
     A ``path`` given explicitly (``--config``) must be a readable file; without one, a missing default
     config file means the defaults.
     """
@@ -174,6 +204,10 @@ def load_settings(path: Path | None = None, **overrides) -> StudioSettings:
     elif path.exists():
         raise SettingsError(f"{path} is not a file; the config must be a TOML file")
     chosen = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(chosen.get("model"), str):
+        chosen.update(model_choice(chosen["model"], "--model"))
+    elif "model" in chosen:
+        chosen["model_name"] = None
     if "prompt_format" in chosen:
         chosen["prompt_format"] = check_prompt_format(chosen["prompt_format"], "--prompt-format")
     for key, (flag_name, minimum) in _FLAG_MINIMUMS.items():

@@ -22,10 +22,12 @@ from studio.cli.datasets import make_datasets_app
 from studio.cli.doctor import doctor
 from studio.cli.errors import user_errors
 from studio.cli.generate import generate
+from studio.cli.models import models
 from studio.cli.pairs import pairs_app
 from studio.cli.queue import queue_app
 from studio.cli.train import TRAIN_HELP, train_command
 from studio.inference import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
+from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME
 from studio.settings import load_settings
 
 app = typer.Typer(
@@ -39,12 +41,15 @@ app.add_typer(adapters_app, name="adapters")
 app.add_typer(queue_app, name="queue")
 app.add_typer(make_datasets_app(lambda: settings().db), name="datasets")
 
+MODEL_HELP = (f"A bundled model by name ({', '.join(BUNDLED_MODELS)}; default {DEFAULT_MODEL_NAME}) or a GGUF "
+              "file; `prefstudio models` lists them.")
+
 
 @app.callback(invoke_without_command=True)
 def main_callback(
     ctx: typer.Context,
     db: Annotated[Path | None, typer.Option("--db", help="SQLite file to use (default: user data dir).")] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="A GGUF model file (default: embedded Gemma 3 270M).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: chosen for this CPU).")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Config TOML (default: user config dir).")] = None,
@@ -54,7 +59,7 @@ def main_callback(
     """Start the studio (TUI) when no command is given."""
     with user_errors():
         state.settings = load_settings(
-            config, db=db.expanduser() if db else None, model=model.expanduser() if model else None,
+            config, db=db.expanduser() if db else None, model=model,
             n_ctx=n_ctx, threads=threads, seed=seed, prompt_format=prompt_format,
         )
     if ctx.invoked_subcommand is None:
@@ -82,6 +87,7 @@ app.command("train", help=TRAIN_HELP)(train_command())
 app.command()(compare)
 app.command()(report)
 app.command()(doctor)
+app.command()(models)
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio.inference.engine import ChatEngine, EngineConfig
-from studio.inference.model_files import default_model_path, ensure_default_model
+from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME, bundled_model_path
 from studio.settings import StudioSettings
 
 
@@ -22,22 +22,22 @@ def settings() -> StudioSettings:
 
 
 def resolve_model_path(progress: bool = True) -> Path:
-    """The model to serve: --model / config, else the embedded default (assembled once, with a bar)."""
-    chosen = settings().model
-    if chosen is not None:
-        return chosen
-    if default_model_path().exists():
-        return ensure_default_model()
-    if not progress:
-        return ensure_default_model()
+    """The model to serve: a --model / config path, else the bundled model it names (the default: Gemma),
+    assembled into the cache the first time with a progress bar on stderr."""
+    chosen = settings()
+    if chosen.model is not None:
+        return chosen.model
+    name = chosen.model_name or DEFAULT_MODEL_NAME
+    if not progress or BUNDLED_MODELS[name].files().model_file is not None:
+        return bundled_model_path(name)
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     with Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn(),
         transient=True, console=_stderr_console(),
     ) as bar:
-        task = bar.add_task("assembling the embedded model (once)", total=None)
-        return ensure_default_model(lambda done, total: bar.update(task, completed=done, total=total))
+        task = bar.add_task(f"assembling the bundled model {name} (once)", total=None)
+        return bundled_model_path(name, lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def _stderr_console():  # noqa: ANN202

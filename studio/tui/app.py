@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -15,9 +17,11 @@ from textual.screen import Screen
 from store.studio_store import Store
 from studio.assets import assets_dir
 from studio.evaluation.prompt_bank import PromptBank, bundled_banks
-from studio.inference.engine import ChatEngine, EngineError
+from studio.inference.engine import ChatEngine, EngineConfig, EngineError
+from studio.inference.model_files import ModelFileError, bundled_model_path
 from studio.settings import StudioSettings
 from studio.tui.screens.chat import ChatScreen
+from studio.tui.screens.model_picker import ModelOption, ModelPickerScreen, model_options
 
 
 class PreferenceStudioApp(App[None]):
@@ -229,6 +233,76 @@ class PreferenceStudioApp(App[None]):
         if self.engine is not None and self.engine.active_adapter != self.active_adapter:
             self.switch_adapter(self.active_adapter)
 
+    # --- switching the model (the command palette's "Switch model…") ---
+
+    def action_switch_model(self) -> None:
+        """Pick another model; refused while candidates are generating, a job holds the engine, or a
+        judgement is still being saved (the switch starts a new session)."""
+        if self.engine is None:
+            self.notify("The model is still loading.", severity="warning")
+            return
+        if not isinstance(self.screen, ChatScreen):
+            self.notify("Switch the model from the chat screen (escape back to it first).", severity="warning")
+            return
+        if self._engine_busy("switch the model") or self._saving_refuses("switch the model"):
+            return
+        self.push_screen(ModelPickerScreen(model_options(self.engine.identity)), self.switch_to)
+
+    def _saving_refuses(self, what: str) -> bool:
+        if self.chat.state != "saving":
+            return False
+        self.notify(f"Cannot {what} now: a judgement is still being saved.", severity="warning", timeout=10)
+        return True
+
+    def switch_to(self, option: ModelOption | None) -> None:
+        """The picker's answer: start loading the chosen model (None: the picker was cancelled)."""
+        if option is None:
+            return
+        if option.current:
+            self.notify(f"Already chatting with {option.label}.")
+            return
+        if self.engine is None or self._engine_busy("switch the model") or self._saving_refuses("switch the model"):
+            return
+        before = self.chat.model_switch_starting(option.label)
+        self.switch_model(option, before)
+
+    @work(thread=True, exclusive=True, group="model", exit_on_error=False)
+    def switch_model(self, option: ModelOption, state_before: str) -> None:
+        """Load the chosen model beside the serving one (a failure keeps the old one serving), swap, then
+        free the old one once nothing uses it (its adapters go with it)."""
+        old = self.engine
+        try:
+            path = option.path if option.name is None else bundled_model_path(option.name)
+            assert path is not None
+            engine = ChatEngine(EngineConfig(model_path=path, n_ctx=self.settings.n_ctx,
+                                             n_threads=self.settings.threads,
+                                             prompt_format=self.settings.prompt_format))
+        except (ModelFileError, EngineError) as exc:
+            self.call_from_thread(self._model_not_switched, option.label, str(exc), state_before)
+            return
+        self.call_from_thread(self._model_switched, engine, option.name, path)
+        if old is not None:
+            with old.exclusive():  # a call still running on the old context finishes first
+                pass
+            old.close()
+
+    def _model_not_switched(self, label: str, error: str, state_before: str) -> None:
+        self.chat.model_switch_failed(state_before)
+        self.notify(f"Model not switched to {label}: {error}", severity="error", timeout=15)
+
+    def _model_switched(self, engine: ChatEngine, name: str | None, path: Path) -> None:
+        dropped = self.active_adapter
+        self.engine = engine
+        self.active_adapter = None
+        # Training (F5, F8) trains on the served model: it follows the switch.
+        self.settings = replace(self.settings, model=path, model_name=name)
+        self.chat.model_switched(engine)
+        self.update_header()
+        self.notify(f"Now chatting with {engine.identity.model_id}, in a new session.")
+        if dropped is not None:
+            self.notify(f"Adapter {dropped} dropped: it was trained for the previous model and cannot apply to "
+                        f"{engine.identity.model_id}.", severity="warning", timeout=10)
+
     def _persona_commands(self) -> Iterable[SystemCommand]:
         from studio.personas import PersonaError, load_personas, personas_path
 
@@ -272,5 +346,13 @@ class PreferenceStudioApp(App[None]):
         yield SystemCommand("DPO exercise", "Labelled stance data, support ratio, data size, epochs (F8)",
                             self.action_exercise)
         yield SystemCommand("Switch adapter", "Base → newest run → … (F7)", self.action_cycle_adapter)
+        if isinstance(screen, ChatScreen):
+            yield SystemCommand("Switch model…", "Restart the chat with another model (bundled or the one "
+                                "served now)", self.action_switch_model)
+        if isinstance(screen, ChatScreen):
+            for n, how in ((1, "a plain chat: + good, - bad"), (2, "pick the better: 1 / 2"),
+                           (3, "rank them best first"), (4, "rank them best first")):
+                yield SystemCommand(f"Candidates per prompt: {n}", f"{how} (F10 cycles; between prompts)",
+                                    lambda n=n: self.chat.set_candidates(n))
         yield SystemCommand("Regenerate candidates", "New seeds for the prompt being judged",
                             lambda: self.chat.handle_judge_action(self.chat.query_one("#judge-bar").Action("regenerate")))

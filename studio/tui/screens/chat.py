@@ -166,14 +166,40 @@ class ChatScreen(Screen):
     def _engine_ready(self, engine: ChatEngine) -> None:
         self.session.engine = engine
         self.app.update_header()
-        self.query_one("#engine-status", Static).update(
-            f"{engine.identity.model_id} · {engine.prompt_format.name} format · {engine.n_threads} threads"
-        )
+        self._show_engine(engine)
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = False
         prompt_input.placeholder = "Type a prompt and press enter (F3: next prompt from the bank)"
         self.state = "input"
         prompt_input.focus()
+
+    def _show_engine(self, engine: ChatEngine) -> None:
+        self.query_one("#engine-status", Static).update(
+            f"{engine.identity.model_id} · {engine.prompt_format.name} format · {engine.n_threads} threads"
+        )
+
+    # The app loads another model in a worker (the palette's "Switch model…"); these keep the screen in step.
+
+    def model_switch_starting(self, label: str) -> str:
+        """Nothing is asked or judged while another model loads; returns the state to come back to if it fails."""
+        before, self.state = self.state, "loading"
+        self.query_one("#prompt-input", Input).disabled = True
+        self.query_one("#engine-status", Static).update(f"loading {label}…")
+        return before
+
+    def model_switch_failed(self, state_before: str) -> None:
+        self.state = state_before
+        if self.app.engine is not None:
+            self._show_engine(self.app.engine)
+        if state_before == "input":
+            self._back_to_input()
+
+    def model_switched(self, engine: ChatEngine) -> None:
+        """Another model serves the chat: a new session records it and the conversation starts afresh."""
+        self.session.model_id = engine.identity.model_id
+        self.session.engine = engine
+        self.new_session()
+        self._engine_ready(engine)
 
     def on_engine_failed(self, message: EngineFailed) -> None:
         self.query_one("#engine-status", Static).update("model failed to load")
@@ -283,7 +309,8 @@ class ChatScreen(Screen):
     def handle_judge_action(self, event: JudgeBar.Action) -> None:
         action = event.action
         if action == "input":
-            if self.state == "saving":  # the verdict is not stored yet: moving on waits for it
+            # Saving: the verdict is not stored yet, moving on waits for it. Loading: another model is coming.
+            if self.state in ("saving", "loading"):
                 return
             self._clear_pending()
             self._back_to_input()
