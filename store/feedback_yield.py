@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
@@ -41,6 +41,7 @@ _OPTIONAL_LABEL_VERDICTS = (Verdict.A.value, Verdict.B.value, Verdict.EDITED.val
                             Verdict.BOTH_BAD.value, Verdict.ALL_BAD.value)
 
 Message = dict[str, str]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,22 @@ def _context(row: dict[str, Any]) -> PromptContext:
 # Pairs
 
 
+def ordered_pairs(ranked: list[tuple[T, int]]) -> Iterator[tuple[T, T]]:
+    """Every (better, worse) of a ranking given best first as (thing, place): the InstructGPT rule, K(K-1)/2
+    pairs for a full order of K; things sharing a place (a partial ranking's tied last) make none."""
+    for i, (better, better_place) in enumerate(ranked):
+        for worse, worse_place in ranked[i + 1:]:
+            if worse_place > better_place:
+                yield better, worse
+
+
+def ranking_index_pairs(ranking: list[int], n_responses: int) -> list[tuple[int, int]]:
+    """The (better, worse) response indices of a raw ranking (indices best first; the rest tie last)."""
+    places = [(index, place) for place, index in enumerate(ranking)]
+    places += [(index, len(ranking)) for index in range(n_responses) if index not in set(ranking)]
+    return list(ordered_pairs(places))
+
+
 def read_pairs(db: sqlite_utils.Database, session_id: int | None = None) -> list[PreferencePair]:
     """Every preference pair in the store (or in one session), in judgement order (the table above)."""
     rows = _Rows(db, session_id, contexts=False)
@@ -190,14 +207,10 @@ def _pairs_for(judgement: dict[str, Any], rows: _Rows) -> Iterator[PreferencePai
     }
     verdict = judgement["verdict"]
     if verdict == Verdict.RANKED:
-        ranked = rows.ranked(judgement["id"])
-        for i, (better, better_place) in enumerate(ranked):
-            for worse, worse_place in ranked[i + 1:]:
-                if worse_place == better_place:  # a tie teaches no preference
-                    continue
-                yield PreferencePair(pair_id=ranked_pair_id(judgement["id"], better["id"], worse["id"]),
-                                     prompt=better["rendered_prompt"], chosen=better["text"], rejected=worse["text"],
-                                     **common)
+        for better, worse in ordered_pairs(rows.ranked(judgement["id"])):
+            yield PreferencePair(pair_id=ranked_pair_id(judgement["id"], better["id"], worse["id"]),
+                                 prompt=better["rendered_prompt"], chosen=better["text"], rejected=worse["text"],
+                                 **common)
         return
     if verdict == Verdict.EDITED:
         edited = judgement["edited_text"] or ""

@@ -1,6 +1,7 @@
 """Proof that the exported adapter is the trained adapter: llama.cpp (quantised GGUF base + GGUF LoRA) against
-transformers + PEFT (the same GGUF dequantised), on the real default model and an adapter trained by the
-studio's own DPO trainer.
+transformers + PEFT (the same GGUF dequantised), on both bundled models and an adapter trained by the studio's own
+DPO trainer: Gemma 3 270M base (``gemma3``, Q5_0/Q8_0, transcript prompts) and SmolLM2-135M-Instruct (``llama``,
+Q4_1, ChatML prompts, q/k rows stored permuted in the GGUF, every linear projection adapted).
 
 llama.cpp quantises activations inside its matmuls, so the two engines differ slightly even without an
 adapter; what must agree is the *change* the adapter causes, and greedy agreement must not get worse.
@@ -8,6 +9,8 @@ adapter; what must agree is the *change* the adapter causes, and greedy agreemen
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +21,10 @@ from tiny_model import SEPARABLE_PAIRS
 
 from studio.inference.adapter_checks import validate_adapter
 from studio.inference.adapters import AdapterSlots
-from trainers.gguf_adapter import export_gguf_adapter
+from studio.inference.engine import ChatEngine
+from trainers.gguf_adapter import AttentionHeads, export_gguf_adapter
+from trainers.prompt_format import ChatTurn
 
-DEFAULT_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 SYSTEM = "You are a concise, friendly assistant."
 TEXT = (
     "The old lighthouse keeper climbed the spiral stairs every evening at dusk. He trimmed the wick, polished "
@@ -30,32 +34,75 @@ TEXT = (
 )
 N_TOKENS = 64
 TOP_K = 20
+ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
+ALL_LINEAR = [*ATTENTION, "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One bundled model's exactness run: how it is trained (a visible effect, few steps)."""
+
+    name: str
+    max_steps: int
+    learning_rate: float
+    target_modules: list[str]
+
+
+# Gemma: six steps at lr 1e-3 on q/k/v/o move the logits (std ~1.2 over the top tokens) well above the engines'
+# noise (~0.2); at the trainer's default learning rate two steps would not. SmolLM2 (half the size): four steps
+# on every linear projection, so the llama name map of gate/up/down and the permuted q/k rows are both exercised.
+TRIALS = {"gemma3-270m": Trial("gemma3-270m", 6, 1e-3, ATTENTION), "smollm2": Trial("smollm2", 6, 2e-3, ALL_LINEAR)}
+
+
+@dataclass(frozen=True)
+class Served:
+    trial: Trial
+    model: Path
+    engine: ChatEngine
+
+
+@pytest.fixture(scope="module", params=sorted(TRIALS))
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    """The model llama.cpp serves: the session's Gemma engine, or a SmolLM2 engine for this module."""
+    trial = TRIALS[request.param]
+    if trial.name == "gemma3-270m":
+        yield Served(trial, request.getfixturevalue("default_model"), request.getfixturevalue("engine"))
+        return
+    from studio.inference.engine import EngineConfig
+
+    model = request.getfixturevalue("smollm2_model")
+    engine = ChatEngine(EngineConfig(model_path=model, n_ctx=1024))
+    try:
+        yield Served(trial, model, engine)
+    finally:
+        engine.close()
 
 
 @pytest.fixture(scope="module")
-def trained_adapter(default_model: Path, session_home: Path, tmp_path_factory) -> Path:
-    """Six real DPO steps (lr 1e-3, r 16, alpha 32, q/k/v/o) on the default model: a visible, trained effect.
-
-    At the trainer's default learning rate two steps move the logits by less than the two engines already
-    differ by; this run's logit change (std ≈ 1.2 over the top tokens) is well above that noise (≈ 0.2).
-    """
+def trained_adapter(served: Served, session_home: Path, tmp_path_factory) -> Path:
+    """A few real DPO steps (lr 1e-3, r 16, alpha 32) on the served model, from candidates stored with the
+    prompt the engine renders (the transcript for Gemma, ChatML for SmolLM2), as the chat screen stores them."""
     from store.studio_store import Store
     from trainers.run.lifecycle import prepare_run
     from trainers.run.process import execute_run
     from trainers.run_config import RunConfig
 
-    work = tmp_path_factory.mktemp("exactness")
+    engine = served.engine
+    work = tmp_path_factory.mktemp(f"exactness-{served.trial.name}")
     with prefstudio_home(session_home):  # shares the converted weights with other tests
         with Store.open(work / "studio.db") as store:
             session = store.create_session(SYSTEM)
             for prompt, chosen, rejected in SEPARABLE_PAIRS:
                 prompt_id = store.add_prompt(session, prompt, [])
-                rendered = f"{SYSTEM}\n\nUser: {prompt}\nAssistant:"
-                ids = [store.add_candidate(prompt_id, slot, " " + text, rendered, default_model.name, DEFAULT_SHA256,
-                                           {}, seed=slot) for slot, text in enumerate((chosen, rejected))]
+                rendered = engine.fit_prompt(SYSTEM, [ChatTurn("user", prompt)], 64).text
+                ids = [store.add_candidate(prompt_id, slot, engine.prompt_format.as_completion(text), rendered,
+                                           engine.identity.model_id, engine.identity.sha256, {}, seed=slot)
+                       for slot, text in enumerate((chosen, rejected))]
                 store.record_judgement(prompt_id, "a", chosen_candidate_id=ids[0], rejected_candidate_id=ids[1])
-            config = RunConfig(max_steps=6, max_length=128, heldout_fraction=0.0, learning_rate=1e-3)
-            prepared = prepare_run(store, config, model_path=default_model, runs_root=work / "runs")
+            config = RunConfig(max_steps=served.trial.max_steps, max_length=128, heldout_fraction=0.0,
+                               learning_rate=served.trial.learning_rate,
+                               target_modules=served.trial.target_modules)
+            prepared = prepare_run(store, config, model_path=served.model, runs_root=work / "runs")
             outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
             assert outcome.status == "done", outcome.message
             return prepared.output_dir
@@ -79,14 +126,16 @@ def _transformers_logits(model_dir: Path, adapter_dir: Path, tokens: list[int]) 
 
 
 @pytest.mark.slow
-def test_llama_cpp_adapter_matches_transformers_peft(trained_adapter, default_model, session_home, engine,
-                                                     tmp_path, monkeypatch):
+def test_llama_cpp_adapter_matches_transformers_peft(served, trained_adapter, session_home, tmp_path, monkeypatch):
     from trainers.model_source import resolve_model_source
 
+    engine = served.engine
     gguf_path = export_gguf_adapter(trained_adapter, tmp_path / "tuned.gguf", engine.info.architecture,
-                                    engine.info.n_layers)
+                                    engine.info.n_layers,
+                                    heads=AttentionHeads.from_metadata(engine.info.metadata, engine.info.architecture))
     info = validate_adapter(gguf_path, engine.info)
-    assert info.ranks == (16,) and info.alpha == 32.0 and len(info.adapted) == 4 * engine.info.n_layers
+    n_modules = len(served.trial.target_modules)
+    assert info.ranks == (16,) and info.alpha == 32.0 and len(info.adapted) == n_modules * engine.info.n_layers
 
     tokens = engine.tokenize(TEXT)[:N_TOKENS]
     assert len(tokens) == N_TOKENS
@@ -105,7 +154,7 @@ def test_llama_cpp_adapter_matches_transformers_peft(trained_adapter, default_mo
         slots.close()
 
     monkeypatch.setenv("PREFSTUDIO_HOME", str(session_home))
-    model_dir = resolve_model_source(default_model, sha256=DEFAULT_SHA256).model_dir
+    model_dir = resolve_model_source(served.model, sha256=engine.identity.sha256).model_dir
     hf_base, hf_tuned = _transformers_logits(model_dir, trained_adapter, tokens)
 
     # (a) The change the adapter causes, over each position's top tokens of the base, pooled.
@@ -118,7 +167,7 @@ def test_llama_cpp_adapter_matches_transformers_peft(trained_adapter, default_mo
     agree_base = float((cpp_base.argmax(1) == hf_base.argmax(1)).mean())
     agree_tuned = float((cpp_tuned.argmax(1) == hf_tuned.argmax(1)).mean())
     print(
-        f"\nadapter exactness over {N_TOKENS} tokens (top-{TOP_K} of the base per position): "
+        f"\n{served.trial.name}: adapter exactness over {N_TOKENS} tokens (top-{TOP_K} of the base per position): "
         f"Pearson r of the logit change = {correlation:.4f}; change std {hf_delta.std():.3f} vs engine noise "
         f"{engine_noise:.3f}; greedy agreement base {agree_base:.1%}, tuned {agree_tuned:.1%}; "
         f"load {load_s * 1000:.1f} ms, switch on {switch_on * 1e6:.0f} µs, off {switch_off * 1e6:.0f} µs"

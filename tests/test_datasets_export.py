@@ -405,3 +405,24 @@ def test_cli_exports_each_kind_and_infers_it_from_the_dataset(db_path: Path, tmp
     refused = runner.invoke(app, ["export", "--kind", "ratings", "--judged", "--verdict", "a", "--out",
                                   str(tmp_path / "r.jsonl")])
     assert refused.exit_code == 1 and "--verdict select pairs, not ratings" in refused.output
+
+
+def test_an_imported_ranking_dataset_exports_as_pairs(db_path: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "rankings.jsonl"
+    raw.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"prompt": "P", "responses": ["a", "b", "c"], "ranking": [2, 0, 1]},  # full: c > a > b
+        {"prompt": "Q", "responses": ["x", "y", "z", "w"], "ranking": [3]},  # partial: w > the rest, tied
+        {"prompt": "R", "responses": ["m", "n"], "ranking": [], "all_bad": True}]))
+    app = make_datasets_app(lambda: db_path)
+    assert CliRunner().invoke(app, ["import", str(raw), "--name", "ranked"]).exit_code == 0
+    out = tmp_path / "pairs.jsonl"
+    done = CliRunner().invoke(app, ["export", "ranked", "--kind", "pairs", "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [
+        ("P", "c", "a"), ("P", "c", "b"), ("P", "a", "b"), ("Q", "w", "x"), ("Q", "w", "y"), ("Q", "w", "z")]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"prompt": "P", "completion": "c", "label": True}) + "\n")
+    assert CliRunner().invoke(app, ["import", str(labels), "--name", "thumbs"]).exit_code == 0
+    refused = CliRunner().invoke(app, ["export", "thumbs", "--kind", "pairs", "--out", str(tmp_path / "no.jsonl")])
+    assert refused.exit_code == 1 and "holds labels, which make no pairs: export it with --kind labels" in refused.output

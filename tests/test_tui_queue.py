@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
@@ -118,23 +119,49 @@ async def test_ranking_three_with_undo_and_thumbs_on_one(store, default_model, e
         assert store.judgements()[1].rejected_candidate_id == store.candidates(thumbed.prompt_id)[0].id
 
 
-async def test_generation_pauses_and_resumes_with_g(store, default_model, engine):
-    queue(store, 1, [f"Count to {n}." for n in range(1, 7)])
+async def test_generation_pauses_and_resumes_with_g_and_stops_when_the_screen_is_left(store, default_model, engine):
+    queue(store, 1, [f"Count to {n}." for n in range(1, 25)])
     app = make_app(store, default_model, engine)
     async with app.run_test(size=(120, 36)) as pilot:
         screen = await open_queue(app, pilot)
         await wait_for(pilot, lambda: store.queue_counts().generated >= 1, timeout=60)
-        assert screen.entry is not None  # the first generated item shows as soon as it is stored
+        await wait_for(pilot, lambda: screen.entry is not None, timeout=5)  # shown as soon as it is stored
         await pilot.press("g")
         await wait_for(pilot, lambda: not screen._generating(), timeout=30)
-        assert "generation paused (g)" in shown(screen, "#queue-progress") or store.queue_counts().waiting == 0
+        assert "generation paused (g)" in shown(screen, "#queue-progress")
         paused_at = store.queue_counts().generated
         await pilot.pause(0.5)
         assert store.queue_counts().generated == paused_at  # nothing more while paused
         await pilot.press("g")
-        await wait_for(pilot, lambda: store.queue_counts().waiting == 0, timeout=90)
+        await wait_for(pilot, lambda: store.queue_counts().generated > paused_at, timeout=60)
+        await pilot.press("escape")  # leaving the queue stops generation at the next token
+        await wait_for(pilot, lambda: engine.owner is None, timeout=30)
+        left = store.queue_counts()
+        await pilot.pause(0.5)
+        assert store.queue_counts() == left and left.waiting > 0 and app.is_running
         for item in store.queue_items():
-            assert len(store.candidates(item.prompt_id)) == 1
+            assert item.prompt_id is None or len(store.candidates(item.prompt_id)) == 1
+
+
+async def test_a_busy_database_keeps_the_item_on_screen_and_says_so(store, default_model, engine, tmp_path):
+    queue(store, 2, ["Name a colour."])
+    QueueGenerator(store, engine, SAMPLING, base_seed=4).run()
+    app = make_app(store, default_model, engine)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await open_queue(app, pilot)
+        item = screen.entry.item
+        blocker = sqlite3.connect(tmp_path / "studio.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+        try:
+            await pilot.press("1")
+            assert any("database is busy" in n and "press the key again" in n for n in app.notices)
+            assert screen.entry.item.id == item.id and app.is_running
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert store.judgements() == []
+        await pilot.press("1")
+        assert [j.verdict for j in store.judgements()] == ["a"] and screen.entry is None
 
 
 async def test_queueing_a_prompt_bank_from_the_palette_opens_queue_mode_and_generates(store, default_model, engine):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trainers.exercise import select_exercise
+from trainers.model_prompt_format import prompt_format_for_model
 from trainers.pair_selection import (
     PairSelection,
     PairSelectionError,
@@ -51,10 +52,11 @@ def select_dataset(store: Store, config: RunConfig) -> PairSelection:
     record = find_dataset(store, config.dataset)
     info = {"name": record.name, "id": record.id, "kind": record.kind}
     if record.kind == "stance":
+        # The items' prompts are rendered as the chat engine renders the trained model's (ChatML for SmolLM2).
         return select_exercise(
             store.stance_items(record), dataset_name=record.name, dataset_id=record.id, data_size=config.data_size,
             support_ratio=config.support_ratio, shuffle_seed=config.shuffle_seed, system=config.system_prompt,
-            with_heldout=config.heldout_fraction > 0,
+            with_heldout=config.heldout_fraction > 0, render=prompt_format_for_model(config.train_model),
         )
     _check_stance_only(config, f"'{record.name}' is a {record.kind} dataset")
     selection = select_pairs(store_dataset_pairs(store, record), seed=config.seed,

@@ -19,7 +19,9 @@ support-preferred pairs, so a run's held-out accuracy *is* its support share.
 
 Prompts are rendered with the prompt format (the transcript format by default, system prompt
 ``EXERCISE_SYSTEM_PROMPT``) and answers put into its completion convention, so training sees what the chat
-engine would show; ``studio.evaluation.stance_metric`` scores with the same ``exercise_prompt``.
+engine would show; a run renders with its model's own format (``trainers.dataset_selection`` asks
+``trainers.model_prompt_format``: ChatML for SmolLM2), and ``studio.evaluation.stance_metric`` scores with the
+same ``exercise_prompt`` in the serving engine's format.
 """
 
 from __future__ import annotations

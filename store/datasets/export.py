@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store.atomic_files import write_lines
+from store.datasets.feedback_formats import FEEDBACK_KINDS
 from store.datasets.store_mixin import DatasetRecord, ExportPair, TestPrompt
+from store.feedback_yield import ranking_index_pairs
 from store.output_folders import check_output_file, earlier_export_files, publish_folder
 from store.pairs import PAIR_VERDICTS, PreferencePair  # PAIR_VERDICTS: a, b, edited, ranked
 from store.studio_store import Store
@@ -51,6 +53,16 @@ def dataset_export_pairs(store: Store, dataset: DatasetRecord | str | int,
     if prefer not in PREFER:
         raise ValueError(f"unknown side {prefer!r} to prefer; expected one of {', '.join(PREFER)}")
     record = store.get_dataset(dataset)
+    if record.kind == "rankings":  # every ordered pair of each ranking (store/feedback_yield.py's rule)
+        for n, item in enumerate(store.feedback_items(record), start=1):
+            for better, worse in ranking_index_pairs(item.ranking, len(item.responses)):
+                # Not a pair id either (see below): only this export's de-duplication reads it.
+                yield ExportPair(f"k{record.id}:{n}:{better}>{worse}", item.prompt, item.responses[better],
+                                 item.responses[worse])
+        return
+    if record.kind in FEEDBACK_KINDS:
+        raise ValueError(f"dataset '{record.name}' holds {record.kind}, which make no pairs: export it with --kind "
+                         f"{record.kind}")
     if record.kind == "stance":
         for item in store.stance_items(record):
             chosen, rejected = (item.support, item.oppose) if prefer == "support" else (item.oppose, item.support)

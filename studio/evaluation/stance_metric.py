@@ -30,7 +30,7 @@ from trainers.exercise import (
     stance_fields,
     support_count,
 )
-from trainers.prompt_format import PromptFormat, TranscriptFormat
+from trainers.prompt_format import PromptFormat
 
 if TYPE_CHECKING:
     from store.datasets.store_mixin import StanceItem
@@ -93,12 +93,13 @@ def stance_share(
 ) -> StanceResult:
     """Score every item's support and oppose answer under the engine's current model (and active adapter).
 
-    ``prompt_format`` defaults to the transcript format, the one exercise runs train with.
+    ``prompt_format`` defaults to the engine's own (its model's chat template, or the transcript format), the
+    one an exercise run on that model trains with (``trainers.model_prompt_format``).
     ``on_progress(done, total)`` is called after each item.
     """
     if not items:
         raise StanceMetricError("no labelled items to score")
-    fmt = prompt_format or TranscriptFormat()
+    fmt = prompt_format or engine.prompt_format
     scores = []
     for done, item in enumerate(items, start=1):
         fields_ = stance_fields(item)

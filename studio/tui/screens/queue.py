@@ -222,12 +222,16 @@ class QueueScreen(Screen):
             self.app.call_from_thread(self._generation_ended, report)
 
     def _generated(self) -> None:
+        if not self.is_attached:  # the screen was left while the item was being stored
+            return
         if self.entry is None:
             self.show_next()
         else:
             self.update_progress()
 
     def _generation_ended(self, report: GenerationReport) -> None:
+        if not self.is_attached:
+            return
         for item, why in report.skipped:
             self.app.notify(f"Skipped {item.origin}: {why}", severity="warning", timeout=10)
         self.update_progress()
