@@ -1,4 +1,5 @@
-"""One candidate reply, streaming in, with its seed and timing once finished."""
+"""One candidate reply, streaming in, with its seed and timing once finished; its place while a ranking is
+typed, and the rating row when it is being rated."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from textual.containers import VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from studio.tui.widgets.ranking_input import letter, ordinal
+from studio.tui.widgets.rating_row import RatingRow
+
 
 class CandidatePanel(VerticalScroll):
-    """Shows candidate ``A``, ``B``, … The highlighted panel is the one ``e`` edits."""
+    """Shows candidate ``A``, ``B``, … The highlighted panel is the one ``e`` edits and ``a`` rates."""
 
     DEFAULT_CLASSES = "candidate"
     highlighted: reactive[bool] = reactive(False)
@@ -17,7 +21,7 @@ class CandidatePanel(VerticalScroll):
     def __init__(self, slot: int, **kwargs) -> None:
         super().__init__(**kwargs)
         self.slot = slot
-        self.letter = chr(ord("A") + slot)
+        self.letter = letter(slot)
         self.text = ""
         self.border_title = f"{self.letter}"
 
@@ -27,17 +31,39 @@ class CandidatePanel(VerticalScroll):
     def reset(self, waiting: str = "…") -> None:
         self.text = ""
         self.border_subtitle = ""
-        self.query_one(Static).update(waiting)
+        self.show_place(None)
+        self.close_rating()
+        self.query_one(f"#candidate-text-{self.slot}", Static).update(waiting)
+
+    def show_place(self, place: int | None) -> None:
+        """The place a ranking being typed gives it ("A · 1st"), or just its letter."""
+        self.border_title = self.letter if place is None else f"{self.letter} · {ordinal(place)}"
+
+    @property
+    def rating_row(self) -> RatingRow | None:
+        rows = self.query(RatingRow)
+        return rows.first() if rows else None
+
+    def open_rating(self, attributes: tuple[str, ...]) -> RatingRow:
+        """The rating row under this reply (one at a time), focused by the caller."""
+        self.close_rating()
+        row = RatingRow(self.slot, attributes, id=f"rating-{self.slot}")
+        self.mount(row)
+        return row
+
+    def close_rating(self) -> None:
+        for row in self.query(RatingRow):
+            row.remove()
 
     def show_text(self, text: str) -> None:
         self.text = text
-        self.query_one(Static).update(text.strip() or "…")
+        self.query_one(f"#candidate-text-{self.slot}", Static).update(text.strip() or "…")
         self.scroll_end(animate=False)
 
     def finish(self, text: str, detail: str) -> None:
         self.show_text(text)
         if not text.strip():
-            self.query_one(Static).update("(empty reply)")
+            self.query_one(f"#candidate-text-{self.slot}", Static).update("(empty reply)")
         self.border_subtitle = detail
 
     def watch_highlighted(self, value: bool) -> None:
