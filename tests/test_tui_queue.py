@@ -22,7 +22,7 @@ from studio.inference.engine import SamplingSettings
 from studio.labelling_queue import QueueGenerator
 from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
-from studio.tui.screens.queue import EMPTY_TEXT, QueueScreen
+from studio.tui.screens.queue import EMPTY_TEXT, SAVING_TEXT, QueueScreen
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLING = SamplingSettings(max_tokens=4)
@@ -143,25 +143,31 @@ async def test_generation_pauses_and_resumes_with_g_and_stops_when_the_screen_is
             assert item.prompt_id is None or len(store.candidates(item.prompt_id)) == 1
 
 
-async def test_a_busy_database_keeps_the_item_on_screen_and_says_so(store, default_model, engine, tmp_path):
-    queue(store, 2, ["Name a colour."])
+async def test_a_busy_database_keeps_the_verdict_says_so_and_saves_it_when_free(store, default_model, engine,
+                                                                                 tmp_path):
+    queue(store, 2, ["Name a colour.", "Name a fruit."])
     QueueGenerator(store, engine, SAMPLING, base_seed=4).run()
     app = make_app(store, default_model, engine)
     async with app.run_test(size=(120, 36)) as pilot:
         screen = await open_queue(app, pilot)
-        item = screen.entry.item
+        first, second = store.queue_items()
         blocker = sqlite3.connect(tmp_path / "studio.db", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # another program holds the write lock
         try:
             await pilot.press("1")
-            assert any("database is busy" in n and "press the key again" in n for n in app.notices)
-            assert screen.entry.item.id == item.id and app.is_running
+            assert any("your judgement is kept" in n for n in app.notices)
+            assert shown(screen, "#queue-hint") == SAVING_TEXT and screen.entry.item.id == first.id
+            await pilot.press("2")  # no other verdict is taken while one is saving
+            await pilot.pause(1.5)  # longer than one retry: still kept, the app still up
+            assert app.is_running and screen.entry.item.id == first.id
+            assert blocker.execute("SELECT COUNT(*) FROM judgements").fetchone() == (0,)
         finally:
             blocker.execute("ROLLBACK")
             blocker.close()
-        assert store.judgements() == []
-        await pilot.press("1")
-        assert [j.verdict for j in store.judgements()] == ["a"] and screen.entry is None
+        await wait_for(pilot, lambda: screen.entry is not None and screen.entry.item.id == second.id, timeout=30)
+        assert [(j.prompt_id, j.verdict) for j in store.judgements()] == [(first.prompt_id, "a")]
+        await pilot.press("2")
+        assert [j.verdict for j in store.judgements()] == ["a", "b"] and screen.entry is None
 
 
 async def test_queueing_a_prompt_bank_from_the_palette_opens_queue_mode_and_generates(store, default_model, engine):

@@ -3,12 +3,14 @@
 A client of ``studio.labelling_queue``. The screen shows the oldest generated, unjudged item; the keys
 depend on how many candidates it has (N = 1: + / -, N = 2: 1 / 2 / t / x, N ≥ 3: the numbers best first,
 backspace undoes, enter commits, x all bad). Each verdict is one committed judgement and the next item shows
-at once. Meanwhile a thread worker generates the rest of the queue (``QueueGenerator``: one transaction per
+at once (on a busy database the verdict is kept and retried in a worker, as on the chat screen). Meanwhile a thread worker generates the rest of the queue (``QueueGenerator``: one transaction per
 prompt; ``g`` pauses and resumes, leaving the screen stops it at the next token; a restart goes on with the
 rest). Progress (generated / left, judged / left, items per minute) stays on screen.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from textual import work
 from textual.app import ComposeResult
@@ -33,7 +35,9 @@ from studio.labelling_queue import (
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
 MAX_SLOTS = 4
-SAVE_WAIT_S = 0.1  # the most a verdict waits on a busy database on the UI thread; then it says so, keeps the item
+FIRST_SAVE_WAIT_S = 0.1  # how long a verdict waits on a busy database on the UI thread before a worker takes over
+SAVE_RETRY_WAIT_S = 1.0  # each retry in the worker; between them it checks whether it was cancelled
+SAVING_TEXT = "saving your judgement: database busy, retrying…"
 HINTS = {
     1: "+ good · - bad · g pause/resume generation · escape back to the chat",
     2: "1 A better · 2 B better · t tie · x both bad · g pause/resume generation · escape back",
@@ -68,6 +72,7 @@ class QueueScreen(Screen):
         self.generator: QueueGenerator | None = None
         self._worker: Worker[None] | None = None
         self.paused = False
+        self.saving = False  # a verdict is waiting for a busy database: keys wait too
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -134,7 +139,7 @@ class QueueScreen(Screen):
 
     def on_key(self, event: Key) -> None:
         entry = self.entry
-        if entry is None:
+        if entry is None or self.saving:
             return
         n, key, char = len(entry.candidates), event.key, event.character
         judge = QueueJudge(self.app.store)
@@ -163,18 +168,49 @@ class QueueScreen(Screen):
             return
         event.stop()
 
-    def _record(self, write) -> None:  # noqa: ANN001  (a zero-argument store write returning the judgement id)
+    def _record(self, write: Callable[[], int]) -> None:
+        """Store a verdict: a short wait on the UI thread, then (database busy) kept and retried in a worker
+        until stored, the item staying on screen and the keys waiting, as the chat screen does."""
         try:
-            with self.app.store.waiting_at_most(SAVE_WAIT_S):
+            with self.app.store.waiting_at_most(FIRST_SAVE_WAIT_S):
                 write()
         except StoreBusyError:
-            self.app.notify("The database is busy (another program is writing): nothing was stored; press the "
-                            "key again in a moment.", severity="warning", timeout=8)
+            self.saving = True
+            self.query_one("#queue-hint", Static).update(SAVING_TEXT)
+            self.app.notify("The database is busy (another program is writing): your judgement is kept and "
+                            "saved as soon as it is free.", severity="warning", timeout=8)
+            self.save_when_free(write)
             return
         except (StoreError, ValueError) as exc:
             self.app.notify(f"Not stored: {exc}", severity="error", timeout=10)
             return
+        self._recorded()
+
+    def _recorded(self) -> None:
+        self.saving = False
+        if not self.is_attached:  # stored by the retrying worker after the screen was left
+            return
         self.judge_rate.tick()
+        self.show_next()
+
+    @work(thread=True, exclusive=True, group="queue-save", exit_on_error=False)
+    def save_when_free(self, write: Callable[[], int]) -> None:
+        worker = get_current_worker()
+        while not worker.is_cancelled:
+            try:
+                with self.app.store.waiting_at_most(SAVE_RETRY_WAIT_S):
+                    write()
+            except StoreBusyError:
+                continue
+            except (StoreError, ValueError) as exc:
+                self.app.call_from_thread(self._not_saved, str(exc))
+                return
+            self.app.call_from_thread(self._recorded)
+            return
+
+    def _not_saved(self, error: str) -> None:
+        self.saving = False
+        self.app.notify(f"Not stored: {error}", severity="error", timeout=10)
         self.show_next()
 
     # --- background generation ---
