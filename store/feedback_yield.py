@@ -294,20 +294,25 @@ def _labels_for(judgement: dict[str, Any], rows: _Rows) -> Iterator[tuple[dict[s
 
 
 def demonstrations(db: sqlite_utils.Database, session_id: int | None = None) -> list[Demonstration]:
-    """Written and corrected replies, then the edits of edited judgements, each in the order made."""
+    """Written and corrected replies, then the edits of edited judgements not already stored as one of those,
+    each in the order made."""
     rows = _Rows(db, session_id)
     found: list[Demonstration] = []
+    stored: set[tuple[int, str]] = set()
     for demo_id, prompt_id, text, based_on in db.execute(
             "SELECT d.id, d.prompt_id, d.text, d.based_on_candidate_id FROM demonstrations d "
             "JOIN prompts p ON p.id = d.prompt_id WHERE (? IS NULL OR p.session_id = ?) ORDER BY d.id",
             [session_id, session_id]):
         context = rows.contexts.get(prompt_id)
         if context is not None:
+            stored.add((prompt_id, text.strip()))
             found.append(Demonstration(f"m{demo_id}", _rendered(context, rows.by_id.get(based_on)), text,
                                        "corrected" if based_on is not None else "written"))
     for judgement in rows.judgements((Verdict.EDITED.value,)):
         context = rows.contexts.get(judgement["prompt_id"])
-        if context is not None and (judgement["edited_text"] or "").strip():
+        edited = (judgement["edited_text"] or "").strip()
+        # A client that also stored the edit as a demonstration (the judging session does) yields it once.
+        if context is not None and edited and (judgement["prompt_id"], edited) not in stored:
             found.append(Demonstration(f"e{judgement['id']}", context, judgement["edited_text"], "edited"))
     return found
 

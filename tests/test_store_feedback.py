@@ -388,3 +388,12 @@ def test_yields_filter_by_session(store: Store) -> None:
     assert [lab.completion for lab in feedback_yield.unpaired_labels(store.db, session_id=one)] == ["x"]
     assert len(store.pairs(session_id=two)) == 3 and store.pairs(session_id=one) == []
     assert [d.text for d in feedback_yield.demonstrations(store.db, session_id=two)] == []
+
+
+def test_an_edit_also_stored_as_a_demonstration_yields_one(store: Store) -> None:
+    _, prompt_id, (a, b) = prompt_with(store, ("x", "y"))
+    store.record_judgement(prompt_id, "edited", edited_text=" Mine.")
+    store.add_demonstration(prompt_id, " Mine.", based_on_candidate_id=a)  # as the judging session does
+    store.record_judgement(prompt_id, "edited", edited_text=" Another.")
+    assert [(d.text, d.origin) for d in feedback_yield.demonstrations(store.db)] == [
+        (" Mine.", "corrected"), (" Another.", "edited")]
