@@ -397,3 +397,15 @@ def test_an_edit_also_stored_as_a_demonstration_yields_one(store: Store) -> None
     store.record_judgement(prompt_id, "edited", edited_text=" Another.")
     assert [(d.text, d.origin) for d in feedback_yield.demonstrations(store.db)] == [
         (" Mine.", "corrected"), (" Another.", "edited")]
+
+
+def test_a_runs_held_out_ranking_pairs_are_found_again(store: Store) -> None:
+    from trainers.recorded_pairs import heldout_export_pairs, recorded_sessions
+
+    session_id, prompt_id, (a, b, c) = prompt_with(store, ("one", "two", "three"))
+    j = store.record_ranking(prompt_id, [c, b, a])
+    ids = [p.pair_id for p in store.pairs()]
+    run = store.create_run({"epochs": 1}, "m", "/tmp/none", pair_ids=ids[:2], heldout_ids=ids[2:], dataset_hash="x")
+    found, missing = heldout_export_pairs(store, run)
+    assert missing == [] and [(p.pair_id, p.chosen, p.rejected) for p in found] == [(f"r{j}:{b}>{a}", "two", "one")]
+    assert recorded_sessions(store, store.get_run(run)) == [session_id]
