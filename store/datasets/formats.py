@@ -41,7 +41,9 @@ _FAMILY = {"stance-json": "stance", "trl-standard": "standard", "hh": "standard"
 _EXPECTED = (
     "expected one of: stance-json {id, prompt, support, oppose}; trl-standard {prompt, chosen, rejected} "
     "strings (prompt optional); trl-conversational {prompt, chosen, rejected} message lists; hh {chosen, "
-    "rejected} Human/Assistant transcripts"
+    "rejected} Human/Assistant transcripts; trl-unpaired {prompt, completion, label}; trl-prompt-completion "
+    "{prompt, completion}; trl-messages {messages}; helpsteer {prompt, response, a 0-4 column per attribute}; "
+    "ranking-raw {prompt, responses, ranking}"
 )
 _SHOWN_PROBLEMS = 10
 
@@ -129,11 +131,6 @@ def detect_schema(path: Path, where: str, record: Any) -> str:
         raise DatasetImportError(
             f"{path} looks like a test-prompt file ({where} has only id and prompt): import the labelled "
             "items and pass this file with --test-prompts."
-        )
-    if schema == "unpaired":
-        raise DatasetImportError(
-            f"{path}: unpaired preference data (prompt, completion, label) is not supported; the studio "
-            "imports pairs (chosen and rejected) and labelled stance items."
         )
     raise DatasetImportError(f"{path}: unknown schema: {where} has fields {_fields(record)}; {_EXPECTED}.")
 
