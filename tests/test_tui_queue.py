@@ -68,7 +68,7 @@ async def test_queue_mode_judges_one_key_per_item_while_the_rest_generates(store
         candidates = store.candidates(first.prompt_id)
         assert [p.text for p in screen.panels[:2]] == [c.text for c in candidates]
         assert [p.display for p in screen.panels] == [True, True, False, False]
-        assert "1 A better · 2 B better · t tie · x both bad" in shown(screen, "#queue-hint")
+        assert "1 A better · 2 B better · t tie · x both bad" in shown(screen, "#queue-bar")
         await pilot.press("1")
         (judgement,) = store.judgements()
         assert (judgement.prompt_id, judgement.verdict, judgement.source) == (first.prompt_id, "a", "queue")
@@ -100,11 +100,12 @@ async def test_ranking_three_with_undo_and_thumbs_on_one(store, default_model, e
     async with app.run_test(size=(120, 36)) as pilot:
         screen = await open_queue(app, pilot)
         assert [p.display for p in screen.panels] == [True, True, True, False]
-        assert "numbers best first" in shown(screen, "#queue-hint")
+        assert "press 1–3 best first" in shown(screen, "#queue-bar")
         await pilot.press("enter")  # nothing ranked yet: says what to do, stores nothing
         assert store.judgements() == [] and any("best first" in n for n in app.notices)
         await pilot.press("3", "1", "3")  # a repeated number is ignored
         assert [p.border_title for p in screen.panels[:3]] == ["A · 2nd", "B", "C · 1st"]
+        assert shown(screen, "#queue-bar").startswith("ranking: C > A > B")
         await pilot.press("backspace", "2")
         assert [p.border_title for p in screen.panels[:3]] == ["A", "B · 2nd", "C · 1st"]
         await pilot.press("enter")
@@ -112,7 +113,7 @@ async def test_ranking_three_with_undo_and_thumbs_on_one(store, default_model, e
         (ranking,) = store.rankings(ranked.prompt_id)
         assert ranking.order[:2] == [ids[2], ids[1]] and not ranking.all_bad
         assert screen.entry.item.id == thumbed.id and [p.display for p in screen.panels] == [True, False, False, False]
-        assert "+ good · - bad" in shown(screen, "#queue-hint")
+        assert "+ good · - bad" in shown(screen, "#queue-bar")
         await pilot.press("minus")
         verdicts = [(j.prompt_id, j.verdict) for j in store.judgements()]
         assert verdicts == [(ranked.prompt_id, "ranked"), (thumbed.prompt_id, "bad")]
@@ -156,7 +157,7 @@ async def test_a_busy_database_keeps_the_verdict_says_so_and_saves_it_when_free(
         try:
             await pilot.press("1")
             assert any("your judgement is kept" in n for n in app.notices)
-            assert shown(screen, "#queue-hint") == SAVING_TEXT and screen.entry.item.id == first.id
+            assert shown(screen, "#queue-bar") == SAVING_TEXT and screen.entry.item.id == first.id
             await pilot.press("2")  # no other verdict is taken while one is saving
             await pilot.pause(1.5)  # longer than one retry: still kept, the app still up
             assert app.is_running and screen.entry.item.id == first.id

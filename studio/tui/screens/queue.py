@@ -1,22 +1,23 @@
 """Queue mode: the next queued prompt with its candidates already there, judged with one key.
 
-A client of ``studio.labelling_queue``. The screen shows the oldest generated, unjudged item; the keys
-depend on how many candidates it has (N = 1: + / -, N = 2: 1 / 2 / t / x, N ≥ 3: the numbers best first,
-backspace undoes, enter commits, x all bad). Each verdict is one committed judgement and the next item shows
-at once (on a busy database the verdict is kept and retried in a worker, as on the chat screen). Meanwhile a thread worker generates the rest of the queue (``QueueGenerator``: one transaction per
-prompt; ``g`` pauses and resumes, leaving the screen stops it at the next token; a restart goes on with the
-rest). Progress (generated / left, judged / left, items per minute) stays on screen.
+A client of ``studio.labelling_queue``. The screen shows the oldest generated, unjudged item; its keys are
+the chat's judge bar (``widgets/judge_bar.py``) in the mode the item's number of candidates calls for (N = 1:
++ / -, N = 2: 1 / 2 / t / x, N ≥ 3: the numbers best first, shown on the panels, backspace undoes, enter
+commits, x all bad). Each verdict is one committed judgement and the next item shows at once (on a busy
+database the verdict is kept and retried in a worker, as on the chat screen). Meanwhile a thread worker
+generates the rest of the queue (``QueueGenerator``: one transaction per prompt; ``g`` pauses and resumes,
+leaving the screen stops it at the next token; a restart goes on with the rest). Progress (generated / left,
+judged / left, items per minute) stays on screen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.events import Key
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 from textual.worker import Worker, get_current_worker
@@ -33,22 +34,38 @@ from studio.labelling_queue import (
     progress_line,
 )
 from studio.tui.widgets.candidate_panel import CandidatePanel
+from studio.tui.widgets.judge_bar import JudgeBar
 
 MAX_SLOTS = 4
 FIRST_SAVE_WAIT_S = 0.1  # how long a verdict waits on a busy database on the UI thread before a worker takes over
 SAVE_RETRY_WAIT_S = 1.0  # each retry in the worker; between them it checks whether it was cancelled
 SAVING_TEXT = "saving your judgement: database busy, retrying…"
-HINTS = {
-    1: "+ good · - bad · g pause/resume generation · escape back to the chat",
-    2: "1 A better · 2 B better · t tie · x both bad · g pause/resume generation · escape back",
-}
-RANK_HINT = "numbers best first · backspace undo · enter commit · x all bad · g pause/resume · escape back"
 EMPTY_TEXT = ("Nothing to judge yet. Queue prompts with `prefstudio queue add --prompts FILE -n 4` "
               "(or the palette's \"Queue prompt bank\"); generation runs here in the background.")
 
 
-def ordinal(place: int) -> str:
-    return {1: "1st", 2: "2nd", 3: "3rd"}.get(place, f"{place}th")
+
+
+class QueueJudgeBar(JudgeBar):
+    """The chat's judge bar with the queue's keys: every mode's verdicts; regenerating, editing, rating and the
+    input are the chat's (a queued item is judged as generated)."""
+
+    _CHAT_ONLY = frozenset({"regenerate", "edit", "rate", "input", "highlight_prev", "highlight_next"})
+
+    @property
+    def hint(self) -> str:
+        if self.mode == "label":
+            keys = "+ good · - bad"
+        elif self.mode == "pair":
+            keys = "1 A better · 2 B better · t tie · x both bad"
+        else:
+            keys = f"rank: press 1–{self.ranking.size} best first (backspace undoes, enter commits) · x all bad"
+        return f"{keys} · g pause/resume generation · escape back"
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "judge" and parameters and parameters[0] in self._CHAT_ONLY:
+            return False
+        return super().check_action(action, parameters)
 
 
 class QueueScreen(Screen):
@@ -61,13 +78,12 @@ class QueueScreen(Screen):
     DEFAULT_CSS = """
     QueueScreen #queue-prompt { height: auto; max-height: 8; border: round $panel-lighten-2; padding: 0 1; }
     QueueScreen #queue-candidates { height: 1fr; }
-    QueueScreen #queue-hint, QueueScreen #queue-progress { height: 1; padding: 0 1; }
+    QueueScreen #queue-bar, QueueScreen #queue-progress { height: 1; padding: 0 1; }
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.entry: QueueEntry | None = None
-        self.ranking: list[int] = []  # slots best first, while ranking 3–4 candidates
         self.judge_rate = RateMeter()
         self.generator: QueueGenerator | None = None
         self._worker: Worker[None] | None = None
@@ -81,7 +97,7 @@ class QueueScreen(Screen):
             with Horizontal(id="queue-candidates"):
                 for slot in range(MAX_SLOTS):
                     yield CandidatePanel(slot, id=f"queue-candidate-{slot}")
-            yield Static("", id="queue-hint", markup=False)
+            yield QueueJudgeBar("", id="queue-bar")
             yield Static("", id="queue-progress", markup=False)
         yield Footer()
 
@@ -95,19 +111,24 @@ class QueueScreen(Screen):
     def panels(self) -> list[CandidatePanel]:
         return list(self.query(CandidatePanel))
 
+    @property
+    def bar(self) -> QueueJudgeBar:
+        return self.query_one("#queue-bar", QueueJudgeBar)
+
     # --- showing ---
 
     def show_next(self) -> None:
         """The oldest generated, unjudged item, or the empty state."""
         entries = next_entries(self.app.store, limit=1)
         self.entry = entries[0] if entries else None
-        self.ranking = []
         prompt = self.query_one("#queue-prompt", Static)
+        for panel in self.panels:
+            panel.show_place(None)
         if self.entry is None:
             prompt.update(EMPTY_TEXT)
             for panel in self.panels:
                 panel.display = False
-            self.query_one("#queue-hint", Static).update("")
+            self.bar.update("")
         else:
             prompt.update(self.entry.item.text)
             prompt.border_subtitle = self.entry.item.origin
@@ -117,15 +138,10 @@ class QueueScreen(Screen):
                 if panel.slot < n:
                     candidate = self.entry.candidates[panel.slot]
                     panel.finish(candidate.text, f"seed {candidate.seed}")
-            self.query_one("#queue-hint", Static).update(HINTS.get(n, RANK_HINT))
-            self._show_ranking()
+            self.bar.set_candidates(n)
+            self.bar.update(self.bar.hint)
+            self.bar.focus()
         self.update_progress()
-
-    def _show_ranking(self) -> None:
-        for panel in self.panels:
-            place = self.ranking.index(panel.slot) + 1 if panel.slot in self.ranking else None
-            panel.border_title = panel.letter + (f" · {ordinal(place)}" if place else "")
-            panel.highlighted = place is not None
 
     def update_progress(self) -> None:
         counts = self.app.store.queue_counts()
@@ -137,36 +153,39 @@ class QueueScreen(Screen):
 
     # --- judging ---
 
-    def on_key(self, event: Key) -> None:
+    @on(JudgeBar.Action)
+    def judge_action(self, event: JudgeBar.Action) -> None:
         entry = self.entry
         if entry is None or self.saving:
             return
-        n, key, char = len(entry.candidates), event.key, event.character
         judge = QueueJudge(self.app.store)
-        if n == 1 and char in ("+", "-"):
-            self._record(lambda: judge.label(entry, good=char == "+"))
-        elif n == 2 and key in ("1", "2"):
-            self._record(lambda: judge.prefer(entry, int(key) - 1))
-        elif n == 2 and key == "t":
+        action = event.action
+        if action in ("good", "bad"):
+            self._record(lambda: judge.label(entry, good=action == "good"))
+        elif action in ("a", "b"):
+            self._record(lambda: judge.prefer(entry, 0 if action == "a" else 1))
+        elif action == "tie":
             self._record(lambda: judge.tie(entry))
-        elif key == "x":
+        elif action in ("both_bad", "all_bad"):
             self._record(lambda: judge.all_bad(entry))
-        elif n >= 3 and key.isdigit() and 1 <= int(key) <= n:
-            if int(key) - 1 not in self.ranking:
-                self.ranking.append(int(key) - 1)
-                self._show_ranking()
-        elif n >= 3 and key == "backspace" and self.ranking:
-            self.ranking.pop()
-            self._show_ranking()
-        elif n >= 3 and key == "enter":
-            if not self.ranking:
-                self.app.notify("Press the candidates' numbers best first, then enter (x: all bad).")
-            else:
-                order = list(self.ranking)
-                self._record(lambda: judge.rank(entry, order))
-        else:
+
+    @on(JudgeBar.RankingChanged)
+    def show_ranking(self, event: JudgeBar.RankingChanged) -> None:
+        """The order typed so far shows on the panels ("A · 1st") as each number is pressed."""
+        for panel in self.panels:
+            panel.show_place(event.order.index(panel.slot) if panel.slot in event.order else None)
+
+    @on(JudgeBar.RankingCommitted)
+    def commit_ranking(self, event: JudgeBar.RankingCommitted) -> None:
+        entry = self.entry
+        if entry is None or self.saving:
             return
-        event.stop()
+        if not event.order:
+            self.app.notify("Press the candidates' numbers best first, then enter (x: all bad).", severity="warning")
+            return
+        order = list(event.order)
+        judge = QueueJudge(self.app.store)
+        self._record(lambda: judge.rank(entry, order))
 
     def _record(self, write: Callable[[], int]) -> None:
         """Store a verdict: a short wait on the UI thread, then (database busy) kept and retried in a worker
@@ -176,7 +195,7 @@ class QueueScreen(Screen):
                 write()
         except StoreBusyError:
             self.saving = True
-            self.query_one("#queue-hint", Static).update(SAVING_TEXT)
+            self.bar.update(SAVING_TEXT)
             self.app.notify("The database is busy (another program is writing): your judgement is kept and "
                             "saved as soon as it is free.", severity="warning", timeout=8)
             self.save_when_free(write)
