@@ -752,3 +752,18 @@ def test_cli_skip_bad(tmp_path: Path, hh_public_file: Path) -> None:
     done = CliRunner().invoke(app, ["import", str(path), "--skip-bad"])
     assert done.exit_code == 0, done.output
     assert f"stored {HH_RECORDS - 8} pairs" in done.output and "1 with malformed JSON (line 300)" in done.output
+
+
+def test_skip_bad_on_the_chunked_path_names_lines_across_chunks(store: Store, tmp_path: Path) -> None:
+    path = tmp_path / "big.jsonl"
+    lines = [json.dumps({"prompt": f"Prompt {i} " + "x" * 40, "chosen": f"good {i}", "rejected": f"bad {i}"}) + "\n"
+             for i in range(30_000)]  # about 2.3 MB: several Arrow chunks
+    lines[24_999] = '{"prompt": "P", "chosen": "a", "rejected": \n'
+    lines[29_999] = json.dumps({"prompt": "P", "chosen": 7, "rejected": "b"}) + "\n"
+    path.write_text("".join(lines))
+    assert path.stat().st_size > 2 << 20
+    assert "malformed JSON at line 25000" in import_error(store, path)
+    report = import_dataset(store, path, skip_bad=True)
+    assert (report.n_added, report.n_skipped) == (29_998, 2)
+    assert {group.reason: group.places for group in report.skips} == {
+        "malformed JSON": ("line 25000",), "fields that are not text": ("line 30000: chosen (int)",)}
