@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from textual.widgets import Input
 
 from store.database import integrity_ok
 from store.studio_store import Store
@@ -22,6 +23,7 @@ from studio.inference.engine import SamplingSettings
 from studio.labelling_queue import QueueGenerator
 from studio.settings import StudioSettings
 from studio.tui.app import PreferenceStudioApp
+from studio.tui.screens.modals import NameScreen
 from studio.tui.screens.queue import EMPTY_TEXT, SAVING_TEXT, QueueScreen
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -187,6 +189,30 @@ async def test_queueing_a_prompt_bank_from_the_palette_opens_queue_mode_and_gene
         assert store.get_session(queue_id).system_prompt == app.current_system_prompt
         await wait_for(pilot, lambda: app.screen.entry is not None, timeout=60)  # generated in the background
         assert app.screen.entry.item.text == bank.prompts[0]
+
+
+async def test_queueing_a_prompts_file_from_the_palette_names_a_bad_line_and_queues_a_good_file(
+        store, default_model, engine, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": [}\n', encoding="utf-8")
+    good = tmp_path / "good.txt"
+    good.write_text("Name a colour.\nName a fruit.\n", encoding="utf-8")
+    app = make_app(store, default_model, engine)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None)
+        for path in (bad, good):
+            (command,) = [c for c in app.get_system_commands(app.screen) if c.title == "Queue prompts from a file…"]
+            command.callback()
+            await wait_for(pilot, lambda: isinstance(app.screen, NameScreen) and bool(app.screen.query(Input)))
+            app.screen.query_one(Input).value = str(path)
+            await pilot.press("enter")
+            await pilot.pause()
+            if path is bad:
+                assert any("Not queued:" in n and "bad.jsonl line 2 is not valid JSON" in n for n in app.notices)
+                assert store.queue_counts().total == 0 and not isinstance(app.screen, QueueScreen)
+        await wait_for(pilot, lambda: isinstance(app.screen, QueueScreen))
+        assert any("Queued 2 prompt(s) of good.txt with 2 candidate(s)" in n for n in app.notices)
+        assert [i.text for i in store.queue_items()] == ["Name a colour.", "Name a fruit."]
 
 
 # argv: db, model, mode ("timer" or "after-commit"). Judges the first item, prints "ack <judgement id>" for what

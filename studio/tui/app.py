@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,17 +147,34 @@ class PreferenceStudioApp(App[None]):
             self.push_screen(QueueScreen())
 
     def queue_bank(self, bank: PromptBank) -> None:
-        """Queue a bank's prompts (N = the chat's candidates, its system prompt), then open queue mode."""
-        from studio.labelling_queue import QueueError, enqueue, prompts_from_bank
+        from studio.labelling_queue import prompts_from_bank
+
+        self.queue_prompts(lambda: prompts_from_bank(bank.path.stem), bank.name)
+
+    def action_queue_file(self) -> None:
+        """Ask for a prompts file (as ``--prompts`` reads it), queue it, open queue mode."""
+        from studio.labelling_queue import prompts_from_file
+        from studio.tui.screens.modals import NameScreen
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self.queue_prompts(lambda: prompts_from_file(Path(path).expanduser()), Path(path).name)
+
+        self.push_screen(NameScreen("Queue prompts from a file", "prompts.txt (one per line), .jsonl or .json"),
+                         chosen)
+
+    def queue_prompts(self, load: Callable[[], list[tuple[str, str]]], what: str) -> None:
+        """Queue prompts (N = the chat's candidates, its system prompt), then open queue mode; a file or bank
+        that cannot be read is named with the problem and nothing is queued."""
+        from studio.labelling_queue import QueueError, enqueue
 
         n = max(1, min(self.settings.candidates, 4))
         try:
-            queue_id, counts = enqueue(self.store, prompts_from_bank(bank.path.stem), n, self.current_system_prompt,
-                                       self.settings.model.name)
+            queue_id, counts = enqueue(self.store, load(), n, self.current_system_prompt, self.settings.model.name)
         except (QueueError, ValueError) as exc:
             self.notify(f"Not queued: {exc}", severity="error", timeout=10)
             return
-        self.notify(f"Queued {counts.added} prompt(s) of {bank.name} with {n} candidate(s) each in queue "
+        self.notify(f"Queued {counts.added} prompt(s) of {what} with {n} candidate(s) each in queue "
                     f"{queue_id}" + (f" ({counts.already_queued} already queued)." if counts.already_queued else "."))
         self.action_queue()
 
@@ -343,6 +360,8 @@ class PreferenceStudioApp(App[None]):
             yield SystemCommand(f"Queue prompt bank: {escape(bank.name)}",
                                 f"Generate candidates for its {len(bank.prompts)} prompts in the background",
                                 lambda bank=bank: self.queue_bank(bank))
+        yield SystemCommand("Queue prompts from a file…", "A prompts file (.txt, .jsonl, .json) into the labelling "
+                            "queue", self.action_queue_file)
         yield SystemCommand("DPO exercise", "Labelled stance data, support ratio, data size, epochs (F8)",
                             self.action_exercise)
         yield SystemCommand("Switch adapter", "Base → newest run → … (F7)", self.action_cycle_adapter)
