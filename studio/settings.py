@@ -6,6 +6,8 @@ The config file is ``config.toml`` in the user config dir (``prefstudio doctor``
     n_ctx = 4096
     threads = 2
     system_prompt = "You are a concise, friendly assistant."
+    candidates = 3            # per prompt in the studio: 1 thumbs, 2 pick the better, 3–4 rank
+    attributes = "quality,helpfulness,humor"   # what `a` rates (0–4); or a preset: "steerlm", "helpsteer", "oasst"
 
     [sampling]
     temperature = 0.7
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from store.locations import config_dir, default_db_path
+from studio.attributes import DEFAULT_ATTRIBUTES, AttributeSetError, attribute_set
 from studio.inference.engine import SamplingSettings
 from studio.inference.model_files import BUNDLED_MODELS, unknown_model_message
 from trainers.prompt_format import PROMPT_FORMAT_NAMES, PromptFormatName
@@ -46,7 +49,9 @@ class StudioSettings:
     threads: int | None = None
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
-    candidates: int = 2
+    candidates: int = 2  # per prompt in the studio, 1–4: thumbs on one, a preference of two, a ranking of more
+    # what `a` rates a reply on (0–4 each): a preset name or names in the config (``attributes = "oasst"``)
+    attributes: tuple[str, ...] = DEFAULT_ATTRIBUTES
     seed: int | None = None  # None: a fresh random seed per candidate; else seed, seed+1, … (demos, tests)
     # "auto": the model's own chat template if it has one; "transcript": the plain transcript even then (the way
     # past a model whose template cannot render: never chosen for the user, who must ask for it).
@@ -76,12 +81,23 @@ def check_count(name: str, value: object, minimum: int, where: str) -> int:
     return value  # type: ignore[return-value]
 
 
-def check_prompt_format(value: object, where: str) -> PromptFormatName:
-    """``value`` as a prompt format name, else SettingsError naming ``where`` (a flag or key) and the choices."""
-    for name in PROMPT_FORMAT_NAMES:
-        if value == name:
-            return name
-    raise SettingsError(f"{where} must be one of {', '.join(PROMPT_FORMAT_NAMES)}, got {value!r}")
+MAX_CANDIDATES = 4  # the chat screen lays out at most four candidates side by side
+
+
+def check_candidates(value: object, where: str) -> int:
+    """The studio's candidates per prompt, 1–4, else SettingsError naming ``where`` (a flag or key)."""
+    if not _is_int(value) or not 1 <= value <= MAX_CANDIDATES:  # type: ignore[operator]
+        raise SettingsError(f"{where} must be a whole number from 1 to {MAX_CANDIDATES} (1: thumbs on one reply, "
+                            f"2: pick the better, 3–4: rank them), got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_attributes(value: object, where: str) -> tuple[str, ...]:
+    """An attribute set (a preset name, comma-separated names, or a list), else SettingsError naming ``where``."""
+    try:
+        return attribute_set(value, where)  # type: ignore[arg-type]
+    except AttributeSetError as exc:
+        raise SettingsError(str(exc)) from exc
 
 
 def model_choice(text: str, where: str) -> dict[str, Path | str | None]:
@@ -101,6 +117,14 @@ def model_choice(text: str, where: str) -> dict[str, Path | str | None]:
     if looks_like_a_name and not path.exists():
         raise SettingsError(f"{where}: {unknown_model_message(text)}")
     return {"model": path, "model_name": None}
+
+
+def check_prompt_format(value: object, where: str) -> PromptFormatName:
+    """``value`` as a prompt format name, else SettingsError naming ``where`` (a flag or key) and the choices."""
+    for name in PROMPT_FORMAT_NAMES:
+        if value == name:
+            return name
+    raise SettingsError(f"{where} must be one of {', '.join(PROMPT_FORMAT_NAMES)}, got {value!r}")
 
 
 def _sampling(path: Path, value: object) -> SamplingSettings:
@@ -164,6 +188,10 @@ def _from_toml(path: Path) -> dict:
             out[key] = _sampling(path, value)
         elif key == "seed":
             out[key] = check_count(key, value, 0, f"{path}: seed")
+        elif key == "candidates":
+            out[key] = check_candidates(value, f"{path}: candidates")
+        elif key == "attributes":
+            out[key] = check_attributes(value, f"{path}: attributes")
         elif key in _COUNT_MINIMUMS:
             out[key] = check_count(key, value, _COUNT_MINIMUMS[key], f"{path}: {key}")
         elif key == "prompt_format":
@@ -210,6 +238,10 @@ def load_settings(path: Path | None = None, **overrides) -> StudioSettings:
         chosen["model_name"] = None
     if "prompt_format" in chosen:
         chosen["prompt_format"] = check_prompt_format(chosen["prompt_format"], "--prompt-format")
+    if "candidates" in chosen:
+        chosen["candidates"] = check_candidates(chosen["candidates"], "--candidates")
+    if "attributes" in chosen:
+        chosen["attributes"] = check_attributes(chosen["attributes"], "--attributes")
     for key, (flag_name, minimum) in _FLAG_MINIMUMS.items():
         if key in chosen:
             check_count(key, chosen[key], minimum, flag_name)

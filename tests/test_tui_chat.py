@@ -148,6 +148,10 @@ async def test_edit_writes_a_better_reply_that_becomes_chosen(make_app):
         judgement = app.store.judgements()[0]
         assert judgement.verdict == "edited" and judgement.edited_text == " Blue, on a clear day."
         assert {p.chosen for p in app.store.pairs()} == {" Blue, on a clear day."}
+        # and a demonstration of that prompt, based on the reply it started from
+        (demo,) = app.store.demonstrations(prompt_id=judgement.prompt_id)
+        assert (demo.text, demo.based_on_candidate_id) == (" Blue, on a clear day.", judgement.chosen_candidate_id)
+        assert judgement.chosen_candidate_id == app.store.candidates(judgement.prompt_id)[1].id
         assert app.store.turns(session_id(app))[-1].content == "Blue, on a clear day."
         assert chat.query(ConversationTurn)[-1].text == "Blue, on a clear day."
 

@@ -52,6 +52,12 @@ def main_callback(
     model: Annotated[str | None, typer.Option("--model", help=MODEL_HELP)] = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", help="Context length in tokens.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: chosen for this CPU).")] = None,
+    candidates: Annotated[int | None, typer.Option(
+        "--candidates", help="Candidates per prompt in the studio, 1–4: 1 thumbs up/down, 2 pick the better, 3–4 "
+        "rank them (default 2; F10 in the chat changes it).")] = None,
+    attributes: Annotated[str | None, typer.Option(
+        "--attributes", help="What `a` rates a reply on (0–4 each): names separated by commas, or a preset: "
+        "steerlm (default: quality,helpfulness,correctness,humor,toxicity), helpsteer, oasst.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Config TOML (default: user config dir).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Base seed: candidates get seed, seed+1, … (reproducible demos).")] = None,
     prompt_format: Annotated[str | None, typer.Option("--prompt-format", help="auto (the model's chat template if it has one) or transcript (plain User:/Assistant: text, e.g. for a model whose template fails).")] = None,
@@ -60,7 +66,8 @@ def main_callback(
     with user_errors():
         state.settings = load_settings(
             config, db=db.expanduser() if db else None, model=model,
-            n_ctx=n_ctx, threads=threads, seed=seed, prompt_format=prompt_format,
+            n_ctx=n_ctx, threads=threads, seed=seed, prompt_format=prompt_format, candidates=candidates,
+            attributes=attributes,
         )
     if ctx.invoked_subcommand is None:
         run_tui()

@@ -1,13 +1,21 @@
-"""The chat screen: prompt → two streaming candidates → one key records the preference.
+"""The chat screen: prompt → 1–4 streaming candidates → one key (or a typed ranking) records the verdict.
+
+One candidate is a plain chat with thumbs (``+`` / ``-``), two a preference (``1`` / ``2``), three or four a
+ranking typed best first (``studio/tui/widgets/judge_bar.py`` holds the keys of each mode); F10 or the
+palette changes the number between prompts. ``a`` rates the highlighted reply on the session's attributes
+(``studio/attributes.py``), ``e`` edits it (stored as an edited judgement and a demonstration).
 
 A thin client of ``studio.judging.JudgingSession``, which decides what is generated and stored: this screen
 lays out, maps keys to judgements, runs the session's generation and every store write that may wait on a
 busy database in workers, and shows the results.
 
 States: ``loading`` (model not ready) → ``input`` → ``generating`` → ``judging`` (→ ``saving``) → ``input`` …
+(``layout`` while F10 changes the number of panels, between prompts.)
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -32,17 +40,21 @@ from studio.tui.messages import (
 from studio.tui.screens.modals import ErrorScreen, NameScreen, TextEditScreen
 from studio.tui.widgets.candidate_panel import CandidatePanel
 from studio.tui.widgets.conversation_turn import ConversationTurn
-from studio.tui.widgets.judge_bar import JudgeBar
+from studio.tui.widgets.judge_bar import JudgeBar, judge_hint, verdict_mode
+from studio.tui.widgets.ranking_input import letter
+from studio.tui.widgets.rating_row import RatingRow
 from trainers.prompt_format import ChatTurn
 
 FIRST_SAVE_WAIT_S = 0.1  # how long the UI thread waits on a busy database before a worker takes over
 SAVE_RETRY_WAIT_S = 1.0  # each retry in the worker; between them it checks whether it was cancelled
-JUDGE_HINT = "1 A better · 2 B better · t tie · x both bad · r regenerate · e edit (◀ ▶ pick) · i input"
+JUDGE_HINT = judge_hint("pair")  # two candidates, the default
+MIN_CANDIDATES, MAX_CANDIDATES = 1, 4  # the panels the screen lays out side by side
 
 
 class ChatScreen(Screen):
     BINDINGS = [
         Binding("escape", "cancel_generation", "Stop", show=False),
+        Binding("f10", "cycle_candidates", "Candidates"),
     ]
 
     def __init__(self) -> None:
@@ -80,6 +92,7 @@ class ChatScreen(Screen):
             n_candidates=settings.candidates, base_seed=settings.seed, source="tui", engine=self.app.engine,
         )
         self.panels[0].highlighted = True
+        self.query_one("#judge-bar", JudgeBar).set_candidates(settings.candidates)
         self._update_counter()
         self.query_one("#notice", Static).display = False
         self.query_one("#engine-status", Static).update("loading model…")
@@ -285,7 +298,8 @@ class ChatScreen(Screen):
             self.panels[slot].finish(gen.text, f"seed {gen.seed} · {gen.n_tokens} tok · {gen.duration_s:.1f} s")
         self.state = "judging"
         bar = self.query_one("#judge-bar", JudgeBar)
-        bar.update(JUDGE_HINT)
+        bar.clear_ranking()
+        bar.update(bar.hint)
         bar.focus()
 
     def action_cancel_generation(self) -> None:
@@ -318,6 +332,7 @@ class ChatScreen(Screen):
         if self.state != "judging" or self.round is None:
             return
         round_ = self.round
+        bar = self.query_one("#judge-bar", JudgeBar)
         if action in ("highlight_prev", "highlight_next"):
             current = self._highlighted()
             step = -1 if action == "highlight_prev" else 1
@@ -327,6 +342,14 @@ class ChatScreen(Screen):
             self.start_generation(round_.user_text)
         elif action == "edit":
             self._edit_reply(round_)
+        elif action == "rate":
+            self._open_rating(round_)
+        elif action in ("good", "bad"):
+            self._record(round_, Judgement.label(0, good=action == "good"))
+        elif action == "all_bad":
+            bar.clear_ranking()
+            self._record(round_, Judgement.all_bad())
+            bar.update("All bad, recorded. r regenerate · e write a better one · a rate · i move on (no reply kept)")
         elif action in ("a", "b"):
             picked = 0 if action == "a" else 1
             self._record(round_, Judgement.prefer(chosen=picked, rejected=1 - picked))
@@ -338,9 +361,22 @@ class ChatScreen(Screen):
                         f"{self.panels[picked].letter}'s reply.")
         elif action == "both_bad":
             self._record(round_, Judgement.both_bad())
-            self.query_one("#judge-bar", JudgeBar).update(
-                "Both bad, recorded. r regenerate · e write a better one · i move on (no reply kept)"
-            )
+            bar.update("Both bad, recorded. r regenerate · e write a better one · i move on (no reply kept)")
+
+    @on(JudgeBar.RankingChanged)
+    def show_ranking(self, event: JudgeBar.RankingChanged) -> None:
+        """The order typed so far shows on the panels ("A · 1st") as each number is pressed."""
+        for panel in self.panels:
+            panel.show_place(event.order.index(panel.slot) if panel.slot in event.order else None)
+
+    @on(JudgeBar.RankingCommitted)
+    def commit_ranking(self, event: JudgeBar.RankingCommitted) -> None:
+        if self.state != "judging" or self.round is None:
+            return
+        if not event.order:
+            self.notify("Press the candidates' numbers best first, then enter (x: all bad).", severity="warning")
+            return
+        self._record(self.round, Judgement.ranking(event.order))
 
     _busy_shown = False  # the "database busy" notice is up
 
@@ -396,6 +432,7 @@ class ChatScreen(Screen):
         if self.round is not round_:  # the screen moved on while it waited (a new session): nothing to continue
             return
         self.state = "judging"
+        self.query_one("#judge-bar", JudgeBar).clear_ranking()  # stored: the panels lose their places
         reply = judgement.continuing_reply(round_)
         if reply is not None:
             self._continue_with(round_, reply)
@@ -403,12 +440,15 @@ class ChatScreen(Screen):
     def _judgement_failed(self, error: str) -> None:
         self._saving_notice(False)
         self.state = "judging"  # the verdict was not stored: the same keys try again
-        self.query_one("#judge-bar", JudgeBar).update(JUDGE_HINT)
+        bar = self.query_one("#judge-bar", JudgeBar)
+        bar.clear_ranking()
+        bar.update(bar.hint)
         self.app.push_screen(ErrorScreen("The judgement was not saved", error))
 
     def _edit_reply(self, round_: Round) -> None:
         base = self._highlighted()
         letter = self.panels[base].letter
+        single = len(round_.candidate_ids) == 1
 
         def save(text: str | None) -> None:
             if text is None or self.round is not round_:
@@ -417,12 +457,99 @@ class ChatScreen(Screen):
 
         self.app.push_screen(
             TextEditScreen(
-                f"Write the better reply (starting from {letter})",
+                "Correct the reply" if single else f"Write the better reply (starting from {letter})",
                 round_.reply(base).strip(),
-                "Your text is stored as a demonstration and becomes the chosen side.",
+                "Your text is stored as a demonstration and continues the conversation"
+                + ("." if single else "; it becomes the chosen side."),
             ),
             save,
         )
+
+    # --- attribute ratings ---
+
+    def _open_rating(self, round_: Round) -> None:
+        """A rating row under the highlighted reply; one 0–4 value per attribute of the session's set."""
+        slot = self._highlighted()
+        for panel in self.panels:
+            panel.close_rating()
+        row = self.panels[slot].open_rating(self.app.settings.attributes)
+        self.call_after_refresh(row.focus)
+
+    @on(RatingRow.Cancelled)
+    def rating_closed(self, event: RatingRow.Cancelled) -> None:
+        event.stop()
+        event.row.remove()
+        self.query_one("#judge-bar", JudgeBar).focus()
+
+    @on(RatingRow.Saved)
+    def rating_saved(self, event: RatingRow.Saved) -> None:
+        event.stop()
+        round_ = self.round
+        if not event.ratings:
+            self.notify("Set at least one value (↑↓ or 0–4) before enter, or escape to close.", severity="warning")
+            return
+        if round_ is None or not round_.stored:
+            return
+        event.row.remove()
+        self.query_one("#judge-bar", JudgeBar).focus()
+        self._save_ratings(round_, event.slot, event.ratings)
+
+    @work(thread=True, group="save-ratings", exit_on_error=False)
+    def _save_ratings(self, round_: Round, slot: int, ratings: dict[str, int]) -> None:
+        """Ratings wait for a busy database in a worker, never on the UI thread; they are kept until stored."""
+        worker = get_current_worker()
+        told = False
+        while not worker.is_cancelled:
+            try:
+                self.session.rate(round_, slot, ratings, wait_at_most_s=SAVE_RETRY_WAIT_S)
+            except StoreBusyError:
+                if not told:
+                    told = True
+                    self.app.call_from_thread(self.notify, "database busy: your ratings are kept and will be saved "
+                                              "when it is free", severity="warning")
+                continue
+            except (StoreError, ValueError) as exc:
+                self.app.call_from_thread(self.app.push_screen, ErrorScreen("The ratings were not saved", str(exc)))
+                return
+            values = ", ".join(f"{name} {value}" for name, value in ratings.items())
+            self.app.call_from_thread(self.notify, f"Ratings saved for {letter(slot)}: {values}.")
+            return
+
+    # --- how many candidates (F10, the palette) ---
+
+    def action_cycle_candidates(self) -> None:
+        n = self.session.n_candidates
+        self.set_candidates(n % MAX_CANDIDATES + MIN_CANDIDATES)
+
+    def set_candidates(self, n: int) -> bool:
+        """Answer every prompt with ``n`` candidates from now on (1–4); between prompts only, since the
+        panels on screen belong to the round being judged. False (with a notice) when refused."""
+        if not MIN_CANDIDATES <= n <= MAX_CANDIDATES:
+            self.notify(f"The studio shows {MIN_CANDIDATES} to {MAX_CANDIDATES} candidates, not {n}.",
+                        severity="warning")
+            return False
+        if self.state not in ("input", "loading"):
+            self.notify("Change the number of candidates between prompts: judge this one (or press i) first.",
+                        severity="warning")
+            return False
+        self.session.n_candidates = n
+        self.app.settings = replace(self.app.settings, candidates=n)  # a new session (ctrl+n) keeps it
+        self.query_one("#judge-bar", JudgeBar).set_candidates(n)
+        # No prompt is sent while the panels change (the old ones leave the screen before the new arrive).
+        state_before, self.state = self.state, "layout"
+        self.call_later(self._lay_out_panels, n, state_before)
+        how = {"label": "a plain chat: + good, - bad", "pair": "1 / 2 picks the better",
+               "rank": f"rank them: press 1–{n} best first, enter"}[verdict_mode(n)]
+        self.notify(f"{n} candidate{'s' if n > 1 else ''} per prompt from now on ({how}).")
+        return True
+
+    async def _lay_out_panels(self, n: int, state_before: str) -> None:
+        box = self.query_one("#candidates", Horizontal)
+        await box.remove_children()
+        await box.mount_all([CandidatePanel(slot, id=f"candidate-{slot}") for slot in range(n)])
+        self.panels[0].highlighted = True
+        if self.state == "layout":
+            self.state = state_before
 
     def _continue_with(self, round_: Round, reply: str) -> None:
         """The chosen reply (stored as the assistant turn with the judgement) continues the conversation."""
@@ -445,6 +572,8 @@ class ChatScreen(Screen):
         if self.app.engine is None:
             return
         self.state = "input"
+        for panel in self.panels:
+            panel.close_rating()  # ratings belong to the round being judged
         self.query_one("#judge-bar", JudgeBar).update("type a prompt below · F3 next bank prompt · F2 system prompt")
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = False
