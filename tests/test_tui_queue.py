@@ -18,6 +18,7 @@ from conftest import wait_for
 from textual.widgets import Input
 
 from store.database import integrity_ok
+from store.datasets.importing import import_dataset
 from store.studio_store import Store
 from studio.inference.engine import SamplingSettings
 from studio.labelling_queue import QueueGenerator
@@ -213,6 +214,20 @@ async def test_queueing_a_prompts_file_from_the_palette_names_a_bad_line_and_que
         await wait_for(pilot, lambda: isinstance(app.screen, QueueScreen))
         assert any("Queued 2 prompt(s) of good.txt with 2 candidate(s)" in n for n in app.notices)
         assert [i.text for i in store.queue_items()] == ["Name a colour.", "Name a fruit."]
+        await wait_for(pilot, lambda: app.screen.entry is not None, timeout=60)  # generated in the background
+
+
+async def test_queueing_an_imported_datasets_prompts_from_the_palette(store, default_model, engine):
+    import_dataset(store, Path(__file__).parent / "fixtures" / "datasets" / "trl_standard.jsonl", name="std")
+    app = make_app(store, default_model, engine)
+    async with app.run_test(size=(120, 36)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None)
+        (command,) = [c for c in app.get_system_commands(app.screen) if c.title == "Queue dataset prompts: std"]
+        command.callback()
+        await wait_for(pilot, lambda: isinstance(app.screen, QueueScreen))
+        assert store.queue_items()[0].text == "What color is the sky?"
+        assert store.queue_items()[0].origin == "dataset:std #1"
+        await wait_for(pilot, lambda: app.screen.entry is not None, timeout=60)  # generated in the background
 
 
 # argv: db, model, mode ("timer" or "after-commit"). Judges the first item, prints "ack <judgement id>" for what

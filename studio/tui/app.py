@@ -151,6 +151,11 @@ class PreferenceStudioApp(App[None]):
 
         self.queue_prompts(lambda: prompts_from_bank(bank.path.stem), bank.name)
 
+    def queue_dataset(self, name: str) -> None:
+        from studio.labelling_queue import prompts_from_dataset
+
+        self.queue_prompts(lambda: prompts_from_dataset(self.store, name), f"dataset {name}")
+
     def action_queue_file(self) -> None:
         """Ask for a prompts file (as ``--prompts`` reads it), queue it, open queue mode."""
         from studio.labelling_queue import prompts_from_file
@@ -362,6 +367,10 @@ class PreferenceStudioApp(App[None]):
                                 lambda bank=bank: self.queue_bank(bank))
         yield SystemCommand("Queue prompts from a file…", "A prompts file (.txt, .jsonl, .json) into the labelling "
                             "queue", self.action_queue_file)
+        for dataset in self.store.list_datasets():
+            yield SystemCommand(f"Queue dataset prompts: {escape(dataset.name)}",
+                                f"The prompts of the imported {dataset.kind} dataset into the labelling queue",
+                                lambda name=dataset.name: self.queue_dataset(name))
         yield SystemCommand("DPO exercise", "Labelled stance data, support ratio, data size, epochs (F8)",
                             self.action_exercise)
         yield SystemCommand("Switch adapter", "Base → newest run → … (F7)", self.action_cycle_adapter)
