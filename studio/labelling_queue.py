@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,6 +269,10 @@ class QueueJudge:
         """N = 1: the reply is good (+) or bad (-)."""
         candidate = entry.candidates[0]
         return self.store.record_label(candidate.id, good, source=self.source, adapter=candidate.adapter)
+
+    def rate(self, entry: QueueEntry, slot: int, ratings: Mapping[str, int]) -> list[int]:
+        """Attribute ratings (0–4) of candidate ``slot``, standalone (before or after the item's verdict)."""
+        return self.store.record_ratings(entry.candidates[slot].id, dict(ratings), source=self.source)
 
     def rank(self, entry: QueueEntry, slots_best_first: Sequence[int]) -> int:
         """N ≥ 3 (or 2): the slots best first; slots left out share the last place."""

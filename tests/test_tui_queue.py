@@ -104,6 +104,15 @@ async def test_ranking_three_with_undo_and_thumbs_on_one(store, default_model, e
         screen = await open_queue(app, pilot)
         assert [p.display for p in screen.panels] == [True, True, True, False]
         assert "press 1–3 best first" in shown(screen, "#queue-bar")
+        # a rates the highlighted reply (▶ picks B): quality 4, helpfulness 2, standalone, before the verdict
+        await pilot.press("right", "a")
+        await wait_for(pilot, lambda: screen.panels[1].rating_row is not None and screen.panels[1].rating_row.has_focus)
+        await pilot.press("4", "2", "enter")
+        candidate_b = store.candidates(ranked.prompt_id)[1]
+        await wait_for(pilot, lambda: len(store.ratings(candidate_b.id)) == 2, timeout=10)
+        assert [(r.attribute, r.value, r.judgement_id, r.source) for r in store.ratings(candidate_b.id)] == [
+            ("quality", 4, None, "queue"), ("helpfulness", 2, None, "queue")]
+        assert screen.panels[1].rating_row is None and screen.bar.has_focus
         await pilot.press("enter")  # nothing ranked yet: says what to do, stores nothing
         assert store.judgements() == [] and any("best first" in n for n in app.notices)
         await pilot.press("3", "1", "3")  # a repeated number is ignored

@@ -3,8 +3,9 @@
 A client of ``studio.labelling_queue``. The screen shows the oldest generated, unjudged item; its keys are
 the chat's judge bar (``widgets/judge_bar.py``) in the mode the item's number of candidates calls for (N = 1:
 + / -, N = 2: 1 / 2 / t / x, N ≥ 3: the numbers best first, shown on the panels, backspace undoes, enter
-commits, x all bad). Each verdict is one committed judgement and the next item shows at once (on a busy
-database the verdict is kept and retried in a worker, as on the chat screen). Meanwhile a thread worker
+commits, x all bad; ``a`` rates the highlighted reply on the session's attributes, ◀ ▶ pick it). Each verdict is
+one committed judgement and the next item shows at once (on a busy database the verdict is kept and retried in
+a worker, as on the chat screen). Meanwhile a thread worker
 generates the rest of the queue (``QueueGenerator``: one transaction per prompt; ``g`` pauses and resumes,
 leaving the screen stops it at the next token; a restart goes on with the rest). Progress (generated / left,
 judged / left, items per minute) stays on screen.
@@ -35,6 +36,8 @@ from studio.labelling_queue import (
 )
 from studio.tui.widgets.candidate_panel import CandidatePanel
 from studio.tui.widgets.judge_bar import JudgeBar
+from studio.tui.widgets.ranking_input import letter
+from studio.tui.widgets.rating_row import RatingRow
 
 MAX_SLOTS = 4
 FIRST_SAVE_WAIT_S = 0.1  # how long a verdict waits on a busy database on the UI thread before a worker takes over
@@ -47,10 +50,10 @@ EMPTY_TEXT = ("Nothing to judge yet. Queue prompts with `prefstudio queue add --
 
 
 class QueueJudgeBar(JudgeBar):
-    """The chat's judge bar with the queue's keys: every mode's verdicts; regenerating, editing, rating and the
-    input are the chat's (a queued item is judged as generated)."""
+    """The chat's judge bar with the queue's keys: every mode's verdicts and ``a`` rating the highlighted reply
+    (◀ ▶ pick it); regenerating, editing and the input are the chat's (a queued item is judged as generated)."""
 
-    _CHAT_ONLY = frozenset({"regenerate", "edit", "rate", "input", "highlight_prev", "highlight_next"})
+    _CHAT_ONLY = frozenset({"regenerate", "edit", "input"})
 
     @property
     def hint(self) -> str:
@@ -60,7 +63,7 @@ class QueueJudgeBar(JudgeBar):
             keys = "1 A better · 2 B better · t tie · x both bad"
         else:
             keys = f"rank: press 1–{self.ranking.size} best first (backspace undoes, enter commits) · x all bad"
-        return f"{keys} · g pause/resume generation · escape back"
+        return f"{keys} · a rate (◀ ▶ pick) · g pause/resume generation · escape back"
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "judge" and parameters and parameters[0] in self._CHAT_ONLY:
@@ -124,6 +127,8 @@ class QueueScreen(Screen):
         prompt = self.query_one("#queue-prompt", Static)
         for panel in self.panels:
             panel.show_place(None)
+            panel.close_rating()
+            panel.highlighted = panel.slot == 0
         if self.entry is None:
             prompt.update(EMPTY_TEXT)
             for panel in self.panels:
@@ -168,6 +173,64 @@ class QueueScreen(Screen):
             self._record(lambda: judge.tie(entry))
         elif action in ("both_bad", "all_bad"):
             self._record(lambda: judge.all_bad(entry))
+        elif action in ("highlight_prev", "highlight_next"):
+            n = len(entry.candidates)
+            current = self._highlighted()
+            for panel in self.panels:
+                panel.highlighted = panel.slot == (current + (1 if action == "highlight_next" else -1)) % n
+        elif action == "rate":
+            panel = self.panels[self._highlighted()]
+            for other in self.panels:
+                other.close_rating()
+            row = panel.open_rating(self.app.settings.attributes)
+            self.call_after_refresh(row.focus)
+
+    def _highlighted(self) -> int:
+        return next((panel.slot for panel in self.panels if panel.highlighted), 0)
+
+    # --- attribute ratings: standalone rows of the candidate, before or after the item's verdict ---
+
+    @on(RatingRow.Cancelled)
+    def rating_closed(self, event: RatingRow.Cancelled) -> None:
+        event.stop()
+        event.row.remove()
+        self.bar.focus()
+
+    @on(RatingRow.Saved)
+    def rating_saved(self, event: RatingRow.Saved) -> None:
+        event.stop()
+        if not event.ratings:
+            self.app.notify("Set at least one value (↑↓ or 0–4) before enter, or escape to close.",
+                            severity="warning")
+            return
+        if self.entry is None:
+            return
+        event.row.remove()
+        self.bar.focus()
+        self.save_ratings(self.entry, event.slot, event.ratings)
+
+    @work(thread=True, group="queue-ratings", exit_on_error=False)
+    def save_ratings(self, entry: QueueEntry, slot: int, ratings: dict[str, int]) -> None:
+        """Ratings wait for a busy database in a worker, never on the UI thread; kept until stored."""
+        worker = get_current_worker()
+        judge = QueueJudge(self.app.store)
+        told = False
+        while not worker.is_cancelled:
+            try:
+                with self.app.store.waiting_at_most(SAVE_RETRY_WAIT_S):
+                    judge.rate(entry, slot, ratings)
+            except StoreBusyError:
+                if not told:
+                    told = True
+                    self.app.call_from_thread(self.app.notify, "database busy: your ratings are kept and will be "
+                                              "saved when it is free", severity="warning")
+                continue
+            except (StoreError, ValueError) as exc:
+                self.app.call_from_thread(self.app.notify, f"Ratings not saved: {exc}", severity="error", timeout=10)
+                return
+            values = ", ".join(f"{name} {value}" for name, value in ratings.items())
+            self.app.call_from_thread(self.app.notify, f"Ratings saved for {letter(slot)}: {values}.")
+            return
 
     @on(JudgeBar.RankingChanged)
     def show_ranking(self, event: JudgeBar.RankingChanged) -> None:
