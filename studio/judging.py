@@ -252,6 +252,10 @@ class JudgingSession:
     def pair_count(self) -> int:
         return self.store.count_pairs(session_id=self.session_id)
 
+    def label_count(self) -> int:
+        """Thumbs up or down given in this session (one candidate's verdicts: labels, not pairs)."""
+        return sum(j.verdict in (Verdict.GOOD, Verdict.BAD) for j in self.store.judgements(session_id=self.session_id))
+
     # --- a round: fit, generate, store ---
 
     def _engine(self) -> ChatEngine:

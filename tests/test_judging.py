@@ -242,7 +242,7 @@ def test_thumbs_up_and_down_on_one_reply_are_labels_and_the_chat_goes_on(store, 
     # In a plain chat the reply stays the assistant's turn, liked or not; no pair comes of a thumb.
     assert [t.content for t in session.turns] == ["Say yes.", liked.reply(0).strip(), "Say no.",
                                                  disliked.reply(0).strip()]
-    assert store.count_pairs() == 0
+    assert store.count_pairs() == 0 and session.label_count() == 2
 
 
 def store_labels(store: Store):

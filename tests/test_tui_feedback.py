@@ -100,6 +100,8 @@ async def test_one_candidate_is_a_plain_chat_with_thumbs_and_a_correction(make_a
                               ("assistant", disliked.strip()), ("user", "What colour is grass?"),
                               ("assistant", "Green [/], mostly.")]
         assert [t.text for t in app.chat.query(ConversationTurn)][-1] == "Green [/], mostly."
+        counter = str(app.chat.query_one("#counter").render())
+        assert "thumbs: 2" in counter and "pairs this session: 1" in counter  # the correction over the reply
 
 
 async def test_three_candidates_are_ranked_best_first_with_backspace_undoing(make_app):
@@ -126,6 +128,11 @@ async def test_three_candidates_are_ranked_best_first_with_backspace_undoing(mak
         assert store.count_pairs() == 3
         assert turns(app) == [("user", "Name an animal."), ("assistant", texts[2].strip())]  # the best continues
         assert titles(app) == ["A", "B", "C"]
+        # A ranking typed and then left with i is dropped: nothing stored, no places left on the panels.
+        await ask(pilot, app, "Name a bird.", n=3)
+        await pilot.press("2", "i")
+        await wait_for(pilot, lambda: input_ready(app))
+        assert titles(app) == ["A", "B", "C"] and len(store.rankings()) == 1
 
 
 async def test_four_candidates_all_bad_then_a_partial_ranking_with_the_rest_tied_last(make_app):
@@ -252,3 +259,24 @@ def test_the_cli_names_a_bad_candidates_or_attributes_flag(studio_home, tmp_path
     ok = run_cli("--db", str(tmp_path / "s.db"), "--candidates", "4", "--attributes", "oasst", "pairs", "list",
                  home=studio_home)
     assert "--candidates" not in ok.stderr and "--attributes" not in ok.stderr
+
+
+async def test_ratings_wait_for_a_busy_database_in_a_worker_and_are_kept(make_app, tmp_path):
+    import sqlite3
+
+    app = make_app(attributes=("quality",))
+    async with app.run_test(size=(120, 36)) as pilot:
+        await ask(pilot, app, "Say something kind.", n=2)
+        await pilot.press("a")
+        await wait_for(pilot, lambda: isinstance(app.focused, RatingRow))
+        blocker = sqlite3.connect(tmp_path / "studio.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # another program writing
+        try:
+            await pilot.press("4", "enter")
+            await wait_for(pilot, lambda: any("database busy" in n for n in app.notices))
+            assert app.chat.state == "judging" and app.focused is app.chat.query_one("#judge-bar")  # not frozen
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        await wait_for(pilot, lambda: "Ratings saved for A: quality 4." in app.notices)
+        assert [(r.attribute, r.value) for r in app.store.ratings()] == [("quality", 4)]

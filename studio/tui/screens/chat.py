@@ -366,6 +366,8 @@ class ChatScreen(Screen):
     @on(JudgeBar.RankingChanged)
     def show_ranking(self, event: JudgeBar.RankingChanged) -> None:
         """The order typed so far shows on the panels ("A · 1st") as each number is pressed."""
+        if self.state != "judging" and event.order:
+            return  # numbers pressed while candidates generate rank nothing (the bar drops them when they arrive)
         for panel in self.panels:
             panel.show_place(event.order.index(panel.slot) if panel.slot in event.order else None)
 
@@ -573,7 +575,8 @@ class ChatScreen(Screen):
             return
         self.state = "input"
         for panel in self.panels:
-            panel.close_rating()  # ratings belong to the round being judged
+            panel.close_rating()  # ratings and a ranking being typed belong to the round being judged
+        self.query_one("#judge-bar", JudgeBar).clear_ranking()
         self.query_one("#judge-bar", JudgeBar).update("type a prompt below · F3 next bank prompt · F2 system prompt")
         prompt_input = self.query_one("#prompt-input", Input)
         prompt_input.disabled = False
@@ -581,7 +584,9 @@ class ChatScreen(Screen):
 
     def _update_counter(self) -> None:
         pairs = self.session.pair_count()
-        bank = f" · bank: {self.feed.label}" if self.feed else ""
+        thumbs = self.session.label_count()
+        bank = f" · thumbs: {thumbs}" if thumbs else ""  # a plain chat (one candidate) makes labels, not pairs
+        bank += f" · bank: {self.feed.label}" if self.feed else ""
         bank += " · bank mode on (F4)" if self.bank_mode else ""
         self.query_one("#counter", Static).update(f"pairs this session: {pairs}{bank}")
 

@@ -123,5 +123,5 @@ class RatingRow(Static, can_focus=True):
                 text.append(" · ")
             value = self.values[name]
             text.append(f"{name} {'–' if value is None else value}", style="reverse bold" if i == self.cursor else "")
-        text.append("  (↑↓ or 0–4, tab next, enter saves, esc closes)", style="dim")
+        text.append("  ↑↓ 0–4 · tab · enter", style="dim")  # the footer names every key in full
         self.update(text)
