@@ -23,6 +23,7 @@ from conftest import prefstudio_bin, run_cli
 from store.database import integrity_ok
 from store.datasets.importing import import_dataset
 from store.studio_store import Store
+from studio.evaluation.prompts import find_bank
 from studio.inference.engine import SamplingSettings
 from studio.labelling_queue import (
     QueueError,
@@ -164,6 +165,18 @@ def test_an_item_generated_meanwhile_is_not_stored_twice(store, engine):
     assert store.db.execute("SELECT COUNT(*) FROM candidates").fetchone() == (1,)
 
 
+def test_a_prompt_too_long_for_the_context_is_skipped_and_reported_and_the_rest_generates(store, engine):
+    queue_id = store.create_queue("s")
+    huge = "Summarise this: " + "word " * 3000  # far past the shared engine's 1,024-token context
+    store.enqueue(queue_id, [(huge, "t #1"), ("Say hi.", "t #2")], 1)
+    report = QueueGenerator(store, engine, SAMPLING).run()
+    assert report.generated == 1 and not report.cancelled
+    ((item, why),) = report.skipped
+    assert item.origin == "t #1" and why
+    waiting, done = store.queue_items("waiting"), store.queue_items("unjudged")
+    assert [i.origin for i in waiting] == ["t #1"] and [i.origin for i in done] == ["t #2"]
+
+
 # --- judging ---
 
 
@@ -238,6 +251,25 @@ def test_cli_queue_add_generates_status_reports_and_a_bad_file_is_named(tmp_path
     assert nothing.returncode == 1 and "--prompts FILE, --bank NAME or --dataset NAME" in nothing.stderr
     with Store.open(db) as store:
         assert store.queue_counts().total == 2
+
+
+def test_cli_queue_add_from_a_bank_and_a_dataset_without_generating(tmp_path):
+    home, db = tmp_path / "home", tmp_path / "studio.db"
+    with Store.open(db) as store:
+        import_dataset(store, DATASETS / "trl_standard.jsonl", name="std")
+    bank = find_bank("")
+    added = run_cli("--db", str(db), "queue", "add", "--bank", bank.path.stem, "--dataset", "std", "-n", "3",
+                    "--no-generate", home=home, check=True)
+    expected = len(set(bank.prompts)) + len(prompts_from_dataset_file(DATASETS / "trl_standard.jsonl"))
+    assert f"queued {expected} prompt(s) with 3 candidate(s) each in queue 1" in added.stdout
+    status = run_cli("--db", str(db), "queue", "status", home=home, check=True)
+    assert status.stdout.startswith(f"queue 1: generated 0/{expected} ({expected} left)")
+    unknown = run_cli("--db", str(db), "queue", "add", "--dataset", "nope", "--no-generate", home=home)
+    assert unknown.returncode == 1 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+
+
+def prompts_from_dataset_file(path: Path) -> list[str]:
+    return list(dict.fromkeys(json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()))
 
 
 def _waiting_and_generated(db: Path) -> tuple[int, int]:
