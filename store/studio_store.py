@@ -17,7 +17,7 @@ from store.errors import RecordNotFoundError, StoreError
 from store.evaluations import Evaluations
 from store.feedback import Feedback
 from store.judgement_rows import check_role, check_source, insert_judgement, insert_turn
-from store.labelling_queue import LabellingQueue
+from store.labelling_queue import QUEUE_TITLE, LabellingQueue
 from store.locations import default_db_path
 from store.pairs import PreferencePair, read_pairs
 from store.records import CandidateRecord, JudgementRecord, SessionRecord, TurnRecord, Verdict
@@ -196,8 +196,10 @@ class Store(RunLog, Evaluations, Datasets, Feedback, LabellingQueue):
 
     @serialized
     def latest_session(self) -> SessionRecord | None:
-        """The newest session, or None in a new store."""
-        rows = list(self.db.query("SELECT * FROM sessions ORDER BY created_at DESC, id DESC LIMIT 1"))
+        """The newest chat session, or None in a new store. Labelling queues are sessions too but not
+        conversations: a queue's system prompt must not become the chat's next one."""
+        rows = list(self.db.query("SELECT * FROM sessions WHERE title IS NOT ? ORDER BY created_at DESC, id DESC "
+                                  "LIMIT 1", [QUEUE_TITLE]))
         return _session_record(rows[0]) if rows else None
 
     # The conversation

@@ -77,6 +77,13 @@ def test_enqueue_from_a_file_queues_each_prompt_once_with_where_it_came_from(sto
     assert (counts.total, counts.generated, counts.judged, counts.waiting) == (5, 0, 0, 5)
 
 
+def test_a_queue_is_not_the_latest_chat_session(store):
+    chat = store.create_session("You are the chat.")
+    enqueue(store, [("Name a colour.", "t #1")], 2, "You are the queue.")
+    assert store.latest_session().id == chat  # the chat's next start keeps its own system prompt
+    assert store.latest_session().system_prompt == "You are the chat."
+
+
 def test_a_bad_prompts_file_is_named_with_its_line_and_queues_nothing(store, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": \n', encoding="utf-8")
