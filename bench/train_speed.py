@@ -1,6 +1,7 @@
 """Training speed: the studio trainer against a plain TRL ``DPOTrainer`` script, same data, same model.
 
     .venv/bin/python bench/train_speed.py                 # 50 pairs, 1 epoch, default model, CPU
+    .venv/bin/python bench/train_speed.py --model smollm2 # a bundled model by name, or a .gguf path
     .venv/bin/python bench/train_speed.py --device cuda --four-bit --pairs 200
 
 Both sides train LoRA (r16, alpha 32, q/k/v/o) on the same pairs with the same max length and batch
@@ -23,6 +24,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainers.prompt_format import PromptFormat
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM = "You are a concise, friendly assistant."
@@ -54,16 +59,19 @@ def bench_prompts() -> list[str]:
     return prompts or ["What is a good way to remember to drink enough water during the day?"]
 
 
-def bench_pairs(n: int, seed: int = 0) -> list[dict[str, str]]:
-    """``n`` TRL preference rows shaped like the studio's: transcript prompt, generated-style replies."""
+def bench_pairs(n: int, fmt: PromptFormat, seed: int = 0) -> list[dict[str, str]]:
+    """``n`` TRL preference rows shaped like the studio's: the prompt rendered as the chat engine renders it for
+    the model (``fmt``: the transcript for Gemma, ChatML for SmolLM2), generated-style replies."""
+    from trainers.prompt_format import ChatTurn
+
     rng = random.Random(seed)
     prompts = bench_prompts()
     rows = []
     for i in range(n):
         prompt = prompts[i % len(prompts)]
-        rendered = f"{SYSTEM}\n\nUser: {prompt}\nAssistant:"
-        chosen = " " + " ".join([rng.choice(OPENERS)] + rng.sample(DETAILS, rng.randint(2, 4)))
-        rejected = " " + " ".join(rng.sample(CURT, rng.randint(1, 2)))
+        rendered = fmt.render(SYSTEM, [ChatTurn("user", prompt)])
+        chosen = fmt.as_completion(" ".join([rng.choice(OPENERS)] + rng.sample(DETAILS, rng.randint(2, 4))))
+        rejected = fmt.as_completion(" ".join(rng.sample(CURT, rng.randint(1, 2))))
         rows.append({"prompt": rendered, "chosen": chosen, "rejected": rejected})
     return rows
 
@@ -86,7 +94,7 @@ def plain_worker(opts: argparse.Namespace) -> None:
 
     torch.set_num_threads(opts.threads or os.cpu_count() or 1)
     rows = [json.loads(line) for line in Path(opts.data).read_text().splitlines()]
-    gguf = Path(opts.gguf)
+    gguf = Path(opts.model)
     t_load = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     kwargs = {"quantization_config": GgufConfig(dequantize=True)}
@@ -163,7 +171,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="studio side")
     parser.add_argument("--four-bit", action="store_true", help="studio side: QLoRA (CUDA)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--gguf", default=None, help="model (default: the embedded Gemma 3 270M)")
+    parser.add_argument("--model", "--gguf", dest="model", default=None,
+                        help="a bundled model's name (gemma3-270m, smollm2) or a .gguf path (default: gemma3-270m)")
     parser.add_argument("--only", choices=["studio", "plain"], default=None)
     parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -175,16 +184,21 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from studio.inference import runtime_env  # noqa: F401
-    from studio.inference.model_files import ensure_default_model
+    from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME, bundled_model_path
+    from trainers.model_prompt_format import prompt_format_for_model
 
-    gguf = Path(opts.gguf) if opts.gguf else ensure_default_model()
+    name = opts.model or DEFAULT_MODEL_NAME
+    gguf = bundled_model_path(name) if name in BUNDLED_MODELS else Path(name)
+    if not gguf.is_file():
+        sys.exit(f"--model {name}: not a bundled model ({', '.join(BUNDLED_MODELS)}) nor a .gguf file")
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         work = Path(tmp)
         data = work / "pairs.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in bench_pairs(opts.pairs)))
+        fmt = prompt_format_for_model(gguf)
+        data.write_text("".join(json.dumps(r) + "\n" for r in bench_pairs(opts.pairs, fmt)))
         n = opts.pairs * opts.epochs
         print(f"{opts.pairs} pairs x {opts.epochs} epoch(s), max length {opts.max_length}, batch {opts.batch_size}, "
-              f"{opts.device}, model {gguf.name}", flush=True)
+              f"{opts.device}, model {gguf.name}, {fmt.name} prompts", flush=True)
         results = {}
         if opts.only in (None, "studio"):
             results["studio"] = studio = run_studio(opts, data, gguf, work)
