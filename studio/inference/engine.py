@@ -22,6 +22,7 @@ from studio.inference.adapters import AdapterSlots
 from studio.inference.llama_log import install_quiet_logger as _install_quiet_logger
 from studio.inference.llama_log import recent_llama_log
 from studio.inference.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
+from studio.inference.parallel_context import allow_parallel_sequences
 from trainers.prompt_format import (
     ChatTurn,
     PromptFormat,
@@ -207,7 +208,7 @@ class ChatEngine:
         if self.info.context_length:
             n_ctx = min(n_ctx, self.info.context_length)
         try:
-            return llama_cpp.Llama(
+            llm = llama_cpp.Llama(
                 model_path=str(self.info.path),
                 n_ctx=n_ctx,
                 n_batch=min(self.config.n_batch, n_ctx),
@@ -215,6 +216,9 @@ class ChatEngine:
                 n_threads_batch=self.n_threads_batch,
                 verbose=False,
             )
+            # Room for a round's candidates as parallel sequences (inference/batched_generation.py).
+            allow_parallel_sequences(llm)
+            return llm
         except (ValueError, RuntimeError, OSError) as exc:
             detail = recent_llama_log() or str(exc)
             raise EngineError(f"llama.cpp could not load {self.info.path}: {detail}") from exc
@@ -253,6 +257,11 @@ class ChatEngine:
         if token < 0:
             return ""
         return self._llm.detokenize([token], special=True).decode("utf-8", "replace")
+
+    @property
+    def banned_token_ids(self):  # noqa: ANN201 - numpy int array
+        """The token ids a reply never contains (control and other-modality tokens); every sampler bans them."""
+        return self._banned_ids
 
     @property
     def llama(self):  # noqa: ANN201 - the raw llama_cpp.Llama, for benchmarks and scoring
