@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from store.records import Verdict
 from store.studio_store import Store
+from studio.inference.batched_generation import BatchUnavailable, generate_batch
 from studio.inference.engine import (
     ChatEngine,
     EngineError,
@@ -92,21 +93,32 @@ def generate_round(
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Generation] | None:
     """Stream every candidate of the round, holding the engine the whole time: an adapter switch asked
-    for meanwhile is refused (EngineBusy), never applied between two candidates. None when stopped."""
-    results: list[Generation] = []
+    for meanwhile is refused (EngineBusy), never applied between two candidates. None when stopped.
+
+    The candidates are decoded side by side in one batch (``inference/batched_generation.py``). Only when
+    the context cannot hold them all at once (the prompt plus N × max tokens past n_ctx, more candidates
+    than the context's sequences, or a recurrent model) are they generated one after another instead."""
+    shown: list[list[str]] = [[] for _ in round_.seeds]
+
+    def stream(slot: int, piece: str) -> None:
+        shown[slot].append(piece)
+        if on_token is not None:
+            on_token(slot, "".join(shown[slot]))
+
     with engine.session(f"generating candidates for prompt {round_.number}"):
-        for slot, seed in enumerate(round_.seeds):
-            pieces: list[str] = []
-
-            def stream(piece: str, slot: int = slot, pieces: list[str] = pieces) -> None:
-                pieces.append(piece)
-                if on_token is not None:
-                    on_token(slot, "".join(pieces))
-
-            gen = engine.generate(round_.fitted.text, sampling, seed, on_token=stream, should_stop=should_stop)
-            if gen.cancelled or (should_stop is not None and should_stop()):
-                return None
-            results.append(gen)
+        try:
+            results = generate_batch(engine, round_.fitted.text, sampling, round_.seeds, on_piece=stream,
+                                     should_stop=should_stop)
+        except BatchUnavailable:
+            results = []
+            for slot, seed in enumerate(round_.seeds):
+                gen = engine.generate(round_.fitted.text, sampling, seed,
+                                      on_token=lambda piece, slot=slot: stream(slot, piece), should_stop=should_stop)
+                results.append(gen)
+                if gen.cancelled or (should_stop is not None and should_stop()):
+                    return None
+    if any(gen.cancelled for gen in results) or (should_stop is not None and should_stop()):
+        return None
     round_.generations = results
     return results
 

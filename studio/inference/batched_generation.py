@@ -319,10 +319,10 @@ def generate_batch(
                     _take(c, chains.sample(c.slot, decoder.ctx, rows[c.slot]), llm, vocab, max_tokens, on_piece,
                           start)
             active = [c for c in candidates if c.finish_reason is None]
+            if not active:
+                break
             if should_stop is not None and should_stop():
                 cancelled = True
-                break
-            if not active:
                 break
             position = len(tokens) - 1
             decoder.decode([(c.next_token, position + c.n_sampled, c.slot, True) for c in active])
