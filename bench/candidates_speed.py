@@ -7,7 +7,9 @@ The raw side is a plain ``Llama`` with the engine's context, batch and threads, 
 ``create_completion`` N times; the studio side is ``studio.inference.batched_generation.generate_batch``.
 Runs alternate between the two to share background load. Prints per N the summed times, their ratio, and how
 many candidates are token-identical to the raw ones (with the mean share of tokens they agree on before the
-first difference); the last line is the ratio batched / sequential for N = 4 (target ≤ 0.6).
+first difference). An end-of-generation token still ends a candidate, so once the two sides' candidates
+differ their lengths may too: the token counts and a per-token ratio are printed beside the times. The last
+line is the ratio batched / sequential time for N = 4 (target ≤ 0.6).
 
     .venv/bin/python bench/candidates_speed.py [--model gemma3-270m|smollm2|PATH] [--rounds 3] [--max-tokens 64]
 """
@@ -81,6 +83,7 @@ def main() -> None:
           f"max_tokens {args.max_tokens}, rounds {args.rounds}, "
           f"load average {load_before:.1f}")
     totals = {n: {"raw": 0.0, "batched": 0.0} for n in COUNTS}
+    tokens = {n: {"raw": 0, "batched": 0} for n in COUNTS}
     agreement = {n: {"identical": 0, "candidates": 0, "prefix": 0.0} for n in COUNTS}
     for i in range(args.rounds):
         for n in COUNTS:
@@ -98,14 +101,18 @@ def main() -> None:
             for a, b in zip(raw_texts, batched_texts, strict=True):
                 ta = raw.tokenize(a.encode("utf-8"), add_bos=False, special=True)
                 tb = raw.tokenize(b.encode("utf-8"), add_bos=False, special=True)
+                tokens[n]["raw"] += len(ta)
+                tokens[n]["batched"] += len(tb)
                 agreement[n]["candidates"] += 1
                 agreement[n]["identical"] += a == b
                 agreement[n]["prefix"] += shared_prefix(ta, tb) / max(1, len(ta), len(tb))
     for n in COUNTS:
-        t, a = totals[n], agreement[n]
-        print(f"N={n}: sequential {t['raw']:6.2f} s   batched {t['batched']:6.2f} s   ratio {t['batched'] / t['raw']:.3f}"
+        t, a, k = totals[n], agreement[n], tokens[n]
+        per_token = (t["batched"] / max(1, k["batched"])) / (t["raw"] / max(1, k["raw"]))
+        print(f"N={n}: sequential {t['raw']:6.2f} s ({k['raw']} tokens)   batched {t['batched']:6.2f} s "
+              f"({k['batched']} tokens)   ratio {t['batched'] / t['raw']:.3f} (per token {per_token:.3f})"
               f"   token-identical {a['identical']}/{a['candidates']}"
-              f"   agreeing tokens before the first difference {100 * a['prefix'] / a['candidates']:.0f} %")
+              f"   tokens agreeing before the first difference {100 * a['prefix'] / a['candidates']:.0f} %")
     ratio = totals[4]["batched"] / totals[4]["raw"]
     print(f"ratio {ratio:.3f} (batched / sequential for N=4, target ≤ 0.6; load average {load_before:.1f} → "
           f"{os.getloadavg()[0]:.1f})")
