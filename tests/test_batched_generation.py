@@ -158,6 +158,15 @@ def test_after_a_batched_round_generation_and_scoring_are_as_before(engine):
     assert [g.text[:1] for g in again] == [g.text[:1] for g in first]
 
 
+def test_a_round_is_generated_side_by_side_and_streams_each_candidates_text_so_far(engine):
+    round_ = draft_round(engine, "Answer briefly.", [], "Name a colour.", SHORT, 3, 50)
+    latest: dict[int, str] = {}
+    results = generate_round(engine, round_, SHORT, on_token=lambda slot, text: latest.__setitem__(slot, text))
+    assert results is not None and round_.generations == results
+    assert [g.extra for g in results] == [{"batched_with": 3}] * 3 and [g.seed for g in results] == [50, 51, 52]
+    assert latest == {slot: g.text for slot, g in enumerate(results) if g.text}
+
+
 def test_a_context_that_cannot_hold_every_candidate_falls_back_to_one_by_one(engine):
     sampling = SamplingSettings(max_tokens=8)
     long_question = "Please summarise: " + "the quick brown fox jumps over the lazy dog. " * 100
