@@ -9,6 +9,7 @@ import pytest
 
 from studio.inference.batched_generation import BatchUnavailable, StopText, batch_refusal, generate_batch
 from studio.inference.engine import ChatEngine, EngineConfig, SamplingSettings
+from studio.inference.parallel_context import PARALLEL_SEQUENCES, max_parallel_sequences
 from studio.inference.scoring import reply_logprob
 from studio.judging import candidate_seeds, draft_round, generate_round
 from trainers.prompt_format import ChatTurn
@@ -41,6 +42,23 @@ def batched(engine: ChatEngine, prompt: str, sampling: SamplingSettings, seeds, 
 
 def same_candidate(a, b) -> bool:  # noqa: ANN001 - two Generations
     return (a.text, a.finish_reason, a.n_tokens, a.seed) == (b.text, b.finish_reason, b.n_tokens, b.seed)
+
+
+def test_the_engines_context_holds_several_sequences_and_one_sequence_is_as_before(engine, default_model):
+    assert max_parallel_sequences(engine.llama) == PARALLEL_SEQUENCES
+    plain = llama_cpp.Llama(model_path=str(default_model), n_ctx=engine.llama.context_params.n_ctx,
+                            n_batch=engine.llama.n_batch, n_threads=engine.n_threads,
+                            n_threads_batch=engine.n_threads_batch, verbose=False)
+    try:
+        assert max_parallel_sequences(plain) == 1
+        prompt = prompt_for(engine, "Tell me about cats.")
+        s = SHORT
+        out = plain.create_completion(engine.tokenize(prompt), max_tokens=s.max_tokens, temperature=s.temperature,
+                                      top_p=s.top_p, top_k=s.top_k, min_p=s.min_p, repeat_penalty=s.repeat_penalty,
+                                      seed=4, stop=[])
+    finally:
+        plain.close()
+    assert alone(engine, prompt, [4], stop=())[0].text == out["choices"][0]["text"]
 
 
 # --- the text of one candidate as it streams -----------------------------------------------------------------
