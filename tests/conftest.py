@@ -106,6 +106,13 @@ async def wait_for(pilot, condition, timeout: float = 120.0) -> None:
         await pilot.pause(0.05)
 
 
+def error_shown(app) -> bool:  # noqa: ANN001
+    """An ErrorScreen is on top and its message is mounted (a pushed screen composes a moment later)."""
+    from studio.tui.screens.modals import ErrorScreen
+
+    return isinstance(app.screen, ErrorScreen) and bool(app.screen.query("#error-message"))
+
+
 def offered(select) -> list[str]:  # noqa: ANN001
     """The choices a Select shows when opened (its dropdown's options), read through OptionList's public API."""
     dropdown = select.query_one("SelectOverlay")

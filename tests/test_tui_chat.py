@@ -7,14 +7,14 @@ import json
 from dataclasses import replace
 
 import pytest
-from conftest import run_cli, wait_for
+from conftest import error_shown, run_cli, wait_for
 
 from store.studio_store import Store
 from studio.inference.engine import SamplingSettings
 from studio.settings import load_settings
 from studio.tui.app import PreferenceStudioApp
 from studio.tui.screens.chat import JUDGE_HINT
-from studio.tui.screens.modals import ErrorScreen, TextEditScreen
+from studio.tui.screens.modals import TextEditScreen
 from studio.tui.widgets.conversation_turn import ConversationTurn
 
 
@@ -321,7 +321,7 @@ async def test_model_that_fails_to_load_shows_an_error_panel(make_app, tmp_path)
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
     app = make_app(model=bad)
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await wait_for(pilot, lambda: error_shown(app))
         message = str(app.screen.query_one("#error-message").render())
         assert str(bad) in message and "damaged" in message
         await pilot.press("q")
@@ -382,7 +382,7 @@ async def test_a_model_whose_chat_template_fails_is_named_at_load_not_at_the_fir
     writer.close()
     app = make_app(model=path)
     async with app.run_test(size=(120, 36)) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await wait_for(pilot, lambda: error_shown(app))
         message = str(app.screen.query_one("#error-message").render())
         assert str(path) in message and "tokenizer.chat_template" in message
         assert "Only tool calls are supported" in message
@@ -402,7 +402,7 @@ async def test_a_prompt_the_chat_template_refuses_shows_an_error_and_keeps_the_p
         app.engine.prompt_format = ChatTemplateFormat(template=template)  # this app's own engine
         app.chat.query_one("#prompt-input").value = "Say a forbidden word."
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await wait_for(pilot, lambda: error_shown(app))
         message = str(app.screen.query_one("#error-message").render())
         assert app.engine.identity.model_id in message and "the template refused: no forbidden words" in message
         await pilot.press("escape")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import offered, wait_for
+from conftest import error_shown, offered, wait_for
 from test_tui_chat import ask, make_app  # noqa: F401  (make_app is a fixture used by name)
 
 from store.datasets.importing import import_dataset
@@ -88,7 +88,7 @@ async def test_error_dialog_and_editor_titles_are_literal(make_app):  # noqa: F8
     async with app.run_test(size=(120, 36)) as pilot:
         await wait_for(pilot, lambda: app.engine is not None and app.chat.state == "input")
         app.push_screen(ErrorScreen(f"Title {MARKUP}", f"Message {MARKUP}"))
-        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await wait_for(pilot, lambda: error_shown(app))
         await pilot.pause(0.1)
         assert shown(app.screen.query_one("#error-message")) == f"Message {MARKUP}"
         assert shown(app.screen.query_one(".dialog-title")) == f"Title {MARKUP}"

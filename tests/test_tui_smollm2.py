@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from conftest import wait_for
+from conftest import error_shown, wait_for
 
 from store.studio_store import Store
 from studio.inference.engine import SamplingSettings
@@ -83,14 +83,12 @@ async def test_a_broken_template_is_named_and_the_transcript_serves_only_when_as
                                                                                      studio_home):
     from test_bad_inputs import with_chat_template
 
-    from studio.tui.screens.modals import ErrorScreen
-
     broken = with_chat_template(smollm2_model, tmp_path / "smollm2-broken.gguf", "{{ messages[0].nope() }}")
     with Store.open(tmp_path / "studio.db") as store:
         base = replace(load_settings(), model=broken, seed=3, sampling=SamplingSettings(max_tokens=12))
         app = PreferenceStudioApp(settings=base, store=store)
         async with app.run_test(size=(120, 36)) as pilot:
-            await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+            await wait_for(pilot, lambda: error_shown(app))
             message = str(app.screen.query_one("#error-message").render())
             assert "smollm2-broken.gguf" in message and "tokenizer.chat_template" in message
             assert "--prompt-format transcript" in message
