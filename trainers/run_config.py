@@ -213,7 +213,7 @@ class RunConfig:
     def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes: Any) -> RunConfig:
+    def replace(self, **changes: object) -> RunConfig:
         """A copy with some fields changed (validated again)."""
         return RunConfig.from_dict({**self.to_dict(), **changes})
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,6 +13,10 @@ from store.studio_store import Store
 from studio.cli.context import open_engine, settings
 from studio.cli.errors import user_errors
 from studio.cli.terminal_text import json_visible, one_line, visible
+
+if TYPE_CHECKING:
+    from studio.evaluation.prompts import PromptSource
+    from studio.inference.engine import SamplingSettings
 
 
 def compare(
@@ -58,7 +62,7 @@ PROMPTS_FROM_HELP = ("Where the prompts come from: heldout, bank:NAME (assets/pr
 TEMPERATURE_HELP = "Sampling temperature for both models; 0 gives greedy answers (default: from settings)."
 
 
-def _prompt_source(prompts: Path | None, prompts_from: str | None):  # noqa: ANN202 - a PromptSource
+def _prompt_source(prompts: Path | None, prompts_from: str | None) -> PromptSource:
     from studio.evaluation.prompts import PromptSource
 
     if prompts is not None and prompts_from is not None:
@@ -68,7 +72,7 @@ def _prompt_source(prompts: Path | None, prompts_from: str | None):  # noqa: ANN
     return PromptSource.parse(prompts_from)
 
 
-def _sampling(temperature: float | None, max_tokens: int | None):  # noqa: ANN202 - SamplingSettings
+def _sampling(temperature: float | None, max_tokens: int | None) -> SamplingSettings:
     sampling = settings().sampling
     if temperature is not None:
         sampling = replace(sampling, temperature=temperature)

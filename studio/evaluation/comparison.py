@@ -216,7 +216,7 @@ class BlindTally:
         }
 
 
-def _prompt_from_json(value: Any, where: str) -> str:
+def _prompt_from_json(value: object, where: str) -> str:
     if isinstance(value, dict):
         if "prompt" not in value:
             raise ComparisonError(f"{where}: an object without a \"prompt\" field")

@@ -56,7 +56,7 @@ class Block:
     rows: tuple[tuple[str, ...], ...] = ()  # tables: the first row is the header
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if value is None:
         return "—"
     if isinstance(value, bool):

@@ -20,7 +20,7 @@ import ctypes
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.inference.adapter_checks import AdapterInfo, validate_adapter
@@ -39,7 +39,7 @@ class AdapterRuntimeError(RuntimeError):
 class LoadedAdapter:
     name: str
     path: Path
-    handle: Any  # llama_adapter_lora_p (a ctypes pointer)
+    handle: ctypes._Pointer[ctypes.c_void_p]  # what llama_adapter_lora_init returns; llama_adapter_lora_free frees it
     info: AdapterInfo | None
     load_s: float
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.inference.adapters import AdapterSlots
@@ -31,6 +32,11 @@ from trainers.prompt_format import (
     TranscriptFormat,
     format_for_metadata,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    from llama_cpp import Llama
 
 
 class EngineError(Exception):
@@ -200,7 +206,7 @@ class ChatEngine:
 
     # --- loading ---
 
-    def _load(self):  # noqa: ANN202
+    def _load(self) -> Llama:
         import llama_cpp
 
         _install_quiet_logger(llama_cpp)
@@ -223,7 +229,7 @@ class ChatEngine:
             detail = recent_llama_log() or str(exc)
             raise EngineError(f"llama.cpp could not load {self.info.path}: {detail}") from exc
 
-    def _unprintable_token_mask(self):  # noqa: ANN202 - numpy bool array over the vocabulary
+    def _unprintable_token_mask(self) -> npt.NDArray[np.bool_]:
         """Tokens a reply must never contain: control tokens other than end-of-generation, and the
         placeholders of other modalities (``<start_of_image>``). Small base models do sample them
         now and then, and they would show up as raw markup in a candidate. ~0.1 s for 262k tokens."""
@@ -249,7 +255,7 @@ class ChatEngine:
         self._eog_ids: tuple[int, ...] = tuple(eog)
         return mask
 
-    def _ban_unprintable(self, input_ids, scores):  # noqa: ANN001,ANN202 - llama-cpp-python logits processor
+    def _ban_unprintable(self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
         scores[self._banned_ids] = -float("inf")
         return scores
 
@@ -259,12 +265,13 @@ class ChatEngine:
         return self._llm.detokenize([token], special=True).decode("utf-8", "replace")
 
     @property
-    def banned_token_ids(self):  # noqa: ANN201 - numpy int array
+    def banned_token_ids(self) -> npt.NDArray[np.intp]:
         """The token ids a reply never contains (control and other-modality tokens); every sampler bans them."""
         return self._banned_ids
 
     @property
-    def llama(self):  # noqa: ANN201 - the raw llama_cpp.Llama, for benchmarks and scoring
+    def llama(self) -> Llama:
+        """The raw llama_cpp.Llama, for benchmarks and scoring."""
         return self._llm
 
     @property
@@ -297,7 +304,7 @@ class ChatEngine:
         return self._owner
 
     @contextmanager
-    def exclusive(self) -> Iterator[object]:
+    def exclusive(self) -> Iterator[Llama]:
         """The raw ``llama_cpp.Llama`` for a sequence of low-level calls (scoring builds its own batches),
         under the engine's lock so that nothing else runs on the context meanwhile."""
         with self._lock:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import ctypes
+
     from llama_cpp import Llama
 
     from studio.inference.engine import ChatEngine
@@ -53,7 +55,7 @@ def _reply_tokens(engine: ChatEngine, prompt_tokens: list[int], prompt_text: str
     return engine.llama.tokenize(reply.encode("utf-8"), add_bos=False, special=True)
 
 
-def _row_logprob(logits_ptr: Any, n_vocab: int, target: int) -> float:
+def _row_logprob(logits_ptr: ctypes._Pointer[ctypes.c_float], n_vocab: int, target: int) -> float:
     row = np.ctypeslib.as_array(logits_ptr, shape=(n_vocab,))  # a view: llama.cpp owns the memory
     top = float(row.max())
     # float64 accumulation: 262k float32 exponentials summed in float32 drift in the 5th digit.
