@@ -129,7 +129,10 @@ def candidate_rows(engine: ChatEngine, round_: Round) -> list[dict[str, object]]
     return [
         {
             "text": gen.text, "rendered_prompt": round_.fitted.text, "model_id": engine.identity.model_id,
-            "model_sha256": engine.identity.sha256, "sampling": gen.sampling.to_dict(), "seed": gen.seed,
+            "model_sha256": engine.identity.sha256,
+            # A candidate decoded beside others drifts from what its seed gives alone (llama.cpp computes a
+            # batch row slightly differently): "batched_with" in its sampling record says how it was made.
+            "sampling": {**gen.sampling.to_dict(), **gen.extra}, "seed": gen.seed,
             "adapter": gen.adapter, "finish_reason": gen.finish_reason, "n_tokens": gen.n_tokens,
             "duration_s": round(gen.duration_s, 3),
         }

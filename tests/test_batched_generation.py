@@ -11,7 +11,7 @@ from studio.inference.batched_generation import BatchUnavailable, StopText, batc
 from studio.inference.engine import ChatEngine, EngineConfig, SamplingSettings
 from studio.inference.parallel_context import PARALLEL_SEQUENCES, max_parallel_sequences
 from studio.inference.scoring import reply_logprob
-from studio.judging import candidate_seeds, draft_round, generate_round
+from studio.judging import candidate_rows, candidate_seeds, draft_round, generate_round
 from trainers.prompt_format import ChatTurn
 
 SHORT = SamplingSettings(max_tokens=12)
@@ -183,6 +183,8 @@ def test_a_round_is_generated_side_by_side_and_streams_each_candidates_text_so_f
     assert results is not None and round_.generations == results
     assert [g.extra for g in results] == [{"batched_with": 3}] * 3 and [g.seed for g in results] == [50, 51, 52]
     assert latest == {slot: g.text for slot, g in enumerate(results) if g.text}
+    # The stored candidates say they were decoded side by side (their seed alone would give another text).
+    assert [row["sampling"]["batched_with"] for row in candidate_rows(engine, round_)] == [3, 3, 3]
 
 
 def test_a_context_that_cannot_hold_every_candidate_falls_back_to_one_by_one(engine):
