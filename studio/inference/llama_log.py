@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from types import ModuleType
 
 _log_lock = threading.Lock()
 _last_log: list[str] = []
 
 
-def install_quiet_logger(llama_cpp) -> None:  # noqa: ANN001
+def install_quiet_logger(llama_cpp: ModuleType) -> None:
     """Route llama.cpp's log to a ring buffer: ``verbose=False`` hides real errors but not noise.
 
     The last lines are quoted when a load fails, which is where the actual reason is printed.
     """
 
     @llama_cpp.llama_log_callback
-    def _callback(level, text, user_data):  # noqa: ANN001
+    def _callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         with _log_lock:
             _last_log.append(text.decode("utf-8", "replace"))
             del _last_log[:-40]
