@@ -202,7 +202,11 @@ def two_thread_engine(default_model):
 def test_chat_screen_judging_two_candidates(snap_compare, make_app, two_thread_engine, monkeypatch):
     import studio.inference.engine as engine_module
 
-    monkeypatch.setattr(engine_module, "time", TickClock())  # each candidate's "… s" is the same every run
+    import studio.inference.batched_generation as batched_module
+
+    clock = TickClock()  # each candidate's "… s" is the same every run, decoded one by one or side by side
+    monkeypatch.setattr(engine_module, "time", clock)
+    monkeypatch.setattr(batched_module, "time", clock)
     # A base seed: the same two seeds, so the same two replies, every run (greedy would make A and B the same
     # reply). Sampled on llama.cpp's CPU path with two threads; another build may draw other words.
     app = make_app(app_engine=two_thread_engine, seed=7, sampling=SamplingSettings(temperature=0.7, max_tokens=24))
