@@ -200,9 +200,8 @@ def two_thread_engine(default_model):
 
 
 def test_chat_screen_judging_two_candidates(snap_compare, make_app, two_thread_engine, monkeypatch):
-    import studio.inference.engine as engine_module
-
     import studio.inference.batched_generation as batched_module
+    import studio.inference.engine as engine_module
 
     clock = TickClock()  # each candidate's "… s" is the same every run, decoded one by one or side by side
     monkeypatch.setattr(engine_module, "time", clock)
