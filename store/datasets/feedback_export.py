@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from itertools import chain
 from pathlib import Path
-from typing import Any
 
 from store import feedback_yield
 from store.datasets.export import write_rows
@@ -28,9 +27,15 @@ from store.datasets.feedback_formats import (
 from store.datasets.store_mixin import DatasetRecord
 from store.studio_store import Store
 
+StudioFeedback = (feedback_yield.UnpairedLabel | feedback_yield.Demonstration | feedback_yield.RatedResponse
+                  | feedback_yield.RankedResponses)
+"""The studio's own feedback of one kind, as store/feedback_yield.py reads it out."""
+ExportableFeedback = StudioFeedback | FeedbackItem
+"""What an export writes: the studio's records or imported items (the row builders take both)."""
+
 
 def studio_feedback(store: Store, kind: str, session: int | None = None,
-                    from_judgements: bool = False) -> list[Any]:
+                    from_judgements: bool = False) -> list[StudioFeedback]:
     """The studio's own feedback of one kind (feedback_yield's records), optionally one session's."""
     with store.lock:  # one consistent read of the store's rows
         if kind == "labels":
@@ -53,7 +58,7 @@ def dataset_feedback(store: Store, datasets: Iterable[DatasetRecord], kind: str)
         yield from store.feedback_items(record)
 
 
-def write_feedback(items: Iterable[Any], kind: str, out: Path, fmt: str = "jsonl", conversational: bool = False) -> int:
+def write_feedback(items: Iterable[ExportableFeedback], kind: str, out: Path, fmt: str = "jsonl", conversational: bool = False) -> int:
     """Write one kind's items (studio records or imported items) to `out` in that kind's format; return how many.
 
     `conversational`: labels with message lists, demonstrations as TRL's `messages` rows.
@@ -79,7 +84,7 @@ def export_feedback(store: Store, kind: str, out: Path, fmt: str = "jsonl", *, d
                     studio: bool = False, session: int | None = None, from_judgements: bool = False,
                     conversational: bool = False) -> int:
     """Export one feedback kind from imported datasets and/or (`studio`) the studio's own feedback."""
-    sources: list[Iterable[Any]] = [dataset_feedback(store, list(datasets), kind)]
+    sources: list[Iterable[ExportableFeedback]] = [dataset_feedback(store, list(datasets), kind)]
     if studio:
         sources.append(studio_feedback(store, kind, session, from_judgements))
     return write_feedback(chain.from_iterable(sources), kind, out, fmt, conversational)
