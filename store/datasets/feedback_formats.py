@@ -22,12 +22,15 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from store.datasets.files import DatasetImportError, Located
 from store.datasets.formats import FEEDBACK_SCHEMAS, RecordProblems, flatten_messages
 from store.datasets.skipped import SkippedRecords
 from store.feedback_yield import Demonstration, PromptContext, RankedResponses, RatedResponse, UnpairedLabel
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FEEDBACK_KINDS = ("labels", "demonstrations", "ratings", "rankings")
 RATING_RANGE = (0, 4)
@@ -36,7 +39,7 @@ _RATING_SKIP = {"prompt", "response", "id"}  # a ratings record's columns that a
 Messages = list[dict[str, str]]
 
 
-def classify_feedback(record: Any) -> str | None:
+def classify_feedback(record: object) -> str | None:
     """The feedback schema a record looks like, or None."""
     if not isinstance(record, dict) or "chosen" in record or "rejected" in record:
         return None
@@ -165,7 +168,7 @@ def rating_attributes(items: Iterable[RatedResponse | RatingItem]) -> list[str]:
 
 
 def export_schema(kind: str, conversational: bool, attributes: list[str] | None = None,
-                  integer_ratings: bool = True) -> Any:
+                  integer_ratings: bool = True) -> pa.Schema:
     """The Arrow schema of a kind's rows (for parquet and save_to_disk)."""
     import pyarrow as pa
 
@@ -190,7 +193,7 @@ def export_schema(kind: str, conversational: bool, attributes: list[str] | None 
 # Records for import
 
 
-def _messages(value: Any) -> Messages | None:
+def _messages(value: object) -> Messages | None:
     if not isinstance(value, list) or not value:
         return None
     out = []
@@ -204,7 +207,7 @@ def _messages(value: Any) -> Messages | None:
     return out
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 

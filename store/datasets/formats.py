@@ -19,7 +19,6 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,13 +89,13 @@ def parse_format(fmt: str | None) -> FormatChoice:
 # Recognising a record
 
 
-def _looks_hh(text: Any) -> bool:
+def _looks_hh(text: object) -> bool:
     return isinstance(text, str) and "\n\nAssistant:" in text and (
         "\n\nHuman:" in text or text.startswith("Human:")
     )
 
 
-def classify(record: Any) -> str | None:
+def classify(record: object) -> str | None:
     """The schema a record looks like; 'test-prompts' or 'unpaired' for those; None if unknown."""
     if not isinstance(record, dict):
         return None
@@ -116,13 +115,13 @@ def classify(record: Any) -> str | None:
     return None
 
 
-def _fields(record: Any) -> str:
+def _fields(record: object) -> str:
     if isinstance(record, dict):
         return ", ".join(str(key) for key in list(record)[:12]) or "none"
     return f"a {type(record).__name__}, not an object"
 
 
-def detect_schema(path: Path, where: str, record: Any) -> str:
+def detect_schema(path: Path, where: str, record: object) -> str:
     """The schema of a file from its first record, or a DatasetImportError saying why there is none."""
     schema = classify(record)
     if schema in SCHEMAS:
@@ -216,7 +215,7 @@ def flatten_messages(messages: list[dict[str, str]]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
-def _messages(value: Any) -> list[dict[str, str]] | None:
+def _messages(value: object) -> list[dict[str, str]] | None:
     """`value` as [{role, content}] with text contents, or None if it is not such a list."""
     if not isinstance(value, list):
         return None
@@ -311,7 +310,7 @@ class SchemaReader:
         else:
             self.problems.add(reason, name)
 
-    def begin(self, where: str, record: Any) -> None:
+    def begin(self, where: str, record: object) -> None:
         """Take the file's first record as the one later records are checked against (see `pair_batches`)."""
         if isinstance(record, dict):
             self._check_schema(where, record)
@@ -337,7 +336,7 @@ class SchemaReader:
                 yield from input_batches(self._rows(chunk.records()))
         self.problems.raise_if_any()
 
-    def arrow_pairs(self, table: Any) -> pa.RecordBatch | None:
+    def arrow_pairs(self, table: pa.Table) -> pa.RecordBatch | None:
         """A chunk as standard pairs when nothing in it needs the record path: explicit text prompts and
         replies with no nulls, no stance fields, no equal replies. None otherwise."""
         if self.schema != "trl-standard" or self._first is None:

@@ -133,12 +133,12 @@ class ExportPair(NamedTuple):
 _canonical = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
-def content_hash(content: list[Any]) -> str:
+def content_hash(content: list[object]) -> str:
     """sha256 of the canonical JSON of a record's content (sorted keys, no spaces, UTF-8), as hex."""
     return _content_digest(content).hex()
 
 
-def _content_digest(content: list[Any]) -> bytes:
+def _content_digest(content: list[object]) -> bytes:
     return hashlib.sha256(_canonical(content).encode("utf-8")).digest()
 
 

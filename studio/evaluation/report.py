@@ -68,7 +68,7 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Block:
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> Block:
     return Block("table", rows=(tuple(header), *(tuple(_fmt(v) for v in row) for row in rows)))
 
 
