@@ -109,16 +109,28 @@ def lora_config(config: RunConfig) -> LoraConfig:
 
 
 def length_grouped_trainer_class() -> type[DPOTrainer]:
-    """TRL's ``DPOTrainer`` with training batches of pairs of similar length.
+    """TRL's ``DPOTrainer`` with training batches of pairs of similar length, each pair's prompt run once.
 
     Each batch is padded to its longest prompt + reply, so on a CPU (compute-bound, no padding-free
     kernels) grouping similar lengths is time saved. The longest batch comes first, so an
-    out-of-memory shows at step 1 rather than at the end.
+    out-of-memory shows at step 1 rather than at the end. The model's forward passes (policy and
+    reference) see each prompt once, shared by its two replies (``trainers.shared_prompt_forward``).
     """
+    from peft import PeftModel
     from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import DPOTrainer
 
+    from trainers.shared_prompt_forward import share_prompt_forward
+
     class LengthGroupedDPOTrainer(DPOTrainer):
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - DPOTrainer's signature
+            super().__init__(*args, **kwargs)
+            # After TRL has added its fused LM head to the model (in its __init__).
+            base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+            self.shares_prompt = share_prompt_forward(base)
+            if self.ref_model is not None:
+                share_prompt_forward(self.ref_model)
+
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202 - Trainer's signature
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             columns = getattr(dataset, "column_names", None) or []

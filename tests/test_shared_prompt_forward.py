@@ -1,0 +1,102 @@
+"""A pair's prompt runs through the model once: the same log-probabilities and gradients as TRL's two padded
+rows, from fewer tokens; batches it cannot share go to TRL's own forward."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import add_fused_lm_head
+
+import trainers  # noqa: F401  (HF offline env)
+from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
+from trainers.shared_prompt_forward import pack_pairs, share_prompt_forward
+
+OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")  # what TRL's DPOTrainer asks its fused head for
+PAIRS = [  # prompts of different lengths, replies longer and shorter than each other
+    {"prompt_ids": [2, 5, 6, 7, 8], "chosen_ids": [9, 10, 11, 12, 1], "rejected_ids": [13, 1]},
+    {"prompt_ids": [2, 20, 21], "chosen_ids": [22, 1], "rejected_ids": [23, 24, 25, 26, 27, 28, 1]},
+    {"prompt_ids": [2, 30, 31, 32, 33, 34, 35, 36], "chosen_ids": [37, 38, 1], "rejected_ids": [39, 1]},
+]
+
+
+def tiny_llama() -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+
+
+def tiny_gemma3() -> torch.nn.Module:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    # A window of 4 positions, shorter than the rows, so the sliding layers' own mask matters.
+    return Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                              sliding_window=4))
+
+
+def twins(build, attention: str) -> tuple[torch.nn.Module, torch.nn.Module, list[int]]:  # noqa: ANN001
+    """Two copies of one random model with TRL's fused head, the second sharing prompts; the token counts the
+    second's backbone was given, call by call."""
+    enable_compact_logprobs_on_cpu()
+    torch.manual_seed(0)
+    trl_side = build()
+    trl_side.config._attn_implementation = attention
+    shared = copy.deepcopy(trl_side)
+    for model in (trl_side, shared):
+        add_fused_lm_head(model, outputs=OUTPUTS)
+    assert share_prompt_forward(shared)
+    seen: list[int] = []
+    shared.get_input_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].numel()))
+    return trl_side, shared, seen
+
+
+def batch_of(pairs: list[dict[str, list[int]]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    batch = DataCollatorForPreference(pad_token_id=0)(pairs)
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}, labels
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3-sliding"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_pair_batch_scores_the_same_with_its_prompt_run_once(build, attention: str) -> None:  # noqa: ANN001
+    trl_side, shared, seen = twins(build, attention)
+    inputs, labels = batch_of(PAIRS)
+
+    expected = trl_side(**inputs, labels=labels, fused_lm_head=True)
+    got = shared(**inputs, labels=labels, fused_lm_head=True)
+
+    assert got.log_probs.shape == expected.log_probs.shape
+    torch.testing.assert_close(got.log_probs, expected.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.entropy, expected.entropy, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got.is_top1, expected.is_top1) and torch.equal(got.label_mask, expected.label_mask)
+    expected.log_probs.sum().backward()
+    got.log_probs.sum().backward()
+    for (name, a), b in zip(trl_side.named_parameters(), shared.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    # One packed row: each prompt once (its last token once per reply), no padding.
+    prompts = sum(len(p["prompt_ids"]) for p in PAIRS)
+    replies = sum(len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in PAIRS)
+    assert seen == [prompts + len(PAIRS) + replies]
+    assert seen[0] < inputs["input_ids"].numel()
+
+
+def test_batches_it_cannot_share_go_to_trls_forward() -> None:
+    trl_side, shared, seen = twins(tiny_llama, "sdpa")
+    inputs, labels = batch_of(PAIRS[:2])
+    inputs["input_ids"][3, 1] = 40  # the second pair's rejected row no longer has its chosen row's prompt
+    assert pack_pairs(inputs["input_ids"], inputs["attention_mask"], labels) is None
+
+    got = shared(**inputs, labels=labels, fused_lm_head=True)
+
+    torch.testing.assert_close(got.log_probs, trl_side(**inputs, labels=labels, fused_lm_head=True).log_probs)
+    assert seen == [inputs["input_ids"].numel()]  # the padded batch, as TRL gives it
+
+
+def test_a_reply_truncated_away_is_not_packed() -> None:
+    inputs, labels = batch_of(PAIRS[:1])
+    labels[1] = -100  # the rejected reply cut off by max_length: nothing of it left to score
+    assert pack_pairs(inputs["input_ids"], inputs["attention_mask"], labels) is None
