@@ -213,6 +213,7 @@ def main() -> None:
                   f"({plain['trainer_to_saved_s']:.1f} s, {plain['steps']} steps, bf16={plain['bf16']}, "
                   f"grad ckpt={plain['gradient_checkpointing']}), peak RSS {plain['peak_rss_mb']:.0f} MB; "
                   f"model load {plain['load_s']:.1f} s", flush=True)
+        print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
         if len(results) == 2:
             ratio = results["studio"]["trainer_to_saved_s"] / results["plain"]["trainer_to_saved_s"]
             print(f"ratio studio / plain (time per pair per epoch): {ratio:.2f}x (target <= 0.70x)")
