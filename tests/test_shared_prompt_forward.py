@@ -96,6 +96,15 @@ def test_batches_it_cannot_share_go_to_trls_forward() -> None:
     assert seen == [inputs["input_ids"].numel()]  # the padded batch, as TRL gives it
 
 
+def test_a_batch_too_long_for_one_row_keeps_trls_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainers.shared_prompt_forward as shared_prompt
+
+    inputs, labels = batch_of(PAIRS)
+    assert pack_pairs(inputs["input_ids"], inputs["attention_mask"], labels) is not None
+    monkeypatch.setattr(shared_prompt, "MAX_PACKED_TOKENS", 20)  # the three pairs pack into 40 tokens
+    assert pack_pairs(inputs["input_ids"], inputs["attention_mask"], labels) is None
+
+
 def test_a_reply_truncated_away_is_not_packed() -> None:
     inputs, labels = batch_of(PAIRS[:1])
     labels[1] = -100  # the rejected reply cut off by max_length: nothing of it left to score

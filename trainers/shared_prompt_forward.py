@@ -32,6 +32,10 @@ _MASK_KINDS = {"sdpa": "bool", "eager": "float"}
 # What TRL's DPO and PEFT pass; the others PEFT passes as None (anything else set sends the call to TRL's forward).
 _PASSED_THROUGH = {"input_ids", "attention_mask", "use_cache", "return_dict"}
 _UNSET_ALLOWED = {"inputs_embeds", "output_attentions", "output_hidden_states"}
+# One packed row attends over all of its tokens: attention work and the mask grow with the square of its length,
+# where TRL's rows grow with the square of one pair's. Past this many tokens (big batches of long pairs) the packed
+# row's attention would outweigh what sharing the prompts saves, so such batches keep TRL's rows.
+MAX_PACKED_TOKENS = 4096
 _PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
 
 
@@ -96,6 +100,8 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: to
                 source_index[row, start:end - 1] = torch.arange(offset, offset + count - 1)
             targets.append(target)
             offset += count
+    if offset > MAX_PACKED_TOKENS:
+        return None
     pair_ids, branches = torch.cat(pair_of), torch.cat(branch_of)
     order = torch.arange(offset)
     allowed = (
