@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from store.datasets.files import DatasetImportError, Located
-from store.datasets.formats import FEEDBACK_SCHEMAS, RecordProblems, flatten_messages
+from store.datasets.formats import FEEDBACK_SCHEMAS, RecordProblems, flatten_messages, message_list
 from store.datasets.skipped import SkippedRecords
 from store.feedback_yield import Demonstration, PromptContext, RankedResponses, RatedResponse, UnpairedLabel
 
@@ -194,17 +194,8 @@ def export_schema(kind: str, conversational: bool, attributes: list[str] | None 
 
 
 def _messages(value: object) -> Messages | None:
-    if not isinstance(value, list) or not value:
-        return None
-    out = []
-    for message in value:
-        if not isinstance(message, dict):
-            return None
-        role, content = message.get("role"), message.get("content")
-        if not isinstance(role, str) or not isinstance(content, str):
-            return None
-        out.append({"role": role, "content": content})
-    return out
+    """A non-empty [{role, content}] list (the pairs reader's rule, unpaired surrogates refused too), or None."""
+    return message_list(value) or None
 
 
 def _is_number(value: object) -> bool:

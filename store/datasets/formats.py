@@ -215,7 +215,7 @@ def flatten_messages(messages: list[dict[str, str]]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
 
 
-def _messages(value: object) -> list[dict[str, str]] | None:
+def message_list(value: object) -> list[dict[str, str]] | None:
     """`value` as [{role, content}] with text contents, or None if it is not such a list."""
     if not isinstance(value, list):
         return None
@@ -449,7 +449,7 @@ class SchemaReader:
         if missing:
             self.problems.add("missing fields", f"{name}: {', '.join(missing)}")
             return None
-        lists = {key: _messages(record.get(key)) for key in ("prompt", "chosen", "rejected")}
+        lists = {key: message_list(record.get(key)) for key in ("prompt", "chosen", "rejected")}
         for key in ("chosen", "rejected"):
             reply = record.get(key)
             if self.text_replies and isinstance(reply, str) and _is_unicode(reply):
