@@ -8,7 +8,8 @@ that long, and fail after SQLite's busy timeout. Instead:
    time) and, for a new dataset, its `datasets` row, tagged with the import: one short transaction.
 2. The caller reads the file outside any transaction and writes its rows in bounded batches, each its
    own short transaction, every row tagged with the import's id. Tagged rows of a 'staging' import are
-   invisible to every read (`visible`).
+   invisible to every read (each query in store_mixin.py
+   checks the import's state).
 3. `finish` flips the import to 'done' (one tiny UPDATE): everything it wrote appears at once.
    `discard` (a bad record late in the file, or any error) deletes what it wrote, in bounded
    transactions, then the import row last, so nothing half-imported is ever visible.
@@ -59,12 +60,6 @@ R = TypeVar("R")
 # Imports this process is running, by (database file, import id): a 'staging' row with this process's
 # pid that is not among them was left by an import of ours that failed and could not clean up.
 _running: set[tuple[str, int]] = set()
-
-
-def visible(alias: str) -> str:
-    """SQL that holds for a row (of `alias`) that no unfinished import is still writing."""
-    return (f"({alias}.import_id IS NULL OR {alias}.import_id NOT IN "
-            "(SELECT id FROM dataset_imports WHERE state = 'staging'))")
 
 
 def short_write(store: LockedStore, what: str, body: Callable[[], R]) -> R:

@@ -26,7 +26,6 @@ from store.datasets import import_staging, pair_batches
 from store.datasets.feedback_formats import FEEDBACK_KINDS, FeedbackItem, item_from_json
 from store.datasets.files import DatasetImportError
 from store.datasets.formats import KINDS, StanceRow, TestRow
-from store.datasets.import_staging import visible
 from store.datasets.skipped import SkipGroup, describe_skips
 from store.errors import RecordNotFoundError
 from store.pair_ids import dataset_pair_id, parse_pair_id
@@ -175,30 +174,45 @@ class _Table(NamedTuple):
 
 
 _TABLES = {
-    "stance": _Table(f"SELECT content_hash FROM dataset_stance_items s WHERE dataset_id = ? AND {visible('s')}",
+    "stance": _Table("SELECT content_hash FROM dataset_stance_items WHERE dataset_id = ? AND "
+                     "(import_id IS NULL OR import_id NOT IN "
+                     "(SELECT id FROM dataset_imports WHERE state = 'staging'))",
                      "INSERT INTO dataset_stance_items (import_id, dataset_id, item_key, prompt, support, oppose, "
                      "content_hash) VALUES (?, ?, ?, ?, ?, ?, ?)", _stance_digest),
-    "test": _Table(f"SELECT content_hash FROM dataset_test_prompts t WHERE dataset_id = ? AND {visible('t')}",
+    "test": _Table("SELECT content_hash FROM dataset_test_prompts WHERE dataset_id = ? AND "
+                   "(import_id IS NULL OR import_id NOT IN "
+                   "(SELECT id FROM dataset_imports WHERE state = 'staging'))",
                    "INSERT INTO dataset_test_prompts (import_id, dataset_id, item_key, prompt, content_hash) "
                    "VALUES (?, ?, ?, ?, ?)", _test_digest),
-    "feedback": _Table(f"SELECT content_hash FROM dataset_feedback_items f WHERE dataset_id = ? AND {visible('f')}",
+    "feedback": _Table("SELECT content_hash FROM dataset_feedback_items WHERE dataset_id = ? AND "
+                       "(import_id IS NULL OR import_id NOT IN "
+                       "(SELECT id FROM dataset_imports WHERE state = 'staging'))",
                        "INSERT INTO dataset_feedback_items (import_id, dataset_id, item_json, content_hash) "
                        "VALUES (?, ?, ?, ?)", _feedback_digest),
 }
 
-# Every read shows only what finished imports wrote (see store/datasets/import_staging.py). Callers add
-# "AND ..." conditions and an ORDER BY.
-_DATASETS_SQL = f"""
+# Every read shows only what finished imports wrote (see store/datasets/import_staging.py): a row is visible
+# when no import wrote it or its import is no longer 'staging'. The condition is written out in each query
+# (plain literals, no SQL assembled at run time); an unqualified import_id is the innermost table's.
+# Callers add "AND ..." conditions and an ORDER BY.
+_DATASETS_SQL = """
 SELECT d.*,
   CASE d.kind WHEN 'stance' THEN (SELECT COUNT(*) FROM dataset_stance_items s WHERE s.dataset_id = d.id
-                                  AND {visible('s')})
+                                  AND (import_id IS NULL
+       OR import_id NOT IN (SELECT id FROM dataset_imports WHERE state = 'staging')))
               WHEN 'preference' THEN (SELECT COALESCE(SUM(n_pairs), 0) FROM dataset_pair_batches p
-                                      WHERE p.dataset_id = d.id AND {visible('p')})
-              ELSE (SELECT COUNT(*) FROM dataset_feedback_items f WHERE f.dataset_id = d.id AND {visible('f')})
+                                      WHERE p.dataset_id = d.id AND (import_id IS NULL
+       OR import_id NOT IN (SELECT id FROM dataset_imports WHERE state = 'staging')))
+              ELSE (SELECT COUNT(*) FROM dataset_feedback_items f WHERE f.dataset_id = d.id
+                    AND (import_id IS NULL
+       OR import_id NOT IN (SELECT id FROM dataset_imports WHERE state = 'staging')))
               END AS n_items,
-  (SELECT COUNT(*) FROM dataset_test_prompts t WHERE t.dataset_id = d.id AND {visible('t')}) AS n_test_prompts
+  (SELECT COUNT(*) FROM dataset_test_prompts t WHERE t.dataset_id = d.id
+   AND (import_id IS NULL
+       OR import_id NOT IN (SELECT id FROM dataset_imports WHERE state = 'staging'))) AS n_test_prompts
 FROM datasets d
-WHERE {visible('d')}
+WHERE (import_id IS NULL
+       OR import_id NOT IN (SELECT id FROM dataset_imports WHERE state = 'staging'))
 """
 
 class Datasets:
@@ -378,7 +392,9 @@ class Datasets:
             rows = list(self.db.query(_DATASETS_SQL + " AND d.id = ?", [name_or_id]))
         if rows:
             return _dataset_record(rows[0])
-        names = [row[0] for row in self.db.execute(f"SELECT name FROM datasets d WHERE {visible('d')} ORDER BY id")]
+        names = [row[0] for row in self.db.execute(
+            "SELECT name FROM datasets WHERE (import_id IS NULL OR import_id NOT IN "
+            "(SELECT id FROM dataset_imports WHERE state = 'staging')) ORDER BY id")]
         known = (f"known: {', '.join(names)}" if names
                  else "none imported yet: import one with `prefstudio datasets import FILE`")
         raise RecordNotFoundError(f"No dataset {name_or_id!r} in {self.path} ({known}).")
@@ -388,9 +404,9 @@ class Datasets:
         """A stance dataset's labelled items in file order."""
         record = self._dataset_of_kind(dataset, "stance")
         rows = self.db.execute(
-            f"SELECT id, item_key, prompt, support, oppose FROM dataset_stance_items s WHERE dataset_id = ? "
-            f"AND {visible('s')} "
-            "ORDER BY id", [record.id])
+            "SELECT id, item_key, prompt, support, oppose FROM dataset_stance_items WHERE dataset_id = ? "
+            "AND (import_id IS NULL OR import_id NOT IN "
+            "(SELECT id FROM dataset_imports WHERE state = 'staging')) ORDER BY id", [record.id])
         return [StanceItem(*row) for row in rows]
 
     @serialized
@@ -401,7 +417,9 @@ class Datasets:
             raise ValueError(f"dataset '{record.name}' is a {record.kind} dataset, not one of "
                              f"{', '.join(FEEDBACK_KINDS)}")
         rows = self.db.execute(
-            f"SELECT item_json FROM dataset_feedback_items f WHERE dataset_id = ? AND {visible('f')} ORDER BY id",
+            "SELECT item_json FROM dataset_feedback_items WHERE dataset_id = ? "
+            "AND (import_id IS NULL OR import_id NOT IN "
+            "(SELECT id FROM dataset_imports WHERE state = 'staging')) ORDER BY id",
             [record.id])
         return [item_from_json(record.kind, text) for (text,) in rows]
 
@@ -410,7 +428,9 @@ class Datasets:
         """A dataset's test prompts in file order (empty when it was imported without them)."""
         record = self.get_dataset(dataset)
         rows = self.db.execute(
-            f"SELECT item_key, prompt FROM dataset_test_prompts t WHERE dataset_id = ? AND {visible('t')} ORDER BY id",
+            "SELECT item_key, prompt FROM dataset_test_prompts WHERE dataset_id = ? AND "
+            "(import_id IS NULL OR import_id NOT IN "
+            "(SELECT id FROM dataset_imports WHERE state = 'staging')) ORDER BY id",
             [record.id])
         return [TestPrompt(*row) for row in rows]
 
@@ -452,8 +472,9 @@ class Datasets:
         if not wanted:
             return []
         blobs = self.db.execute(
-            f"SELECT arrow FROM dataset_pair_batches p WHERE last_pair_id >= ? AND first_pair_id <= ? AND {visible('p')} "
-            "ORDER BY id",
+            "SELECT arrow FROM dataset_pair_batches WHERE last_pair_id >= ? AND first_pair_id <= ? AND "
+            "(import_id IS NULL OR import_id NOT IN "
+            "(SELECT id FROM dataset_imports WHERE state = 'staging')) ORDER BY id",
             [min(wanted), max(wanted)])
         found = [_export_pair(row) for (blob,) in blobs for row in pair_batches.rows_of(pair_batches.decode(blob))
                  if row[0] in wanted]
@@ -469,8 +490,9 @@ class Datasets:
         while True:
             with self.lock:
                 row = self.db.execute(
-                    f"SELECT id, arrow FROM dataset_pair_batches p WHERE dataset_id = ? AND id > ? AND {visible('p')} "
-                    "ORDER BY id LIMIT 1", [dataset_id, last]).fetchone()
+                    "SELECT id, arrow FROM dataset_pair_batches WHERE dataset_id = ? AND id > ? AND "
+                    "(import_id IS NULL OR import_id NOT IN "
+                    "(SELECT id FROM dataset_imports WHERE state = 'staging')) ORDER BY id LIMIT 1", [dataset_id, last]).fetchone()
             if row is None:
                 return
             last = row[0]
