@@ -21,6 +21,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
 from textual.worker import get_current_worker
@@ -197,7 +198,7 @@ class ChatScreen(Screen):
         """Nothing is asked or judged while another model loads; returns the state to come back to if it fails."""
         before, self.state = self.state, "loading"
         self.query_one("#prompt-input", Input).disabled = True
-        self.query_one("#engine-status", Static).update(f"loading {label}…")
+        self.query_one("#engine-status", Static).update(Content(f"loading {label}…"))
         return before
 
     def model_switch_failed(self, state_before: str) -> None:
@@ -256,7 +257,7 @@ class ChatScreen(Screen):
         self.state = "generating"
         self.query_one("#prompt-input", Input).disabled = True
         self._show_pending(user_text)
-        self.query_one("#judge-bar", JudgeBar).update(f"generating for: {user_text[:80]} · escape stops")
+        self.query_one("#judge-bar", JudgeBar).update(Content(f"generating for: {user_text[:80]} · escape stops"))
         self.run_generation(round_)
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
@@ -588,7 +589,7 @@ class ChatScreen(Screen):
         bank = f" · thumbs: {thumbs}" if thumbs else ""  # a plain chat (one candidate) makes labels, not pairs
         bank += f" · bank: {self.feed.label}" if self.feed else ""
         bank += " · bank mode on (F4)" if self.bank_mode else ""
-        self.query_one("#counter", Static).update(f"pairs this session: {pairs}{bank}")
+        self.query_one("#counter", Static).update(Content(f"pairs this session: {pairs}{bank}"))
 
     # --- session, system prompt, prompt bank (also reachable from the command palette) ---
 

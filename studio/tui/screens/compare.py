@@ -21,6 +21,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, ProgressBar, Select, Static
@@ -175,7 +176,7 @@ class CompareScreen(Screen):
 
     def on_comparison_failed(self, message: ComparisonFailed) -> None:
         self.query_one("#compare-progress", ProgressBar).display = False
-        self.query_one("#compare-title", Static).update(f"Run {self.run_id}: cannot compare. {message.error}")
+        self.query_one("#compare-title", Static).update(Content(f"Run {self.run_id}: cannot compare. {message.error}"))
         self.query_one("#compare-title", Static).add_class("error-text")
 
     def on_comparison_ready(self, message: ComparisonReady) -> None:
@@ -211,7 +212,7 @@ class CompareScreen(Screen):
         self.query_one("#compare-title", Static).update(
             f"Run {self.run_id} · prompt {self.index + 1}/{len(result.rows)} from {result.prompts_source} · "
             f"{describe_sampling(result.sampling)} · {mode}")
-        self.query_one("#compare-prompt", Static).update(f"Prompt: {row.prompt}")
+        self.query_one("#compare-prompt", Static).update(Content(f"Prompt: {row.prompt}"))
         self._update_tally()
 
     def _update_tally(self) -> None:
