@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from studio.inference import runtime_env  # noqa: F401,I001  (OMP_WAIT_POLICY before llama_cpp loads)
-from studio.inference.batched_generation import generate_batch
+from studio.inference.batched_generation import common_prefix, generate_batch
 from studio.inference.engine import ChatEngine, EngineConfig, SamplingSettings
 from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME, bundled_model_path
 from trainers.prompt_format import ChatTurn
@@ -51,15 +51,6 @@ def raw_sequential(llm, prompt: str, sampling: SamplingSettings, seeds: list[int
         )
         texts.append(out["choices"][0]["text"])
     return texts
-
-
-def shared_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> None:
@@ -105,7 +96,7 @@ def main() -> None:
                 tokens[n]["batched"] += len(tb)
                 agreement[n]["candidates"] += 1
                 agreement[n]["identical"] += a == b
-                agreement[n]["prefix"] += shared_prefix(ta, tb) / max(1, len(ta), len(tb))
+                agreement[n]["prefix"] += common_prefix(ta, tb) / max(1, len(ta), len(tb))
     for n in COUNTS:
         t, a, k = totals[n], agreement[n], tokens[n]
         per_token = (t["batched"] / max(1, k["batched"])) / (t["raw"] / max(1, k["raw"]))

@@ -198,7 +198,8 @@ class _Candidate:
     done_s: float | None = None
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
@@ -242,7 +243,7 @@ class _Decoder:
         for its logits), drop every other sequence; return how many tokens are kept."""
         lib, llm = self._lib, self.llm
         lib.llama_memory_seq_keep(self.memory, 0)
-        keep = min(_common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
+        keep = min(common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
         if keep <= 0 or not lib.llama_memory_seq_rm(self.memory, 0, keep, -1):
             lib.llama_memory_clear(self.memory, True)
             keep = 0
