@@ -11,7 +11,7 @@ import sqlite_utils
 from store.errors import SchemaTooNewError, StoreCorruptError
 from store.transactions import database_file, write_transaction
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _VERSION_KEY = "schema_version"
 
@@ -342,6 +342,35 @@ def _feedback_kinds_v6(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_queue_items_session_id ON queue_items (session_id)")
 
 
+def _checks_and_scores_v7(db: sqlite_utils.Database) -> None:
+    """Version 7: what a safety checker said about a reply, and what a reward model scored a candidate.
+
+    `safety_checks` is keyed by the checker (name and version) and the hash of what it read (the conversation and
+    the reply), so the same text is never checked twice by the same checker, whichever candidate or comparison
+    answer it came from; `candidate_id` links a check made on a candidate (NULL for a comparison answer or a file).
+    `reward_scores`: a reward-model run's score for a candidate, one row per (candidate, run); whether the user
+    agreed with the model's pick is read from these scores and the judgement, so nothing is stored twice.
+    Only new tables: nothing existing is rewritten.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS safety_checks (id INTEGER PRIMARY KEY, checker TEXT NOT NULL, "
+        "checker_version TEXT NOT NULL, text_hash TEXT NOT NULL, safe INTEGER NOT NULL CHECK (safe IN (0, 1)), "
+        "categories_json TEXT NOT NULL DEFAULT '[]', score REAL, created_at TEXT NOT NULL, "
+        "UNIQUE (checker, checker_version, text_hash))"
+    )
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS candidate_safety (candidate_id INTEGER NOT NULL REFERENCES candidates(id), "
+        "check_id INTEGER NOT NULL REFERENCES safety_checks(id), PRIMARY KEY (candidate_id, check_id))"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_candidate_safety_check_id ON candidate_safety (check_id)")
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS reward_scores (candidate_id INTEGER NOT NULL REFERENCES candidates(id), "
+        "run_id INTEGER NOT NULL REFERENCES runs(id), score REAL NOT NULL, created_at TEXT NOT NULL, "
+        "PRIMARY KEY (candidate_id, run_id))"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_reward_scores_run_id ON reward_scores (run_id)")
+
+
 def _add_column(db: sqlite_utils.Database, table: str, column: str, declaration: str, indexed: bool = False) -> None:
     # Idempotent: a file whose recorded version was set back (restored from a copy, or by hand to replay
     # an upgrade) may already carry the column, and adding it twice would fail the whole upgrade.
@@ -358,6 +387,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _dataset_storage_v4,
     _staged_imports_and_process_identity_v5,
     _feedback_kinds_v6,
+    _checks_and_scores_v7,
 ]
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "one migration per schema version"

@@ -57,15 +57,15 @@ def count(store: Store, table: str) -> int:
 
 
 def test_fresh_file_gets_current_schema(store: Store, db_path: Path) -> None:
-    assert SCHEMA_VERSION == 6 and len(MIGRATIONS) == SCHEMA_VERSION
+    assert SCHEMA_VERSION == 7 and len(MIGRATIONS) == SCHEMA_VERSION
     assert store.schema_version == SCHEMA_VERSION
     assert store.path == db_path and db_path.is_file()
     expected = {"meta", "sessions", "turns", "prompts", "candidates", "judgements", "runs", "run_metrics",
                 "comparison_votes", "run_evaluations", "datasets", "dataset_stance_items",
                 "dataset_test_prompts", "dataset_pair_batches", "judgement_ranks", "candidate_ratings",
-                "demonstrations", "dataset_feedback_items"}
+                "demonstrations", "dataset_feedback_items", "safety_checks", "candidate_safety", "reward_scores"}
     assert expected <= set(store.db.table_names())
-    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("6",)
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("7",)
 
 
 def test_a_version_1_file_is_upgraded_keeping_its_data(db_path: Path) -> None:
