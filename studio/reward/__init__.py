@@ -1,0 +1,1 @@
+"""Reward models at work: a trained reward run opened as a scorer of replies (``scorer``)."""
