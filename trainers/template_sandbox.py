@@ -18,14 +18,17 @@ import threading
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 import jinja2.ext
 from jinja2.compiler import CodeGenerator, Frame
 from jinja2.filters import do_center, do_format, do_indent, do_replace, do_wordwrap, sync_do_join
-from jinja2.nodes import Concat
+from jinja2.nodes import Concat, EvalContext, Node
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+_T = TypeVar("_T")
 
 # A rendered prompt must fit a model's context; even a 256k-token context is about a million characters.
 MAX_RENDERED_CHARS = 1_000_000
@@ -52,13 +55,13 @@ def _refuse_size(n: int, what: str) -> None:
             f"{what} would build {n:,} characters (or items); the limit is {MAX_RENDERED_CHARS:,}")
 
 
-def _checked(value: Any, what: str) -> Any:
+def _checked(value: _T, what: str) -> _T:
     if isinstance(value, str | list | tuple | bytes):
         _refuse_size(len(value), what)
     return value
 
 
-def _refuse_widths(ints: Iterable[Any], what: str) -> None:
+def _refuse_widths(ints: Iterable[object], what: str) -> None:
     for value in ints:
         if isinstance(value, int) and not isinstance(value, bool):
             _refuse_size(abs(value), what)
@@ -69,7 +72,7 @@ _BRACE_FIELD = re.compile(r"\{[^{}]*\}")
 _DIGITS = re.compile(r"\d+")
 
 
-def _check_format_string(fmt: str, args: Iterable[Any], what: str) -> None:
+def _check_format_string(fmt: str, args: Iterable[object], what: str) -> None:
     """A width or precision in ``%`` or ``{}`` formatting pads the result to that many characters."""
     widths = [int(g) for m in _PERCENT_SPEC.finditer(fmt) for g in m.groups() if g and g.isdigit()]
     widths += [int(d) for field in _BRACE_FIELD.findall(fmt) for d in _DIGITS.findall(field.partition(":")[2])]
@@ -77,7 +80,7 @@ def _check_format_string(fmt: str, args: Iterable[Any], what: str) -> None:
     _refuse_widths(args, what)  # a ``*`` width, or a nested ``{:{}}`` one, comes from the arguments
 
 
-def _join_size(items: list[Any], separator: str) -> int:
+def _join_size(items: list[object], separator: str) -> int:
     return sum(len(str(x)) for x in items) + len(separator) * max(len(items) - 1, 0)
 
 
@@ -90,7 +93,7 @@ def _replace_size(text: str, old: str, new: str, count: int | None) -> int:
 
 # --- filters that can make a string grow -----------------------------------------------------------------
 
-def _center(value: Any, width: int = 80) -> str:
+def _center(value: str, width: int = 80) -> str:
     _refuse_widths([width], "the center filter")
     return do_center(value, width)
 
@@ -116,7 +119,7 @@ def _format(value: str, *args: Any, **kwargs: Any) -> str:
 
 
 @jinja2.pass_eval_context
-def _join(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: Any = None) -> str:
+def _join(eval_ctx: EvalContext, value: Iterable[object], d: str = "", attribute: str | int | None = None) -> str:
     items = list(value)
     if attribute is None:
         _refuse_size(_join_size(items, str(d)), "the join filter")
@@ -124,7 +127,7 @@ def _join(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: Any = Non
 
 
 @jinja2.pass_eval_context
-def _replace(eval_ctx: Any, s: str, old: str, new: str, count: int | None = None) -> str:
+def _replace(eval_ctx: EvalContext, s: str, old: str, new: str, count: int | None = None) -> str:
     _refuse_size(_replace_size(str(s), str(old), str(new), count), "the replace filter")
     return do_replace(eval_ctx, s, old, new, count)
 
@@ -187,7 +190,7 @@ class CappedSandboxedEnvironment(ImmutableSandboxedEnvironment):
         _refuse_size(sum(map(len, texts)), "the ~ operator")
         return "".join(texts)
 
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: object, right: object) -> object:
         _check_time()
         what = f"the {operator} operator"
         if operator == "*":
@@ -218,7 +221,7 @@ class _IgnoreGenerationTags(jinja2.ext.Extension):
 
     tags = {"generation"}
 
-    def parse(self, parser: Any) -> Any:
+    def parse(self, parser: Parser) -> list[Node]:
         parser.stream.skip(1)
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
@@ -227,7 +230,7 @@ class _IgnoreGenerationTags(jinja2.ext.Extension):
 _MAX_JSON_INDENT = 64
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
+def _tojson(value: object, ensure_ascii: bool = False, indent: int | str | None = None,
             separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
     """transformers' ``tojson``: plain ``json.dumps``, non-ASCII kept (Jinja's own escapes ``<`` and ``'`` for
     HTML, which would change the prompt). The indent is checked first: it multiplies the output's size."""
