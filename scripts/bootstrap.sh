@@ -82,5 +82,10 @@ stamp="$venv/.prefstudio-$(sha256sum pyproject.toml | cut -c1-16)-${extras:-app}
 if [ ! -f "$stamp" ]; then
   log "installing preference-studio ($spec)"
   "${pip[@]}" install -q -e "$spec"
+  # The bundled safety checker (alt-profanity-check, pinned in pyproject.toml with scikit-learn) ships its
+  # model as joblib files, i.e. pickle: loading one runs code. Check once, right after installing, that they
+  # are the pinned release's files (sha256) and load without warnings, so a mismatch shows here.
+  "$py" -c "from studio.safety.profanity import ProfanityChecker; ProfanityChecker()" \
+    || log "warning: the bundled safety checker cannot load (see above); the studio runs without it"
   touch "$stamp"
 fi

@@ -8,6 +8,7 @@ The config file is ``config.toml`` in the user config dir (``prefstudio doctor``
     system_prompt = "You are a concise, friendly assistant."
     candidates = 3            # per prompt in the studio: 1 thumbs, 2 pick the better, 3–4 rank
     attributes = "quality,helpfulness,humor"   # what `a` rates (0–4); or a preset: "steerlm", "helpsteer", "oasst"
+    safety = ["profanity", "wordlist:~/blocklist.txt"]  # checkers on every reply (studio/safety/specs.py)
 
     [sampling]
     temperature = 0.7
@@ -24,6 +25,7 @@ from store.locations import config_dir, default_db_path
 from studio.attributes import DEFAULT_ATTRIBUTES, AttributeSetError, attribute_set
 from studio.inference.engine import SamplingSettings
 from studio.inference.model_files import BUNDLED_MODELS, unknown_model_message
+from studio.safety.specs import DEFAULT_SAFETY, CheckerSpec, parse_checker_specs
 from trainers.prompt_format import PROMPT_FORMAT_NAMES, PromptFormatName
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -56,6 +58,8 @@ class StudioSettings:
     # "auto": the model's own chat template if it has one; "transcript": the plain transcript even then (the way
     # past a model whose template cannot render: never chosen for the user, who must ask for it).
     prompt_format: PromptFormatName = "auto"
+    # The safety checkers run on replies (``safety = [...]``, ``--safety``): the bundled classifier unless changed.
+    safety: tuple[CheckerSpec, ...] = field(default_factory=lambda: parse_checker_specs(DEFAULT_SAFETY, "default"))
     # The config file these settings were read from (None: none was), so `doctor` names the one in use.
     config_file: Path | None = None
 
@@ -97,6 +101,16 @@ def check_attributes(value: object, where: str) -> tuple[str, ...]:
     try:
         return attribute_set(value, where)  # type: ignore[arg-type]
     except AttributeSetError as exc:
+        raise SettingsError(str(exc)) from exc
+
+
+def check_safety(value: object, where: str) -> tuple[CheckerSpec, ...]:
+    """Safety checker entries (a list, or one text), else SettingsError naming ``where`` and the forms taken."""
+    if not isinstance(value, str | list | tuple):
+        raise SettingsError(f"{where} must be a list of checkers in quotes, got {value!r}")
+    try:
+        return parse_checker_specs(value, where)  # type: ignore[arg-type]
+    except ValueError as exc:
         raise SettingsError(str(exc)) from exc
 
 
@@ -196,6 +210,8 @@ def _from_toml(path: Path) -> dict:
             out[key] = check_count(key, value, _COUNT_MINIMUMS[key], f"{path}: {key}")
         elif key == "prompt_format":
             out[key] = check_prompt_format(value, f"{path}: prompt_format")
+        elif key == "safety":
+            out[key] = check_safety(value, f"{path}: safety")
         elif key == "system_prompt":
             if not isinstance(value, str):
                 raise SettingsError(f"{path}: system_prompt must be text in quotes, got {value!r}")
@@ -242,6 +258,8 @@ def load_settings(path: Path | None = None, **overrides) -> StudioSettings:
         chosen["candidates"] = check_candidates(chosen["candidates"], "--candidates")
     if "attributes" in chosen:
         chosen["attributes"] = check_attributes(chosen["attributes"], "--attributes")
+    if "safety" in chosen:
+        chosen["safety"] = check_safety(chosen["safety"], "--safety")
     for key, (flag_name, minimum) in _FLAG_MINIMUMS.items():
         if key in chosen:
             check_count(key, chosen[key], minimum, flag_name)

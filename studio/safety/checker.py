@@ -8,12 +8,11 @@ is stored under (``safety_checks``), so the same text is never checked twice by 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from store.safety_checks import conversation_text_hash
 from trainers.prompt_format import ChatTurn
 
 
@@ -42,6 +41,9 @@ class SafetyChecker(Protocol):
 
 def checked_text_hash(conversation: Sequence[ChatTurn], reply: str) -> str:
     """The key of what a checker read: the conversation's roles and texts and the reply, hashed."""
-    payload = json.dumps([[turn.role, turn.content] for turn in conversation] + [["reply", reply]],
-                         ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    # One rule, in the store: the trainer computes the same key for a pair's chosen reply (drop_flagged).
+    return conversation_text_hash([(turn.role, turn.content) for turn in conversation], reply)
+
+
+class SafetyCheckerError(Exception):
+    """A checker cannot load (package missing, bad file) or could not read a reply; the message names it."""
