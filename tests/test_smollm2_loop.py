@@ -155,9 +155,16 @@ def test_exercise_renders_chatml_and_scores_the_stance_with_it(smollm2_engine: C
     from trainers.run_config import RunConfig
 
     engine = smollm2_engine
-    items = {str(row["id"]): row for row in json.loads((EXERCISES / "train.json").read_text(encoding="utf-8"))}
+    # The bundled exercise cut to its first 10 items: 4 train, 6 held out (its 60 would score 56 held-out items
+    # twice each, which says nothing more about the prompt format than 6 do).
+    rows = json.loads((EXERCISES / "train.json").read_text(encoding="utf-8"))[:10]
+    exercise = tmp_path / EXERCISES.name
+    exercise.mkdir()
+    (exercise / "train.json").write_text(json.dumps(rows), encoding="utf-8")
+    (exercise / "test.json").write_bytes((EXERCISES / "test.json").read_bytes())
+    items = {str(row["id"]): row for row in rows}
     with prefstudio_home(session_home), Store.open(tmp_path / "studio.db") as store:
-        name = import_dataset(store, EXERCISES).name
+        name = import_dataset(store, exercise).name
         config = RunConfig(dataset=name, support_ratio=1.0, data_size=4, max_steps=2, max_length=192,
                            learning_rate=2e-3)
         prepared = prepare_run(store, config, model_path=smollm2_model, runs_root=tmp_path / "runs")
@@ -175,7 +182,7 @@ def test_exercise_renders_chatml_and_scores_the_stance_with_it(smollm2_engine: C
         engine.load_adapter(adapter_name(run), gguf_adapter_for_run(run, engine.info, store.path))
         stance = run_stance_metrics(engine, store, run, EXERCISE_SYSTEM_PROMPT, adapter_name(run))
     assert set(stance) == {"heldout", "train"} and stance["train"]["total"] == 4
-    assert stance["train"]["before"]["n"] == 4 and stance["heldout"]["before"]["n"] > 0
+    assert stance["train"]["before"]["n"] == 4 and stance["heldout"]["before"]["n"] == 6
     # The stance is scored in the serving engine's ChatML, exactly the training pair's prompt and completion,
     # not in the transcript format (which gives another number).
     (score,) = stance_share(engine, [item], EXERCISE_SYSTEM_PROMPT).per_item
