@@ -25,9 +25,11 @@ from studio.cli.generate import generate
 from studio.cli.models import models
 from studio.cli.pairs import pairs_app
 from studio.cli.queue import queue_app
+from studio.cli.safety import safety_app
 from studio.cli.train import TRAIN_HELP, train_command
 from studio.inference import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
 from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME
+from studio.safety.specs import SPEC_HELP
 from studio.settings import load_settings
 
 app = typer.Typer(
@@ -39,6 +41,7 @@ app = typer.Typer(
 app.add_typer(pairs_app, name="pairs")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(queue_app, name="queue")
+app.add_typer(safety_app, name="safety")
 app.add_typer(make_datasets_app(lambda: settings().db), name="datasets")
 
 MODEL_HELP = (f"A bundled model by name ({', '.join(BUNDLED_MODELS)}; default {DEFAULT_MODEL_NAME}) or a GGUF "
@@ -60,6 +63,9 @@ def main_callback(
         "steerlm (default: quality,helpfulness,correctness,humor,toxicity), helpsteer, oasst.")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="Config TOML (default: user config dir).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Base seed: candidates get seed, seed+1, … (reproducible demos).")] = None,
+    safety: Annotated[list[str] | None, typer.Option(
+        "--safety", help=f"A safety checker run on replies, repeatable: {SPEC_HELP} (default: profanity, the "
+        "bundled offline classifier; the config's `safety` list).")] = None,
     prompt_format: Annotated[str | None, typer.Option("--prompt-format", help="auto (the model's chat template if it has one) or transcript (plain User:/Assistant: text, e.g. for a model whose template fails).")] = None,
 ) -> None:
     """Start the studio (TUI) when no command is given."""
@@ -67,7 +73,7 @@ def main_callback(
         state.settings = load_settings(
             config, db=db.expanduser() if db else None, model=model,
             n_ctx=n_ctx, threads=threads, seed=seed, prompt_format=prompt_format, candidates=candidates,
-            attributes=attributes,
+            attributes=attributes, safety=safety or None,
         )
     if ctx.invoked_subcommand is None:
         run_tui()

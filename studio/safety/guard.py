@@ -146,7 +146,11 @@ class GuardChecker:
             raise SafetyCheckerError(f"guard model {self.path}: {exc}") from exc
         self.prompt_format = self._guard_format()
         self._name = f"guard:{self.path.stem}"
-        self.last_tokens_per_s: float | None = None  # prompt and answer tokens over the last check's time
+        # Speed, shown by `prefstudio safety check`: the prompt and answer tokens over the time the checks took.
+        self.last_tokens_per_s: float | None = None
+        self.tokens_processed = 0
+        self.seconds_checking = 0.0
+        self.checks = 0
 
     def _guard_format(self) -> GuardTemplate:
         import llama_cpp
@@ -192,8 +196,16 @@ class GuardChecker:
         answer = self.engine.generate(prompt, GUARD_SAMPLING, seed=0)
         elapsed = time.perf_counter() - started
         self.last_tokens_per_s = (n_prompt + answer.n_tokens) / elapsed if elapsed > 0 else None
+        self.tokens_processed += n_prompt + answer.n_tokens
+        self.seconds_checking += elapsed
+        self.checks += 1
         parsed = parse_guard_output(answer.text, self.path.name)
         return SafetyVerdict(self.name, self.version, safe=parsed.safe, categories=parsed.categories)
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Prompt and answer tokens per second over every check so far (None before the first)."""
+        return self.tokens_processed / self.seconds_checking if self.seconds_checking > 0 else None
 
     def close(self) -> None:
         self.engine.close()
