@@ -1,4 +1,4 @@
-"""``RunConfig``: every choice a DPO run makes, in TRL's config style (field help, checks in ``__post_init__``).
+"""``RunConfig``: every choice a run makes, in TRL's config style (field help, checks in ``__post_init__``).
 
 The same fields are the ``prefstudio train`` flags (kebab-case, generated from this dataclass by
 ``trainers.train_cli``), the TUI's train form and the JSON stored with each run, so a run can be
@@ -34,21 +34,29 @@ def flag(name: str) -> str:
 
 @dataclass
 class RunConfig:
-    r"""Configuration of one LoRA DPO run.
+    r"""Configuration of one LoRA run (DPO, SFT, KTO: ``method``).
 
     Every field is also a ``prefstudio train`` flag: ``learning_rate`` is ``--learning-rate``.
     """
 
     method: str = field(
         default=DEFAULT_METHOD,
-        metadata={"help": "Training method, one module each under trainers/methods/ (dpo: TRL DPOTrainer + "
-                  "LoRA)."},
+        metadata={"help": "Training method, one module each under trainers/methods/: dpo (TRL DPOTrainer on "
+                  "preference pairs), sft (TRL SFTTrainer on demonstrations, loss on the reply tokens only), kto "
+                  "(TRL KTOTrainer on replies marked good or bad); all train LoRA."},
     )
     # Model
     train_model: str | None = field(
         default=None,
         metadata={"help": "Model to train: a .gguf file (converted once, cached) or a Hugging Face model "
                   "directory. Default: the model the studio serves."},
+    )
+    init_from: int | None = field(
+        default=None,
+        metadata={"help": "Start from an earlier run's adapter (its id): SFT then DPO, or a second round of DPO. "
+                  "That run's adapter is merged into the base before this run trains (so DPO's and KTO's "
+                  "reference is that tuned model), and this run's adapter is the whole chain's effect. The run "
+                  "must be done, an sft, kto or dpo run, and trained on the same model."},
     )
     # Data
     session_id: int | None = field(
@@ -87,6 +95,12 @@ class RunConfig:
                   "0 keeps all for training). A labelled-stance dataset holds out the items after --data-size "
                   "instead (at most 100); 0 holds none out there too."},
     )
+    drop_flagged: bool = field(
+        default=False,
+        metadata={"help": "Drop pairs whose chosen reply a safety checker flagged: the studio checks the chosen "
+                  "replies with its configured checkers (--safety, the config's `safety`) before the run is "
+                  "prepared, and the count dropped is shown with the selection."},
+    )
     max_length: int | None = field(
         default=None,
         metadata={"help": "Maximum tokens of prompt + reply; longer replies are cut at the end, and pairs whose "
@@ -97,12 +111,35 @@ class RunConfig:
     # DPO
     loss_type: str = field(
         default="sigmoid",
-        metadata={"help": f"TRL DPO loss: {', '.join(LOSS_TYPES)}."},
+        metadata={"help": f"DPO only: TRL's DPO loss: {', '.join(LOSS_TYPES)}."},
     )
     beta: float = field(
         default=0.1,
-        metadata={"help": "How far the model may move from the reference (higher: less). For ipo, the τ "
-                  "regulariser."},
+        metadata={"help": "DPO and KTO: how far the model may move from the reference (higher: less). For ipo, "
+                  "the τ regulariser."},
+    )
+    # SFT
+    sft_include_chosen: bool = field(
+        default=False,
+        metadata={"help": "SFT only: also learn the chosen reply of each preference pair (your A/B picks, edits, "
+                  "rankings' better replies, or a preference dataset's chosen), besides the demonstrations."},
+    )
+    # KTO
+    kto_from_pairs: bool = field(
+        default=False,
+        metadata={"help": "KTO only: also use the labels comparisons imply (a pair's chosen reply good, its "
+                  "rejected one bad; both-bad and all-bad rounds bad; a preference dataset's pairs unpaired). Off "
+                  "by default: a reply that lost a comparison is not necessarily a bad reply."},
+    )
+    desirable_weight: float | None = field(
+        default=None,
+        metadata={"help": "KTO only: weight of the good replies' loss. Default: set from the data's balance as the "
+                  "KTO paper recommends (desirable weight x good / (undesirable weight x bad) between 1 and 4/3)."},
+    )
+    undesirable_weight: float | None = field(
+        default=None,
+        metadata={"help": "KTO only: weight of the bad replies' loss. Default: set from the data's balance (see "
+                  "--desirable-weight)."},
     )
     learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the LoRA weights."})
     epochs: int = field(default=2, metadata={"help": "Passes over the training pairs."})
@@ -129,6 +166,12 @@ class RunConfig:
     )
     threads: int | None = field(
         default=None, metadata={"help": "CPU threads for training (default: all cores)."}
+    )
+    num_processes: int = field(
+        default=1,
+        metadata={"help": "Train in this many processes with `accelerate launch` (DDP: one per GPU; on a CPU the "
+                  "cores are shared out). --batch-size is per process, so each step takes batch-size x this "
+                  "many pairs."},
     )
     four_bit: bool = field(
         default=False, metadata={"help": "QLoRA: load the base model in 4-bit NF4 (CUDA + bitsandbytes only)."}
@@ -170,6 +213,8 @@ class RunConfig:
             (0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)"),
             (bool(self.target_modules), "target_modules", "must name at least one module"),
             (self.threads is None or self.threads >= 1, "threads", "must be 1 or more"),
+            (self.num_processes >= 1, "num_processes", "must be 1 or more"),
+            (self.init_from is None or self.init_from >= 1, "init_from", "must be a run id (1 or more)"),
             (self.data_size is None or self.data_size >= 1, "data_size", "must be 1 or more"),
             (0 <= self.heldout_fraction < 0.5, "heldout_fraction", "must be in [0, 0.5)"),
             (self.support_ratio is None or 0 <= self.support_ratio <= 1, "support_ratio",
@@ -183,6 +228,7 @@ class RunConfig:
         for ok, name, problem in checks:
             if not ok:
                 raise RunConfigError(f"{flag(name)} {problem} (got {getattr(self, name)!r})")
+        self._check_method_fields()
         if self.four_bit and self.device == "cpu":
             raise RunConfigError(
                 "--four-bit needs a CUDA GPU (4-bit QLoRA on CPU ran ~10x slower than fp32); drop --four-bit "
@@ -190,8 +236,32 @@ class RunConfig:
             )
         if self.paged_adamw_8bit and self.device == "cpu":
             raise RunConfigError("--paged-adamw-8bit needs a CUDA GPU; drop it or use --device cuda")
+        if self.four_bit and self.init_from is not None:
+            raise RunConfigError(
+                "--init-from cannot be combined with --four-bit: the earlier adapter is merged into the base "
+                "weights, and merged into 4-bit weights it would be rounded away; drop --four-bit"
+            )
         if self.target_modules != ["all-linear"] and "lm_head" in self.target_modules:
             raise RunConfigError("--target-modules cannot include lm_head (TRL scores with it directly)")
+
+    def _check_method_fields(self) -> None:
+        """Refuse a setting the chosen method would silently ignore (a user who set it expects it to matter)."""
+        for name in ("desirable_weight", "undesirable_weight"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise RunConfigError(f"{flag(name)} must be greater than 0 (got {value!r})")
+        used_by = {"sft_include_chosen": "sft", "kto_from_pairs": "kto", "desirable_weight": "kto",
+                   "undesirable_weight": "kto"}
+        for name, method in used_by.items():
+            if getattr(self, name) not in (None, False) and self.method != method:
+                raise RunConfigError(f"{flag(name)} applies to --method {method} only (this run's method is "
+                                     f"{self.method})")
+        if self.method in ("sft", "kto") and self.loss_type != "sigmoid":
+            raise RunConfigError(f"--loss-type is a DPO setting; --method {self.method} has its own loss (drop "
+                                 f"--loss-type {self.loss_type})")
+        if self.method == "kto" and self.batch_size < 2:
+            raise RunConfigError("--batch-size must be 2 or more with --method kto: KTO estimates its KL term from "
+                                 f"the other replies of each batch (got {self.batch_size})")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

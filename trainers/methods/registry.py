@@ -10,7 +10,24 @@ DEFAULT_METHOD = "dpo"
 
 METHODS: dict[str, str] = {
     "dpo": "trainers.methods.dpo",  # TRL DPOTrainer + PEFT LoRA
+    "sft": "trainers.methods.sft",  # TRL SFTTrainer (loss on the reply tokens) + PEFT LoRA, on demonstrations
+    "kto": "trainers.methods.kto",  # TRL KTOTrainer + PEFT LoRA, on good/bad labels
+    "reward": "trainers.methods.reward",  # TRL RewardTrainer: a score head + PEFT LoRA, on pairs
 }
+
+# The feedback each method trains on (trainers/feedback_selection.py selects it; store/feedback_yield.py reads
+# it): "pairs" (chosen over rejected), "demonstrations" (a prompt and the reply to learn), "labels" (a reply
+# marked good or bad). A method not listed here trains on pairs.
+METHOD_FEEDBACK: dict[str, str] = {
+    "dpo": "pairs",
+    "sft": "demonstrations",
+    "kto": "labels",
+}
+
+
+def feedback_of(method: str) -> str:
+    """The kind of feedback ``method`` trains on (pairs when the method does not say)."""
+    return METHOD_FEEDBACK.get(method, "pairs")
 
 
 def unknown_method_message(name: str) -> str | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from trainers.pair_selection import PairSelection, PairSelectionError, TrainingPair, dataset_hash
 
@@ -64,17 +64,28 @@ def measure(pairs: Sequence[TrainingPair], tokenizer: PreTrainedTokenizerBase) -
             for pr, ch, rj in zip(prompt_ids, chosen_ids, rejected_ids, strict=True)]
 
 
-def auto_max_length(lengths: Sequence[PairLength]) -> int:
+class Measured(Protocol):
+    """Token counts of one training row (a pair, or an SFT/KTO example): its prompt and prompt + longest reply."""
+
+    @property
+    def prompt(self) -> int: ...
+
+    @property
+    def longest(self) -> int: ...
+
+
+def auto_max_length(lengths: Sequence[Measured]) -> int:
     """The default max length for these pairs: the longest, rounded up to 64, at most the cap."""
     longest = max((n.longest for n in lengths), default=LENGTH_STEP)
     return min(AUTO_MAX_LENGTH_CAP, max(LENGTH_STEP, math.ceil(longest / LENGTH_STEP) * LENGTH_STEP))
 
 
 def planned_steps(train_pairs: int, config: RunConfig) -> int:
-    """Optimizer steps the Trainer will take: ceil(pairs / batch / grad-accum) per epoch × epochs."""
+    """Optimizer steps the Trainer will take: ceil(pairs / batch / grad-accum / processes) per epoch × epochs
+    (each of ``--num-processes`` ranks takes its own ``--batch-size`` pairs per forward pass)."""
     if config.max_steps:
         return int(config.max_steps)
-    per_epoch = max(1, math.ceil(train_pairs / (config.batch_size * config.grad_accum)))
+    per_epoch = max(1, math.ceil(train_pairs / (config.batch_size * config.grad_accum * config.num_processes)))
     return per_epoch * int(config.epochs)
 
 
