@@ -9,6 +9,7 @@ The config file is ``config.toml`` in the user config dir (``prefstudio doctor``
     candidates = 3            # per prompt in the studio: 1 thumbs, 2 pick the better, 3–4 rank
     attributes = "quality,helpfulness,humor"   # what `a` rates (0–4); or a preset: "steerlm", "helpsteer", "oasst"
     safety = ["profanity", "wordlist:~/blocklist.txt"]  # checkers on every reply (studio/safety/specs.py)
+    safety_auto_reject = true # a flagged candidate suggested as rejected in the chat (one key records it)
 
     [sampling]
     temperature = 0.7
@@ -60,6 +61,9 @@ class StudioSettings:
     prompt_format: PromptFormatName = "auto"
     # The safety checkers run on replies (``safety = [...]``, ``--safety``): the bundled classifier unless changed.
     safety: tuple[CheckerSpec, ...] = field(default_factory=lambda: parse_checker_specs(DEFAULT_SAFETY, "default"))
+    # Flagged candidates suggested as rejected in the chat (studio/safety/candidate_checks.py): when exactly one of
+    # two is flagged, one key records the other over it. Off: the badges only. The palette toggles it.
+    safety_auto_reject: bool = False
     # The config file these settings were read from (None: none was), so `doctor` names the one in use.
     config_file: Path | None = None
 
@@ -210,6 +214,10 @@ def _from_toml(path: Path) -> dict:
             out[key] = check_count(key, value, _COUNT_MINIMUMS[key], f"{path}: {key}")
         elif key == "prompt_format":
             out[key] = check_prompt_format(value, f"{path}: prompt_format")
+        elif key == "safety_auto_reject":
+            if not isinstance(value, bool):
+                raise SettingsError(f"{path}: safety_auto_reject must be true or false, got {value!r}")
+            out[key] = value
         elif key == "safety":
             out[key] = check_safety(value, f"{path}: safety")
         elif key == "system_prompt":

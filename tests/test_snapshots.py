@@ -48,6 +48,9 @@ def make_app(tmp_path, default_model, engine, tiny_model_dir, studio_home):
         stores.append(store)
         config = tmp_path / "studio.toml"
         config.write_text("", encoding="utf-8")
+        # No safety checker unless a test asks: its badges arrive from a worker after the candidates (a race with
+        # the snapshot); tests/test_tui_safety.py shows them.
+        overrides.setdefault("safety", ())
         settings = replace(load_settings(config), model=default_model, train_model=tiny_model_dir, **overrides)
         return PreferenceStudioApp(settings=settings, store=store, engine=app_engine)
 

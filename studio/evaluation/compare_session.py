@@ -7,7 +7,8 @@ without generating again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ from studio.evaluation.comparison_result import ComparisonResult, StanceParts
 from studio.evaluation.comparison_text import report_columns, samples_note, stance_lines
 from studio.evaluation.prompts import PromptSource, resolve_prompts
 from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
+from studio.evaluation.safety_metrics import SafetyMetrics, measure_safety
 from studio.evaluation.stance_metric import (
     StanceMetricError,
     run_exercise_system,
@@ -32,6 +34,7 @@ from studio.inference.scoring import PreferenceMetrics, preference_metrics
 if TYPE_CHECKING:
     from store.records import RunRecord
     from store.studio_store import Store
+    from studio.safety.checker import SafetyChecker
 
 EVALUATION_KIND = "comparison"
 Progress = Callable[[str, int, int], None]
@@ -52,6 +55,7 @@ def run_comparison(
     with_metrics: bool = True,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    checkers: Sequence[SafetyChecker] = (),
 ) -> ComparisonResult:
     """Answer the comparison prompts with base and tuned (same seeds and settings) and score the run's
     held-out pairs before and after. Leaves the base model active. Raises ValueError subclasses with
@@ -60,6 +64,8 @@ def run_comparison(
     The prompts come from ``prompts_from`` (a ``PromptSource`` or its spec: held-out, a bank, the session's
     questions, a file) or, the older spelling, ``prompts_file``; by default the exercise's test prompts, else
     the held-out pairs, else the first bank. The sampling settings and the source are stored with the result.
+    With ``checkers``, every base and tuned answer is checked too (``safety_metrics.measure_safety``) and the
+    flagged rates are stored with the result.
     """
     if prompts_from is None:
         source = PromptSource("file", str(prompts_file)) if prompts_file is not None else PromptSource()
@@ -104,6 +110,34 @@ def run_comparison(
                                    on_answer=on_answer, should_stop=should_stop)
     finally:
         engine.activate_adapter(None)
+    if checkers and result.rows:
+        result.safety = _safety(store, result, checkers, progress, should_stop)
+    store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
+    return result
+
+
+def _safety(store: Store, result: ComparisonResult, checkers: Sequence[SafetyChecker], progress: Progress | None,
+            should_stop: Callable[[], bool] | None) -> SafetyMetrics:
+    return measure_safety(store, result.rows, checkers, should_stop=should_stop,
+                          progress=(lambda done, total: progress("safety checks", done, total)) if progress else None)
+
+
+def comparison_with_safety(store: Store, run_id: int, checkers: Sequence[SafetyChecker],
+                           progress: Progress | None = None) -> ComparisonResult | None:
+    """The run's stored comparison with its answers' safety measured by ``checkers`` and stored with it, so the
+    next look reads it back; a comparison that already holds every checker's numbers is returned as it is (and
+    each answer a checker read before is read from the store's cache, never checked again). None when the run
+    has no stored comparison."""
+    result = stored_comparison(store, run_id)
+    if result is None or not result.rows or not checkers:
+        return result
+    measured = {(c.checker, c.version) for c in result.safety.checkers} if result.safety else set()
+    if all((checker.name, checker.version) in measured for checker in checkers):
+        return result
+    safety = _safety(store, result, checkers, progress, None)
+    # Read again just before saving: what another measure (a reward model's scores) stored meanwhile is kept.
+    latest = stored_comparison(store, run_id)
+    result = replace(latest if latest is not None and latest.rows == result.rows else result, safety=safety)
     store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
     return result
 
@@ -173,4 +207,4 @@ def write_run_report(store: Store, run_id: int, result: ComparisonResult | None,
     note = samples_note(result) if result else ""
     return write_report(out_dir, store.get_run(run_id), store.run_metrics(run_id),
                         report_columns(result) if result else {}, tally if tally.total else None,
-                        result.rows if result else [], samples_note=note)
+                        result.rows if result else [], samples_note=note, safety=result.safety if result else None)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from studio.evaluation.comparison import ComparisonRow
+from studio.evaluation.safety_metrics import SafetyMetrics
 from studio.inference.engine import SamplingSettings
 from studio.inference.scoring import PreferenceMetrics
 
@@ -34,6 +35,7 @@ class ComparisonResult:
     stance: StanceParts | None = None  # exercise runs: the support share before and after
     sampling: SamplingSettings | None = None  # the settings both sides answered with (temperature 0: greedy)
     prompts_spec: str = "auto"  # the PromptSource spec the prompts were chosen with
+    safety: SafetyMetrics | None = None  # flagged rate and mean score per checker, base and tuned (when configured)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class ComparisonResult:
             "notes": self.notes, "stance": self.stance,
             "sampling": self.sampling.to_dict() if self.sampling else None,
             "prompts_spec": self.prompts_spec,
+            "safety": self.safety.to_dict() if self.safety else None,
         }
 
     @classmethod
@@ -52,7 +55,8 @@ class ComparisonResult:
         return cls(run_id=data["run_id"], prompts_source=data["prompts_source"], rows=rows, seed=data["seed"],
                    before=metrics_from_dict(data.get("before")), after=metrics_from_dict(data.get("after")),
                    notes=data.get("notes", []), stance=data.get("stance"),
-                   sampling=sampling_from_dict(data.get("sampling")), prompts_spec=data.get("prompts_spec", "auto"))
+                   sampling=sampling_from_dict(data.get("sampling")), prompts_spec=data.get("prompts_spec", "auto"),
+                   safety=SafetyMetrics.from_dict(data.get("safety")))
 
 
 def metrics_from_dict(data: dict[str, Any] | None) -> PreferenceMetrics | None:

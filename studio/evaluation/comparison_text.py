@@ -11,6 +11,7 @@ from typing import Any
 
 from studio.evaluation.comparison import ComparisonRow
 from studio.evaluation.comparison_result import ComparisonResult
+from studio.evaluation.safety_metrics import MeanScore, SafetyMetrics, SideSafety
 from studio.evaluation.stance_metric import describe_stance, stance_parts
 from studio.inference.engine import SamplingSettings
 from studio.inference.scoring import PreferenceMetrics
@@ -49,7 +50,45 @@ def metric_paragraphs(result: ComparisonResult) -> list[str]:
         paragraphs.append(metrics_line(result.before, result.after))
     if result.stance:
         paragraphs.append("\n".join(stance_lines(result)))
+    if result.safety:
+        paragraphs.append("\n".join(safety_lines(result.safety)))
     return paragraphs
+
+
+SHOWN_PROBLEMS = 3  # a checker failing on every answer names the first few, then counts the rest
+
+
+def flagged_text(side: SideSafety) -> str:
+    """"2/4 flagged (50%, 95 % CI 15%–85%)", or "none checked"."""
+    rate, interval = side.flagged.rate, side.flagged.interval
+    if rate is None or interval is None:
+        return "none checked"
+    return (f"{side.flagged.flagged}/{side.flagged.checked} flagged ({rate:.0%}, 95 % CI "
+            f"{interval[0]:.0%}–{interval[1]:.0%})")
+
+
+def score_text(score: MeanScore) -> str:
+    """"0.43 (95 % CI 0.12–0.74)"; the mean alone below two scores."""
+    if score.mean is None:
+        return "—"
+    interval = score.interval
+    return f"{score.mean:.2f}" + (f" (95 % CI {interval[0]:.2f}–{interval[1]:.2f})" if interval else "")
+
+
+def safety_lines(safety: SafetyMetrics) -> list[str]:
+    """The safety of the answers, base → tuned, one line per checker (flagged rate, Wilson interval; mean
+    score, Student t interval, for checkers that score), then what a checker could not read."""
+    lines = [f"safety of the answers to {safety.n_prompts} prompt(s), base → tuned (flagged rate: Wilson interval; "
+             "mean score: t interval):"]
+    for checker in safety.checkers:
+        line = f"  {checker.checker}: {flagged_text(checker.base)} → {flagged_text(checker.tuned)}"
+        if checker.base.score.n or checker.tuned.score.n:
+            line += f" · mean score {score_text(checker.base.score)} → {score_text(checker.tuned.score)}"
+        lines.append(line)
+    lines += [f"  not checked: {problem}" for problem in safety.problems[:SHOWN_PROBLEMS]]
+    if len(safety.problems) > SHOWN_PROBLEMS:
+        lines.append(f"  … and {len(safety.problems) - SHOWN_PROBLEMS} more answer(s) not checked")
+    return lines
 
 
 def stance_lines(result: ComparisonResult | None) -> list[str]:

@@ -24,6 +24,7 @@ from studio import __version__
 if TYPE_CHECKING:
     from store.records import RunRecord
     from studio.evaluation.comparison import BlindTally, ComparisonRow
+    from studio.evaluation.safety_metrics import SafetyMetrics
 
 LOSS_PNG = "loss.png"
 MARGINS_PNG = "margins.png"
@@ -181,6 +182,37 @@ def _tally(tally: BlindTally | None) -> list[Block]:
     return [*blocks, _table(("", ""), rows)]
 
 
+SAFETY_NOTE = (
+    "flagged: answers the checker called unsafe, of those it read; the interval is the 95 % Wilson score interval. "
+    "mean score: the checker's probability of unsafe, where it gives one, with a 95 % Student t interval. Both "
+    "models answered the same prompts with the same seeds."
+)
+
+
+def _interval(interval: tuple[float, float] | None) -> str | None:
+    return f"{interval[0]:.3f} – {interval[1]:.3f}" if interval else None
+
+
+def _safety(safety: SafetyMetrics | None) -> list[Block]:
+    """The safety of base and tuned answers, per checker; nothing when no checker was configured."""
+    if safety is None:
+        return []
+    rows = [(checker.checker, side, f"{values.flagged.flagged}/{values.flagged.checked}", values.flagged.rate,
+             _interval(values.flagged.interval), values.score.mean, _interval(values.score.interval))
+            for checker in safety.checkers
+            for side, values in (("base", checker.base), ("tuned", checker.tuned))]
+    blocks = [Block("h2", "Safety checks, before and after"),
+              Block("p", f"Every base and tuned answer to the {safety.n_prompts} comparison prompt(s), read by each "
+                         "configured checker."),
+              _table(("checker", "answers", "flagged", "flagged rate", "95 % interval (Wilson)", "mean score",
+                      "95 % interval (t)"), rows),
+              Block("p", SAFETY_NOTE)]
+    if safety.problems:
+        blocks.append(Block("note", f"{len(safety.problems)} check(s) could not be made: "
+                                    + "; ".join(safety.problems[:5])))
+    return blocks
+
+
 def _samples(samples: Sequence[ComparisonRow], max_samples: int, note: str = "") -> list[Block]:
     blocks = [Block("h2", "Side-by-side samples")]
     if not samples:
@@ -195,11 +227,13 @@ def _samples(samples: Sequence[ComparisonRow], max_samples: int, note: str = "")
 
 
 def build_blocks(run: RunRecord, metrics_rows: Sequence[dict], before_after: dict[str, Any],
-                 tally: BlindTally | None, samples: Sequence[ComparisonRow], max_samples: int = 5, samples_note: str = "") -> list[Block]:
+                 tally: BlindTally | None, samples: Sequence[ComparisonRow], max_samples: int = 5, samples_note: str = "",
+                 safety: SafetyMetrics | None = None) -> list[Block]:
     """The report's content, in order, independent of the output format."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    return [*_header(run), *_data_and_training(run, metrics_rows), *_before_after(before_after), *_tally(tally),
-            *_samples(samples, max_samples, samples_note), Block("p", f"Written by Preference Studio {__version__} on {stamp}.")]
+    return [*_header(run), *_data_and_training(run, metrics_rows), *_before_after(before_after), *_safety(safety),
+            *_tally(tally), *_samples(samples, max_samples, samples_note),
+            Block("p", f"Written by Preference Studio {__version__} on {stamp}.")]
 
 
 # --- rendering ---
@@ -315,13 +349,15 @@ def write_report(
     samples: Sequence[ComparisonRow],
     max_samples: int = 5,
     samples_note: str = "",
+    safety: SafetyMetrics | None = None,
 ) -> Path:
     """Write the run's report into ``out_dir`` and return the path of ``report.md``.
 
     ``metrics_rows`` are ``store.run_metrics(run.id)``; ``before_after`` maps a column label ("base",
     "tuned") to its metrics (a dict, or anything with ``to_dict()`` such as ``PreferenceMetrics``);
     ``tally`` is a ``BlindTally`` or None; ``samples`` are ``ComparisonRow``s, the first ``max_samples``
-    shown, after ``samples_note`` (how they were generated). A failed or unfinished run raises ``ReportError``; a cancelled one is reported with a note.
+    shown, after ``samples_note`` (how they were generated); ``safety`` the answers' safety per checker, when
+    checkers were configured. A failed or unfinished run raises ``ReportError``; a cancelled one is reported with a note.
     Everything is written in a temporary directory beside ``out_dir`` and moved into place.
     """
     _check_run(run)
@@ -335,7 +371,7 @@ def write_report(
         _plot(tmp / LOSS_PNG, metrics_rows, [("loss", "DPO loss")])
         _plot(tmp / MARGINS_PNG, metrics_rows,
               [("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")])
-        blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples, samples_note)
+        blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples, samples_note, safety)
         images = {name: (tmp / name).read_bytes() for name in (LOSS_PNG, MARGINS_PNG)}
         (tmp / "report.html").write_text(render_html(blocks, images), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(blocks), encoding="utf-8")

@@ -378,6 +378,8 @@ class PreferenceStudioApp(App[None]):
             yield SystemCommand("Switch model…", "Restart the chat with another model (bundled or the one "
                                 "served now)", self.action_switch_model)
         if isinstance(screen, ChatScreen):
+            yield SystemCommand("Auto-reject flagged candidates on/off", "When one of two candidates is flagged by a "
+                                "safety checker, s records the other over it", lambda: self.chat.toggle_auto_reject())
             for n, how in ((1, "a plain chat: + good, - bad"), (2, "pick the better: 1 / 2"),
                            (3, "rank them best first"), (4, "rank them best first")):
                 yield SystemCommand(f"Candidates per prompt: {n}", f"{how} (F10 cycles; between prompts)",

@@ -5,6 +5,11 @@ ranking typed best first (``studio/tui/widgets/judge_bar.py`` holds the keys of 
 palette changes the number between prompts. ``a`` rates the highlighted reply on the session's attributes
 (``studio/attributes.py``), ``e`` edits it (stored as an edited judgement and a demonstration).
 
+With safety checkers configured, each finished candidate gets a badge ("safe", "flagged: offensive, S10") from a
+worker that runs after the candidates are stored (``studio/safety/candidate_checks.py``): judging never waits for
+it. With auto-reject on (config ``safety_auto_reject``, or the palette), ``s`` records what a flagged candidate
+suggests (the other of two over it); any other key is recorded as pressed.
+
 A thin client of ``studio.judging.JudgingSession``, which decides what is generated and stored: this screen
 lays out, maps keys to judgements, runs the session's generation and every store write that may wait on a
 busy database in workers, and shows the results.
@@ -31,6 +36,14 @@ from studio.evaluation.prompt_bank import PromptBank, PromptFeed
 from studio.inference.engine import ChatEngine, EngineConfig, EngineError
 from studio.judging import Judgement, JudgingSession, Round
 from studio.personas import PersonaError, personas_path, save_persona
+from studio.safety.candidate_checks import (
+    CandidateSafety,
+    ChatSafety,
+    check_candidates,
+    rejection_suggestion,
+    round_conversation,
+)
+from studio.safety.registry import LoadedCheckers
 from studio.tui.messages import (
     CandidatesFinished,
     CandidateToken,
@@ -56,6 +69,7 @@ class ChatScreen(Screen):
     BINDINGS = [
         Binding("escape", "cancel_generation", "Stop", show=False),
         Binding("f10", "cycle_candidates", "Candidates"),
+        Binding("s", "accept_safety_suggestion", "Reject flagged"),
     ]
 
     def __init__(self) -> None:
@@ -67,6 +81,10 @@ class ChatScreen(Screen):
         # Bank mode: after each judgement the input gets the next bank prompt. Off until the user turns it
         # on (F4, or choosing a bank in the palette); F3 alone fills one prompt and changes nothing else.
         self.bank_mode = False
+        self.safety: ChatSafety | None = None  # created on mount from the settings (checkers load on first use)
+        # The current round's checked candidates by slot, and what auto-reject suggests for it (``s`` records it).
+        self.round_safety: dict[int, CandidateSafety] = {}
+        self.safety_suggestion: Judgement | None = None
 
     # --- layout ---
 
@@ -92,6 +110,8 @@ class ChatScreen(Screen):
             self.app.store, self._starting_system_prompt(), settings.model.name, sampling=settings.sampling,
             n_candidates=settings.candidates, base_seed=settings.seed, source="tui", engine=self.app.engine,
         )
+        self.safety = ChatSafety(self._load_safety_checkers, configured=bool(settings.safety),
+                                 auto_reject=settings.safety_auto_reject)
         self.panels[0].highlighted = True
         self.query_one("#judge-bar", JudgeBar).set_candidates(settings.candidates)
         self._update_counter()
@@ -251,6 +271,7 @@ class ChatScreen(Screen):
         else:
             notice.display = False
         self.round = round_
+        self._forget_safety()
         for panel in self.panels:
             panel.reset("waiting…")
         self.panels[0].reset("thinking…")
@@ -302,6 +323,108 @@ class ChatScreen(Screen):
         bar.clear_ranking()
         bar.update(bar.hint)
         bar.focus()
+        self._start_safety_checks(self.round)
+
+    # --- safety checks (a worker after the candidates are stored; judging never waits for them) ---
+
+    def _load_safety_checkers(self) -> LoadedCheckers:
+        from studio.safety.registry import load_checkers
+
+        return load_checkers(self.app.settings.safety, threads=self.app.settings.threads)
+
+    def _start_safety_checks(self, round_: Round) -> None:
+        if self.safety is None or not self.safety.configured:
+            return
+        for panel in self.panels[:len(round_.generations)]:
+            panel.show_safety("checking…")
+        self.check_safety(round_)
+
+    @work(thread=True, group="safety", exit_on_error=False)
+    def check_safety(self, round_: Round) -> None:
+        """Every candidate of the round read by every checker that loads, each verdict stored with its candidate.
+        Not exclusive: a new round does not cut the last one's checks short, so every candidate gets its verdicts."""
+        assert self.safety is not None
+        checkers, problems = self.safety.checkers()
+        for problem in problems:
+            self.app.call_from_thread(self.notify, f"Safety checker not loaded: {problem}. The chat goes on without "
+                                      "it.", severity="warning", timeout=10)
+        if not checkers:
+            self.app.call_from_thread(self._safety_unavailable, round_)
+            return
+        worker = get_current_worker()
+        check_candidates(self.app.store, checkers, round_conversation(round_.history, round_.user_text),
+                         [gen.text for gen in round_.generations], round_.candidate_ids,
+                         on_checked=lambda _slot, safety: self.app.call_from_thread(self._show_safety, round_, safety),
+                         should_stop=lambda: worker.is_cancelled)
+
+    def _safety_unavailable(self, round_: Round) -> None:
+        if self.round is round_:
+            for panel in self.panels:
+                panel.show_safety("")
+
+    def _show_safety(self, round_: Round, safety: CandidateSafety) -> None:
+        if self.round is not round_ or safety.slot >= len(self.panels):
+            return  # the screen moved on: the verdicts are stored with their candidates all the same
+        panel = self.panels[safety.slot]
+        panel.show_safety(safety.badge(), safety.flagged)
+        for problem in safety.problems:
+            self.notify(f"Safety check of {panel.letter} failed: {problem}", severity="warning", timeout=8)
+        self.round_safety[safety.slot] = safety
+        self._suggest_rejection()
+
+    def _suggest_rejection(self) -> None:
+        """With auto-reject on and every candidate checked: what a flagged one suggests, told once, on ``s``."""
+        round_ = self.round
+        before = self.safety_suggestion
+        self.safety_suggestion = None
+        if self.safety is not None and self.safety.auto_reject and round_ is not None and not round_.judged:
+            checked = [self.round_safety[slot] for slot in sorted(self.round_safety)]
+            self.safety_suggestion = rejection_suggestion(checked, len(round_.generations))
+        if self.safety_suggestion is not None and self.safety_suggestion != before:
+            self.notify(f"{self._suggestion_text(self.safety_suggestion)}: press s to record it.")
+        self.refresh_bindings()
+
+    def _suggestion_text(self, judgement: Judgement) -> str:
+        flagged = ", ".join(letter(slot) for slot, s in sorted(self.round_safety.items()) if s.flagged)
+        if judgement.chosen is not None and judgement.rejected is not None:
+            return f"{letter(judgement.rejected)} flagged: {letter(judgement.chosen)} over {letter(judgement.rejected)}"
+        if judgement.verdict.value in ("both_bad", "all_bad"):
+            return f"{flagged} flagged: {judgement.verdict.value.replace('_', ' ')}"
+        return f"{flagged} flagged: thumbs down"
+
+    def _forget_safety(self) -> None:
+        self.round_safety = {}
+        self.safety_suggestion = None
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "accept_safety_suggestion":  # in the footer only while there is a suggestion to accept
+            return (self.safety_suggestion is not None and self.state == "judging" and self.round is not None
+                    and not self.round.judged)
+        return super().check_action(action, parameters)
+
+    def action_accept_safety_suggestion(self) -> None:
+        round_, suggestion = self.round, self.safety_suggestion
+        if self.state != "judging" or round_ is None or suggestion is None or round_.judged:
+            return
+        self.notify(f"Recorded ({self._suggestion_text(suggestion)}).")
+        self._forget_safety()
+        self._record(round_, suggestion)
+
+    def toggle_auto_reject(self) -> None:
+        """The palette's toggle: flagged candidates suggested as rejected (``s``), or the badges only."""
+        if self.safety is None:
+            return
+        self.safety.auto_reject = not self.safety.auto_reject
+        self.app.settings = replace(self.app.settings, safety_auto_reject=self.safety.auto_reject)
+        if not self.safety.configured:
+            self.notify("No safety checkers are configured (safety in the config file, or --safety): auto-reject "
+                        "has nothing to act on.", severity="warning", timeout=10)
+        elif self.safety.auto_reject:
+            self.notify("Auto-reject on: when one of two candidates is flagged, s records the other over it.")
+        else:
+            self.notify("Auto-reject off: flagged candidates keep their badge; your keys alone decide.")
+        self._suggest_rejection()
 
     def action_cancel_generation(self) -> None:
         if self.state == "generating":

@@ -9,6 +9,9 @@ were shown takes no blind vote afterwards.
 
 The chooser on top picks the prompts (held-out, a bank, the session's questions, a file) and the sampling
 (temperature 0 = greedy, max tokens); changing the source or pressing enter in a field compares again.
+
+With safety checkers configured (the chat's, loaded once), the metrics also show each checker's flagged rate and
+mean score, base → tuned; a stored comparison measured before they were configured is checked in a worker.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from textual.worker import get_current_worker
 
 from studio.evaluation.compare_session import (
     ComparisonResult,
+    comparison_with_safety,
     run_comparison,
     stored_comparison,
     vote_tally,
@@ -38,6 +42,7 @@ from studio.evaluation.comparison import blind_order
 from studio.evaluation.comparison_text import describe_sampling, metrics_text
 from studio.evaluation.prompts import PromptSource
 from studio.inference.engine import EngineError, SamplingSettings
+from studio.safety.checker import SafetyChecker
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
 
@@ -121,6 +126,7 @@ class CompareScreen(Screen):
         stored = None if self.fresh else stored_comparison(self.app.store, self.run_id)
         if stored is not None and stored.rows:
             self.post_message(ComparisonReady(stored))
+            self.measure_stored_safety()
         else:
             self.compute(self.source, self.sampling)
 
@@ -149,6 +155,32 @@ class CompareScreen(Screen):
 
     # --- the work ---
 
+    def _safety_checkers(self) -> list[SafetyChecker]:
+        """The chat's checkers (loaded on first use, in this worker); none when none are configured."""
+        safety = self.app.chat.safety
+        if safety is None or not safety.configured:
+            return []
+        checkers, problems = safety.checkers()
+        for problem in problems:
+            self.app.call_from_thread(self.notify, f"Safety checker not loaded: {problem}", severity="warning",
+                                      timeout=10)
+        return checkers
+
+    @work(thread=True, exclusive=True, group="compare-safety", exit_on_error=False)
+    def measure_stored_safety(self) -> None:
+        checkers = self._safety_checkers()
+        if not checkers:
+            return
+        result = comparison_with_safety(self.app.store, self.run_id, checkers)
+        if result is not None and result.safety is not None:
+            self.app.call_from_thread(self._show_safety, result)
+
+    def _show_safety(self, result: ComparisonResult) -> None:
+        if self.result is None or self.result.rows != result.rows:
+            return  # compared again meanwhile: the new result carries its own numbers
+        self.result = replace(self.result, safety=result.safety)
+        self.query_one("#compare-metrics", Static).update(metrics_text(self.result))
+
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def compute(self, source: PromptSource, sampling: SamplingSettings) -> None:
         worker = get_current_worker()
@@ -157,7 +189,7 @@ class CompareScreen(Screen):
                 self.app.engine, self.app.store, self.run_id, system=self.app.current_system_prompt,
                 sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source,
                 progress=lambda phase, done, total: self.post_message(ComparisonProgress(phase, done, total)),
-                should_stop=lambda: worker.is_cancelled,
+                should_stop=lambda: worker.is_cancelled, checkers=self._safety_checkers(),
             )
         # RunAdapterError, ComparisonError, ScoringError (ValueErrors) and EngineError (a prompt that does not
         # fit the context or that the chat template refuses) are the user's to read, not a dead worker.

@@ -1,10 +1,11 @@
 """One candidate reply, streaming in, with its seed and timing once finished; its place while a ranking is
-typed, and the rating row when it is being rated."""
+typed, its safety badge once the checkers have read it, and the rating row when it is being rated."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
+from textual.content import Content
 from textual.reactive import reactive
 from textual.widgets import Static
 
@@ -23,6 +24,9 @@ class CandidatePanel(VerticalScroll):
         self.slot = slot
         self.letter = letter(slot)
         self.text = ""
+        self.detail = ""  # seed, tokens and time once finished
+        self.safety_badge = ""  # "safe", "flagged: offensive, S10", "checking…" (plain text), or "" before
+        self.safety_flagged = False
         self.border_title = f"{self.letter}"
 
     def compose(self) -> ComposeResult:
@@ -30,6 +34,7 @@ class CandidatePanel(VerticalScroll):
 
     def reset(self, waiting: str = "…") -> None:
         self.text = ""
+        self.detail, self.safety_badge, self.safety_flagged = "", "", False
         self.border_subtitle = ""
         self.show_place(None)
         self.close_rating()
@@ -38,6 +43,20 @@ class CandidatePanel(VerticalScroll):
     def show_place(self, place: int | None) -> None:
         """The place a ranking being typed gives it ("A · 1st"), or just its letter."""
         self.border_title = self.letter if place is None else f"{self.letter} · {ordinal(place)}"
+
+    def show_safety(self, badge: str, flagged: bool = False) -> None:
+        """The checkers' badge before the details ("flagged: offensive · seed 7 · 24 tok · 1.2 s"), flagged in red:
+        first, so a narrow panel cuts the details, not the badge."""
+        self.safety_badge, self.safety_flagged = badge, flagged
+        self._show_subtitle()
+
+    def _show_subtitle(self) -> None:
+        if not self.safety_badge:
+            self.border_subtitle = self.detail
+            return
+        # Content, not markup: a word list's category names are the user's text.
+        badge = (self.safety_badge, "bold red" if self.safety_flagged else "")
+        self.border_subtitle = Content.assemble(badge, *((" · ", self.detail) if self.detail else ()))
 
     @property
     def rating_row(self) -> RatingRow | None:
@@ -64,7 +83,8 @@ class CandidatePanel(VerticalScroll):
         self.show_text(text)
         if not text.strip():
             self.query_one(f"#candidate-text-{self.slot}", Static).update("(empty reply)")
-        self.border_subtitle = detail
+        self.detail = detail
+        self._show_subtitle()
 
     def watch_highlighted(self, value: bool) -> None:
         self.set_class(value, "highlighted")
