@@ -158,3 +158,27 @@ def test_problems_past_the_first_few_are_counted_not_listed(store):
     assert lines[1] == "  scores: none checked → none checked"
     assert sum(line.startswith("  not checked: scores: answer") for line in lines) == 3
     assert lines[-1] == "  … and 5 more answer(s) not checked"
+
+
+def test_prefstudio_report_checks_the_stored_answers_with_the_configured_checkers(tmp_path, studio_home):
+    from conftest import run_cli
+
+    blocklist = tmp_path / "mild.txt"
+    blocklist.write_text("# category: mild\ndarn\n", encoding="utf-8")
+    db = tmp_path / "studio.db"
+    with Store.open(db) as store:
+        run = finished_run(store, tmp_path)
+        store.save_evaluation(run.id, EVALUATION_KIND,
+                              ComparisonResult(run_id=run.id, prompts_source="a file", rows=ROWS, seed=40).to_dict())
+    out = tmp_path / "report"
+    # The stored answers are read, not generated again: no model is loaded for this.
+    proc = run_cli("--db", str(db), "--safety", f"wordlist:{blocklist}", "--safety",
+                   f"wordlist:{tmp_path / 'gone.txt'}", "report", "--run", str(run.id), "--out", str(out),
+                   home=studio_home, check=True)
+    # A checker that cannot load is a note; the report goes on with the others.
+    assert "note: safety checker wordlist:" in proc.stderr and "gone.txt: no such file" in proc.stderr
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert "| wordlist:mild | tuned | 2/4 | 0.5 | 0.150 – 0.850 | — | — |" in md
+    with Store.open(db) as store:
+        stored = stored_comparison(store, run.id)
+    assert stored is not None and stored.safety is not None and stored.safety.checkers[0].tuned.flagged.flagged == 2

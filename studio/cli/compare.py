@@ -15,8 +15,10 @@ from studio.cli.errors import user_errors
 from studio.cli.terminal_text import json_visible, one_line, visible
 
 if TYPE_CHECKING:
+    from studio.evaluation.comparison_result import ComparisonResult
     from studio.evaluation.prompts import PromptSource
     from studio.inference.engine import SamplingSettings
+    from studio.safety.checker import SafetyChecker
 
 
 def compare(
@@ -40,7 +42,8 @@ def compare(
             store.get_run(run)  # a missing run is named before the model loads (seconds)
             store.mark_stale_runs([run], when="when it was compared")  # a dead trainer's run is not running
             result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
-                                    sampling=sampling, seed=seed, prompts_from=source, limit=limit)
+                                    sampling=sampling, seed=seed, prompts_from=source, limit=limit,
+                                    checkers=_safety_checkers())
     if as_json:
         typer.echo(json_visible(json.dumps(result.to_dict(), ensure_ascii=False, indent=2)))
         return
@@ -60,6 +63,26 @@ def compare(
 PROMPTS_FROM_HELP = ("Where the prompts come from: heldout, bank:NAME (assets/prompts), session (the questions of the "
                      "run's sessions; session:ID for one), or a prompts FILE (default: held-out, else a bank).")
 TEMPERATURE_HELP = "Sampling temperature for both models; 0 gives greedy answers (default: from settings)."
+
+
+def _safety_checkers() -> list[SafetyChecker]:
+    """The configured safety checkers (``safety`` in the config, ``--safety``); one that cannot load is a note on
+    stderr and the comparison goes on without it."""
+    from studio.safety.registry import load_checkers
+
+    loaded = load_checkers(settings().safety, threads=settings().threads)
+    for problem in loaded.problems:
+        typer.echo(f"note: {visible(problem)}", err=True)
+    return list(loaded.checkers)
+
+
+def _with_safety(store: Store, run: int, result: ComparisonResult) -> ComparisonResult:
+    """The stored comparison's answers read by the configured checkers (each text once: the store's cache keeps
+    every verdict) and their flagged rates stored with it; nothing is generated again."""
+    from studio.evaluation.compare_session import comparison_with_safety
+
+    checkers = _safety_checkers()
+    return (comparison_with_safety(store, run, checkers) or result) if checkers else result
 
 
 def _prompt_source(prompts: Path | None, prompts_from: str | None) -> PromptSource:
@@ -108,5 +131,6 @@ def report(
             if result is None:
                 result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
                                         sampling=sampling, prompts_from=source, limit=8)
+            result = _with_safety(store, run, result)
             path = write_run_report(store, run, result, out)
     typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")
