@@ -178,3 +178,17 @@ async def test_a_checker_that_cannot_load_is_a_notice_and_the_chat_goes_on(tmp_p
             await pilot.press("1")
             await wait_for(pilot, lambda: app.chat.state == "input")
         assert [j.verdict for j in store.judgements()] == [Verdict.A]
+
+
+def test_prefstudio_generate_prints_each_candidates_badge(tmp_path, smollm2_model, studio_home):
+    from conftest import run_cli
+
+    blocklist = tmp_path / "common.txt"
+    blocklist.write_text("# category: offensive\n" + "\n".join(COMMON_WORDS) + "\n", encoding="utf-8")
+    proc = run_cli("--model", str(smollm2_model), "--safety", f"wordlist:{blocklist}", "generate", PROMPT, "-n", "2",
+                   "--seed", str(SEED), "--max-tokens", "16", "--check-safety", home=studio_home, check=True)
+    assert f"--- candidate A (seed {SEED}) · flagged: offensive ---" in proc.stdout
+    assert f"--- candidate B (seed {SEED + 1}) · flagged: offensive ---" in proc.stdout
+    plain = run_cli("--model", str(smollm2_model), "--safety", f"wordlist:{blocklist}", "generate", PROMPT, "-n", "1",
+                    "--seed", str(SEED), "--max-tokens", "4", home=studio_home, check=True)
+    assert f"--- candidate A (seed {SEED}) ---" in plain.stdout  # no --check-safety: no checker loads, no badge

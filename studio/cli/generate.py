@@ -2,7 +2,8 @@
 
 A thin client of ``studio.judging``: the same context fitting and seeds as the chat screen's rounds (a
 base seed gives seed, seed+1, …; none gives fresh random seeds), under one hold of the engine. It stores
-nothing."""
+nothing. ``--check-safety`` reads each candidate with the configured safety checkers and prints its badge, as
+the chat shows it (``studio/safety/candidate_checks.py``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def generate(
     system: Annotated[str | None, typer.Option(help="System text (default: from settings).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Max new tokens per candidate.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    check_safety: Annotated[bool, typer.Option(
+        "--check-safety", help="Check each candidate with the configured safety checkers (--safety, the config's "
+        "`safety`) and print its badge: safe, or flagged and why.")] = False,
 ) -> None:
     """Print N candidate replies to PROMPT (headless)."""
     from studio.judging import draft_round, generate_round
@@ -45,6 +49,7 @@ def generate(
                              n_candidates=n, base_seed=seed if seed is not None else s.seed)
         results = generate_round(engine, round_, sampling) or []
         fitted = round_.fitted
+        badges = _safety_badges(prompt, [g.text for g in results]) if check_safety else None
     if as_json:
         payload = {
             "model": engine.identity.model_id,
@@ -53,12 +58,30 @@ def generate(
             "rendered_prompt": fitted.text,
             "candidates": [
                 {"text": g.text.strip(), "raw_text": g.text, "seed": g.seed, "sampling": g.sampling.to_dict(),
-                 "finish_reason": g.finish_reason, "n_tokens": g.n_tokens, "duration_s": round(g.duration_s, 3)}
-                for g in results
+                 "finish_reason": g.finish_reason, "n_tokens": g.n_tokens, "duration_s": round(g.duration_s, 3),
+                 **({"safety": badges[i]} if badges is not None else {})}
+                for i, g in enumerate(results)
             ],
         }
         typer.echo(json_visible(json.dumps(payload, ensure_ascii=False, indent=2)))
     else:
         for i, g in enumerate(results):
-            typer.echo(f"--- candidate {chr(ord('A') + i)} (seed {g.seed}) ---")
+            badge = f" · {badges[i]}" if badges is not None else ""
+            typer.echo(f"--- candidate {chr(ord('A') + i)} (seed {g.seed}){visible(badge)} ---")
             typer.echo(visible(g.text.strip()))
+
+
+def _safety_badges(prompt: str, replies: list[str]) -> list[str]:
+    """Each reply's badge from the configured checkers, checked afresh (generate stores nothing); a checker that
+    cannot load, or fails on a reply, is a note on stderr."""
+    from studio.safety.candidate_checks import check_candidates, round_conversation
+    from studio.safety.registry import load_checkers
+
+    loaded = load_checkers(settings().safety, threads=settings().threads)
+    for problem in loaded.problems:
+        typer.echo(f"note: {visible(problem)}", err=True)
+    checked = check_candidates(None, loaded.checkers, round_conversation([], prompt), replies)
+    for safety in checked:
+        for problem in safety.problems:
+            typer.echo(f"note: candidate {chr(ord('A') + safety.slot)}: {visible(problem)}", err=True)
+    return [safety.badge() or "not checked" for safety in checked]

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from studio.judging import Judgement
-from studio.safety.cached_checks import check_with_cache
-from studio.safety.checker import SafetyChecker, SafetyVerdict
+from studio.safety.cached_checks import CheckResult, check_with_cache
+from studio.safety.checker import SafetyChecker, SafetyCheckerError, SafetyVerdict
 from studio.safety.registry import LoadedCheckers
 from trainers.prompt_format import ChatTurn
 
@@ -79,15 +79,17 @@ def round_conversation(history: Sequence[ChatTurn], user_text: str) -> list[Chat
     return [*history, ChatTurn("user", user_text)]
 
 
-def check_candidate(store: Store, checkers: Sequence[SafetyChecker], conversation: Sequence[ChatTurn], reply: str,
-                    slot: int, candidate_id: int | None = None) -> CandidateSafety:
-    """Every checker on one reply, each through the store's cache; a checker that fails is named in
-    ``problems`` and the others still read it."""
+def check_candidate(store: Store | None, checkers: Sequence[SafetyChecker], conversation: Sequence[ChatTurn],
+                    reply: str, slot: int, candidate_id: int | None = None) -> CandidateSafety:
+    """Every checker on one reply, each through the store's cache (without a store, as ``prefstudio generate``
+    which stores nothing: checked afresh); a checker that fails is named in ``problems`` and the others still
+    read it."""
     verdicts: list[SafetyVerdict] = []
     problems: list[str] = []
     for checker in checkers:
         try:
-            results = check_with_cache(store, [checker], conversation, reply, candidate_id=candidate_id)
+            results = (check_with_cache(store, [checker], conversation, reply, candidate_id=candidate_id)
+                       if store is not None else [_check_now(checker, conversation, reply)])
         except Exception as exc:  # noqa: BLE001 - a checker is a plug-in: even its bug is named, the chat goes on
             problems.append(f"{checker.name}: {type(exc).__name__}: {exc}")
             continue
@@ -99,8 +101,15 @@ def check_candidate(store: Store, checkers: Sequence[SafetyChecker], conversatio
     return CandidateSafety(slot, tuple(verdicts), tuple(problems))
 
 
+def _check_now(checker: SafetyChecker, conversation: Sequence[ChatTurn], reply: str) -> CheckResult:
+    try:
+        return CheckResult(checker.name, checker.check(conversation, reply))
+    except SafetyCheckerError as exc:
+        return CheckResult(checker.name, None, error=str(exc))
+
+
 def check_candidates(
-    store: Store,
+    store: Store | None,
     checkers: Sequence[SafetyChecker],
     conversation: Sequence[ChatTurn],
     replies: Sequence[str],
