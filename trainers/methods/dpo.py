@@ -5,7 +5,6 @@ Called by ``trainers.run.process.execute_run``, which owns the status bookkeepin
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 import warnings
@@ -200,7 +199,7 @@ def _train_and_publish(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
-    from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype
+    from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype, training_threads
 
     started = time.monotonic()
     # transformers 5 warns at every checkpoint save about its own renamed attribute.
@@ -209,7 +208,7 @@ def _train_and_publish(
     keep_freed_memory()
     device = facts["device"] = resolve_device(config)
     dtype = resolve_dtype(config, device)
-    threads = config.threads or os.cpu_count() or 1
+    threads = training_threads(config)  # the cores shared out among the ranks under `accelerate launch`
     torch.set_num_threads(threads)
     if device == "cpu":
         enable_compact_logprobs_on_cpu()

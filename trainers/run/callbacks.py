@@ -19,6 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from store.errors import StoreBusyError
+from trainers.run.ranks import any_rank_asks, process_rank, world_size
 
 # Keys TRL logs that a chart or the summary wants; anything numeric is kept, these are just renamed.
 _END_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
@@ -133,17 +134,28 @@ class MetricsRecorder(TrainerCallback):
 
 
 class CancelAtStepBoundary(TrainerCallback):
-    """Stop cleanly when ``event`` is set (by a signal handler): finish the step, checkpoint, stop."""
+    """Stop cleanly when ``event`` is set (by a signal handler): finish the step, checkpoint, stop.
 
-    def __init__(self, event: threading.Event) -> None:
+    Under ``accelerate launch`` the signal reaches rank 0 alone; each step end asks every rank whether one
+    of them was told to stop (``any_rank_asks``, one int all-reduced) and sets ``event`` on all of them, so
+    every rank stops, saves and skips evaluation after the same step (a rank that went on alone would wait
+    in its next all-reduce for ever).
+    """
+
+    def __init__(self, event: threading.Event, echo: Callable[[str], None] | None = print) -> None:
         self.event = event
+        self.echo = echo
         self.stopped_at: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-        if self.event.is_set():
+        if any_rank_asks(self.event.is_set(), args.device) and self.stopped_at is None:
+            self.event.set()  # this rank's run code sees the cancel too (no held-out evaluation, status)
             control.should_training_stop = True
             control.should_save = True  # a checkpoint at this step, so --resume continues from here
             self.stopped_at = int(state.global_step)
+            if self.echo:
+                ranks = f" (rank {process_rank()} of {world_size()})" if world_size() > 1 else ""
+                self.echo(f"cancel: stopping after step {self.stopped_at}{ranks}")
         return control
 
 

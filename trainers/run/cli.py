@@ -102,6 +102,7 @@ def run_train(
     from trainers.run.lifecycle import prepare_run
     from trainers.run.outputs import checked_run_paths, runs_roots
     from trainers.run.process import CancelController, RunCancelled, execute_run
+    from trainers.run.ranks import under_launcher
 
     shown = escape or (lambda text: text)
 
@@ -148,6 +149,12 @@ def run_train(
                 )
             # Refused before the run is touched: its folder comes from the runs folder, not from the row.
             checked_run_paths(store.get_run(run_id).output_dir, runs_roots(store.path))
+            processes = RunConfig.from_dict(store.get_run(run_id).config).num_processes
+            if processes > 1 and not under_launcher():  # this process starts the ranks and waits for them
+                from trainers.run.launcher import launch_ranks
+
+                cancel.uninstall()  # a cancel now goes to rank 0 (trainers.run.launcher)
+                return launch_ranks(store, run_id, processes, resume=resume, echo=say)
             outcome = execute_run(store, run_id, resume=resume, cancel=cancel, log=say)
     except RunCancelled:
         say("cancelled before the run was prepared")

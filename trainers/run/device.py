@@ -11,6 +11,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def training_threads(config: RunConfig) -> int:
+    """CPU threads for this process: ``--threads``, else the machine's cores shared out among the run's
+    processes on this machine (two ranks each taking every core would fight over them)."""
+    import os
+
+    from trainers.run.ranks import local_world_size
+
+    return config.threads or max(1, (os.cpu_count() or 1) // local_world_size())
+
+
 def resolve_device(config: RunConfig) -> str:
     import torch
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainers.run.ranks import is_worker_process
 from trainers.run_config import RunConfigError
 
 # What unique_output_dir names a run folder: run-<UTC time>-<dataset hash>[-n]. Nothing hidden, no "..".
@@ -118,7 +119,11 @@ def publish_output(paths: RunPaths, write_into: Callable[[Path], object], extra_
     ``write_into(staging)`` writes the adapter; ``extra_files`` maps file names to JSON data, or to a
     ``Path`` to copy. An earlier result under the same name (a cancelled run now resumed) is replaced.
     Raises ``DiskFullError`` when the disk fills up; nothing is left behind under the final name.
+    Under ``accelerate launch`` only rank 0 writes; on the other ranks this writes nothing and returns the
+    folder rank 0 publishes.
     """
+    if is_worker_process():
+        return paths.output_dir
     staging = paths.staging_dir()
     shutil.rmtree(staging, ignore_errors=True)
     old = paths.output_dir.with_name(f".{paths.name}.old-{os.getpid()}")

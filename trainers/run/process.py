@@ -24,6 +24,7 @@ from trainers.model_source import ModelSourceError
 from trainers.pair_selection import PairSelectionError
 from trainers.run.errors import RunCancelled, RunError, RunOutcome
 from trainers.run.outputs import DiskFullError, RunPaths
+from trainers.run.ranks import is_worker_process, process_rank
 from trainers.run_config import RunConfig, RunConfigError
 
 if TYPE_CHECKING:
@@ -71,16 +72,16 @@ class CancelController:
         return self.event.is_set()
 
 
-def is_worker_process() -> bool:
-    """Under `accelerate launch` (DDP/FSDP), every process but rank 0 trains without recording."""
-    return int(os.environ.get("RANK", "0") or 0) != 0
-
-
 class ReadOnlyRuns:
-    """A store seen by a worker process: it reads the run and its pairs, and writes nothing."""
+    """A store seen by a worker process: it reads the run and its pairs, and writes nothing.
+
+    The run writers every method calls do nothing here; any other write fails loudly, since the connection
+    is switched to SQLite's ``query_only`` (so a method added later cannot write from a worker by mistake).
+    """
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        store.db.execute("PRAGMA query_only = ON")
 
     def __getattr__(self, name: str) -> Any:  # any read of the Store passes through
         return getattr(self._store, name)
@@ -93,6 +94,9 @@ class ReadOnlyRuns:
         return None
 
     def add_run_metrics(self, run_id: int, step: int, epoch: float | None, metrics: dict[str, Any]) -> int:
+        return 0
+
+    def delete_run_metrics(self, run_id: int, after_step: int | None = None) -> int:
         return 0
 
 
@@ -162,8 +166,11 @@ def execute_run(
         config = RunConfig.from_dict(run.config)
         store.set_run_status(run_id, "loading", "loading the model", pid=os.getpid())
         method = training_method(config.method)  # RunConfig checked the name against the registry
-        return method.train_and_publish(store, run, config, paths, resume=resume, cancel=cancel, log=log,
-                                        facts=facts)
+        outcome = method.train_and_publish(store, run, config, paths, resume=resume, cancel=cancel, log=log,
+                                           facts=facts)
+        if is_worker_process():
+            log(f"rank {process_rank()}: {outcome.status}")
+        return outcome
     except RunCancelled:
         message = "cancelled before training started; nothing to save"
         store.set_run_status(run_id, "cancelled", message)
