@@ -104,3 +104,24 @@ def test_a_checker_that_cannot_load_is_a_warning_and_the_others_still_check(tmp_
     assert none_left.returncode == 1 and "none of the configured safety checkers could load" in none_left.stderr
     both = run_cli("--db", str(files["db"]), "safety", "check", home=tmp_path / "home")
     assert both.returncode == 1 and "give a JSON Lines FILE of replies or --run N" in both.stderr
+
+
+def test_train_drop_flagged_checks_the_chosen_replies_and_shows_the_pairs_dropped(tmp_path, files, tiny_model_dir):
+    from tiny_model import SEPARABLE_PAIRS, judge
+
+    with Store.open(files["db"]) as store:
+        session = store.create_session("")
+        for prompt, sensible, potato in SEPARABLE_PAIRS[:4]:
+            judge(store, session, prompt, sensible, potato)
+        judge(store, session, "Say hi.", "Hi, you fucking idiot.", "Hello!")
+    args = ("--db", str(files["db"]), "train", "--dry-run", "--train-model", str(tiny_model_dir),
+            "--heldout-fraction", "0")
+    dropped = run_cli(*args, "--drop-flagged", home=tmp_path / "home", check=True)
+    assert ("safety: the chosen replies of 5 pair(s) checked with profanity (5 check(s) run now, the rest read "
+            "back from the store): 1 pair(s) with a flagged chosen reply") in dropped.stdout
+    assert "5 pair(s) from the store; 1 with a flagged chosen reply dropped (--drop-flagged)" in dropped.stdout
+    assert "4 for training, 0 held out" in dropped.stdout
+    kept = run_cli(*args, home=tmp_path / "home", check=True)
+    assert "safety:" not in kept.stdout and "5 for training, 0 held out" in kept.stdout
+    refused = run_cli("--safety", "none", *args, "--drop-flagged", home=tmp_path / "home")
+    assert refused.returncode == 1 and "--drop-flagged needs a safety checker" in refused.stderr

@@ -297,3 +297,38 @@ def test_anything_else_a_guard_says_is_a_clear_error(said):
 
     with pytest.raises(GuardOutputError, match=r"model guard\.gguf did not answer as a guard model \(said: "):
         parse_guard_output(said, "guard.gguf")
+
+
+# --drop-flagged: chosen replies checked before a run, flagged pairs dropped by the trainer's selection
+
+def test_a_training_pair_is_checked_under_the_key_the_trainer_looks_up():
+    from store.safety_checks import prompt_reply_hash
+
+    prompt, reply = "User: hi\nAssistant:", " you idiot"
+    assert checked_text_hash([ChatTurn("user", prompt)], reply) == prompt_reply_hash(prompt, reply)
+
+
+def test_drop_flagged_checks_the_chosen_replies_and_the_selection_drops_and_counts_those_pairs(store, profanity):
+    from tiny_model import SEPARABLE_PAIRS, judge
+
+    from studio.safety.training_checks import check_chosen_replies
+    from trainers.pair_selection import select_from_store
+    from trainers.run_config import RunConfig
+
+    session = store.create_session("")
+    for prompt, sensible, potato in SEPARABLE_PAIRS[:5]:
+        judge(store, session, prompt, sensible, potato)
+    judge(store, session, "Say hi.", "Hi, you fucking idiot.", "Hello!")  # the user picked the offensive one
+    judge(store, session, "Say bye.", "Bye!", "Piss off.")  # an offensive reply that lost is no reason to drop
+    config = RunConfig(drop_flagged=True, heldout_fraction=0.0)
+    found = check_chosen_replies(store, config, [profanity])
+    assert (found.replies, found.flagged, found.computed) == (7, 1, 7)
+    assert "7 pair(s) checked with profanity" in found.describe() and "1 pair(s) with a flagged" in found.describe()
+    assert check_chosen_replies(store, config, [profanity]).computed == 0  # stored: not checked again
+    kept = select_from_store(store, session_id=session, seed=0, heldout_fraction=0.0, drop_flagged=True)
+    assert kept.report.flagged == 1 and kept.report.train == 6
+    assert all("idiot" not in pair.chosen for pair in kept.train)
+    assert "1 with a flagged chosen reply dropped (--drop-flagged)" in kept.report.describe()
+    assert ("flagged chosen reply dropped", 1) in kept.report.counts()
+    everything = select_from_store(store, session_id=session, seed=0, heldout_fraction=0.0)
+    assert everything.report.flagged == 0 and everything.report.train == 7

@@ -16,6 +16,8 @@ from trainers.pair_selection import (
     TrainingPair,
     dataset_file,
     find_dataset,
+    flagged_pair_ids,
+    from_store_pairs,
     read_dataset_file,
     select_pairs,
     store_dataset_pairs,
@@ -47,11 +49,13 @@ def select_dataset(store: Store, config: RunConfig) -> PairSelection:
     path = dataset_file(config.dataset)
     if path is not None:
         _check_stance_only(config, f"{path} is a file of preference rows")
-        return select_pairs(read_dataset_file(path), seed=config.seed, heldout_fraction=config.heldout_fraction,
-                            data_size=config.data_size, source=str(path))
+        pairs = read_dataset_file(path)
+        return select_pairs(pairs, seed=config.seed, heldout_fraction=config.heldout_fraction,
+                            data_size=config.data_size, source=str(path), flagged=_flagged(store, config, pairs))
     record = find_dataset(store, config.dataset)
     info = {"name": record.name, "id": record.id, "kind": record.kind}
     if record.kind == "stance":
+        _check_not_flagged(config, record.name)
         # The items' prompts are rendered as the chat engine renders the trained model's (ChatML for SmolLM2).
         return select_exercise(
             store.stance_items(record), dataset_name=record.name, dataset_id=record.id, data_size=config.data_size,
@@ -59,11 +63,33 @@ def select_dataset(store: Store, config: RunConfig) -> PairSelection:
             with_heldout=config.heldout_fraction > 0, render=prompt_format_for_model(config.train_model),
         )
     _check_stance_only(config, f"'{record.name}' is a {record.kind} dataset")
-    selection = select_pairs(store_dataset_pairs(store, record), seed=config.seed,
-                             heldout_fraction=config.heldout_fraction, data_size=config.data_size,
-                             source=f"{record.kind} dataset '{record.name}'")
+    pairs = store_dataset_pairs(store, record)
+    selection = select_pairs(pairs, seed=config.seed, heldout_fraction=config.heldout_fraction,
+                             data_size=config.data_size, source=f"{record.kind} dataset '{record.name}'",
+                             flagged=_flagged(store, config, pairs))
     selection.report.dataset = info
     return selection
+
+
+def _flagged(store: Store, config: RunConfig, pairs: list[TrainingPair]) -> set[str]:
+    return flagged_pair_ids(store, pairs) if config.drop_flagged else set()
+
+
+def _check_not_flagged(config: RunConfig, name: str) -> None:
+    if config.drop_flagged:  # refused, not ignored: the exercise's items are the homework's, never dropped
+        raise PairSelectionError(f"--drop-flagged applies to preference pairs; '{name}' is a labelled-stance "
+                                 "dataset (the exercise's items are used as its rule picks them)")
+
+
+def pairs_to_check(store: Store, config: RunConfig) -> list[TrainingPair]:
+    """Every pair a run of ``config`` may train on, before selection: the studio checks their chosen replies with
+    its safety checkers before it prepares a run with ``--drop-flagged``."""
+    if config.dataset:
+        record = None if dataset_file(config.dataset) is not None else find_dataset(store, config.dataset)
+        if record is not None and record.kind == "stance":
+            _check_not_flagged(config, record.name)
+        return dataset_pairs(store, config)
+    return from_store_pairs(store.pairs(session_id=config.session_id))
 
 
 def dataset_pairs(store: Store, config: RunConfig) -> list[TrainingPair]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from store.datasets.files import DatasetImportError
 from store.datasets.formats import read_trl_rows
 from store.pair_ids import file_pair_id
+from store.safety_checks import prompt_reply_hash
 from trainers.prompt_format import ChatTurn, TranscriptFormat
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class SelectionReport:
     duplicates: int = 0
     chosen_equals_rejected: int = 0
     empty: int = 0
+    flagged: int = 0  # --drop-flagged: the chosen reply was flagged by a safety checker (stored verdicts)
     sampled_out: int = 0
     used: int = 0
     train: int = 0
@@ -97,6 +99,7 @@ class SelectionReport:
             ("duplicate(s) dropped", self.duplicates),
             ("with chosen = rejected dropped", self.chosen_equals_rejected),
             ("empty dropped", self.empty),
+            ("with a flagged chosen reply dropped (--drop-flagged)", self.flagged),
             ("left out by --data-size", self.sampled_out),
         ):
             if count:
@@ -126,6 +129,7 @@ class SelectionReport:
             ("duplicates dropped", self.duplicates),
             ("chosen = rejected dropped", self.chosen_equals_rejected),
             ("empty dropped", self.empty),
+            ("flagged chosen reply dropped", self.flagged),
             ("left out by --data-size", self.sampled_out),
         ):
             if value:
@@ -248,6 +252,15 @@ def render_conversation(fmt: PromptFormat, messages: Sequence[dict[str, str]], c
     return prompt, fmt.as_completion(chosen), fmt.as_completion(rejected)
 
 
+def flagged_pair_ids(store: Store, pairs: Sequence[TrainingPair]) -> set[str]:
+    """The ids of ``pairs`` whose chosen reply a safety checker flagged, read from the store's verdicts (the studio
+    checks the chosen replies before it prepares a run with --drop-flagged, under the same key:
+    ``store.safety_checks.prompt_reply_hash`` of the pair's prompt and chosen reply)."""
+    keys = {pair.pair_id: prompt_reply_hash(pair.prompt, pair.chosen) for pair in pairs}
+    unsafe = store.unsafe_text_hashes(keys.values())
+    return {pair_id for pair_id, key in keys.items() if key in unsafe}
+
+
 def dataset_hash(pairs: Sequence[TrainingPair]) -> str:
     """sha256 over the pairs' ids and content, in order."""
     digest = hashlib.sha256()
@@ -265,8 +278,10 @@ def select_pairs(
     data_size: int | None = None,
     source: str = "the store",
     excluded_judgements: int = 0,
+    flagged: Collection[str] = (),
 ) -> PairSelection:
-    """Clean, sample and split ``pairs``. Raises ``PairSelectionError`` when nothing usable is left."""
+    """Clean, sample and split ``pairs``; those whose id is in ``flagged`` (a flagged chosen reply) are dropped and
+    counted first. Raises ``PairSelectionError`` when nothing usable is left."""
     report = SelectionReport(source=source, total=len(pairs), excluded_judgements=excluded_judgements)
     if not pairs:
         hint = "judge some candidates in the studio first (A/B or an edit; ties and both-bad make no pairs)"
@@ -277,6 +292,9 @@ def select_pairs(
     seen: set[tuple[str, str, str]] = set()
     kept: list[TrainingPair] = []
     for p in pairs:
+        if p.pair_id in flagged:
+            report.flagged += 1
+            continue
         if not p.chosen.strip() or not p.rejected.strip() or not p.prompt.strip():
             report.empty += 1
             continue
@@ -292,8 +310,8 @@ def select_pairs(
     if not kept:
         raise PairSelectionError(
             f"all {report.total} pair(s) in {source} were filtered out ({report.duplicates} duplicate, "
-            f"{report.chosen_equals_rejected} with chosen = rejected, {report.empty} empty); judge pairs whose "
-            "replies differ"
+            f"{report.chosen_equals_rejected} with chosen = rejected, {report.empty} empty, {report.flagged} with a "
+            "flagged chosen reply); judge pairs whose replies differ"
         )
     rng = random.Random(seed)
     order = list(range(len(kept)))
@@ -313,13 +331,15 @@ def select_pairs(
 
 
 def select_from_store(store: Store, *, session_id: int | None, seed: int, heldout_fraction: float,
-                      data_size: int | None = None) -> PairSelection:
-    """Read a store's pairs (one session's or all) and select them."""
+                      data_size: int | None = None, drop_flagged: bool = False) -> PairSelection:
+    """Read a store's pairs (one session's or all) and select them (without those whose chosen reply was flagged,
+    with ``drop_flagged``)."""
     source = f"session {session_id}" if session_id is not None else "the store"
     excluded = sum(1 for j in store.judgements(session_id=session_id) if j.verdict in ("tie", "both_bad", "all_bad"))
     pairs = from_store_pairs(store.pairs(session_id=session_id))
     return select_pairs(pairs, seed=seed, heldout_fraction=heldout_fraction, data_size=data_size, source=source,
-                        excluded_judgements=excluded)
+                        excluded_judgements=excluded,
+                        flagged=flagged_pair_ids(store, pairs) if drop_flagged else ())
 
 
 def dataset_file(value: str) -> Path | None:

@@ -25,9 +25,12 @@ import trainers  # noqa: F401  (HF offline env)
 from trainers.run_config import RunConfig, flag
 
 if TYPE_CHECKING:
+    from store.studio_store import Store
     from trainers.pair_selection import SelectionReport
 
 EXTRA_ALIASES = {"session_id": ["--session"], "train_model": []}
+BeforePrepare = Callable[["Store", RunConfig, Callable[[str], None]], None]
+"""Called with the store, the new run's config and the line printer before the run is counted or prepared."""
 EXIT_CODES = {"done": 0, "failed": 1, "cancelled": 130}
 
 
@@ -90,6 +93,7 @@ def run_train(
     prepare_only: bool = False,
     dry_run: bool = False,
     escape: Callable[[str], str] | None = None,
+    before_prepare: BeforePrepare | None = None,
 ) -> int:
     """Prepare (when no run id is given) and train a run in this process; return the exit code.
 
@@ -97,7 +101,8 @@ def run_train(
     then trains it on several GPUs (every process must train the same prepared run). ``dry_run`` prints
     what a run would train on (the counts a prepared run records) and records nothing. ``escape`` makes
     each printed line safe for a terminal (the studio passes its control-character escaper: dataset names
-    and paths in these lines are user text)."""
+    and paths in these lines are user text). ``before_prepare`` runs before a new run is counted (the studio
+    checks the chosen replies with its safety checkers there, for ``--drop-flagged``)."""
     from store.studio_store import Store
     from trainers.run.lifecycle import prepare_run
     from trainers.run.outputs import checked_run_paths, runs_roots
@@ -122,6 +127,8 @@ def run_train(
                     raise ValueError("--resume needs --run-id (the run to continue)")
                 config = config_from_flags(given)
                 model = config.train_model or _default_model_path(default_model)
+                if before_prepare is not None:
+                    before_prepare(store, config, say)
                 if dry_run:
                     from trainers.run.lifecycle import plan_for_config
 
@@ -202,6 +209,7 @@ def make_train_command(
     default_model: Callable[[], Path] | None = None,
     with_db_option: bool = False,
     escape: Callable[[str], str] | None = None,
+    before_prepare: BeforePrepare | None = None,
 ) -> Callable[..., None]:
     """Build the ``train`` typer command: ``--run-id``, ``--resume`` and one flag per RunConfig field.
 
@@ -217,7 +225,7 @@ def make_train_command(
         dry_run = kwargs.pop("dry_run")
         db = kwargs.pop("db", None) if with_db_option else (get_db() if get_db else None)
         code = run_train(db, run_id, resume, kwargs, default_model=default_model, prepare_only=prepare_only,
-                         dry_run=dry_run, escape=escape)
+                         dry_run=dry_run, escape=escape, before_prepare=before_prepare)
         raise typer.Exit(code)
 
     params = [

@@ -58,7 +58,8 @@ def select_for_config(store: Store, config: RunConfig) -> PairSelection:
         raise RunConfigError("--support-ratio needs --dataset NAME, a labelled-stance dataset in the store "
                              "(e.g. one imported from assets/exercises/)")
     return select_from_store(store, session_id=config.session_id, seed=config.seed,
-                             heldout_fraction=config.heldout_fraction, data_size=config.data_size)
+                             heldout_fraction=config.heldout_fraction, data_size=config.data_size,
+                             drop_flagged=config.drop_flagged)
 
 
 def plan_for_config(store: Store, config: RunConfig, model: Path | str,

@@ -259,6 +259,12 @@ class TrainScreen(Screen):
     def _prepare(self, config: RunConfig, model) -> None:  # noqa: ANN001
         """Prepare in a worker: the first count of tokens reads the tokenizer from the GGUF (15-20 s)."""
         try:
+            if config.drop_flagged:  # the chosen replies checked with the studio's checkers, stored for the trainer
+                from studio.safety.training_checks import check_before_prepare
+
+                settings = self.app.settings
+                check_before_prepare(settings.safety, settings.threads)(
+                    self.app.store, config, lambda line: self.app.call_from_thread(self._status, line))
             prepared = prepare_run(self.app.store, config, model_path=model)
         except (ValueError, ModelSourceError) as exc:  # RunConfigError / PairSelectionError: user-facing
             self.app.call_from_thread(self._prepare_failed, f"Cannot start: {exc}")
