@@ -83,6 +83,16 @@ class _LoraPair:
     lora_b: np.ndarray  # out × r
 
 
+@dataclass(frozen=True)
+class LoraModule:
+    """One adapted module of a PEFT LoRA adapter: its delta is ``scale × lora_b @ lora_a``."""
+
+    module: str  # PEFT module name, prefix stripped: model.layers.0.self_attn.q_proj
+    lora_a: np.ndarray  # r × in
+    lora_b: np.ndarray  # out × r
+    scale: float  # PEFT's scale of this module: alpha / r, or alpha / sqrt(r) (rslora), per-module patterns applied
+
+
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Read every tensor of a safetensors file as a float32 numpy array (bf16 widened exactly)."""
     try:
@@ -192,6 +202,35 @@ def _collect_pairs(weights_path: Path, tensors: dict[str, np.ndarray]) -> list[_
     return pairs
 
 
+def read_lora_modules(adapter_dir: Path, config: dict | None = None) -> list[LoraModule]:
+    """Every adapted module of the PEFT LoRA adapter in ``adapter_dir`` with PEFT's own scale for it, checked
+    (ranks as the config says, finite values). ``config`` is its ``adapter_config.json`` when already read."""
+    adapter_dir = Path(adapter_dir)
+    config = config if config is not None else _read_config(adapter_dir)
+    weights_path = adapter_dir / ADAPTER_WEIGHTS
+    if not weights_path.exists():
+        raise AdapterExportError(f"{weights_path} is missing: the run saved no adapter weights")
+    alpha = float(config["lora_alpha"])
+    modules = []
+    for pair in _collect_pairs(weights_path, read_safetensors(weights_path)):
+        rank = pair.lora_a.shape[0]
+        expected = int(_pattern_value(config.get("rank_pattern") or {}, pair.module, int(config["r"])))
+        if rank != expected:
+            raise AdapterExportError(
+                f"{weights_path}: rank mismatch in {pair.module}: its weights have rank {rank}, the config "
+                f"says r = {expected}"
+            )
+        module_alpha = _pattern_value(config.get("alpha_pattern") or {}, pair.module, alpha)
+        scale = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        modules.append(LoraModule(pair.module, pair.lora_a, pair.lora_b, scale))
+    return modules
+
+
+def read_adapter_config(adapter_dir: Path) -> dict:
+    """The checked ``adapter_config.json`` of a PEFT LoRA adapter directory (AdapterExportError naming the file)."""
+    return _read_config(Path(adapter_dir))
+
+
 def _arch_enum(base_architecture: str):  # noqa: ANN202 - gguf.MODEL_ARCH
     import gguf
 
@@ -231,13 +270,11 @@ def export_gguf_adapter(
     if not weights_path.exists():
         raise AdapterExportError(f"{weights_path} is missing: the run saved no adapter weights")
     arch = _arch_enum(base_architecture)
-    pairs = _collect_pairs(weights_path, read_safetensors(weights_path))
-
     alpha = float(config["lora_alpha"])
     name_map = gguf.get_tensor_name_map(arch, n_layers)
     np_dtype = np.float16 if dtype == "f16" else np.float32
     named: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for pair in pairs:
+    for pair in read_lora_modules(adapter_dir, config):
         gguf_name = name_map.get_name(pair.module + ".weight", try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise AdapterExportError(
@@ -245,15 +282,7 @@ def export_gguf_adapter(
                 "layers (another architecture's adapter, or a module llama.cpp does not adapt)"
             )
         rank = pair.lora_a.shape[0]
-        expected = int(_pattern_value(config.get("rank_pattern") or {}, pair.module, int(config["r"])))
-        if rank != expected:
-            raise AdapterExportError(
-                f"{weights_path}: rank mismatch in {pair.module}: its weights have rank {rank}, the config "
-                f"says r = {expected}"
-            )
-        module_alpha = _pattern_value(config.get("alpha_pattern") or {}, pair.module, alpha)
-        peft_scale = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        fold = peft_scale / (alpha / rank)
+        fold = pair.scale / (alpha / rank)
         lora_b = pair.lora_b if fold == 1.0 else pair.lora_b * np.float32(fold)
         tensor_kind = gguf_name.removesuffix(".weight").rsplit(".", 1)[-1]
         if base_architecture in ROPE_PERMUTED_ARCHITECTURES and tensor_kind in _PERMUTED_TENSORS:

@@ -343,11 +343,14 @@ def _with_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
 
 
 def load_model(model_dir: Path, *, device: str, four_bit: bool = False,
-               bf16_weights: bool = False) -> PreTrainedModel:
+               bf16_weights: bool = False, merge_adapter: Path | None = None) -> PreTrainedModel:
     """Load the causal LM for LoRA training.
 
     CPU: fp32 weights (bf16 there is an autocast choice made by the trainer, not a storage dtype).
     CUDA: bf16 weights, or 4-bit NF4 through bitsandbytes (QLoRA) when ``four_bit``.
+    ``merge_adapter``: an earlier run's PEFT adapter folder, merged into the weights before the new LoRA is
+    attached (a run started ``--init-from`` that run; ``trainers.chain``). Not with ``four_bit``: merged into
+    4-bit weights the adapter would be rounded away (``RunConfig`` refuses the pair).
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -372,6 +375,12 @@ def load_model(model_dir: Path, *, device: str, four_bit: bool = False,
             f"cannot load the model in {model_dir} ({type(exc).__name__}: {exc}); if it is a converted cache "
             "directory, delete it and it will be converted again"
         ) from exc
+    if merge_adapter is not None:
+        if four_bit:
+            raise ModelSourceError("an earlier run's adapter cannot be merged into 4-bit weights; drop --four-bit")
+        from trainers.adapter_sum import merge_adapter as merge_into
+
+        model = merge_into(model, merge_adapter)
     if four_bit:
         from peft import prepare_model_for_kbit_training
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
+from trainers.chain import run_chain, save_run_adapter
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.pair_selection import (
     PairSelection,
@@ -221,13 +222,16 @@ def _train_and_publish(
         log(message)
 
     source = resolve_model_source(config.train_model, log=converting)
+    chain = run_chain(store, config)  # --init-from: the earlier run's adapter is merged in as the model loads
     load_started = time.monotonic()
     tokenizer = load_tokenizer(source.model_dir)
     planned = planned_selection(run, config, train_pairs, heldout_pairs, tokenizer)
     train_pairs, heldout_pairs, plan = planned.train, planned.heldout, planned.report
     log(f"pairs: {plan.describe()}")
     model = load_model(source.model_dir, device=device, four_bit=config.four_bit,
-                       bf16_weights=device == "cuda" and dtype == "bf16")
+                       bf16_weights=device == "cuda" and dtype == "bf16", merge_adapter=chain.parent_adapter)
+    if chain.links:
+        log(f"starting from {chain.describe()}: its adapter merged into the base, the reference model too")
     load_seconds = time.monotonic() - load_started
 
     paths.work_dir.mkdir(parents=True, exist_ok=True)
@@ -304,6 +308,7 @@ def _train_and_publish(
         "dtype": dtype,
         "threads": threads,
         "model": source.to_dict(),
+        "chain": chain.to_dict(),
         "resumed_from": checkpoint,
         "selection": selection,
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -313,12 +318,13 @@ def _train_and_publish(
     trainer.accelerator.wait_for_everyone()
     if not trainer.accelerator.is_main_process:
         return RunOutcome(status, f"worker process of run {run.id} finished", None, None)
-    config_record = {"config": config.to_dict(), "model": source.to_dict(), "run_id": run.id}
+    config_record = {"config": config.to_dict(), "model": source.to_dict(), "run_id": run.id,
+                     "chain": chain.to_dict()}
     pairs_record = {"train": run.pair_ids, "heldout": run.heldout_ids, "dataset_hash": run.dataset_hash,
                     "selection": selection}
     output = publish_output(
         paths,
-        lambda staging: trainer.model.save_pretrained(str(staging), safe_serialization=True),
+        lambda staging: save_run_adapter(trainer.model, staging, chain),
         {"run_config.json": config_record, "pairs.json": pairs_record, "metrics.jsonl": paths.live_metrics,
          "summary.json": summary},
     )

@@ -9,7 +9,6 @@ its TRL config (``trainer_args``), its trainer class, its training rows and its 
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import warnings
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
+from trainers.chain import RunChain, run_chain, save_run_adapter
 from trainers.feedback_selection import ExampleReport, TrainingExample, planned_report, run_examples
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.run.allocator import keep_freed_memory
@@ -110,10 +110,13 @@ class ExampleMethod:
         """Held-out numbers of the untrained model, to compare with ``heldout_metrics`` (a fresh run only)."""
         return {}
 
-    def load(self, config: RunConfig, source: ModelSource, device: str, dtype: str) -> PreTrainedModel:
-        """The model to attach the LoRA to (one place, so every example method loads alike)."""
+    def load(self, config: RunConfig, source: ModelSource, device: str, dtype: str,
+             chain: RunChain | None = None) -> PreTrainedModel:
+        """The model to attach the LoRA to (one place, so every example method loads alike); with ``chain``
+        (``--init-from``), the earlier run's adapter merged in."""
         return load_model(source.model_dir, device=device, four_bit=config.four_bit,
-                          bf16_weights=device == "cuda" and dtype == "bf16")
+                          bf16_weights=device == "cuda" and dtype == "bf16",
+                          merge_adapter=chain.parent_adapter if chain else None)
 
     def train_and_publish(self, store: Store, run: RunRecord, config: RunConfig, paths: RunPaths, *, resume: bool,
                           cancel: CancelSignal, log: Callable[[str], None], facts: dict[str, Any]) -> RunOutcome:
@@ -129,7 +132,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype
+    from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype, training_threads
 
     started = time.monotonic()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -137,7 +140,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
     keep_freed_memory()
     device = facts["device"] = resolve_device(config)
     dtype = resolve_dtype(config, device)
-    threads = config.threads or os.cpu_count() or 1
+    threads = training_threads(config)  # the cores shared out among the ranks under `accelerate launch`
     torch.set_num_threads(threads)
     if not config.train_model:
         raise RunError("the run names no model to train; pass --train-model PATH")
@@ -150,10 +153,13 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         log(message)
 
     source = resolve_model_source(config.train_model, log=converting)
+    chain = run_chain(store, config)  # --init-from: the earlier run's adapter is merged in as the model loads
     load_started = time.monotonic()
     tokenizer = load_tokenizer(source.model_dir)
     log(f"{unit}s: {plan.describe()}")
-    model = method.load(config, source, device, dtype)
+    model = method.load(config, source, device, dtype, chain)
+    if chain.links:
+        log(f"starting from {chain.describe()}: its adapter merged into the base")
     load_seconds = time.monotonic() - load_started
 
     paths.work_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +239,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         "dtype": dtype,
         "threads": threads,
         "model": source.to_dict(),
+        "chain": chain.to_dict(),
         "resumed_from": checkpoint,
         "selection": selection,
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -242,12 +249,13 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
     trainer.accelerator.wait_for_everyone()
     if not trainer.accelerator.is_main_process:
         return RunOutcome(status, f"worker process of run {run.id} finished", None, None)
-    config_record = {"config": config.to_dict(), "model": source.to_dict(), "run_id": run.id}
+    config_record = {"config": config.to_dict(), "model": source.to_dict(), "run_id": run.id,
+                     "chain": chain.to_dict()}
     examples_record = {"train": run.pair_ids, "heldout": run.heldout_ids, "dataset_hash": run.dataset_hash,
                        "selection": selection}
     output = publish_output(
         paths,
-        lambda staging: trainer.model.save_pretrained(str(staging), safe_serialization=True),
+        lambda staging: save_run_adapter(trainer.model, staging, chain),
         {"run_config.json": config_record, "examples.json": examples_record, "metrics.jsonl": paths.live_metrics,
          "summary.json": summary},
     )
