@@ -332,3 +332,19 @@ def test_drop_flagged_checks_the_chosen_replies_and_the_selection_drops_and_coun
     assert ("flagged chosen reply dropped", 1) in kept.report.counts()
     everything = select_from_store(store, session_id=session, seed=0, heldout_fraction=0.0)
     assert everything.report.flagged == 0 and everything.report.train == 7
+
+
+def test_a_guard_template_that_reads_content_parts_gets_them():
+    from studio.safety.guard import GuardTemplate
+
+    # Llama Guard 3 1B's template reads each message's content as a list of parts ({"type": "text", "text": …}).
+    parts = GuardTemplate("{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{{ c['text'] }}"
+                          "{% endfor %}{{ '\\n' }}{% endfor %}")
+    assert parts.render([ChatTurn("user", "hi"), ChatTurn("assistant", "bye")]) == "user: hi\nassistant: bye\n"
+
+
+def test_a_guard_file_that_is_not_a_model_is_named_and_the_others_keep_working(tmp_path):
+    fake = write(tmp_path / "guard.gguf", "not a model at all\n")
+    loaded = load_checkers(parse_checker_specs([f"guard:{fake}", "profanity"], "test"))
+    assert [checker.name for checker in loaded.checkers] == ["profanity"]
+    assert loaded.problems[0].startswith(f"safety checker guard:{fake} is off: guard model {fake}: ")
