@@ -348,3 +348,35 @@ def test_a_guard_file_that_is_not_a_model_is_named_and_the_others_keep_working(t
     loaded = load_checkers(parse_checker_specs([f"guard:{fake}", "profanity"], "test"))
     assert [checker.name for checker in loaded.checkers] == ["profanity"]
     assert loaded.problems[0].startswith(f"safety checker guard:{fake} is off: guard model {fake}: ")
+
+
+@pytest.mark.parametrize(("blocked", "message"), [
+    ("profanity_check", "the profanity checker needs the package alt-profanity-check (pip install "
+                        "alt-profanity-check==1.9.1 scikit-learn==1.9.1)"),
+    ("sklearn", "the profanity checker needs scikit-learn and joblib (pip install alt-profanity-check==1.9.1 "
+                "scikit-learn==1.9.1)"),
+])
+def test_a_missing_checker_package_is_named_with_what_to_install(tmp_path, blocked, message):
+    import subprocess
+    import sys
+
+    listed = write(tmp_path / "words.txt", "idiot\n")
+    # A fresh interpreter in which the package cannot be imported, as on an install without it.
+    code = f"""
+import importlib.abc, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Missing())
+from studio.safety.registry import load_checkers
+from studio.safety.specs import parse_checker_specs
+loaded = load_checkers(parse_checker_specs(["profanity", "wordlist:{listed}"], "test"))
+print([checker.name for checker in loaded.checkers])
+print(loaded.problems[0])
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    names, problem = result.stdout.splitlines()
+    assert names == "['wordlist:words']"  # the other checker loaded
+    assert problem.startswith("safety checker profanity is off: " + message), problem
