@@ -8,18 +8,18 @@ off the UI thread.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from studio.reward.head import RewardHead, RewardScorerError, reward_files
 from trainers.prompt_format import ChatTurn
 
 if TYPE_CHECKING:
+    from store.records import RunRecord
     from store.studio_store import Store
     from studio.inference.engine import ChatEngine
 
-
-class RewardScorerError(Exception):
-    """A reward run that cannot score for this engine (not a finished reward run, another base model, files
-    missing) or a scorer that stopped. The message names the run and what to do."""
+__all__ = ["RewardHead", "RewardScorer", "RewardScorerError", "checked_reward_run", "open_reward_scorer"]
 
 
 class RewardScorer(Protocol):
@@ -34,14 +34,53 @@ class RewardScorer(Protocol):
         ...
 
     def close(self) -> None:
-        """Free what the scorer holds (its worker process). Idempotent."""
+        """Free what the scorer holds (its llama.cpp context and adapter). Idempotent."""
         ...
 
 
 def open_reward_scorer(store: Store, run_id: int, engine: ChatEngine) -> RewardScorer:
-    """The scorer of reward run ``run_id`` for the model ``engine`` serves.
+    """The scorer of reward run ``run_id`` for the model ``engine`` serves (scored in llama.cpp:
+    ``studio.reward.llama_scorer``). Close it before the engine's model is closed or switched.
 
     Raises ``RewardScorerError`` (before anything is loaded) for a run that is not a finished reward run or
-    that was trained on another base model than the engine's.
+    that was trained on another base model than the engine's, and for a run whose files are missing.
     """
-    raise RewardScorerError(f"run {run_id}: reward scoring is not implemented yet")
+    from studio.reward.llama_scorer import LlamaRewardScorer
+
+    run = checked_reward_run(store, run_id, engine)
+    _folder, head = reward_files(store, run)
+    from studio.evaluation.run_adapters import RunAdapterError, gguf_adapter_for_run
+
+    try:
+        adapter = gguf_adapter_for_run(run, engine.info, store.path)
+    except RunAdapterError as exc:
+        raise RewardScorerError(str(exc)) from None
+    return LlamaRewardScorer(engine, run.id, adapter, head)
+
+
+def checked_reward_run(store: Store, run_id: int, engine: ChatEngine) -> RunRecord:
+    """The run, if it is a finished reward run trained on the model ``engine`` serves; else RewardScorerError."""
+    from store.errors import RecordNotFoundError
+
+    try:
+        run = store.get_run(run_id)
+    except RecordNotFoundError:
+        raise RewardScorerError(f"there is no run {run_id}; `prefstudio runs` lists them") from None
+    method = (run.config or {}).get("method", "dpo")
+    if method != "reward":
+        raise RewardScorerError(
+            f"run {run_id} is a {method} run, not a reward model; train one with `prefstudio train --method reward`"
+        )
+    if run.status != "done":
+        detail = f" ({run.message})" if run.message else ""
+        raise RewardScorerError(f"run {run_id} is {run.status}{detail}; only a finished reward run can score")
+    trained = ((run.summary or {}).get("model") or {})
+    trained_sha = trained.get("sha256")
+    if trained_sha != engine.identity.sha256:
+        trained_name = Path(str(trained.get("origin") or run.model_id)).name
+        trained_desc = f"{trained_name} ({trained_sha[:12]})" if trained_sha else f"{trained_name} (not a GGUF)"
+        raise RewardScorerError(
+            f"run {run_id} was trained on {trained_desc}, but the chat serves {engine.identity.model_id} "
+            f"({engine.identity.sha256[:12]}); switch to that model, or train a reward model on this one"
+        )
+    return run

@@ -1,0 +1,136 @@
+"""Reward scoring speed and exactness: the llama.cpp scorer against the 150 ms target and transformers + PEFT.
+
+Scores two candidates of ~60 tokens to a new prompt each round (the scorer evaluates the prompt and both
+replies) and again to the same prompt (the prompt cached), with the studio's scorer
+(``studio.reward.llama_scorer``: a second context on the served GGUF, the run's LoRA, the exported head), and
+the same two with transformers + PEFT in this process (what a torch worker process would do per request, its
+best case: no IPC). Then the exactness: Pearson of the two over ``--replies`` replies (the issue asks ≥ 0.99).
+Without ``--db``/``--run`` it first trains a reward model on the default model for ``--steps`` steps in a
+temporary home (minutes). The last line is the ratio of the median new-prompt time to the 150 ms target.
+
+    .venv/bin/python bench/reward_scoring.py [--db studio.db --run ID] [--rounds 5] [--replies 50] [--steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from store.studio_store import Store
+from studio.inference import runtime_env  # noqa: F401,I001  (OMP_WAIT_POLICY before llama_cpp loads)
+from studio.inference.engine import ChatEngine, EngineConfig
+from studio.reward.scorer import open_reward_scorer
+from trainers.prompt_format import ChatTurn
+
+TARGET_MS = 150.0
+SENTENCES = [
+    "The sky is blue on a clear day because air scatters blue light more than red light.",
+    "Potato potato potato, said the potato to the other potato in the potato field.",
+    "A good cup of tea needs fresh water, a warm pot and a few minutes of patience.",
+    "Bicycles were first built in the nineteenth century and changed how people travelled.",
+    "Leaves change colour in autumn when the green chlorophyll breaks down in the cold.",
+    "I do not know, and I would rather not guess about something I cannot check.",
+    "Refrigerators move heat out of the box with a fluid that evaporates and condenses.",
+    "The moon is made of cheese, obviously, and everyone who says otherwise is lying.",
+]
+PROMPTS = [f"Question {i}: tell me something interesting about the world, please." for i in range(64)]
+
+
+def reply(i: int, words: int = 44) -> str:
+    """A reply of about 60 Gemma tokens, different for each ``i``."""
+    text = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(4))
+    return " " + " ".join(text.split()[:words])
+
+
+def train_reward_run(home: Path, steps: int) -> tuple[Path, int]:
+    os.environ["PREFSTUDIO_HOME"] = str(home)
+    from studio.inference.model_files import ensure_default_model
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
+    from trainers.run_config import RunConfig
+
+    db = home / "studio.db"
+    model = ensure_default_model()
+    with Store.open(db) as store:
+        session = store.create_session("")
+        for i in range(8):
+            prompt_id = store.add_prompt(session, PROMPTS[i], [])
+            ids = [store.add_candidate(prompt_id, slot, reply(i + slot * 3), f"User: {PROMPTS[i]}\nAssistant:",
+                                       "bench", "0" * 64, {"temperature": 0.8}, seed=slot) for slot in (0, 1)]
+            store.record_judgement(prompt_id, "a", chosen_candidate_id=ids[0], rejected_candidate_id=ids[1])
+        config = RunConfig(method="reward", learning_rate=2e-3, lora_r=8, batch_size=2, heldout_fraction=0.0,
+                           max_steps=steps)
+        prepared = prepare_run(store, config, model_path=model, runs_root=home / "runs")
+        outcome = execute_run(store, prepared.run_id, log=lambda line: print(f"  train: {line}"))
+        if outcome.status != "done":
+            raise SystemExit(f"the reward run failed: {outcome.message}")
+        return db, prepared.run_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", type=Path)
+    parser.add_argument("--run", type=int)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--replies", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="reward-bench-"))
+    db, run_id = (args.db, args.run) if args.db and args.run else train_reward_run(home, args.steps)
+
+    from trainers.methods.reward import load_trained_reward_model, transformers_reward_scores
+
+    with Store.open(db) as store:
+        run = store.get_run(run_id)
+        engine = ChatEngine(EngineConfig(model_path=Path(run.config["train_model"])))
+        scorer = open_reward_scorer(store, run_id, engine)
+        model, tokenizer = load_trained_reward_model(Path(run.output_dir), Path(run.summary["model"]["model_dir"]))
+        import torch
+
+        torch.set_num_threads(engine.n_threads_batch)
+        load_before = os.getloadavg()[0]
+        n_tokens = len(scorer.token_ids(f"User: {PROMPTS[0]}\nAssistant:", reply(0)))
+        new_prompt, cached, reference = [], [], []
+        scorer.score([ChatTurn("user", PROMPTS[-1])], [reply(0), reply(1)])  # warm-up: graphs, buffers
+        for r in range(args.rounds):
+            conversation = [ChatTurn("user", PROMPTS[r])]
+            pair = [reply(2 * r), reply(2 * r + 1)]
+            start = time.perf_counter()
+            scorer.score(conversation, pair)
+            new_prompt.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            scorer.score(conversation, list(reversed(pair)))
+            cached.append(time.perf_counter() - start)
+            prompt = engine.prompt_format.render("", conversation)
+            start = time.perf_counter()
+            transformers_reward_scores(model, tokenizer, prompt, pair)
+            reference.append(time.perf_counter() - start)
+        ms = {name: 1000 * statistics.median(times) for name, times in
+              (("new", new_prompt), ("cached", cached), ("torch", reference))}
+        print(f"two replies of {n_tokens} tokens (prompt + reply + EOS), median of {args.rounds}: llama.cpp new "
+              f"prompt {ms['new']:.0f} ms, prompt cached {ms['cached']:.0f} ms; transformers + PEFT "
+              f"{ms['torch']:.0f} ms")
+
+        conversation = [ChatTurn("user", PROMPTS[0])]
+        replies = [reply(i, words=8 + (i * 7) % 40) for i in range(args.replies)]
+        fast = scorer.score(conversation, replies)
+        exact = transformers_reward_scores(model, tokenizer, engine.prompt_format.render("", conversation), replies)
+        pearson = float(np.corrcoef(fast, exact)[0, 1])
+        spread = float(np.std(exact))
+        print(f"exactness over {len(replies)} replies: Pearson {pearson:.4f} (target ≥ 0.99), mean |difference| "
+              f"{float(np.mean(np.abs(np.subtract(fast, exact)))):.4f} against a spread (std) of {spread:.4f}")
+        scorer.close()
+        engine.close()
+    print(f"ratio {ms['new'] / TARGET_MS:.2f} (llama.cpp scoring of two ~60-token replies to a new prompt / the "
+          f"{TARGET_MS:.0f} ms target; cached prompt {ms['cached'] / TARGET_MS:.2f}; transformers + PEFT "
+          f"{ms['torch'] / TARGET_MS:.2f}; load average {load_before:.1f} → {os.getloadavg()[0]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
