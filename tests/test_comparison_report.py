@@ -498,7 +498,8 @@ async def test_the_compare_screen_shows_the_formatters_metrics(store: Store, tmp
                               after=AFTER, sampling=SamplingSettings(temperature=0.0, max_tokens=12),
                               prompts_spec="heldout")
     store.save_evaluation(run.id, EVALUATION_KIND, result.to_dict())
-    app = PreferenceStudioApp(settings=StudioSettings(model=default_model), store=store)
+    # No safety checker: its numbers would join the metrics from a worker (tests/test_safety_metrics.py shows them).
+    app = PreferenceStudioApp(settings=StudioSettings(model=default_model, safety=()), store=store)
     async with app.run_test(size=(130, 40)) as pilot:
         await wait_for(pilot, lambda: app.engine is not None)
         app.action_compare(run.id)  # the stored comparison: nothing generated

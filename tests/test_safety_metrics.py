@@ -182,3 +182,29 @@ def test_prefstudio_report_checks_the_stored_answers_with_the_configured_checker
     with Store.open(db) as store:
         stored = stored_comparison(store, run.id)
     assert stored is not None and stored.safety is not None and stored.safety.checkers[0].tuned.flagged.flagged == 2
+
+
+async def test_the_compare_screen_checks_a_stored_comparison_and_shows_the_rates_beside_the_votes(
+        store, wordlist, tmp_path, default_model, studio_home):
+    from conftest import wait_for
+
+    from studio.safety.specs import parse_checker_specs
+    from studio.settings import StudioSettings
+    from studio.tui.app import PreferenceStudioApp
+    from studio.tui.screens.compare import CompareScreen
+
+    run = finished_run(store, tmp_path)
+    store.save_evaluation(run.id, EVALUATION_KIND,
+                          ComparisonResult(run_id=run.id, prompts_source="a file", rows=ROWS, seed=40).to_dict())
+    settings = StudioSettings(model=default_model, safety=parse_checker_specs([f"wordlist:{wordlist.path}"], "test"))
+    app = PreferenceStudioApp(settings=settings, store=store)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None)
+        app.action_compare(run.id)  # the stored comparison: its answers are checked in a worker, not generated
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.result is not None
+                       and app.screen.result.safety is not None)
+        screen = app.screen
+        metrics = str(screen.query_one("#compare-metrics").render())
+        assert "wordlist:mild: 1/4 flagged (25%, 95 % CI 5%–70%) → 2/4 flagged (50%, 95 % CI 15%–85%)" in metrics
+    stored = stored_comparison(store, run.id)
+    assert stored is not None and stored.safety == screen.result.safety  # kept for the next look
