@@ -101,12 +101,6 @@ class RunConfig:
                   "replies with its configured checkers (--safety, the config's `safety`) before the run is "
                   "prepared, and the count dropped is shown with the selection."},
     )
-    drop_flagged: bool = field(
-        default=False,
-        metadata={"help": "Drop pairs whose chosen reply a safety checker flagged: the studio checks the chosen "
-                  "replies with its configured checkers (--safety, the config's `safety`) before the run is "
-                  "prepared, and the count dropped is shown with the selection."},
-    )
     max_length: int | None = field(
         default=None,
         metadata={"help": "Maximum tokens of prompt + reply; longer replies are cut at the end, and pairs whose "
