@@ -19,6 +19,7 @@ import pytest
 
 from store.studio_store import Store
 from tests.tiny_model import build_tiny_model, fill_separable
+from trainers.methods import METHODS
 from trainers.run.lifecycle import launch_command, prepare_run, request_cancel, start_run_process
 from trainers.run.outputs import RunPaths
 from trainers.run.process import execute_run, wait_for_exit
@@ -35,7 +36,9 @@ STEPS = 3
 # and still fails for any real difference: a rank training on the same 3 pairs as the other, or a rank
 # whose gradient is not averaged, moves the third step's loss by more than 1e-2 (the loss falls ~0.06 per step).
 LOSS_TOLERANCE = 1e-3
-PROCESS_TIMEOUT_S = 150
+# A hang (a rank left waiting in a collective) is caught by these; a run takes 25-40 s on an idle 2-core machine,
+# up to 160 s with eight other test runs beside it.
+PROCESS_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,29 @@ def test_two_processes_record_one_run_and_reach_the_one_process_loss(db: Path, t
     assert rows[-1]["loss"] < rows[0]["loss"]  # it learned (so the match means something)
 
 
+# The other methods, each fed from the same judged pairs (SFT on the chosen replies, KTO on the pairs unpaired, the
+# reward model on the pairs). Their losses are not compared with one process: SFT's token-mean loss and KTO's
+# batch KL estimate are computed per rank, so one process on the whole batch is not the same sum.
+OTHER_METHODS = {"sft": {"sft_include_chosen": True}, "kto": {"kto_from_pairs": True}, "reward": {}}
+
+
+@pytest.mark.parametrize("method", sorted(m for m in OTHER_METHODS if m in METHODS))
+def test_every_method_trains_in_two_processes_with_one_record(db: Path, tiny_model_dir: Path, method: str) -> None:
+    run_id = prepare(db, tiny_model_dir, method=method, num_processes=2, batch_size=3, max_steps=2,
+                     **OTHER_METHODS[method])
+    proc = subprocess.run(launch_command(run_id, db), capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 1: done" in proc.stdout
+    with Store.open(db) as store:
+        run = store.get_run(run_id)
+        rows = store.run_metrics(run_id)
+    assert run.status == "done", run.message
+    assert [row["step"] for row in rows] == [1, 2]
+    output = Path(run.output_dir)
+    assert sorted(p.name for p in output.glob("adapter_model*")) == ["adapter_model.safetensors"]
+    assert not list(output.parent.glob(f".{output.name}.*"))
+
+
 def test_cancel_stops_every_rank_after_the_same_step(db: Path, tiny_model_dir: Path) -> None:
     run_id = prepare(db, tiny_model_dir, num_processes=2, batch_size=3, max_steps=5000)
     with Store.open(db) as store:
@@ -100,7 +126,7 @@ def test_cancel_stops_every_rank_after_the_same_step(db: Path, tiny_model_dir: P
                 time.sleep(0.2)
             assert request_cancel(proc.pid)  # what the train screen's cancel does
             # Without the step-boundary agreement rank 0 stops alone and rank 1 waits in its next all-reduce.
-            assert wait_for_exit(proc, timeout=90) == 130, log_path.read_text(encoding="utf-8")[-3000:]
+            assert wait_for_exit(proc, timeout=PROCESS_TIMEOUT_S) == 130, log_path.read_text(encoding="utf-8")[-3000:]
         finally:
             if proc.poll() is None:  # a failed test leaves no ranks behind: the launch's own group first
                 for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
