@@ -43,7 +43,8 @@ class RunConfig:
         default=DEFAULT_METHOD,
         metadata={"help": "Training method, one module each under trainers/methods/: dpo (TRL DPOTrainer on "
                   "preference pairs), sft (TRL SFTTrainer on demonstrations, loss on the reply tokens only), kto "
-                  "(TRL KTOTrainer on replies marked good or bad); all train LoRA."},
+                  "(TRL KTOTrainer on replies marked good or bad), reward (TRL RewardTrainer: a score head on the "
+                  "model's own weights, on preference pairs); all train LoRA."},
     )
     # Model
     train_model: str | None = field(
