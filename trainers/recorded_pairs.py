@@ -27,6 +27,7 @@ from store.pair_ids import PairId, PairIdError, pair_kind, parse_pair_id, stance
 from store.pairs import PreferencePair
 from trainers.dataset_selection import dataset_pairs
 from trainers.exercise import stance_fields
+from trainers.methods.registry import feedback_of
 from trainers.pair_selection import (
     PairSelectionError,
     TrainingPair,
@@ -84,6 +85,11 @@ def heldout_preference_pairs(store: Store, run: RunRecord) -> list[PreferencePai
     rendered prompt and ``session_id``/``judgement_id`` -1.
     """
     config = run.config or {}
+    method = config.get("method", "dpo")
+    if feedback_of(method) != "pairs":  # SFT, KTO: the run held out demonstrations or labels
+        raise PairSelectionError(
+            f"run {run.id} is a {method} run: it held out {feedback_of(method)}, not preference pairs; its held-out "
+            "results are in its summary.json, and a comparison answers other prompts")
     if config.get("dataset"):
         what = "dataset file" if dataset_file(config["dataset"]) is not None else "dataset"
         try:  # a named stance dataset's pairs depend on the run's exercise settings, hence the whole config

@@ -5,8 +5,9 @@ from __future__ import annotations
 from studio.cli.context import resolve_model_path, settings
 from studio.cli.terminal_text import visible
 
-TRAIN_HELP = ("Train a LoRA DPO adapter on your preference pairs (its own process; ctrl-c cancels "
-              "at the next step and keeps the adapter so far).")
+TRAIN_HELP = ("Train a LoRA adapter on your feedback: --method dpo (preference pairs, the default), sft "
+              "(demonstrations) or kto (good/bad labels); its own process, ctrl-c cancels at the next step and keeps "
+              "the adapter so far.")
 
 
 def train_command():  # noqa: ANN202

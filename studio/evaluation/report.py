@@ -37,6 +37,11 @@ METRIC_NOTES = (
     "(β·[(logπ(c)−logπref(c)) − (logπ(r)−logπref(r))] > 0). Margins are means over pairs, in nats."
 )
 
+REWARD_NOTE = (
+    "mean_reward (run N): a trained reward model's (run N) mean score of the base and of the tuned answers to the "
+    "comparison prompts below, each answer read after the system prompt and its prompt; higher is better."
+)
+
 TRAINING_ITEMS_NOTE = (
     "support_share: share of labelled items where the support answer is more likely than the oppose answer. "
     "The rows marked (training items) are measured on items the run trained on: they show what it learned, "
@@ -123,9 +128,12 @@ def _data_and_training(run: RunRecord, metrics_rows: Sequence[dict]) -> list[Blo
     summary = run.summary or {}
     selection = summary.get("selection") or {}
     if selection.get("source"):  # the counts recorded when the run was prepared: the same numbers as its log
+        from trainers.feedback_selection import ExampleReport
         from trainers.pair_selection import SelectionReport
 
-        rows: list[tuple[str, Any]] = [*SelectionReport.from_dict(selection).counts(),
+        # An SFT / KTO run counted demonstrations or labels (its report names its unit).
+        kind = ExampleReport if "unit" in selection else SelectionReport
+        rows: list[tuple[str, Any]] = [*kind.from_dict(selection).counts(),
                                        ("dataset hash", run.dataset_hash)]
     else:
         rows = [("training pairs", len(run.pair_ids)), ("held-out pairs", len(run.heldout_ids)),
@@ -168,6 +176,8 @@ def _before_after(before_after: dict[str, Any]) -> list[Block]:
     notes = [Block("p", METRIC_NOTES)]
     if any(n.endswith("(training items)") for n in names):  # exercise runs (studio.evaluation.stance_metric)
         notes.append(Block("p", TRAINING_ITEMS_NOTE))
+    if any(n.startswith("mean_reward") for n in names):  # a reward model scored the answers
+        notes.append(Block("p", REWARD_NOTE))
     return [*blocks, table, *notes]
 
 

@@ -21,6 +21,14 @@ from transformers import TrainerCallback
 from store.errors import StoreBusyError
 from trainers.run.ranks import any_rank_asks, process_rank, world_size
 
+# Each method's own numbers in the log's step line, when it logs them: DPO's margin and accuracy, KTO's KL and
+# rewards, SFT's token accuracy, the reward model's accuracy and margin.
+STEP_LINE_METRICS = (
+    ("rewards/margins", "margin", "+.3f"), ("rewards/accuracies", "acc", ".2f"), ("kl", "kl", ".3f"),
+    ("rewards/chosen", "chosen", "+.3f"), ("rewards/rejected", "rejected", "+.3f"),
+    ("mean_token_accuracy", "token acc", ".2f"), ("accuracy", "acc", ".2f"), ("margin", "margin", "+.3f"),
+)
+
 # Keys TRL logs that a chart or the summary wants; anything numeric is kept, these are just renamed.
 _END_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 
@@ -109,9 +117,9 @@ class MetricsRecorder(TrainerCallback):
             fh.write(json.dumps({"step": step, **logs}, sort_keys=True) + "\n")
         if self.echo:
             total = self.total_steps() if self.total_steps else state.max_steps
+            shown = "".join(f"{label} {logs[key]:{spec}} " for key, label, spec in STEP_LINE_METRICS if key in logs)
             self.echo(
-                f"step {step}/{total} loss {logs['loss']:.4f} margin {logs.get('rewards/margins', 0.0):+.3f} "
-                f"acc {logs.get('rewards/accuracies', 0.0):.2f} "
+                f"step {step}/{total} loss {logs['loss']:.4f} {shown}"
                 f"{logs.get('tokens_per_s', 0.0):.0f} tok/s epoch {epoch or 0:.2f}"
             )
 

@@ -218,7 +218,7 @@ def make_train_command(
     """
 
     def train(**kwargs: Any) -> None:
-        """Train a LoRA DPO adapter on your preference pairs (prepares a run unless --run-id is given)."""
+        """Train a LoRA adapter on your feedback, --method dpo / sft / kto (prepares a run unless --run-id is given)."""
         run_id = kwargs.pop("run_id")
         resume = kwargs.pop("resume")
         prepare_only = kwargs.pop("prepare_only")
