@@ -339,6 +339,10 @@ def select_examples(store: Store, config: RunConfig, model: str | None = None) -
 
     Raises ``PairSelectionError`` with what there is and what to collect when the method has nothing to learn."""
     kind = feedback_of(config.method)
+    if kind == "ratings":  # --method attributes: rated replies, selected the same way (trainers/rating_selection.py)
+        from trainers.rating_selection import select_ratings
+
+        return select_ratings(store, config)  # type: ignore[return-value]
     examples, source = available_examples(store, config, model)
     report = ExampleReport(source=source, unit=UNITS[kind], total=len(examples))
     seen: set[tuple[str, str, bool | None]] = set()
@@ -457,6 +461,10 @@ def plan_examples(selection: ExampleSelection, tokenizer: PreTrainedTokenizerBas
                   config: RunConfig) -> ExampleSelection:
     """``trainers.run.plan.plan_selection`` for examples: too-long ones dropped per split, the max length and
     steps filled in, and for KTO the weights set (from the training split's balance unless given)."""
+    from trainers.rating_selection import RatingSelection, plan_ratings
+
+    if isinstance(selection, RatingSelection):
+        return plan_ratings(selection, tokenizer, config)  # type: ignore[return-value]
     train_lengths = measure_examples(selection.train, tokenizer)
     heldout_lengths = measure_examples(selection.heldout, tokenizer)
     auto = config.max_length is None

@@ -69,6 +69,11 @@ class RunConfig:
                   "with `prefstudio datasets import`, or a JSONL file of TRL preference rows (prompt, chosen, "
                   "rejected; an existing path is read as a file)."},
     )
+    attributes: str | None = field(
+        default=None,
+        metadata={"help": "--method attributes: the attributes to learn, separated by commas (default: every "
+                  "attribute the ratings carry); one named but rated nowhere is dropped with a note."},
+    )
     data_size: int | None = field(
         default=None,
         metadata={"help": "Use at most this many pairs (a seeded sample; default: all). For a labelled-stance "
@@ -252,7 +257,7 @@ class RunConfig:
             if value is not None and not value > 0:
                 raise RunConfigError(f"{flag(name)} must be greater than 0 (got {value!r})")
         used_by = {"sft_include_chosen": "sft", "kto_from_pairs": "kto", "desirable_weight": "kto",
-                   "undesirable_weight": "kto"}
+                   "undesirable_weight": "kto", "attributes": "attributes"}
         for name, method in used_by.items():
             if getattr(self, name) not in (None, False) and self.method != method:
                 raise RunConfigError(f"{flag(name)} applies to --method {method} only (this run's method is "

@@ -13,6 +13,7 @@ METHODS: dict[str, str] = {
     "sft": "trainers.methods.sft",  # TRL SFTTrainer (loss on the reply tokens) + PEFT LoRA, on demonstrations
     "kto": "trainers.methods.kto",  # TRL KTOTrainer + PEFT LoRA, on good/bad labels
     "reward": "trainers.methods.reward",  # TRL RewardTrainer: a score head + PEFT LoRA, on pairs
+    "attributes": "trainers.methods.attributes",  # one regression output per attribute + PEFT LoRA, on ratings
 }
 
 # The feedback each method trains on (trainers/feedback_selection.py selects it; store/feedback_yield.py reads
@@ -22,6 +23,7 @@ METHOD_FEEDBACK: dict[str, str] = {
     "dpo": "pairs",
     "sft": "demonstrations",
     "kto": "labels",
+    "attributes": "ratings",  # rated replies, 0–4 per attribute (trainers/rating_selection.py)
 }
 
 

@@ -138,8 +138,10 @@ def reward_lora_config(config: RunConfig) -> LoraConfig:
     )
 
 
-def load_reward_model(model_dir: Path, *, device: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The served model's weights under a one-output sequence-classification head (new, zero).
+def load_reward_model(model_dir: Path, *, device: str, tokenizer: PreTrainedTokenizerBase,
+                      num_labels: int = 1) -> PreTrainedModel:
+    """The served model's weights under a sequence-classification head (new, zero) of ``num_labels`` outputs
+    (one for a reward model; one per attribute for ``trainers.methods.attributes``).
 
     transformers has the class for both bundled architectures (``Gemma3TextForSequenceClassification``,
     ``LlamaForSequenceClassification``); its missing ``score`` and unused ``lm_head`` keys are expected."""
@@ -149,7 +151,7 @@ def load_reward_model(model_dir: Path, *, device: str, tokenizer: PreTrainedToke
 
     try:
         with suppress_seqcls_warning():
-            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=1,
+            model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), num_labels=num_labels,
                                                                        dtype=torch.float32)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelSourceError(
@@ -386,17 +388,19 @@ def _train_and_publish(
     return RunOutcome(status, message, output, summary)
 
 
-def load_trained_reward_model(output_dir: Path, model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_trained_reward_model(output_dir: Path, model_dir: Path, *, num_labels: int = 1, head_file: str = HEAD_FILE
+                              ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A published reward run as transformers + PEFT compute it (the reference the llama.cpp scorer is held to):
-    the base under its sequence-classification head set to the run's head, the LoRA on top, in eval mode."""
+    the base under its sequence-classification head set to the run's head, the LoRA on top, in eval mode.
+    An attribute model (``num_labels`` outputs, its own ``head_file``) loads the same way."""
     from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_reward_model(model_dir, device="cpu", tokenizer=tokenizer)
+    model = load_reward_model(model_dir, device="cpu", tokenizer=tokenizer, num_labels=num_labels)
     weights = load_file(str(Path(output_dir) / ADAPTER_FILE))
     # The head was moved out of PEFT's file (``split_head``); PEFT wraps ``score`` for SEQ_CLS and wants it back.
-    weights[f"{PEFT_PREFIX}score.weight"] = load_file(str(Path(output_dir) / HEAD_FILE))[HEAD_KEY]
+    weights[f"{PEFT_PREFIX}score.weight"] = load_file(str(Path(output_dir) / head_file))[HEAD_KEY]
     model = get_peft_model(model, PeftConfig.from_pretrained(str(output_dir)))
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in result.missing_keys if "lora_" in k or "modules_to_save" in k]
