@@ -1,12 +1,13 @@
-"""Reward scoring speed and exactness: the llama.cpp scorer against the 150 ms target and transformers + PEFT.
+"""Reward scoring speed and exactness: both scorers against the 150 ms target, llama.cpp against transformers.
 
 Scores two candidates of ~60 tokens to a new prompt each round (the scorer evaluates the prompt and both
 replies) and again to the same prompt (the prompt cached), with the studio's scorer
 (``studio.reward.llama_scorer``: a second context on the served GGUF, the run's LoRA, the exported head), and
-the same two with transformers + PEFT in this process (what a torch worker process would do per request, its
-best case: no IPC). Then the exactness: Pearson of the two over ``--replies`` replies (the issue asks ≥ 0.99).
+the same two with the torch worker process (``studio.reward.torch_worker``: transformers + PEFT, exact).
+Then the exactness: Pearson of llama.cpp against transformers over ``--replies`` replies (the issue asks ≥ 0.99).
 Without ``--db``/``--run`` it first trains a reward model on the default model for ``--steps`` steps in a
-temporary home (minutes). The last line is the ratio of the median new-prompt time to the 150 ms target.
+temporary home (minutes). The last line is the ratio of the llama.cpp scorer's median new-prompt time to the
+150 ms target, with the cached-prompt and the torch worker's ratios beside it.
 
     .venv/bin/python bench/reward_scoring.py [--db studio.db --run ID] [--rounds 5] [--replies 50] [--steps 4]
 """
@@ -89,7 +90,8 @@ def main() -> None:
     with Store.open(db) as store:
         run = store.get_run(run_id)
         engine = ChatEngine(EngineConfig(model_path=Path(run.config["train_model"])))
-        scorer = open_reward_scorer(store, run_id, engine)
+        scorer = open_reward_scorer(store, run_id, engine, backend="llama")
+        worker = open_reward_scorer(store, run_id, engine, backend="torch")
         model, tokenizer = load_trained_reward_model(Path(run.output_dir), Path(run.summary["model"]["model_dir"]))
         import torch
 
@@ -98,6 +100,7 @@ def main() -> None:
         n_tokens = len(scorer.token_ids(f"User: {PROMPTS[0]}\nAssistant:", reply(0)))
         new_prompt, cached, reference = [], [], []
         scorer.score([ChatTurn("user", PROMPTS[-1])], [reply(0), reply(1)])  # warm-up: graphs, buffers
+        worker.score([ChatTurn("user", PROMPTS[-1])], [reply(0), reply(1)])
         for r in range(args.rounds):
             conversation = [ChatTurn("user", PROMPTS[r])]
             pair = [reply(2 * r), reply(2 * r + 1)]
@@ -107,15 +110,14 @@ def main() -> None:
             start = time.perf_counter()
             scorer.score(conversation, list(reversed(pair)))
             cached.append(time.perf_counter() - start)
-            prompt = engine.prompt_format.render("", conversation)
             start = time.perf_counter()
-            transformers_reward_scores(model, tokenizer, prompt, pair)
+            worker.score(conversation, pair)
             reference.append(time.perf_counter() - start)
         ms = {name: 1000 * statistics.median(times) for name, times in
               (("new", new_prompt), ("cached", cached), ("torch", reference))}
         print(f"two replies of {n_tokens} tokens (prompt + reply + EOS), median of {args.rounds}: llama.cpp new "
-              f"prompt {ms['new']:.0f} ms, prompt cached {ms['cached']:.0f} ms; transformers + PEFT "
-              f"{ms['torch']:.0f} ms")
+              f"prompt {ms['new']:.0f} ms, prompt cached {ms['cached']:.0f} ms; torch worker process (transformers + "
+              f"PEFT) {ms['torch']:.0f} ms")
 
         conversation = [ChatTurn("user", PROMPTS[0])]
         replies = [reply(i, words=8 + (i * 7) % 40) for i in range(args.replies)]
@@ -126,9 +128,10 @@ def main() -> None:
         print(f"exactness over {len(replies)} replies: Pearson {pearson:.4f} (target ≥ 0.99), mean |difference| "
               f"{float(np.mean(np.abs(np.subtract(fast, exact)))):.4f} against a spread (std) of {spread:.4f}")
         scorer.close()
+        worker.close()
         engine.close()
     print(f"ratio {ms['new'] / TARGET_MS:.2f} (llama.cpp scoring of two ~60-token replies to a new prompt / the "
-          f"{TARGET_MS:.0f} ms target; cached prompt {ms['cached'] / TARGET_MS:.2f}; transformers + PEFT "
+          f"{TARGET_MS:.0f} ms target; cached prompt {ms['cached'] / TARGET_MS:.2f}; torch worker "
           f"{ms['torch'] / TARGET_MS:.2f}; load average {load_before:.1f} → {os.getloadavg()[0]:.1f})")
 
 

@@ -92,6 +92,14 @@ def test_the_output_is_a_plain_lora_a_head_and_no_pickle(tiny_reward_run) -> Non
     assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt"))
 
 
+def test_a_reward_run_is_not_offered_as_a_chat_adapter(tiny_reward_run) -> None:
+    store, run, outcome = tiny_reward_run
+    from studio.evaluation.run_adapters import usable_runs
+
+    assert (Path(outcome.output_dir) / "adapter_model.safetensors").exists()
+    assert run.id not in [r.id for r in usable_runs(store)]
+
+
 def test_the_published_files_give_the_trainers_scores(tiny_reward_run) -> None:
     """The LoRA and the head, loaded back, reproduce the trainer's own held-out margin: nothing was lost in
     moving the head out of PEFT's file."""
@@ -163,28 +171,50 @@ def default_reward_run(tmp_path_factory: pytest.TempPathFactory, session_home: P
         yield store, store.get_run(prepared.run_id), outcome
 
 
-def test_a_default_model_reward_run_scores_in_llama_cpp_as_transformers_does(default_reward_run, engine) -> None:
+REPLIES = [" " + text for text in SENSIBLE + NONSENSE] + [" I do not know.", " The moon is made of cheese."]
+
+
+@pytest.fixture(scope="module")
+def reference_scores(default_reward_run, engine) -> list[float]:
+    """The reward model's scores of ``REPLIES`` by transformers + PEFT in this process (the trainer's model)."""
+    _store, run, outcome = default_reward_run
+    model, tokenizer = load_trained_reward_model(Path(outcome.output_dir), Path(run.summary["model"]["model_dir"]))
+    prompt = engine.prompt_format.render("", [ChatTurn("user", "Question number 0: tell me something.")])
+    kept, moved, _ = at_token_boundary(prompt, REPLIES[0], REPLIES[0])
+    assert len(reward_input_ids(tokenizer, kept, moved)) > 3
+    return transformers_reward_scores(model, tokenizer, prompt, REPLIES)
+
+
+def test_the_worker_scorer_gives_the_trainers_model_scores(default_reward_run, engine, reference_scores) -> None:
     store, run, outcome = default_reward_run
     assert outcome.status == "done", outcome.message
-    conversation = [ChatTurn("user", "Question number 0: tell me something.")]
-    replies = [" " + text for text in SENSIBLE + NONSENSE] + [" I do not know.", " The moon is made of cheese."]
-    scorer = open_reward_scorer(store, run.id, engine)
+    scorer = open_reward_scorer(store, run.id, engine)  # the default: a torch worker process
     try:
-        scores = scorer.score(conversation, replies)
-        assert scorer.score(conversation, replies[:2]) == pytest.approx(scores[:2], abs=1e-4)  # the prompt cached
+        scores = scorer.score([ChatTurn("user", "Question number 0: tell me something.")], REPLIES)
         with pytest.raises(RewardScorerError, match="must end with the user's turn"):
             scorer.score([ChatTurn("assistant", "Hi.")], [" Hello."])
     finally:
         scorer.close()
-    model, tokenizer = load_trained_reward_model(Path(outcome.output_dir), Path(run.summary["model"]["model_dir"]))
-    prompt = engine.prompt_format.render("", conversation)
-    reference = transformers_reward_scores(model, tokenizer, prompt, replies)
-    kept, moved, _ = at_token_boundary(prompt, replies[0], replies[0])
-    assert len(reward_input_ids(tokenizer, kept, moved)) > 3
-    assert np.corrcoef(scores, reference)[0, 1] >= PEARSON_MIN
+    assert scores == pytest.approx(reference_scores, abs=1e-5)
+    assert len(set(np.round(scores, 4))) > 5  # the replies are told apart, not one score for all
 
 
-PEARSON_MIN = 0.9
+def test_the_llama_cpp_scorer_follows_the_trainers_model(default_reward_run, engine, reference_scores) -> None:
+    store, run, _outcome = default_reward_run
+    conversation = [ChatTurn("user", "Question number 0: tell me something.")]
+    scorer = open_reward_scorer(store, run.id, engine, backend="llama")
+    try:
+        scores = scorer.score(conversation, REPLIES)
+        again = scorer.score(conversation, REPLIES[:2])  # the prompt cached: the same numbers again
+        assert scorer.score(conversation, REPLIES[:2]) == again
+        # llama.cpp's numbers move a little with the batch a reply is decoded in (8 at a time vs 2).
+        assert again == pytest.approx(scores[:2], rel=0.05)
+    finally:
+        scorer.close()
+    # Approximate, not exact (quantised activations): measured 0.92 after two steps (bench/reward_scoring.py).
+    pearson = float(np.corrcoef(scores, reference_scores)[0, 1])
+    print(f"llama.cpp vs transformers over {len(scores)} replies: Pearson {pearson:.4f}")
+    assert pearson >= 0.8
 
 
 def test_a_run_that_is_not_a_finished_reward_run_on_this_model_is_refused(tiny_reward_run, default_reward_run,

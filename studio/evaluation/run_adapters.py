@@ -45,8 +45,10 @@ def _has_adapter(run: RunRecord, db_path: Path | str | None) -> bool:
 
 
 def usable_runs(store: Store) -> list[RunRecord]:
-    """Finished (or cancelled) runs whose PEFT adapter is on disk in a run folder, newest first."""
-    return [r for r in store.list_runs() if r.status in USABLE_STATUSES and _has_adapter(r, store.path)]
+    """Finished (or cancelled) runs whose PEFT adapter is on disk in a run folder, newest first. Not reward
+    models: their LoRA feeds a score head (studio/reward), and applied to the chat it would only blur it."""
+    return [r for r in store.list_runs() if r.status in USABLE_STATUSES and (r.config or {}).get("method") != "reward"
+            and _has_adapter(r, store.path)]
 
 
 def gguf_adapter_for_run(run: RunRecord, base: GGUFInfo, db_path: Path | str | None) -> Path:

@@ -7,12 +7,15 @@ the head's file and key) and ``reward_head.safetensors`` (``score.weight``, 1 ×
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+from trainers.prompt_format import ChatTurn
 
 if TYPE_CHECKING:
     from store.records import RunRecord
@@ -63,3 +66,14 @@ def reward_files(store: Store, run: RunRecord) -> tuple[Path, RewardHead]:
     head = RewardHead(weight=weight[0].astype(np.float32), append_eos=bool(spec.get("append_eos")),
                       eos_token_id=spec.get("eos_token_id"))
     return folder, head
+
+
+def split_conversation(conversation: Sequence[ChatTurn]) -> tuple[str, list[ChatTurn]]:
+    """The system text (a leading system turn, if any) and the turns after it, which must end with the user's."""
+    turns = list(conversation)
+    system = turns.pop(0).content if turns and turns[0].role == "system" else ""
+    if not turns or turns[-1].role != "user":
+        raise RewardScorerError("a conversation to score replies to must end with the user's turn")
+    if any(turn.role == "system" for turn in turns):
+        raise RewardScorerError("a conversation to score may have one system turn, and only first")
+    return system, turns

@@ -24,7 +24,7 @@ import numpy as np
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.inference.batched_generation import common_prefix
 from studio.inference.llama_log import recent_llama_log
-from studio.reward.head import RewardHead, RewardScorerError
+from studio.reward.head import RewardHead, RewardScorerError, split_conversation
 from trainers.pair_selection import at_token_boundary
 from trainers.prompt_format import ChatTurn
 
@@ -35,17 +35,6 @@ if TYPE_CHECKING:
 
 # Replies scored side by side in one call (more are scored in groups of this many); sequence 0 holds the prompt.
 REPLIES_PER_BATCH = 8
-
-
-def split_conversation(conversation: Sequence[ChatTurn]) -> tuple[str, list[ChatTurn]]:
-    """The system text (a leading system turn, if any) and the turns after it, which must end with the user's."""
-    turns = list(conversation)
-    system = turns.pop(0).content if turns and turns[0].role == "system" else ""
-    if not turns or turns[-1].role != "user":
-        raise RewardScorerError("a conversation to score replies to must end with the user's turn")
-    if any(turn.role == "system" for turn in turns):
-        raise RewardScorerError("a conversation to score may have one system turn, and only first")
-    return system, turns
 
 
 class LlamaRewardScorer:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from studio.reward.head import RewardHead, RewardScorerError, reward_files
 from trainers.prompt_format import ChatTurn
@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from store.records import RunRecord
     from store.studio_store import Store
     from studio.inference.engine import ChatEngine
+
+# Where a reward model runs: a torch worker process (exact), or the served llama.cpp model (approximate).
+ScorerBackend = Literal["torch", "llama"]
+BACKENDS: tuple[ScorerBackend, ...] = ("torch", "llama")
+DEFAULT_BACKEND: ScorerBackend = "torch"
 
 __all__ = ["RewardHead", "RewardScorer", "RewardScorerError", "checked_reward_run", "open_reward_scorer"]
 
@@ -34,22 +39,31 @@ class RewardScorer(Protocol):
         ...
 
     def close(self) -> None:
-        """Free what the scorer holds (its llama.cpp context and adapter). Idempotent."""
+        """Free what the scorer holds (its worker process, or its llama.cpp context and adapter). Idempotent."""
         ...
 
 
-def open_reward_scorer(store: Store, run_id: int, engine: ChatEngine) -> RewardScorer:
-    """The scorer of reward run ``run_id`` for the model ``engine`` serves (scored in llama.cpp:
-    ``studio.reward.llama_scorer``). Close it before the engine's model is closed or switched.
+def open_reward_scorer(store: Store, run_id: int, engine: ChatEngine,
+                       backend: ScorerBackend = DEFAULT_BACKEND) -> RewardScorer:
+    """The scorer of reward run ``run_id`` for the model ``engine`` serves. Blocking (the torch worker takes
+    seconds to load): open it off the UI thread; close it before the engine's model is closed or switched.
 
+    ``backend``: "torch" (default) scores with transformers + PEFT in a worker process, exactly as the trainer's
+    model; "llama" in a second llama.cpp context on the engine's quantised model (no torch, no second copy
+    of the weights, but approximate: see ``bench/reward_scoring.py`` for its Pearson against "torch").
     Raises ``RewardScorerError`` (before anything is loaded) for a run that is not a finished reward run or
     that was trained on another base model than the engine's, and for a run whose files are missing.
     """
-    from studio.reward.llama_scorer import LlamaRewardScorer
-
     run = checked_reward_run(store, run_id, engine)
-    _folder, head = reward_files(store, run)
+    folder, head = reward_files(store, run)
+    if backend == "torch":
+        from studio.reward.torch_worker import TorchWorkerScorer
+
+        return TorchWorkerScorer(engine, run.id, folder, str(run.config.get("train_model")), engine.n_threads_batch)
+    if backend != "llama":
+        raise ValueError(f"unknown reward scorer backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     from studio.evaluation.run_adapters import RunAdapterError, gguf_adapter_for_run
+    from studio.reward.llama_scorer import LlamaRewardScorer
 
     try:
         adapter = gguf_adapter_for_run(run, engine.info, store.path)
