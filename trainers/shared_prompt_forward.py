@@ -20,8 +20,11 @@ unchanged.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from trainers.cpu_logprob_head import log_probs_only
 
 if TYPE_CHECKING:
     import torch
@@ -158,11 +161,13 @@ def _unpack(value: torch.Tensor, source_index: torch.Tensor) -> torch.Tensor:
     return flat[source_index]
 
 
-def share_prompt_forward(model: PreTrainedModel) -> bool:
+def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bool] | None = None) -> bool:
     """Wrap ``model``'s TRL fused-head forward (already added by ``DPOTrainer``) so pair batches share their prompt.
 
-    Returns whether the wrapper is in place: not when the model's attention takes no custom mask, or the forward
-    is not TRL's fused one.
+    ``reference_pass`` tells a call made for the reference log-probabilities (TRL keeps only ``log_probs`` of
+    those): such calls compute the log-probabilities alone (``trainers.cpu_logprob_head.log_probs_only``), not the
+    metrics' entropy, mean logit and top-1 over the whole vocabulary. Returns whether the wrapper is in place: not
+    when the model's attention takes no custom mask, or the forward is not TRL's fused one.
     """
     kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None) or "")
     fused = model.forward
@@ -174,6 +179,13 @@ def share_prompt_forward(model: PreTrainedModel) -> bool:
     @functools.wraps(fused)
     def forward(*args: Any, fused_lm_head: bool = False, labels: torch.Tensor | None = None,
                 **kwargs: Any) -> Any:
+        if fused_lm_head and reference_pass is not None and reference_pass():
+            with log_probs_only():
+                return shared_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+        return shared_forward(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+
+    def shared_forward(*args: Any, fused_lm_head: bool = False, labels: torch.Tensor | None = None,
+                       **kwargs: Any) -> Any:
         packed = None
         plain = {key for key, value in kwargs.items() if not (key in _UNSET_ALLOWED and value is None)}
         if (fused_lm_head and labels is not None and not args and plain <= _PASSED_THROUGH

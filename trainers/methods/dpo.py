@@ -29,7 +29,7 @@ from trainers.run.plan import plan_selection
 from trainers.run_config import RunConfig
 
 if TYPE_CHECKING:
-    from peft import LoraConfig
+    from peft import LoraConfig, PeftModel
     from transformers import PreTrainedTokenizerBase
     from trl import DPOConfig, DPOTrainer
 
@@ -127,9 +127,20 @@ def length_grouped_trainer_class() -> type[DPOTrainer]:
             super().__init__(*args, **kwargs)
             # After TRL has added its fused LM head to the model (in its __init__).
             base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-            self.shares_prompt = share_prompt_forward(base)
+            self.shares_prompt = share_prompt_forward(base, reference_pass=self._is_reference_pass)
             if self.ref_model is not None:
                 share_prompt_forward(self.ref_model)
+
+        def _is_reference_pass(self) -> bool:
+            """A forward made for the reference log-probabilities: no grad, the LoRA adapter disabled (TRL's
+            ``use_adapter(model, None)``) or the "ref" adapter active."""
+            import torch
+
+            if torch.is_grad_enabled() or not isinstance(self.model, PeftModel):
+                return False
+            if self.model.active_adapter == "ref":
+                return True
+            return any(getattr(module, "disable_adapters", False) for module in _lora_layers(self.model))
 
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202 - Trainer's signature
             dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -146,6 +157,17 @@ def length_grouped_trainer_class() -> type[DPOTrainer]:
                                         lengths=lengths)
 
     return LengthGroupedDPOTrainer
+
+
+def _lora_layers(model: PeftModel) -> list[object]:
+    """The model's LoRA layers, found once per model (the reference-pass test runs at every forward)."""
+    cached = getattr(model, "_studio_lora_layers", None)
+    if cached is None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        cached = [m for m in model.modules() if isinstance(m, BaseTunerLayer)][:1]
+        model._studio_lora_layers = cached
+    return cached
 
 
 class DPOMethod:
@@ -200,6 +222,7 @@ def _train_and_publish(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
+    from trainers.cpu_logprob_head import enable_cpu_logprob_head
     from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype, training_threads
 
     started = time.monotonic()
@@ -213,6 +236,7 @@ def _train_and_publish(
     torch.set_num_threads(threads)
     if device == "cpu":
         enable_compact_logprobs_on_cpu()
+        enable_cpu_logprob_head()
     if not config.train_model:
         raise RunError("the run names no model to train; pass --train-model PATH")
     train_pairs, heldout_pairs = run_pairs(store, run, config)
