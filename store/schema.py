@@ -350,6 +350,7 @@ def _checks_and_scores_v7(db: sqlite_utils.Database) -> None:
     answer it came from; `candidate_id` links a check made on a candidate (NULL for a comparison answer or a file).
     `reward_scores`: a reward-model run's score for a candidate, one row per (candidate, run); whether the user
     agreed with the model's pick is read from these scores and the judgement, so nothing is stored twice.
+    `predicted_ratings`: an attribute model's predicted values (store/predicted_ratings.py).
     Only new tables: nothing existing is rewritten.
     """
     db.execute(
@@ -369,6 +370,16 @@ def _checks_and_scores_v7(db: sqlite_utils.Database) -> None:
         "PRIMARY KEY (candidate_id, run_id))"
     )
     db.execute("CREATE INDEX IF NOT EXISTS idx_reward_scores_run_id ON reward_scores (run_id)")
+    # An attribute model's predictions (SteerLM annotate), never mixed with the human `candidate_ratings`: one
+    # row per (target, attribute, run); the target a candidate, a written demonstration, an edited judgement's
+    # edit or an imported dataset item (`dataset_feedback_items`).
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS predicted_ratings (id INTEGER PRIMARY KEY, target_kind TEXT NOT NULL "
+        "CHECK (target_kind IN ('candidate', 'demonstration', 'edit', 'dataset_item')), target_id INTEGER NOT NULL, "
+        "attribute TEXT NOT NULL, value REAL NOT NULL, run_id INTEGER NOT NULL REFERENCES runs(id), "
+        "created_at TEXT NOT NULL, UNIQUE (target_kind, target_id, attribute, run_id))"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_predicted_ratings_run_id ON predicted_ratings (run_id)")
 
 
 def _add_column(db: sqlite_utils.Database, table: str, column: str, declaration: str, indexed: bool = False) -> None:

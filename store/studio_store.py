@@ -20,6 +20,7 @@ from store.judgement_rows import check_role, check_source, insert_judgement, ins
 from store.labelling_queue import QUEUE_TITLE, LabellingQueue
 from store.locations import default_db_path
 from store.pairs import PreferencePair, read_pairs
+from store.predicted_ratings import PredictedRatings
 from store.records import CandidateRecord, JudgementRecord, SessionRecord, TurnRecord, Verdict
 from store.reward_scores import RewardScores
 from store.run_log import RunLog
@@ -84,7 +85,7 @@ def _parse_verdict(verdict: Verdict | str) -> Verdict:
         raise ValueError(f"unknown verdict {verdict!r}; expected one of {known}") from None
 
 
-class Store(RunLog, Evaluations, Datasets, Feedback, LabellingQueue, SafetyChecks, RewardScores):
+class Store(RunLog, Evaluations, Datasets, Feedback, LabellingQueue, SafetyChecks, RewardScores, PredictedRatings):
     """The studio database: sessions, turns, prompts, candidates, judgements (every feedback kind), pairs, runs.
 
     Every write is its own committed transaction (several rows at once commit together or not at

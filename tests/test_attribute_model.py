@@ -136,3 +136,113 @@ def test_human_ratings_are_what_rated_responses_returns(tiny_attribute_run) -> N
     rated = feedback_yield.rated_responses(store.db)
     assert len(rated) == 40
     assert all(set(r.ratings) <= {"verbosity", "quality"} for r in rated)
+
+
+# Annotate: predictions stored apart from human ratings
+
+
+def add_unrated(store: Store, lengths: list[int]) -> list[int]:
+    """One unrated candidate per length (words); return their ids."""
+    session_id = store.create_session("")
+    ids = []
+    for i, n_words in enumerate(lengths):
+        prompt = f"Say more ({i})."
+        prompt_id = store.add_prompt(session_id, prompt, [])
+        ids.append(store.add_candidate(prompt_id, 0, reply_of(n_words, i), rendered(prompt), "tiny", "0" * 64,
+                                       {"temperature": 0.8}, seed=0))
+    return ids
+
+
+@pytest.fixture(scope="module")
+def annotated(tiny_attribute_run):
+    """Unrated replies added after training (20 candidates, a demonstration, a human-rated long reply), then
+    annotated with a Ctrl-C after the first batch, then annotated again to finish."""
+    from studio.attributes_model import AttributePredictor
+    from studio.cli.attributes import BATCH, annotate_targets
+
+    store, run, _outcome, root = tiny_attribute_run
+    unrated = add_unrated(store, [1 + (i % 20) for i in range(20)])
+    rated_long = add_unrated(store, [20])[0]
+    store.record_ratings(rated_long, {"verbosity": 0})  # a human rating the model would disagree with
+    prompt_id = store.add_prompt(store.create_session(""), "Write a long one.", [])
+    demonstration = store.add_demonstration(prompt_id, reply_of(18, 3).strip())
+
+    def interrupt_after_first_batch(kind: str, done: int, _total: int) -> None:
+        if kind == "candidate" and done >= BATCH:
+            raise KeyboardInterrupt
+
+    with AttributePredictor(run, db_path=root / "studio.db") as predictor:
+        stopped = annotate_targets(store, predictor, ["candidate", "demonstration"],
+                                   progress=interrupt_after_first_batch)
+        after_stop = store.predicted_ratings(run.id)
+        finished = annotate_targets(store, predictor, ["candidate", "demonstration"])
+        again = annotate_targets(store, predictor, ["candidate", "demonstration"])
+    return store, run, unrated, rated_long, demonstration, stopped, after_stop, finished, again
+
+
+def test_ctrl_c_keeps_whole_batches_and_a_second_annotate_continues(annotated) -> None:
+    from studio.cli.attributes import BATCH
+
+    _store, _run, unrated, _rated, _demo, stopped, after_stop, finished, again = annotated
+    assert stopped.stopped and stopped.annotated == {"candidate": BATCH}
+    # Every stored target has both attributes: no half-written reply.
+    targets = {p.target_id for p in after_stop}
+    assert len(targets) == BATCH and len(after_stop) == 2 * BATCH
+    assert finished.annotated == {"candidate": len(unrated) - BATCH, "demonstration": 1} and not finished.stopped
+    assert again.total == 0  # nothing left that the run has not predicted
+
+
+def test_annotate_stores_predictions_apart_from_human_ratings(annotated) -> None:
+    store, run, unrated, rated_long, demonstration, *_ = annotated
+    predicted = store.predicted_ratings(run.id, "candidate")
+    by_target = {(p.target_id, p.attribute): p.value for p in predicted}
+    assert {t for t, _ in by_target} == set(unrated)  # the 40 rated in training and the rated long reply: none
+    assert all(0.0 <= v <= 4.0 for v in by_target.values())
+    # The model learnt length: a 20-word reply predicted well above a 1-word one.
+    assert by_target[(unrated[19], "verbosity")] > by_target[(unrated[0], "verbosity")] + 1.5
+    demo = store.predicted_ratings(run.id, "demonstration")
+    assert {(p.target_id, p.attribute) for p in demo} == {(demonstration, "verbosity"), (demonstration, "quality")}
+    # The human rating stays as given, and training still reads only human ratings.
+    assert [(r.attribute, r.value) for r in store.ratings(rated_long)] == [("verbosity", 0)]
+    rated = feedback_yield.rated_responses(store.db)
+    assert {r.candidate_id for r in rated} & set(unrated) == set()
+    assert next(r for r in rated if r.candidate_id == rated_long).ratings == {"verbosity": 0}
+
+
+def test_predict_attributes_gives_each_text_its_values(tiny_attribute_run) -> None:
+    from studio.attributes_model import predict_attributes
+
+    _store, run, _outcome, root = tiny_attribute_run
+    texts = [reply_of(1, 0), reply_of(20, 0)]
+    values = predict_attributes(run, texts, prompts=[rendered("Say something (0).")] * 2, db_path=root / "studio.db")
+    assert [set(v) for v in values] == [{"verbosity", "quality"}] * 2
+    assert values[1]["verbosity"] > values[0]["verbosity"]
+
+
+def test_an_attribute_model_for_another_base_model_is_refused_clearly(tiny_attribute_run) -> None:
+    from dataclasses import replace
+
+    from studio.attributes_model import AttributeModelError, checked_attribute_run
+
+    _store, run, _outcome, root = tiny_attribute_run
+    with pytest.raises(AttributeModelError, match=r"trained on .*but the studio serves gemma.gguf .*switch to that"):
+        checked_attribute_run(run, db_path=root / "studio.db", expected_sha256="f" * 64, served_name="gemma.gguf")
+    with pytest.raises(AttributeModelError, match="is a dpo run, not an attribute model"):
+        checked_attribute_run(replace(run, config={**run.config, "method": "dpo"}), db_path=root / "studio.db")
+    with pytest.raises(AttributeModelError, match="is failed"):
+        checked_attribute_run(replace(run, status="failed"), db_path=root / "studio.db")
+
+
+def test_the_annotate_command_refuses_a_model_trained_on_another_base(tiny_attribute_run, session_home: Path,
+                                                                     default_model: Path) -> None:
+    from conftest import run_cli
+
+    store, run, _outcome, root = tiny_attribute_run
+    before = len(store.predicted_ratings())
+    # The studio serves the default Gemma; the run was trained on the tiny model.
+    proc = run_cli("--db", str(root / "studio.db"), "attributes", "annotate", "--run", str(run.id),
+                   home=session_home)
+    assert proc.returncode == 1, proc.stderr
+    assert f"run {run.id}'s attribute model was trained on" in proc.stderr
+    assert f"(not a GGUF), but the studio serves {default_model.name}" in proc.stderr
+    assert len(store.predicted_ratings()) == before  # the refused command wrote nothing
