@@ -65,6 +65,12 @@ class KTOMethod(ExampleMethod):
         return reward_margin(trainer.model, tokenizer, heldout, config.beta, report.max_length)
 
 
+    def describe_heldout(self, before: dict[str, float], after: dict[str, float]) -> str:
+        if "margin" not in after:
+            return ""
+        return f"reward margin good - bad {after['margin']:+.3f}, ordered right {after['accuracy']:.0%}"
+
+
 def completion_logprob(model: PeftModel, tokenizer: PreTrainedTokenizerBase, example: TrainingExample,
                        max_length: int | None) -> float:
     """log p(reply + EOS | prompt) as KTO scores it: the reply starts where prompt and prompt + reply tokenise

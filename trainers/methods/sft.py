@@ -53,6 +53,12 @@ class SFTMethod(ExampleMethod):
         return heldout_loss(trainer)
 
 
+    def describe_heldout(self, before: dict[str, float], after: dict[str, float]) -> str:
+        if "loss" not in after:
+            return ""
+        return (f"loss {before['loss']:.3f} -> " if "loss" in before else "loss ") + f"{after['loss']:.3f}"
+
+
 def heldout_loss(trainer: Trainer) -> dict[str, float]:
     """The held-out replies' loss (mean negative log-likelihood per reply token) and token accuracy."""
     found = trainer.evaluate()

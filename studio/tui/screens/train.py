@@ -25,10 +25,22 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, RichLog, Select, Static
+from textual.widgets import (
+    Button,
+    Checkbox,
+    Footer,
+    Header,
+    Input,
+    Label,
+    ProgressBar,
+    RichLog,
+    Select,
+    Static,
+)
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
+from trainers.methods.registry import METHODS
 from trainers.model_source import ModelSourceError
 from trainers.run.lifecycle import (
     ACTIVE,
@@ -43,10 +55,28 @@ from trainers.run_config import LOSS_TYPES, RunConfig
 
 # The fields a user tunes most; everything else keeps the last run's value (or the default).
 FORM_FIELDS = ("epochs", "beta", "learning_rate", "batch_size", "max_length", "lora_r", "data_size",
-               "heldout_fraction")
+               "heldout_fraction", "init_from")  # init_from: an earlier run's id, empty for the base
 POLL_SECONDS = 0.5
 PLAN_DELAY = 0.4  # seconds of no typing before the form's numbers are counted again
 AUTO = "auto"  # what the form shows for a setting chosen from the data (max length)
+METHOD_LABELS = {"dpo": "DPO: preference pairs", "sft": "SFT: demonstrations", "kto": "KTO: good / bad labels",
+                 "reward": "reward model: pairs"}
+# Each method's own live metrics (the keys its trainer logs, read back from the store) on the second plot.
+METHOD_PLOTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "dpo": ("reward margin / accuracy", ("rewards/margins", "rewards/accuracies")),
+    "sft": ("token accuracy", ("mean_token_accuracy",)),
+    "kto": ("KL / reward of good, bad", ("kl", "rewards/chosen", "rewards/rejected")),
+    "reward": ("accuracy / margin", ("accuracy", "margin")),
+}
+# The checkbox that lets a method learn from pairs too, per method (DPO learns from nothing else).
+FROM_PAIRS = {"sft": ("sft_include_chosen", "also learn the chosen reply of each pair"),
+              "kto": ("kto_from_pairs", "also use pairs: chosen good, rejected bad")}
+DATASET_KINDS = {"preference": "pairs", "demonstrations": "demonstrations", "labels": "labels"}
+
+
+def method_plot(method: str) -> tuple[str, tuple[str, ...]]:
+    """The second plot's title and series for a run of ``method`` (DPO's for a method that names none)."""
+    return METHOD_PLOTS.get(method, METHOD_PLOTS["dpo"])
 
 
 def _parse(config_field, text: str):  # noqa: ANN001, ANN202
@@ -80,6 +110,12 @@ class MetricPlot(PlotextPlot):
             self.points[name] = []
         self.redraw()
 
+    def set_series(self, title: str, series: tuple[str, ...]) -> None:
+        """Plot other metrics from now on (another method's), starting empty."""
+        self.title, self.series = title, series
+        self.points = {name: [] for name in series}
+        self.redraw()
+
     def redraw(self) -> None:
         plt = self.plt
         plt.clear_data()
@@ -88,6 +124,10 @@ class MetricPlot(PlotextPlot):
             if pts:
                 plt.plot([p[0] for p in pts], [p[1] for p in pts], label=name.split("/")[-1])
         self.refresh()
+
+
+def _from_pairs(config: RunConfig) -> bool:
+    return config.sft_include_chosen if config.method == "sft" else config.kto_from_pairs
 
 
 class TrainScreen(Screen):
@@ -123,7 +163,7 @@ class TrainScreen(Screen):
         yield Header()
         with Horizontal(id="train-body"):
             with Vertical(id="train-form"):
-                yield Label("LoRA DPO run", classes="dialog-title")
+                yield Label("LoRA run", classes="dialog-title")
                 with Grid(id="form-grid"):
                     for f in fields(RunConfig):
                         if f.name in FORM_FIELDS:
@@ -132,23 +172,27 @@ class TrainScreen(Screen):
                             yield Label(f.name.replace("_", " "), classes="form-label")
                             yield Input(empty if value is None else str(value), id=f"cfg-{f.name}",
                                         tooltip=f.metadata.get("help"))
+                    yield Label("method", classes="form-label")
+                    yield Select([(METHOD_LABELS.get(name, name), name) for name in METHODS], value=base.method,
+                                 allow_blank=False, id="cfg-method")
                     yield Label("loss type", classes="form-label")
                     yield Select([(name, name) for name in LOSS_TYPES], value=base.loss_type, allow_blank=False,
-                                 id="cfg-loss_type")
-                    yield Label("pairs from", classes="form-label")
-                    datasets = [d for d in self.app.store.list_datasets() if d.kind == "preference"]
+                                 id="cfg-loss_type", disabled=base.method != "dpo")
+                    yield Label("data from", classes="form-label")
+                    datasets = [d for d in self.app.store.list_datasets() if d.kind in DATASET_KINDS]
                     yield Select([("every session", "all"), ("this session", "session")]
-                                 + [(Text(f"dataset {d.name} ({d.n_items} pairs)"), f"dataset:{d.name}")  # not markup
-                                    for d in datasets],
+                                 + [(Text(f"dataset {d.name} ({d.n_items} {DATASET_KINDS[d.kind]})"),  # not markup
+                                     f"dataset:{d.name}") for d in datasets],
                                  value="all", allow_blank=False, id="cfg-scope")
+                yield Checkbox(FROM_PAIRS.get(base.method, ("", ""))[1], _from_pairs(base), id="cfg-from_pairs",
+                               disabled=base.method not in FROM_PAIRS)
                 yield Button("Start training (ctrl+s)", id="start", variant="success")
                 yield Static("", id="train-plan", markup=False)
                 yield Static("", id="train-status", markup=False)
             with Vertical(id="train-live"):
                 with Horizontal(id="plots"):
                     yield MetricPlot("loss", ("loss",), id="plot-loss")
-                    yield MetricPlot("reward margin / accuracy", ("rewards/margins", "rewards/accuracies"),
-                                     id="plot-margin")
+                    yield MetricPlot(*method_plot(base.method), id="plot-margin")
                 yield ProgressBar(id="train-progress", show_eta=True)
                 yield Static("", id="train-rate", markup=False)
                 yield RichLog(id="train-log", max_lines=400, wrap=False, markup=False)
@@ -184,7 +228,14 @@ class TrainScreen(Screen):
                 values[name] = _parse(by_name[name], text)
             except ValueError:
                 raise ValueError(f"{name.replace('_', ' ')}: {text!r} is not a number") from None
-        values["loss_type"] = self.query_one("#cfg-loss_type", Select).value
+        method = str(self.query_one("#cfg-method", Select).value)
+        values["method"] = method
+        # The settings of another method are refused by RunConfig, so switching methods resets them.
+        values["loss_type"] = self.query_one("#cfg-loss_type", Select).value if method == "dpo" else "sigmoid"
+        from_pairs = self.query_one("#cfg-from_pairs", Checkbox).value
+        values["sft_include_chosen"] = method == "sft" and from_pairs
+        values["kto_from_pairs"] = method == "kto" and from_pairs
+        values["desirable_weight"] = values["undesirable_weight"] = None  # KTO: from the data's balance
         scope = self.query_one("#cfg-scope", Select).value
         values["session_id"] = self.app.current_session_id if scope == "session" else None
         dataset = scope.removeprefix("dataset:") if scope.startswith("dataset:") else None
@@ -200,9 +251,22 @@ class TrainScreen(Screen):
 
     @on(Input.Changed)
     @on(Select.Changed)
+    @on(Checkbox.Changed)
     def _form_changed(self, event) -> None:  # noqa: ANN001
         if (event.control.id or "").startswith("cfg-"):
             self._schedule_plan()
+
+    @on(Select.Changed, "#cfg-method")
+    def _method_changed(self, event: Select.Changed) -> None:
+        """The form shows what the chosen method uses: DPO's loss type, the others' learning from pairs too,
+        and the method's own metrics on the second plot."""
+        method = str(event.value)
+        self.query_one("#cfg-loss_type", Select).disabled = method != "dpo"
+        box = self.query_one("#cfg-from_pairs", Checkbox)
+        box.disabled = method not in FROM_PAIRS
+        box.label = FROM_PAIRS.get(method, ("", ""))[1]
+        if self.run_id is None:  # a run being followed keeps its own method's plot
+            self.query_one("#plot-margin", MetricPlot).set_series(*method_plot(method))
 
     def _schedule_plan(self) -> None:
         if self._prepared is not None:
@@ -230,6 +294,8 @@ class TrainScreen(Screen):
             text, error = f"Cannot start: {exc}", True
         else:
             text, error = f"Will train: {selection.report.describe()}", False
+            if config.init_from is not None:  # plan_for_config checked the run: done, same model, an LM adapter
+                text += f" · starting from run {config.init_from}'s model (its adapter merged in)"
         if not worker.is_cancelled:
             self.app.call_from_thread(self._show_plan, text, error)
 
@@ -325,10 +391,11 @@ class TrainScreen(Screen):
         self.run_id = run_id
         self.process = process
         self.last_step = None
+        run = self.app.store.get_run(run_id)
         for plot in self.query(MetricPlot):
             plot.clear_points()
+        self.query_one("#plot-margin", MetricPlot).set_series(*method_plot((run.config or {}).get("method", "dpo")))
         self.query_one("#train-log", RichLog).clear()
-        run = self.app.store.get_run(run_id)
         self.log_path = RunPaths(Path(run.output_dir)).log_path
         self.log_offset = 0
         self.started_at = time.monotonic()
@@ -375,13 +442,12 @@ class TrainScreen(Screen):
             elapsed = time.monotonic() - self.first_step_at[0]
             rate = f"{(row['step'] - self.first_step_at[1]) / elapsed:.2f} steps/s · "
         loss = row.get("loss")
-        margin = row.get("rewards/margins")
-        acc = row.get("rewards/accuracies")
+        plotted = self.query_one("#plot-margin", MetricPlot).series  # the run's method's own numbers
         self.query_one("#train-rate", Static).update(
             f"step {row['step']}/{total or '?'} · {rate}"
-            + (f"loss {loss:.4f} · " if loss is not None else "")
-            + (f"margin {margin:+.3f} · " if margin is not None else "")
-            + (f"accuracy {acc:.2f}" if acc is not None else "")
+            + (f"loss {loss:.4f}" if loss is not None else "")
+            + "".join(f" · {name.split('/')[-1].replace('_', ' ')} {row[name]:+.3f}" for name in plotted
+                      if row.get(name) is not None)
         )
 
     def _tail_log(self) -> None:
