@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from store.records import Verdict
 from store.studio_store import Store
-from studio.inference.batched_generation import BatchUnavailable, generate_batch
+from studio.inference.batched_generation import BatchUnavailable, FinishedCallback, generate_batch
 from studio.inference.engine import (
     ChatEngine,
     EngineError,
@@ -75,6 +75,16 @@ class Round:
     def reply(self, slot: int) -> str:
         return self.generations[slot].text
 
+    def reorder(self, order: Sequence[int]) -> None:
+        """Put the generated candidates in ``order`` (old slots, new first): best-of-N shows the reward model's
+        best as A. Before the candidates are stored, so slots, stored order and keys agree."""
+        if self.stored:
+            raise ValueError("the round's candidates are stored already: their order is fixed")
+        if sorted(order) != list(range(len(self.generations))):
+            raise ValueError(f"{list(order)} is not an order of the round's {len(self.generations)} candidates")
+        self.generations = [self.generations[slot] for slot in order]
+        self.seeds = [self.seeds[slot] for slot in order]
+
 
 def draft_round(engine: ChatEngine, system: str, history: list[ChatTurn], user_text: str,
                 sampling: SamplingSettings, n_candidates: int, base_seed: int | None, number: int = 1) -> Round:
@@ -91,9 +101,12 @@ def generate_round(
     sampling: SamplingSettings,
     on_token: CandidateStream | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_finished: FinishedCallback | None = None,
 ) -> list[Generation] | None:
     """Stream every candidate of the round, holding the engine the whole time: an adapter switch asked
     for meanwhile is refused (EngineBusy), never applied between two candidates. None when stopped.
+    ``on_finished(slot, text)`` hears of each candidate as it ends, from the generating thread (a reward model
+    scores it meanwhile: it must return at once).
 
     The candidates are decoded side by side in one batch (``inference/batched_generation.py``). Only when
     the context cannot hold them all at once (the prompt plus N × max tokens past n_ctx, more candidates
@@ -108,7 +121,7 @@ def generate_round(
     with engine.session(f"generating candidates for prompt {round_.number}"):
         try:
             results = generate_batch(engine, round_.fitted.text, sampling, round_.seeds, on_piece=stream,
-                                     should_stop=should_stop)
+                                     should_stop=should_stop, on_finished=on_finished)
         except BatchUnavailable:
             results = []
             for slot, seed in enumerate(round_.seeds):
@@ -117,6 +130,8 @@ def generate_round(
                 results.append(gen)
                 if gen.cancelled or (should_stop is not None and should_stop()):
                     return None
+                if on_finished is not None:
+                    on_finished(slot, gen.text)
     if any(gen.cancelled for gen in results) or (should_stop is not None and should_stop()):
         return None
     round_.generations = results
@@ -302,9 +317,10 @@ class JudgingSession:
         round_: Round,
         on_token: CandidateStream | None = None,
         should_stop: Callable[[], bool] | None = None,
+        on_finished: FinishedCallback | None = None,
     ) -> list[Generation] | None:
         """Stream every candidate of the round under one hold of the engine (``generate_round``)."""
-        return generate_round(self._engine(), round_, self.sampling, on_token, should_stop)
+        return generate_round(self._engine(), round_, self.sampling, on_token, should_stop, on_finished)
 
     def store_candidates(self, round_: Round) -> None:
         """The prompt (with the conversation before it) and its candidates, in one transaction."""

@@ -117,3 +117,45 @@ def offered(select) -> list[str]:  # noqa: ANN001
     """The choices a Select shows when opened (its dropdown's options), read through OptionList's public API."""
     dropdown = select.query_one("SelectOverlay")
     return [str(dropdown.get_option_at_index(i).prompt) for i in range(dropdown.option_count)]
+
+
+@pytest.fixture(scope="session")
+def trained_reward_run(default_model, session_home, tmp_path_factory) -> tuple[Path, int]:
+    """A finished reward run on the default model (two steps on SEPARABLE_PAIRS), trained once per test run:
+    the folder holding its database (studio.db) and runs/, and the run's id. Copy it with ``reward_data``."""
+    from tiny_model import SEPARABLE_PAIRS
+
+    from store.studio_store import Store
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
+    from trainers.run_config import RunConfig
+
+    folder = tmp_path_factory.mktemp("reward-run")
+    system = "You are a concise, friendly assistant."
+    with prefstudio_home(session_home), Store.open(folder / "studio.db") as store:
+        session = store.create_session(system)
+        for prompt, chosen, rejected in SEPARABLE_PAIRS[:4]:
+            prompt_id = store.add_prompt(session, prompt, [])
+            rendered = f"{system}\n\nUser: {prompt}\nAssistant:"
+            ids = [store.add_candidate(prompt_id, slot, " " + text, rendered, default_model.name, "-", {}, seed=slot)
+                   for slot, text in enumerate((chosen, rejected))]
+            store.record_judgement(prompt_id, "a", chosen_candidate_id=ids[0], rejected_candidate_id=ids[1])
+        config = RunConfig(method="reward", max_steps=2, max_length=128, heldout_fraction=0.0, learning_rate=1e-3)
+        prepared = prepare_run(store, config, model_path=default_model, runs_root=folder / "runs")
+        outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+        assert outcome.status == "done", outcome.message
+    return folder, prepared.run_id
+
+
+@pytest.fixture
+def reward_data(trained_reward_run, tmp_path) -> tuple[Path, int]:
+    """A test's own copy of the reward run's database and run folder (the run's folder recorded where the copy
+    lies): the database path and the run id."""
+    import sqlite3
+
+    source, run_id = trained_reward_run
+    target = tmp_path / "reward-data"
+    shutil.copytree(source, target)
+    with sqlite3.connect(target / "studio.db") as db:
+        db.execute("UPDATE runs SET output_dir = replace(output_dir, ?, ?)", (str(source), str(target)))
+    return target / "studio.db", run_id

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 # on_piece(slot, piece): each newly streamed piece of text of candidate ``slot``, from the generating thread.
 PieceCallback = Callable[[int, str], None]
+# on_finished(slot, text): candidate ``slot`` ended (stop or length) with ``text``, while others may still decode;
+# from the generating thread, so whatever it starts (a reward model's scoring) must not wait there.
+FinishedCallback = Callable[[int, str], None]
 
 # create_completion keeps sampling past max_tokens while a character's UTF-8 bytes are unfinished (a character
 # split over byte tokens): at most 3 more tokens. The context is planned with this slack.
@@ -283,10 +286,12 @@ def generate_batch(
     on_piece: PieceCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
     stop: Sequence[str] | None = None,
+    on_finished: FinishedCallback | None = None,
 ) -> list[Generation]:
     """One candidate per seed for ``prompt_text``, decoded side by side; one ``Generation`` per slot, in order.
 
-    ``on_piece(slot, piece)`` gets each streamed piece; ``should_stop`` is asked after every step and cancels
+    ``on_piece(slot, piece)`` gets each streamed piece, ``on_finished(slot, text)`` each candidate as it ends
+    (a cancelled one never ends); ``should_stop`` is asked after every step and cancels
     every candidate (each comes back ``cancelled`` with its text so far); ``stop`` replaces the prompt format's
     stop strings. Holds the engine's lock throughout; the active adapter applies to every candidate.
     BatchUnavailable (before anything is decoded) when the context cannot hold them all."""
@@ -319,6 +324,8 @@ def generate_batch(
                 if c.finish_reason is None:
                     _take(c, chains.sample(c.slot, decoder.ctx, rows[c.slot]), llm, vocab, max_tokens, on_piece,
                           start)
+                    if c.finish_reason is not None and on_finished is not None:
+                        on_finished(c.slot, "".join(c.pieces))
             active = [c for c in candidates if c.finish_reason is None]
             if not active:
                 break
@@ -381,4 +388,5 @@ def _emit(c: _Candidate, piece: str, on_piece: PieceCallback | None, start: floa
         on_piece(c.slot, piece)
 
 
-__all__ = ["BatchUnavailable", "PieceCallback", "StopText", "batch_refusal", "generate_batch"]
+__all__ = ["BatchUnavailable", "FinishedCallback", "PieceCallback", "StopText", "batch_refusal",
+           "generate_batch"]

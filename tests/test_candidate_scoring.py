@@ -1,0 +1,155 @@
+"""The reward model at work, headless (studio/reward/candidate_scoring.py): each candidate scored on its own thread as
+it finishes, stored with its candidate, the model's pick, best-of-N; the real default model and a real reward run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from store.studio_store import Store
+from studio.inference.engine import SamplingSettings
+from studio.judging import Judgement, JudgingSession
+from studio.reward.candidate_scoring import CandidateScoring, RoundScores, round_conversation
+from studio.reward.scorer import open_reward_scorer
+
+SYSTEM = "You are a concise, friendly assistant."
+
+
+@pytest.fixture
+def store(reward_data):
+    db_path, _run_id = reward_data
+    with Store.open(db_path) as store:
+        yield store
+
+
+@pytest.fixture
+def scoring(store, reward_data, engine):
+    scored: list[RoundScores] = []
+    failures: list[str] = []
+    # The llama.cpp backend opens in a fraction of a second (the chat's default may start a process): what is
+    # tested here is the orchestration around any RewardScorer.
+    scorer = open_reward_scorer(store, reward_data[1], engine, backend="llama")
+    scoring = CandidateScoring(scorer, store, on_scored=scored.append, on_failed=failures.append)
+    scoring.heard = scored, failures  # what the callbacks were told, for the tests to read
+    yield scoring
+    scoring.close()
+
+
+def session_for(store, engine, n: int) -> JudgingSession:
+    return JudgingSession(store, SYSTEM, engine.identity.model_id, sampling=SamplingSettings(max_tokens=12),
+                          n_candidates=n, base_seed=40, engine=engine)
+
+
+def wait_until(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_each_candidate_is_scored_as_it_finishes_and_stored_with_it(store, scoring, engine):
+    session = session_for(store, engine, 3)
+    round_ = session.prepare("Name a fruit.")
+    scoring.watch(round_, session.system_prompt)
+    finished: list[tuple[int, str]] = []
+
+    def on_finished(slot: int, text: str) -> None:
+        finished.append((slot, text))
+        scoring.finished(round_.number, slot, text)
+
+    generations = session.generate(round_, on_finished=on_finished)
+    assert sorted(finished) == [(slot, gen.text) for slot, gen in enumerate(generations)]
+    session.store_candidates(round_)
+    scoring.stored(round_)
+    wait_until(lambda: scoring.scores(round_.number).complete)
+    scores = scoring.scores(round_.number).scores
+
+    # The same numbers as the reward model gives each reply directly, each stored with its candidate.
+    conversation = round_conversation(SYSTEM, [], "Name a fruit.")
+    direct = [scoring.scorer.score(conversation, [g.text])[0] for g in generations]
+    # (llama.cpp's scores move in the third decimal when the prompt comes from its cache: the approximate backend)
+    assert list(scores) == pytest.approx(direct, abs=0.02)
+    wait_until(lambda: len(store.reward_scores(scoring.run_id, round_.candidate_ids)) == 3)
+    assert store.reward_scores(scoring.run_id, round_.candidate_ids) == dict(zip(round_.candidate_ids, scores,
+                                                                                 strict=True))
+    heard, failures = scoring.heard
+    assert not failures and heard[-1].scores == scores and len(heard) == 3
+    assert scoring.scores(round_.number).pick == max(range(3), key=lambda slot: scores[slot])
+
+
+def test_the_candidates_never_wait_for_the_scorer(store, scoring, engine):
+    session = session_for(store, engine, 2)
+    round_ = session.prepare("Say hello.")
+    scoring.watch(round_, session.system_prompt)
+    # The scorer is busy the whole time (another caller holds it): generation still runs to its end.
+    with scoring._score_lock:  # noqa: SLF001 - the one way to make the real scorer busy on demand
+        generations = session.generate(round_, on_finished=lambda slot, text: scoring.finished(round_.number, slot,
+                                                                                                 text))
+        assert generations is not None and len(generations) == 2
+        assert scoring.scores(round_.number).scores == (None, None)
+    wait_until(lambda: scoring.scores(round_.number).complete)
+
+
+def test_best_of_n_puts_the_best_first_before_storing(store, scoring, engine):
+    session = session_for(store, engine, 4)
+    round_ = session.prepare("Where do fish live?")
+    scoring.watch(round_, session.system_prompt)
+    generations = session.generate(round_, on_finished=lambda slot, text: scoring.finished(round_.number, slot, text))
+    seeds = list(round_.seeds)
+    order = scoring.best_first(round_, timeout_s=60)
+    assert order is not None and sorted(order) == [0, 1, 2, 3]
+    assert round_.generations == [generations[slot] for slot in order]
+    assert round_.seeds == [seeds[slot] for slot in order]
+    scores = scoring.scores(round_.number)
+    assert list(scores.scores) == sorted(scores.scores, reverse=True) and scores.pick == 0
+    session.store_candidates(round_)
+    scoring.stored(round_)
+    stored = store.candidates(round_.prompt_id)
+    assert [c.text for c in stored] == [g.text for g in round_.generations]  # A is the best, in the store too
+    wait_until(lambda: len(store.reward_scores(scoring.run_id, round_.candidate_ids)) == 4)
+    best = store.reward_scores(scoring.run_id, [round_.candidate_ids[0]])[round_.candidate_ids[0]]
+    assert best == max(store.reward_scores(scoring.run_id, round_.candidate_ids).values())
+    with pytest.raises(ValueError, match="stored already"):
+        round_.reorder([1, 0, 2, 3])
+
+
+def test_agreement_counts_judging_with_and_against_the_pick(store, scoring, engine):
+    session = session_for(store, engine, 2)
+    for agree in (True, False):
+        round_ = session.prepare("What colour is the sky?")
+        scoring.watch(round_, session.system_prompt)
+        session.generate(round_, on_finished=lambda slot, text, r=round_: scoring.finished(r.number, slot, text))
+        session.store_candidates(round_)
+        scoring.stored(round_)
+        wait_until(lambda r=round_: len(store.reward_scores(scoring.run_id, r.candidate_ids)) == 2)
+        pick = scoring.scores(round_.number).pick
+        chosen = pick if agree else 1 - pick
+        session.record(round_, Judgement.prefer(chosen, 1 - chosen))
+        agreement = store.reward_agreement(scoring.run_id, session_id=session.session_id)
+        assert (agreement.agreed, agreement.judged) == ((1, 1) if agree else (1, 2))
+
+
+def test_a_scorer_that_stops_turns_scoring_off_and_frees_waiters(store, scoring, engine):
+    session = session_for(store, engine, 2)
+    round_ = session.prepare("Say hello.")
+    scoring.watch(round_, session.system_prompt)
+    scoring._scorer.close()  # noqa: SLF001 - the real scorer stopped underneath (as when its model goes away)
+    scoring.finished(round_.number, 0, " Hello!")
+    wait_until(lambda: scoring.failed is not None)
+    assert "closed" in scoring.failed and scoring.heard[1] == [scoring.failed]
+    started = time.monotonic()
+    assert scoring.best_first(round_, timeout_s=30) is None  # best-of-N does not wait for scores that never come
+    assert time.monotonic() - started < 5
+    scoring.finished(round_.number, 1, " Hi!")  # ignored from now on: one notice, not one per candidate
+    time.sleep(0.2)
+    assert scoring.heard[1] == [scoring.failed]
+
+
+def test_round_scores_pick_and_order():
+    assert RoundScores(1, (0.5, None)).pick is None  # not every candidate scored yet
+    assert RoundScores(1, (0.5,)).pick is None  # a single candidate: nothing to choose between
+    assert RoundScores(1, (0.1, 0.7, 0.7)).pick == 1  # a tie at the top: the first of them
+    assert RoundScores(1, (0.1, 0.7, -0.2)).best_first() == [1, 0, 2]
+    assert RoundScores(1, (None, 0.3)).best_first() == [1, 0]
+
