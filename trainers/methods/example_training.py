@@ -110,6 +110,10 @@ class ExampleMethod:
         """Held-out numbers of the untrained model, to compare with ``heldout_metrics`` (a fresh run only)."""
         return {}
 
+    def describe_heldout(self, before: dict[str, float], after: dict[str, float]) -> str:
+        """The held-out result in a few words for the run's final message ("" when there is none)."""
+        return ""
+
     def load(self, config: RunConfig, source: ModelSource, device: str, dtype: str,
              chain: RunChain | None = None) -> PreTrainedModel:
         """The model to attach the LoRA to (one place, so every example method loads alike); with ``chain``
@@ -267,6 +271,9 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         message = f"cancelled at step {steps}; adapter so far saved, resume to continue"
     else:
         message = f"done: {steps} steps, loss {recorder.last.get('loss', float('nan')):.4f}"
+        heldout_text = method.describe_heldout(before, heldout_after)
+        if heldout_text:
+            message += f"; held out: {heldout_text}"
         shutil.rmtree(paths.work_dir, ignore_errors=True)  # checkpoints are only for resuming
     store.set_run_status(run.id, status, message)
     log(message)

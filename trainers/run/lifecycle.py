@@ -21,7 +21,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from store.run_log import ACTIVE_RUN_STATUSES
+from trainers.chain import check_init_from
 from trainers.dataset_selection import select_dataset
+from trainers.feedback_selection import ExampleSelection, plan_examples, select_examples
+from trainers.methods.registry import feedback_of
 from trainers.pair_selection import PairSelection, dataset_file, select_from_store
 from trainers.run.outputs import RunPaths, unique_output_dir
 from trainers.run.plan import plan_selection
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from store.studio_store import Store
 
 ACTIVE = ACTIVE_RUN_STATUSES  # statuses of a run whose process should be alive
+RunSelection = PairSelection | ExampleSelection  # what a run trains on: pairs (DPO) or examples (SFT, KTO)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class PreparedRun:
 
     run_id: int
     output_dir: Path
-    selection: PairSelection
+    selection: RunSelection
     config: RunConfig
 
     @property
@@ -63,16 +67,21 @@ def select_for_config(store: Store, config: RunConfig) -> PairSelection:
 
 
 def plan_for_config(store: Store, config: RunConfig, model: Path | str,
-                    tokenizer: PreTrainedTokenizerBase | None = None) -> PairSelection:
-    """What a run of ``config`` on ``model`` would train on, counted with the model's tokenizer alone (pairs
-    that fit per split, max length, steps); records nothing. ``tokenizer`` saves loading it again."""
+                    tokenizer: PreTrainedTokenizerBase | None = None) -> RunSelection:
+    """What a run of ``config`` on ``model`` would train on (pairs, or the demonstrations / labels its method
+    learns from), counted with the model's tokenizer alone (what fits per split, max length, steps); records
+    nothing. ``tokenizer`` saves loading it again."""
     check_target_modules(Path(model), config.target_modules)  # a misspelt module is named here too
-    selection = select_for_config(store, config)
+    check_init_from(store, config, model)  # --init-from: a run that exists, is done, on this same model
+    learns_from_pairs = feedback_of(config.method) == "pairs"
+    selection = select_for_config(store, config) if learns_from_pairs else select_examples(store, config, str(model))
     if tokenizer is None:
         from trainers.model_source import load_tokenizer_for
 
         tokenizer = load_tokenizer_for(model)
-    return plan_selection(selection, tokenizer, config)
+    if learns_from_pairs:
+        return plan_selection(selection, tokenizer, config)
+    return plan_examples(selection, tokenizer, config)  # SFT's demonstrations, KTO's labels
 
 
 def prepare_run(
@@ -100,6 +109,7 @@ def prepare_run(
         dataset = str(dataset_file(dataset).resolve())
     config = config.replace(train_model=str(model), dataset=dataset)
     selection = plan_for_config(store, config, model, tokenizer)  # the one count of pairs and steps
+    chain = check_init_from(store, config, model)  # what it starts from, recorded with the run
     if runs_root is None:
         from store.locations import runs_dir
 
@@ -117,7 +127,8 @@ def prepare_run(
         config.to_dict(), model_id=model.name, output_dir=str(output_dir), pair_ids=selection.train_ids,
         heldout_ids=selection.heldout_ids, dataset_hash=selection.dataset_hash,
     )
-    store.set_run_summary(run_id, {"status": "queued", "selection": selection.report.to_dict()})
+    store.set_run_summary(run_id, {"status": "queued", "selection": selection.report.to_dict(),
+                                   "chain": chain.to_dict()})
     store.set_run_status(run_id, "queued", selection.report.describe())
     return PreparedRun(run_id=run_id, output_dir=output_dir, selection=selection, config=config)
 
