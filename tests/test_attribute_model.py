@@ -11,6 +11,7 @@ from conftest import prefstudio_home
 from tiny_model import rendered
 
 from store import feedback_yield
+from store.datasets.importing import import_dataset
 from store.studio_store import Store
 from trainers.methods import training_method
 from trainers.methods.attributes import HEAD_FILE, SPEC_FILE, AttributesMethod, masked_squared_error
@@ -171,12 +172,18 @@ def annotated(tiny_attribute_run):
         if kind == "candidate" and done >= BATCH:
             raise KeyboardInterrupt
 
+    demos_file = root / "demos.jsonl"
+    demos_file.write_text("".join(json.dumps({"prompt": rendered(f"Tell me ({n})."), "completion": reply_of(n, n)})
+                                  + "\n" for n in (2, 19)))
+    import_dataset(store, demos_file, name="demos")
+    dataset_id = store.get_dataset("demos").id
+
     with AttributePredictor(run, db_path=root / "studio.db") as predictor:
         stopped = annotate_targets(store, predictor, ["candidate", "demonstration"],
                                    progress=interrupt_after_first_batch)
         after_stop = store.predicted_ratings(run.id)
-        finished = annotate_targets(store, predictor, ["candidate", "demonstration"])
-        again = annotate_targets(store, predictor, ["candidate", "demonstration"])
+        finished = annotate_targets(store, predictor, ["candidate", "demonstration", "dataset_item"], dataset_id)
+        again = annotate_targets(store, predictor, ["candidate", "demonstration", "dataset_item"], dataset_id)
     return store, run, unrated, rated_long, demonstration, stopped, after_stop, finished, again
 
 
@@ -188,7 +195,8 @@ def test_ctrl_c_keeps_whole_batches_and_a_second_annotate_continues(annotated) -
     # Every stored target has both attributes: no half-written reply.
     targets = {p.target_id for p in after_stop}
     assert len(targets) == BATCH and len(after_stop) == 2 * BATCH
-    assert finished.annotated == {"candidate": len(unrated) - BATCH, "demonstration": 1} and not finished.stopped
+    assert finished.annotated == {"candidate": len(unrated) - BATCH, "demonstration": 1, "dataset_item": 2}
+    assert not finished.stopped
     assert again.total == 0  # nothing left that the run has not predicted
 
 
@@ -202,6 +210,8 @@ def test_annotate_stores_predictions_apart_from_human_ratings(annotated) -> None
     assert by_target[(unrated[19], "verbosity")] > by_target[(unrated[0], "verbosity")] + 1.5
     demo = store.predicted_ratings(run.id, "demonstration")
     assert {(p.target_id, p.attribute) for p in demo} == {(demonstration, "verbosity"), (demonstration, "quality")}
+    items = {p.target_id: p.value for p in store.predicted_ratings(run.id, "dataset_item") if p.attribute == "verbosity"}
+    assert len(items) == 2 and items[max(items)] > items[min(items)]  # the 19-word item above the 2-word one
     # The human rating stays as given, and training still reads only human ratings.
     assert [(r.attribute, r.value) for r in store.ratings(rated_long)] == [("verbosity", 0)]
     rated = feedback_yield.rated_responses(store.db)
@@ -246,3 +256,57 @@ def test_the_annotate_command_refuses_a_model_trained_on_another_base(tiny_attri
     assert f"run {run.id}'s attribute model was trained on" in proc.stderr
     assert f"(not a GGUF), but the studio serves {default_model.name}" in proc.stderr
     assert len(store.predicted_ratings()) == before  # the refused command wrote nothing
+
+
+def test_an_imported_ratings_dataset_trains_with_its_missing_attributes_masked(tmp_path: Path, tiny_model_dir: Path
+                                                                              ) -> None:
+    from trainers.methods.attributes import encoded_examples
+    from trainers.model_source import load_tokenizer
+
+    path = tmp_path / "helpsteer.jsonl"
+    rows = [{"prompt": "P1", "response": "R1", "helpfulness": 4, "verbosity": 1},
+            {"prompt": "P2", "response": "R2", "helpfulness": 0},
+            {"prompt": "P3", "response": "R3", "verbosity": 3}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with Store.open(tmp_path / "studio.db") as store:
+        import_dataset(store, path, name="hs")
+        selection = select_ratings(store, RunConfig(method="attributes", dataset="hs", heldout_fraction=0.0))
+    assert selection.report.attributes == ["helpfulness", "verbosity"]
+    assert selection.report.rated_per_attribute == {"helpfulness": 2, "verbosity": 2}
+    assert all(e.example_id.startswith("i") and e.origin == "dataset" for e in selection.train)
+    by_prompt = {e.prompt: e for e in selection.train}
+    rows_out = encoded_examples([by_prompt["P2"], by_prompt["P3"]], ["helpfulness", "verbosity"],
+                                load_tokenizer(tiny_model_dir), None)
+    assert rows_out[0]["label_mask"] == [1.0, 0.0] and rows_out[0]["labels"] == [-1.0, 0.0]  # 0 → -1, unrated 0
+    assert rows_out[1]["label_mask"] == [0.0, 1.0] and rows_out[1]["labels"] == [0.0, 0.5]  # 3 → 0.5
+
+
+def test_a_preference_dataset_is_refused_for_the_attributes_method(tmp_path: Path) -> None:
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps({"prompt": "P", "completion": "C"}) + "\n")
+    with Store.open(tmp_path / "studio.db") as store:
+        import_dataset(store, path, name="demos")
+        with pytest.raises(PairSelectionError, match="learns from ratings, and demonstrations dataset 'demos'"):
+            select_ratings(store, RunConfig(method="attributes", dataset="demos"))
+
+
+def test_the_default_model_trains_an_attribute_model_for_a_step(tmp_path_factory: pytest.TempPathFactory,
+                                                                session_home: Path, default_model: Path) -> None:
+    """The real Gemma 3 270M: its sequence-classification head with one output per attribute, 2 steps."""
+    root = tmp_path_factory.mktemp("default-attributes")
+    with prefstudio_home(session_home), Store.open(root / "studio.db") as store:
+        rate_replies(store, 6, with_quality=True)
+        config = RunConfig(method="attributes", learning_rate=2e-3, lora_r=8, batch_size=2, heldout_fraction=0.34,
+                           max_steps=2)
+        prepared = prepare_run(store, config, model_path=default_model, runs_root=root / "runs")
+        outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+        run = store.get_run(prepared.run_id)
+    assert outcome.status == "done", outcome.message
+    assert run.summary["steps"] == 2 and run.summary["attributes"] == ["verbosity", "quality"]
+    assert set(run.summary["heldout"]["after"]) >= {"verbosity"}
+    assert run.summary["model"]["sha256"]  # a GGUF: annotate checks the served model against it
+    spec = json.loads((Path(outcome.output_dir) / SPEC_FILE).read_text())
+    from safetensors.numpy import load_file
+
+    assert load_file(str(Path(outcome.output_dir) / HEAD_FILE))["score.weight"].shape == (2, 640)
+    assert spec["attributes"] == ["verbosity", "quality"]
