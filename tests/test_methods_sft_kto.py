@@ -299,3 +299,25 @@ async def test_the_train_screen_trains_the_chosen_method_and_plots_its_metrics(t
             assert len(plot.points["kl"]) == len(metrics) == 6
     finally:
         store.close()
+
+
+def test_imported_demonstration_and_label_datasets_feed_sft_and_kto(store: Store, tmp_path: Path) -> None:
+    from store.datasets.importing import import_dataset
+
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"prompt": rendered(p), "completion": " " + c}) + "\n"
+                             for p, c, _r in SEPARABLE_PAIRS))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"prompt": rendered(p), "completion": " " + text, "label": good}) + "\n"
+                              for p, c, r in SEPARABLE_PAIRS for text, good in ((c, True), (r, False))))
+    import_dataset(store, demos, name="demos")
+    import_dataset(store, labels, name="thumbs")
+
+    sft = select_examples(store, RunConfig(**FAST, method="sft", dataset="demos"))
+    assert sorted(e.completion for e in sft.train) == sorted(" " + c for _p, c, _r in SEPARABLE_PAIRS)
+    assert sft.report.source == "demonstrations dataset 'demos'" and sft.report.origins == {"dataset": 6}
+    kto = select_examples(store, RunConfig(**FAST, method="kto", dataset="thumbs"))
+    assert (kto.report.good, kto.report.bad) == (6, 6)
+    with pytest.raises(PairSelectionError, match="--method sft learns from demonstrations, and labels dataset "
+                                                 "'thumbs' holds none: choose a demonstrations dataset"):
+        select_examples(store, RunConfig(**FAST, method="sft", dataset="thumbs"))
