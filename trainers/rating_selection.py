@@ -29,8 +29,9 @@ if TYPE_CHECKING:
     from trainers.run_config import RunConfig
 
 RATING_RANGE = (0.0, 4.0)
-HOW_TO_RATE = ("rate some replies first: in the chat, `r` on a candidate rates it 0–4 per attribute, or import a "
-               "ratings dataset (HelpSteer-style columns) with `prefstudio datasets import` and pass --dataset NAME")
+HOW_TO_RATE = ("rate some replies first: in the chat, `a` opens the rating row under a candidate (0–4 per "
+               "attribute), or import a ratings dataset (HelpSteer-style columns) with `prefstudio datasets import` "
+               "and pass --dataset NAME")
 
 
 @dataclass(frozen=True)
