@@ -84,7 +84,8 @@ def test_a_tiny_attribute_model_learns_verbosity_from_the_reply(tiny_attribute_r
     assert after["mae"] < 0.6 * before["mae"]
     assert "held-out MAE" in outcome.message
     rows = store.run_metrics(run.id)
-    assert {"loss", "mae"} <= set(rows[-1])  # live metrics: the loss and the rated cells' MAE
+    assert {"loss", "mae", "tokens_per_s"} <= set(rows[-1])  # live metrics: the loss and the rated cells' MAE
+    assert rows[-1]["num_tokens"] > rows[0]["num_tokens"] > 0
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 

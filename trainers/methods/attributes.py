@@ -167,10 +167,13 @@ def _trainer_class() -> type:
     class MaskedRegressionTrainer(Trainer):
         _mae_sum = 0.0
         _mae_count = 0
+        _tokens_seen = 0  # as TRL's trainers log ``num_tokens``, so the recorder's tokens/s reads it
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             labels, mask = inputs.pop("labels"), inputs.pop("label_mask")
+            if model.training:
+                self._tokens_seen += int(inputs["attention_mask"].sum())
             outputs = model(**inputs)
             predicted = outputs.logits.float()
             loss = masked_squared_error(predicted, labels, mask)
@@ -184,6 +187,7 @@ def _trainer_class() -> type:
             if "loss" in logs and self._mae_count:  # the rated cells' MAE since the last log, 0–4 scale
                 logs["mae"] = round(self._mae_sum / self._mae_count, 4)
                 self._mae_sum, self._mae_count = 0.0, 0
+                logs["num_tokens"] = float(self._tokens_seen)
             super().log(logs, *args, **kwargs)
 
     return MaskedRegressionTrainer
