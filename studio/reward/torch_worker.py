@@ -73,13 +73,18 @@ class TorchWorkerScorer:
 
     def _read(self) -> dict:
         assert self._process is not None and self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            return {"error": f"the worker exited: {self._log_tail()}"}
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            return {"error": f"the worker wrote {line[:200]!r}"}
+        # A library may print to stdout while the model loads: lines that are not a JSON object are skipped.
+        for _ in range(1000):
+            line = self._process.stdout.readline()
+            if not line:
+                return {"error": f"the worker exited: {self._log_tail()}"}
+            try:
+                answer = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(answer, dict):
+                return answer
+        return {"error": "the worker wrote 1000 lines that are not answers"}
 
     def _log_tail(self) -> str:
         try:
