@@ -1,14 +1,18 @@
-"""Training speed: the studio trainer against a plain TRL ``DPOTrainer`` script, same data, same model.
+"""Training speed per method: the studio trainer against a plain TRL script of the same method, same data, same model.
 
-    .venv/bin/python bench/train_speed.py                 # 50 pairs, 1 epoch, default model, CPU
+    .venv/bin/python bench/train_speed.py                 # DPO, 50 pairs, 1 epoch, default model, CPU
+    .venv/bin/python bench/train_speed.py --method kto    # dpo, sft, kto or reward
     .venv/bin/python bench/train_speed.py --model smollm2 # a bundled model by name, or a .gguf path
     .venv/bin/python bench/train_speed.py --device cuda --four-bit --pairs 200
 
-Both sides train LoRA (r16, alpha 32, q/k/v/o) on the same pairs with the same max length and batch
-size, each in its own process. The plain script uses TRL's documented settings (its defaults, plus
-``use_cpu=True`` on a CPU, without which it does not start) and loads the GGUF the way a plain script
-would. Timed: from trainer construction to the adapter saved (any precompute included), per pair per
-epoch; peak RSS of each process; for the studio also the whole run as the user sees it (from the key
+Both sides train LoRA (r16, alpha 32, q/k/v/o) on the same examples with the same max length and batch size,
+each in its own process. The examples come from one file of preference pairs: DPO and the reward model train
+on the pairs, SFT on each pair's chosen reply (``--sft-include-chosen``), KTO on each pair unpaired, chosen
+good and rejected bad (``--kto-from-pairs``); the plain script gets the same rows in its trainer's own format.
+The plain scripts (``bench/plain_trl_<method>.py``, sharing ``plain_trl_common.py``) use TRL's documented
+settings (its defaults, plus ``use_cpu=True`` on a CPU, without which they do not start) and load the GGUF the
+way a plain script would. Timed: from trainer construction to the adapter saved (any precompute included), per
+example per epoch; peak RSS of each process; for the studio also the whole run as the user sees it (from the key
 press: prepare the run, start the process, to the adapter saved). The ratio is printed last.
 """
 
@@ -18,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -76,52 +79,33 @@ def bench_pairs(n: int, fmt: PromptFormat, seed: int = 0) -> list[dict[str, str]
     return rows
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+# --- the rows each method trains on, from the same pairs ---------------------------------------------
+
+# What the studio run is told so that it trains on exactly these rows of the pairs file (the RunConfig fields
+# the method reads), and how the plain script's rows are made from the same pairs.
+STUDIO_SETTINGS: dict[str, dict[str, object]] = {
+    "dpo": {},
+    "reward": {},
+    "sft": {"sft_include_chosen": True},  # each pair's chosen reply is a demonstration
+    "kto": {"kto_from_pairs": True},  # each pair unpaired: chosen good, rejected bad
+}
 
 
-# --- the plain TRL script (run in its own process) -------------------------------------------------
+def method_rows(method: str, pairs: list[dict[str, str]]) -> list[dict[str, object]]:
+    """The plain TRL script's rows for ``method``: what the studio derives from the same pairs."""
+    if method == "sft":
+        return [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
+    if method == "kto":
+        return [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+                for p in pairs for side in ("chosen", "rejected")]
+    return list(pairs)
 
 
-def plain_worker(opts: argparse.Namespace) -> None:
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-    from trl import DPOConfig, DPOTrainer
-
-    import trainers  # noqa: F401  (offline env, as any script should set)
-
-    torch.set_num_threads(opts.threads or os.cpu_count() or 1)
-    rows = [json.loads(line) for line in Path(opts.data).read_text().splitlines()]
-    gguf = Path(opts.model)
-    t_load = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    kwargs = {"quantization_config": GgufConfig(dequantize=True)}
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, **kwargs)
-    if opts.device == "cuda":
-        model = model.to("cuda")
-    load_s = time.monotonic() - t_load
-    out = Path(opts.out)
-    t0 = time.monotonic()
-    args = DPOConfig(
-        output_dir=str(out), per_device_train_batch_size=opts.batch_size, max_length=opts.max_length,
-        num_train_epochs=opts.epochs, learning_rate=5e-5, logging_steps=1, report_to="none",
-        use_cpu=opts.device == "cpu", save_strategy="no", disable_tqdm=True,
-    )
-    peft_config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                             task_type="CAUSAL_LM")
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=peft_config)
-    trainer.train()
-    trainer.save_model(str(out))
-    train_s = time.monotonic() - t0
-    print(json.dumps({"load_s": load_s, "trainer_to_saved_s": train_s, "steps": trainer.state.global_step,
-                      "peak_rss_mb": peak_rss_mb(), "bf16": args.bf16,
-                      "gradient_checkpointing": args.gradient_checkpointing}))
+def examples_per_epoch(method: str, n_pairs: int) -> int:
+    return 2 * n_pairs if method == "kto" else n_pairs
 
 
-# --- the studio side --------------------------------------------------------------------------------
+# --- the two sides, each in its own process -----------------------------------------------------------
 
 
 def run_studio(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> dict:
@@ -132,10 +116,10 @@ def run_studio(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> 
     pressed = time.monotonic()
     with Store.open(work / "bench.db") as store:
         config = RunConfig(
-            dataset=str(data), epochs=opts.epochs, batch_size=opts.batch_size, max_length=opts.max_length,
-            heldout_fraction=0.0, device=opts.device, four_bit=opts.four_bit, threads=opts.threads,
-            dtype=opts.dtype, save_steps=10_000,
-        )
+            method=opts.method, dataset=str(data), epochs=opts.epochs, batch_size=opts.batch_size,
+            max_length=opts.max_length, heldout_fraction=0.0, device=opts.device, four_bit=opts.four_bit,
+            threads=opts.threads, dtype=opts.dtype, save_steps=10_000,
+        ).replace(**STUDIO_SETTINGS[opts.method])
         prepared = prepare_run(store, config, model_path=gguf, runs_root=work / "runs")
         proc = subprocess.run(launch_command(prepared.run_id, work / "bench.db"), capture_output=True, text=True)
         wall = time.monotonic() - pressed
@@ -143,26 +127,30 @@ def run_studio(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> 
     if run.status != "done":
         sys.exit(f"studio run failed ({run.status}: {run.message}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     s = run.summary
-    return {"trainer_to_saved_s": s["seconds"]["trainer_to_saved"], "load_s": s["seconds"]["load"],
+    seconds = s.get("seconds", {})
+    return {"trainer_to_saved_s": seconds["trainer_to_saved"], "load_s": seconds.get("load", 0.0),
             "key_press_to_adapter_s": wall, "steps": s["steps"], "peak_rss_mb": s["peak_rss_mb"],
-            "dtype": s["dtype"], "per_step_s": s["seconds"]["per_step"], "step_s": s["seconds"].get("step", {})}
+            "dtype": s.get("dtype", "?"), "step_s": seconds.get("step", {})}
 
 
 def run_plain(opts: argparse.Namespace, data: Path, gguf: Path, work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--plain-worker", "--data", str(data), "--gguf", str(gguf),
-           "--out", str(work / "plain"), "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size),
-           "--max-length", str(opts.max_length), "--device", opts.device]
+    script = Path(__file__).resolve().parent / f"plain_trl_{opts.method}.py"
+    cmd = [sys.executable, str(script), "--data", str(data), "--model", str(gguf), "--out", str(work / "plain"),
+           "--epochs", str(opts.epochs), "--batch-size", str(opts.batch_size), "--max-length", str(opts.max_length),
+           "--device", opts.device]
     if opts.threads:
         cmd += ["--threads", str(opts.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        sys.exit(f"plain TRL script failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        sys.exit(f"plain TRL script {script.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--method", default="dpo", choices=sorted(STUDIO_SETTINGS),
+                        help="the training method; its plain TRL script is bench/plain_trl_<method>.py")
     parser.add_argument("--pairs", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=256)
@@ -174,13 +162,7 @@ def main() -> None:
     parser.add_argument("--model", "--gguf", dest="model", default=None,
                         help="a bundled model's name (gemma3-270m, smollm2) or a .gguf path (default: gemma3-270m)")
     parser.add_argument("--only", choices=["studio", "plain"], default=None)
-    parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--data", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    if opts.plain_worker:
-        plain_worker(opts)
-        return
 
     sys.path.insert(0, str(REPO))
     from studio.inference import runtime_env  # noqa: F401
@@ -193,30 +175,35 @@ def main() -> None:
         sys.exit(f"--model {name}: not a bundled model ({', '.join(BUNDLED_MODELS)}) nor a .gguf file")
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         work = Path(tmp)
-        data = work / "pairs.jsonl"
+        data, rows = work / "pairs.jsonl", work / f"{opts.method}-rows.jsonl"
         fmt = prompt_format_for_model(gguf)
-        data.write_text("".join(json.dumps(r) + "\n" for r in bench_pairs(opts.pairs, fmt)))
-        n = opts.pairs * opts.epochs
-        print(f"{opts.pairs} pairs x {opts.epochs} epoch(s), max length {opts.max_length}, batch {opts.batch_size}, "
-              f"{opts.device}, model {gguf.name}, {fmt.name} prompts", flush=True)
+        pairs = bench_pairs(opts.pairs, fmt)
+        data.write_text("".join(json.dumps(r) + "\n" for r in pairs))
+        rows.write_text("".join(json.dumps(r) + "\n" for r in method_rows(opts.method, pairs)))
+        n = examples_per_epoch(opts.method, opts.pairs) * opts.epochs
+        print(f"{opts.method}: {opts.pairs} pairs ({examples_per_epoch(opts.method, opts.pairs)} examples) x "
+              f"{opts.epochs} epoch(s), max length {opts.max_length}, batch {opts.batch_size}, {opts.device}, "
+              f"model {gguf.name}, {fmt.name} prompts", flush=True)
         results = {}
         if opts.only in (None, "studio"):
             results["studio"] = studio = run_studio(opts, data, gguf, work)
-            print(f"studio trainer : {studio['trainer_to_saved_s'] / n:6.3f} s/pair/epoch "
+            print(f"studio trainer : {studio['trainer_to_saved_s'] / n:6.3f} s/example/epoch "
                   f"({studio['trainer_to_saved_s']:.1f} s, {studio['steps']} steps, {studio['dtype']}, step median "
                   f"{studio['step_s'].get('median', 0):.2f} s max {studio['step_s'].get('max', 0):.2f} s), "
                   f"peak RSS {studio['peak_rss_mb']:.0f} MB; key press to adapter {studio['key_press_to_adapter_s']:.1f} s",
                   flush=True)
         if opts.only in (None, "plain"):
-            results["plain"] = plain = run_plain(opts, data, gguf, work)
-            print(f"plain TRL      : {plain['trainer_to_saved_s'] / n:6.3f} s/pair/epoch "
+            results["plain"] = plain = run_plain(opts, rows, gguf, work)
+            print(f"plain TRL      : {plain['trainer_to_saved_s'] / n:6.3f} s/example/epoch "
                   f"({plain['trainer_to_saved_s']:.1f} s, {plain['steps']} steps, bf16={plain['bf16']}, "
                   f"grad ckpt={plain['gradient_checkpointing']}), peak RSS {plain['peak_rss_mb']:.0f} MB; "
                   f"model load {plain['load_s']:.1f} s", flush=True)
         print("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()), flush=True)
         if len(results) == 2:
             ratio = results["studio"]["trainer_to_saved_s"] / results["plain"]["trainer_to_saved_s"]
-            print(f"ratio studio / plain (time per pair per epoch): {ratio:.2f}x (target <= 0.70x)")
+            print(f"peak RSS studio / plain: {results['studio']['peak_rss_mb']:.0f} MB / "
+                  f"{results['plain']['peak_rss_mb']:.0f} MB", flush=True)
+            print(f"ratio studio / plain {opts.method} (time per example per epoch): {ratio:.2f}x (target <= 0.70x)")
 
 
 if __name__ == "__main__":
