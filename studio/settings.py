@@ -10,6 +10,8 @@ The config file is ``config.toml`` in the user config dir (``prefstudio doctor``
     attributes = "quality,helpfulness,humor"   # what `a` rates (0–4); or a preset: "steerlm", "helpsteer", "oasst"
     safety = ["profanity", "wordlist:~/blocklist.txt"]  # checkers on every reply (studio/safety/specs.py)
     safety_auto_reject = true # a flagged candidate suggested as rejected in the chat (one key records it)
+    reward_run = 7            # a finished reward run scores each candidate; its pick is marked suggested
+    best_first = true         # best-of-N: the candidates shown in the reward model's order, best as A
 
     [sampling]
     temperature = 0.7
@@ -64,6 +66,10 @@ class StudioSettings:
     # Flagged candidates suggested as rejected in the chat (studio/safety/candidate_checks.py): when exactly one of
     # two is flagged, one key records the other over it. Off: the badges only. The palette toggles it.
     safety_auto_reject: bool = False
+    # A finished reward run that scores each candidate in the chat (``reward_run``, ``--reward-run``); None: none.
+    reward_run: int | None = None
+    # Best-of-N (``best_first``, ``--best-of N``): with a reward model, the candidates in its order, best as A.
+    best_first: bool = False
     # The config file these settings were read from (None: none was), so `doctor` names the one in use.
     config_file: Path | None = None
 
@@ -214,6 +220,12 @@ def _from_toml(path: Path) -> dict:
             out[key] = check_count(key, value, _COUNT_MINIMUMS[key], f"{path}: {key}")
         elif key == "prompt_format":
             out[key] = check_prompt_format(value, f"{path}: prompt_format")
+        elif key == "reward_run":
+            out[key] = check_count(key, value, 1, f"{path}: reward_run")
+        elif key == "best_first":
+            if not isinstance(value, bool):
+                raise SettingsError(f"{path}: best_first must be true or false, got {value!r}")
+            out[key] = value
         elif key == "safety_auto_reject":
             if not isinstance(value, bool):
                 raise SettingsError(f"{path}: safety_auto_reject must be true or false, got {value!r}")
@@ -230,7 +242,8 @@ def _from_toml(path: Path) -> dict:
 
 
 # Flags checked like their config keys, so `--threads -3` is named instead of reaching llama.cpp.
-_FLAG_MINIMUMS = {"n_ctx": ("--n-ctx", MIN_N_CTX), "threads": ("--threads", 1), "seed": ("--seed", 0)}
+_FLAG_MINIMUMS = {"n_ctx": ("--n-ctx", MIN_N_CTX), "threads": ("--threads", 1), "seed": ("--seed", 0),
+                  "reward_run": ("--reward-run", 1)}
 
 
 def load_settings(path: Path | None = None, **overrides) -> StudioSettings:

@@ -30,7 +30,7 @@ from studio.cli.train import TRAIN_HELP, train_command
 from studio.inference import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
 from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME
 from studio.safety.specs import SPEC_HELP
-from studio.settings import load_settings
+from studio.settings import MAX_CANDIDATES, SettingsError, load_settings
 
 app = typer.Typer(
     help="Preference Studio: chat with a local model, judge its replies, train DPO, compare.",
@@ -67,13 +67,24 @@ def main_callback(
         "--safety", help=f"A safety checker run on replies, repeatable: {SPEC_HELP} (default: profanity, the "
         "bundled offline classifier; the config's `safety` list).")] = None,
     prompt_format: Annotated[str | None, typer.Option("--prompt-format", help="auto (the model's chat template if it has one) or transcript (plain User:/Assistant: text, e.g. for a model whose template fails).")] = None,
+    reward_run: Annotated[int | None, typer.Option(
+        "--reward-run", help="A finished reward run (`prefstudio train --method reward`) that scores each candidate "
+        "in the studio and the comparison's answers; its pick is marked suggested.")] = None,
+    best_of: Annotated[int | None, typer.Option(
+        "--best-of", help="Best-of-N in the studio: N candidates (2–4) shown in the reward model's order, best "
+        "first (needs --reward-run or reward_run in the config).")] = None,
 ) -> None:
     """Start the studio (TUI) when no command is given."""
     with user_errors():
+        if best_of is not None and not 2 <= best_of <= MAX_CANDIDATES:
+            raise SettingsError(f"--best-of must be a whole number from 2 to {MAX_CANDIDATES} (the candidates the "
+                                f"studio shows side by side), got {best_of}")
         state.settings = load_settings(
             config, db=db.expanduser() if db else None, model=model,
-            n_ctx=n_ctx, threads=threads, seed=seed, prompt_format=prompt_format, candidates=candidates,
-            attributes=attributes, safety=safety or None,
+            n_ctx=n_ctx, threads=threads, seed=seed, prompt_format=prompt_format,
+            candidates=best_of if best_of is not None else candidates,
+            attributes=attributes, safety=safety or None, reward_run=reward_run,
+            best_first=True if best_of is not None else None,
         )
     if ctx.invoked_subcommand is None:
         run_tui()

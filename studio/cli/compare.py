@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -17,7 +19,8 @@ from studio.cli.terminal_text import json_visible, one_line, visible
 if TYPE_CHECKING:
     from studio.evaluation.comparison_result import ComparisonResult
     from studio.evaluation.prompts import PromptSource
-    from studio.inference.engine import SamplingSettings
+    from studio.inference.engine import ChatEngine, SamplingSettings
+    from studio.reward.scorer import RewardScorer
     from studio.safety.checker import SafetyChecker
 
 
@@ -30,6 +33,7 @@ def compare(
     seed: Annotated[int, typer.Option(help="Seed of the first prompt (prompt i uses seed + i, for both).")] = 0,
     temperature: Annotated[float | None, typer.Option(min=0.0, help=TEMPERATURE_HELP)] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Max new tokens per answer (default: settings).")] = None,
+    reward_run: Annotated[int | None, typer.Option("--reward-run", min=1, help=REWARD_RUN_HELP)] = None,
 ) -> None:
     """Base and tuned answers side by side, and held-out preference accuracy before and after."""
     from studio.evaluation.compare_session import run_comparison
@@ -41,9 +45,11 @@ def compare(
         with Store.open(settings().db) as store:
             store.get_run(run)  # a missing run is named before the model loads (seconds)
             store.mark_stale_runs([run], when="when it was compared")  # a dead trainer's run is not running
-            result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
-                                    sampling=sampling, seed=seed, prompts_from=source, limit=limit,
-                                    checkers=_safety_checkers())
+            engine = open_engine()
+            with _reward_scorer(store, reward_run or settings().reward_run, engine) as scorer:
+                result = run_comparison(engine, store, run, system=settings().system_prompt,
+                                        sampling=sampling, seed=seed, prompts_from=source, limit=limit,
+                                        reward_scorer=scorer, checkers=_safety_checkers())
     if as_json:
         typer.echo(json_visible(json.dumps(result.to_dict(), ensure_ascii=False, indent=2)))
         return
@@ -83,6 +89,27 @@ def _with_safety(store: Store, run: int, result: ComparisonResult) -> Comparison
 
     checkers = _safety_checkers()
     return (comparison_with_safety(store, run, checkers) or result) if checkers else result
+REWARD_RUN_HELP = ("A finished reward run that scores every base and tuned answer: their mean reward is shown beside "
+                   "the other metrics (default: the global --reward-run or the config's reward_run).")
+
+
+@contextmanager
+def _reward_scorer(store: Store, run_id: int | None, engine: ChatEngine) -> Iterator[RewardScorer | None]:
+    """Reward run ``run_id``'s scorer for the comparison (refused with its message before any answer is
+    generated), closed afterwards; None without a reward run."""
+    if run_id is None:
+        yield None
+        return
+    from studio.reward.scorer import RewardScorerError, open_reward_scorer
+
+    try:
+        scorer = open_reward_scorer(store, run_id, engine)
+    except RewardScorerError as exc:
+        raise ValueError(str(exc)) from None  # the user's to read: one error line
+    try:
+        yield scorer
+    finally:
+        scorer.close()
 
 
 def _prompt_source(prompts: Path | None, prompts_from: str | None) -> PromptSource:
@@ -111,13 +138,20 @@ def report(
     prompts_from: Annotated[str | None, typer.Option("--prompts-from", help=PROMPTS_FROM_HELP)] = None,
     temperature: Annotated[float | None, typer.Option(min=0.0, help=TEMPERATURE_HELP)] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Max new tokens per sample answer.")] = None,
+    reward_run: Annotated[int | None, typer.Option("--reward-run", min=1, help=REWARD_RUN_HELP)] = None,
 ) -> None:
     """Write a Markdown + HTML report: config, data, curves, before/after metrics, blind votes, samples.
 
     The samples are the run's stored comparison; any of --prompts, --prompts-from, --temperature or
     --max-tokens generates them afresh with those settings."""
-    from studio.evaluation.compare_session import run_comparison, stored_comparison, write_run_report
+    from studio.evaluation.compare_session import (
+        comparison_with_reward,
+        run_comparison,
+        stored_comparison,
+        write_run_report,
+    )
     from studio.evaluation.report import check_report_folder
+    from studio.reward.scorer import RewardScorerError
 
     with user_errors(out):
         check_report_folder(out)  # before any model is loaded: never into a folder it did not write
@@ -128,9 +162,18 @@ def report(
             store.get_run(run)  # a missing run is named before any model is loaded
             store.mark_stale_runs([run], when="when its report was asked for")  # not "still training"
             result = None if fresh else stored_comparison(store, run)
-            if result is None:
-                result = run_comparison(open_engine(), store, run, system=settings().system_prompt,
-                                        sampling=sampling, prompts_from=source, limit=8)
+            wanted = reward_run or settings().reward_run
+            if result is None or (wanted is not None and (result.reward is None or result.reward.run_id != wanted)):
+                engine = open_engine()
+                with _reward_scorer(store, wanted, engine) as scorer:
+                    if result is None:
+                        result = run_comparison(engine, store, run, system=settings().system_prompt,
+                                                sampling=sampling, prompts_from=source, limit=8, reward_scorer=scorer)
+                    elif scorer is not None:  # the stored answers scored, not generated again
+                        try:
+                            result = comparison_with_reward(store, run, scorer, settings().system_prompt) or result
+                        except RewardScorerError as exc:
+                            typer.echo(f"note: no mean reward in the report: {visible(str(exc))}", err=True)
             result = _with_safety(store, run, result)
             path = write_run_report(store, run, result, out)
     typer.echo(f"wrote {path} and {path.with_suffix('.html').name}")

@@ -21,6 +21,7 @@ from studio.evaluation.comparison import (
 from studio.evaluation.comparison_result import ComparisonResult, StanceParts
 from studio.evaluation.comparison_text import report_columns, samples_note, stance_lines
 from studio.evaluation.prompts import PromptSource, resolve_prompts
+from studio.evaluation.reward_metric import RewardMeans, measure_reward
 from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
 from studio.evaluation.safety_metrics import SafetyMetrics, measure_safety
 from studio.evaluation.stance_metric import (
@@ -34,6 +35,7 @@ from studio.inference.scoring import PreferenceMetrics, preference_metrics
 if TYPE_CHECKING:
     from store.records import RunRecord
     from store.studio_store import Store
+    from studio.reward.scorer import RewardScorer
     from studio.safety.checker import SafetyChecker
 
 EVALUATION_KIND = "comparison"
@@ -56,6 +58,7 @@ def run_comparison(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkers: Sequence[SafetyChecker] = (),
+    reward_scorer: RewardScorer | None = None,
 ) -> ComparisonResult:
     """Answer the comparison prompts with base and tuned (same seeds and settings) and score the run's
     held-out pairs before and after. Leaves the base model active. Raises ValueError subclasses with
@@ -65,7 +68,8 @@ def run_comparison(
     questions, a file) or, the older spelling, ``prompts_file``; by default the exercise's test prompts, else
     the held-out pairs, else the first bank. The sampling settings and the source are stored with the result.
     With ``checkers``, every base and tuned answer is checked too (``safety_metrics.measure_safety``) and the
-    flagged rates are stored with the result.
+    flagged rates are stored with the result. With ``reward_scorer`` (a reward run's), every answer is scored and
+    the mean reward of each side is stored with the result; a scorer that fails is a note, the rest stands.
     """
     if prompts_from is None:
         source = PromptSource("file", str(prompts_file)) if prompts_file is not None else PromptSource()
@@ -112,6 +116,38 @@ def run_comparison(
         engine.activate_adapter(None)
     if checkers and result.rows:
         result.safety = _safety(store, result, checkers, progress, should_stop)
+    if reward_scorer is not None and result.rows:
+        result.reward = _reward(reward_scorer, result, system, progress, should_stop)
+    store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
+    return result
+
+
+def _reward(scorer: RewardScorer, result: ComparisonResult, system: str, progress: Progress | None,
+            should_stop: Callable[[], bool] | None) -> RewardMeans | None:
+    from studio.reward.scorer import RewardScorerError
+
+    try:
+        return measure_reward(scorer, result.rows, system, should_stop=should_stop,
+                              progress=(lambda done, total: progress("reward scores", done, total)) if progress
+                              else None)
+    except RewardScorerError as exc:
+        result.notes.append(f"reward model run {scorer.run_id} did not score the answers: {exc}")
+        return None
+
+
+def comparison_with_reward(store: Store, run_id: int, scorer: RewardScorer, system: str,
+                           progress: Progress | None = None) -> ComparisonResult | None:
+    """The run's stored comparison with its answers scored by ``scorer``'s reward run and stored with it (answers
+    are not generated again); one already scored by that run is returned as it is. None when the run has no
+    stored comparison. ``RewardScorerError`` when the scorer fails (nothing is stored then)."""
+    result = stored_comparison(store, run_id)
+    if result is None or not result.rows or (result.reward is not None and result.reward.run_id == scorer.run_id):
+        return result
+    reward = measure_reward(scorer, result.rows, system,
+                            progress=(lambda done, total: progress("reward scores", done, total)) if progress else None)
+    # Read again just before saving: what another measure (the safety checks) stored meanwhile is kept.
+    latest = stored_comparison(store, run_id)
+    result = replace(latest if latest is not None and latest.rows == result.rows else result, reward=reward)
     store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
     return result
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from studio.evaluation.comparison import ComparisonRow
+from studio.evaluation.reward_metric import RewardMeans
 from studio.evaluation.safety_metrics import SafetyMetrics
 from studio.inference.engine import SamplingSettings
 from studio.inference.scoring import PreferenceMetrics
@@ -36,6 +37,7 @@ class ComparisonResult:
     sampling: SamplingSettings | None = None  # the settings both sides answered with (temperature 0: greedy)
     prompts_spec: str = "auto"  # the PromptSource spec the prompts were chosen with
     safety: SafetyMetrics | None = None  # flagged rate and mean score per checker, base and tuned (when configured)
+    reward: RewardMeans | None = None  # a reward model's score of every base and tuned answer (when one was chosen)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class ComparisonResult:
             "sampling": self.sampling.to_dict() if self.sampling else None,
             "prompts_spec": self.prompts_spec,
             "safety": self.safety.to_dict() if self.safety else None,
+            "reward": self.reward.to_dict() if self.reward else None,
         }
 
     @classmethod
@@ -56,7 +59,8 @@ class ComparisonResult:
                    before=metrics_from_dict(data.get("before")), after=metrics_from_dict(data.get("after")),
                    notes=data.get("notes", []), stance=data.get("stance"),
                    sampling=sampling_from_dict(data.get("sampling")), prompts_spec=data.get("prompts_spec", "auto"),
-                   safety=SafetyMetrics.from_dict(data.get("safety")))
+                   safety=SafetyMetrics.from_dict(data.get("safety")),
+                   reward=RewardMeans.from_dict(data.get("reward")))
 
 
 def metrics_from_dict(data: dict[str, Any] | None) -> PreferenceMetrics | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from studio.evaluation.comparison import ComparisonRow
 from studio.evaluation.comparison_result import ComparisonResult
+from studio.evaluation.reward_metric import RewardMeans
 from studio.evaluation.safety_metrics import MeanScore, SafetyMetrics, SideSafety
 from studio.evaluation.stance_metric import describe_stance, stance_parts
 from studio.inference.engine import SamplingSettings
@@ -52,7 +53,17 @@ def metric_paragraphs(result: ComparisonResult) -> list[str]:
         paragraphs.append("\n".join(stance_lines(result)))
     if result.safety:
         paragraphs.append("\n".join(safety_lines(result.safety)))
+    if result.reward:
+        paragraphs.append(reward_line(result.reward))
     return paragraphs
+
+
+def reward_line(reward: RewardMeans) -> str:
+    """"mean reward (reward run 7) on 8 prompt(s): base -0.41 → tuned +0.35 · tuned higher on 6 of 8"."""
+    if not reward.n:
+        return f"mean reward (reward run {reward.run_id}): no answers scored"
+    return (f"mean reward (reward run {reward.run_id}) on {reward.n} prompt(s): base {reward.base_mean:+.2f} → "
+            f"tuned {reward.tuned_mean:+.2f} · tuned higher on {reward.tuned_higher} of {reward.n}")
 
 
 SHOWN_PROBLEMS = 3  # a checker failing on every answer names the first few, then counts the rest
@@ -121,6 +132,9 @@ def report_columns(result: ComparisonResult) -> dict[str, dict[str, Any]]:
         "base": result.before.to_dict() if result.before else {},
         "tuned": result.after.to_dict() if result.after else {},
     }
+    if result.reward and result.reward.n:
+        columns["base"][f"mean_reward (run {result.reward.run_id})"] = result.reward.base_mean
+        columns["tuned"][f"mean_reward (run {result.reward.run_id})"] = result.reward.tuned_mean
     for part, values in stance_parts(result.stance).items():
         suffix = "" if part == "heldout" else " (training items)"
         for column, key in (("base", "before"), ("tuned", "after")):

@@ -377,6 +377,10 @@ class PreferenceStudioApp(App[None]):
         if isinstance(screen, ChatScreen):
             yield SystemCommand("Switch model…", "Restart the chat with another model (bundled or the one "
                                 "served now)", self.action_switch_model)
+            yield SystemCommand("Use reward model…", "A finished reward run scores each candidate and marks its pick "
+                                "suggested", lambda: self.chat.choose_reward_model())
+            yield SystemCommand("Best-of-N on/off", "With a reward model: the candidates shown best first, by score",
+                                lambda: self.chat.toggle_best_first())
         if isinstance(screen, ChatScreen):
             yield SystemCommand("Auto-reject flagged candidates on/off", "When one of two candidates is flagged by a "
                                 "safety checker, s records the other over it", lambda: self.chat.toggle_auto_reject())

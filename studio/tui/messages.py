@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from textual.message import Message
 
 from studio.inference.engine import ChatEngine, Generation
+from studio.reward.candidate_scoring import CandidateScoring, RoundScores
 
 
 @dataclass
@@ -41,3 +42,28 @@ class GenerationFailed(Message):
     job_id: int
     error: str
     title: str = "Generation failed"
+
+
+@dataclass
+class RewardModelReady(Message):
+    """A reward run's scorer is open (``scoring``), or the chat scores nothing now (None)."""
+
+    scoring: CandidateScoring | None
+
+
+@dataclass
+class RewardModelFailed(Message):
+    run_id: int
+    error: str
+
+
+@dataclass
+class RewardScored(Message):
+    """One more candidate of a round scored: the round's scores so far."""
+
+    scores: RoundScores
+
+
+@dataclass
+class RewardScoringFailed(Message):
+    error: str

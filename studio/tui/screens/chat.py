@@ -36,6 +36,7 @@ from studio.evaluation.prompt_bank import PromptBank, PromptFeed
 from studio.inference.engine import ChatEngine, EngineConfig, EngineError
 from studio.judging import Judgement, JudgingSession, Round
 from studio.personas import PersonaError, personas_path, save_persona
+from studio.reward.candidate_scoring import CandidateScoring
 from studio.safety.candidate_checks import (
     CandidateSafety,
     ChatSafety,
@@ -51,6 +52,7 @@ from studio.tui.messages import (
     EngineReady,
     GenerationFailed,
 )
+from studio.tui.screens.chat_reward import RewardChat
 from studio.tui.screens.modals import ErrorScreen, NameScreen, TextEditScreen
 from studio.tui.widgets.candidate_panel import CandidatePanel
 from studio.tui.widgets.conversation_turn import ConversationTurn
@@ -65,7 +67,7 @@ JUDGE_HINT = judge_hint("pair")  # two candidates, the default
 MIN_CANDIDATES, MAX_CANDIDATES = 1, 4  # the panels the screen lays out side by side
 
 
-class ChatScreen(Screen):
+class ChatScreen(RewardChat, Screen):
     BINDINGS = [
         Binding("escape", "cancel_generation", "Stop", show=False),
         Binding("f10", "cycle_candidates", "Candidates"),
@@ -206,6 +208,7 @@ class ChatScreen(Screen):
         prompt_input.placeholder = "Type a prompt and press enter (F3: next prompt from the bank)"
         self.state = "input"
         prompt_input.focus()
+        self._reward_engine_ready()
 
     def _show_engine(self, engine: ChatEngine) -> None:
         self.query_one("#engine-status", Static).update(
@@ -279,30 +282,35 @@ class ChatScreen(Screen):
         self.query_one("#prompt-input", Input).disabled = True
         self._show_pending(user_text)
         self.query_one("#judge-bar", JudgeBar).update(Content(f"generating for: {user_text[:80]} · escape stops"))
-        self.run_generation(round_)
+        self.run_generation(round_, self._reward_watch(round_))
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
-    def run_generation(self, round_: Round) -> None:
+    def run_generation(self, round_: Round, scoring: CandidateScoring | None = None) -> None:
         """Every candidate under one hold of the engine, then the prompt and its candidates in one write
-        (which may wait on a busy database: never on the UI thread)."""
+        (which may wait on a busy database: never on the UI thread). With a reward model each candidate is
+        handed to its scoring thread as it finishes; best-of-N orders them by score before they are stored."""
         worker = get_current_worker()
         try:
             generations = self.session.generate(
                 round_,
                 on_token=lambda slot, text: self.post_message(CandidateToken(round_.number, slot, text)),
                 should_stop=lambda: worker.is_cancelled,
+                on_finished=self._reward_on_finished(scoring, round_),
             )
         except Exception as exc:  # noqa: BLE001 - any engine failure becomes an error panel
             self.post_message(GenerationFailed(round_.number, f"{type(exc).__name__}: {exc}"))
             return
         if generations is None or worker.is_cancelled:
             return  # stopped: nothing is stored for it
+        self._reward_before_storing(scoring, round_)
         try:
             self.session.store_candidates(round_)
         except (StoreError, ValueError) as exc:
             self.post_message(GenerationFailed(round_.number, str(exc), "The candidates were not saved"))
             return
-        self.post_message(CandidatesFinished(round_.number, generations))
+        if scoring is not None:
+            scoring.stored(round_)
+        self.post_message(CandidatesFinished(round_.number, round_.generations))  # best-of-N: in score order
 
     def on_candidate_token(self, message: CandidateToken) -> None:
         if self.round and message.job_id == self.round.number and self.state == "generating":
@@ -318,6 +326,7 @@ class ChatScreen(Screen):
             return
         for slot, gen in enumerate(message.generations):
             self.panels[slot].finish(gen.text, f"seed {gen.seed} · {gen.n_tokens} tok · {gen.duration_s:.1f} s")
+        self._show_rewards()
         self.state = "judging"
         bar = self.query_one("#judge-bar", JudgeBar)
         bar.clear_ranking()
@@ -712,6 +721,7 @@ class ChatScreen(Screen):
         bank = f" · thumbs: {thumbs}" if thumbs else ""  # a plain chat (one candidate) makes labels, not pairs
         bank += f" · bank: {self.feed.label}" if self.feed else ""
         bank += " · bank mode on (F4)" if self.bank_mode else ""
+        bank += self._reward_status()
         self.query_one("#counter", Static).update(Content(f"pairs this session: {pairs}{bank}"))
 
     # --- session, system prompt, prompt bank (also reachable from the command palette) ---

@@ -32,6 +32,7 @@ from textual.worker import get_current_worker
 
 from studio.evaluation.compare_session import (
     ComparisonResult,
+    comparison_with_reward,
     comparison_with_safety,
     run_comparison,
     stored_comparison,
@@ -42,6 +43,7 @@ from studio.evaluation.comparison import blind_order
 from studio.evaluation.comparison_text import describe_sampling, metrics_text
 from studio.evaluation.prompts import PromptSource
 from studio.inference.engine import EngineError, SamplingSettings
+from studio.reward.scorer import RewardScorer, RewardScorerError
 from studio.safety.checker import SafetyChecker
 from studio.tui.widgets.candidate_panel import CandidatePanel
 
@@ -127,6 +129,7 @@ class CompareScreen(Screen):
         if stored is not None and stored.rows:
             self.post_message(ComparisonReady(stored))
             self.measure_stored_safety()
+            self.measure_stored_reward()
         else:
             self.compute(self.source, self.sampling)
 
@@ -181,6 +184,32 @@ class CompareScreen(Screen):
         self.result = replace(self.result, safety=result.safety)
         self.query_one("#compare-metrics", Static).update(metrics_text(self.result))
 
+    def _reward_scorer(self) -> RewardScorer | None:
+        """The chat's reward model (one call at a time with the chat's scoring), or None when none is chosen."""
+        scoring = self.app.chat.reward
+        return scoring.scorer if scoring is not None and scoring.failed is None else None
+
+    @work(thread=True, exclusive=True, group="compare-reward", exit_on_error=False)
+    def measure_stored_reward(self) -> None:
+        """A stored comparison not yet scored by the chosen reward model: its answers scored now (not regenerated)."""
+        scorer = self._reward_scorer()
+        if scorer is None:
+            return
+        try:
+            result = comparison_with_reward(self.app.store, self.run_id, scorer, self.app.current_system_prompt)
+        except RewardScorerError as exc:
+            self.app.call_from_thread(self.notify, f"Mean reward not measured: {exc}", severity="warning", timeout=10)
+            return
+        if result is not None and result.reward is not None:
+            self.app.call_from_thread(self._show_reward, result)
+
+    def _show_reward(self, result: ComparisonResult) -> None:
+        if self.result is None or self.result.rows != result.rows:
+            return  # compared again meanwhile: the new result carries its own numbers
+        self.result = replace(self.result, reward=result.reward)
+        self.query_one("#compare-metrics", Static).update(metrics_text(self.result))
+        self._show()
+
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def compute(self, source: PromptSource, sampling: SamplingSettings) -> None:
         worker = get_current_worker()
@@ -190,6 +219,7 @@ class CompareScreen(Screen):
                 sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source,
                 progress=lambda phase, done, total: self.post_message(ComparisonProgress(phase, done, total)),
                 should_stop=lambda: worker.is_cancelled, checkers=self._safety_checkers(),
+                reward_scorer=self._reward_scorer(),
             )
         # RunAdapterError, ComparisonError, ScoringError (ValueErrors) and EngineError (a prompt that does not
         # fit the context or that the chat template refuses) are the user's to read, not a dead worker.
@@ -237,9 +267,13 @@ class CompareScreen(Screen):
         left, right = (row.tuned_text, row.base_text) if tuned_left else (row.base_text, row.tuned_text)
         panels = (self.query_one("#compare-left", CandidatePanel), self.query_one("#compare-right", CandidatePanel))
         names = ("tuned", "base") if tuned_left else ("base", "tuned")
+        # Revealed: each answer's reward score beside its side's name (while blind it would name the sides).
+        reward = result.reward if result.reward is not None and self.index < result.reward.n else None
+        scores = {"base": reward.base[self.index], "tuned": reward.tuned[self.index]} if reward else {}
         for panel, text, name in zip(panels, (left, right), names, strict=True):
             panel.finish(text, f"seed {row.seed}")
-            panel.border_title = panel.letter if self.blind else f"{panel.letter} · {name}"
+            score = f" · reward {scores[name]:.2f}" if name in scores else ""
+            panel.border_title = panel.letter if self.blind else f"{panel.letter} · {name}{score}"
         mode = "blind: which is better? 1 left · 2 right · t tie" if self.blind else "revealed (b to hide)"
         self.query_one("#compare-title", Static).update(
             f"Run {self.run_id} · prompt {self.index + 1}/{len(result.rows)} from {result.prompts_source} · "

@@ -1,5 +1,6 @@
 """One candidate reply, streaming in, with its seed and timing once finished; its place while a ranking is
-typed, its safety badge once the checkers have read it, and the rating row when it is being rated."""
+typed, its safety badge once the checkers have read it, its reward-model score ("A · reward 1.23 · suggested" on
+the model's pick), and the rating row when it is being rated."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ class CandidatePanel(VerticalScroll):
         self.detail = ""  # seed, tokens and time once finished
         self.safety_badge = ""  # "safe", "flagged: offensive, S10", "checking…" (plain text), or "" before
         self.safety_flagged = False
+        self.place: int | None = None  # its place in a ranking being typed
+        self.reward: float | None = None  # the reward model's score, once scored
+        self.suggested = False  # the reward model's pick
         self.border_title = f"{self.letter}"
 
     def compose(self) -> ComposeResult:
@@ -35,6 +39,7 @@ class CandidatePanel(VerticalScroll):
     def reset(self, waiting: str = "…") -> None:
         self.text = ""
         self.detail, self.safety_badge, self.safety_flagged = "", "", False
+        self.reward, self.suggested = None, False
         self.border_subtitle = ""
         self.show_place(None)
         self.close_rating()
@@ -42,7 +47,23 @@ class CandidatePanel(VerticalScroll):
 
     def show_place(self, place: int | None) -> None:
         """The place a ranking being typed gives it ("A · 1st"), or just its letter."""
-        self.border_title = self.letter if place is None else f"{self.letter} · {ordinal(place)}"
+        self.place = place
+        self._show_title()
+
+    def show_reward(self, score: float | None, suggested: bool = False) -> None:
+        """The reward model's score ("A · reward 1.23") and, on its pick, "suggested"."""
+        self.reward, self.suggested = score, suggested
+        self._show_title()
+
+    def _show_title(self) -> None:
+        parts = [self.letter]
+        if self.place is not None:
+            parts.append(ordinal(self.place))
+        if self.reward is not None:
+            parts.append(f"reward {round(self.reward, 2) + 0.0:.2f}")  # + 0.0: never "-0.00"
+        if self.suggested:
+            parts.append("suggested")
+        self.border_title = " · ".join(parts)
 
     def show_safety(self, badge: str, flagged: bool = False) -> None:
         """The checkers' badge before the details ("flagged: offensive · seed 7 · 24 tok · 1.2 s"), flagged in red:
