@@ -62,3 +62,139 @@ def test_settings_for_attributes_the_run_was_not_trained_on_are_refused():
     with pytest.raises(SteerValueError, match=r"'verbosity' is not an attribute this run was trained on \(trained "
                                               r"on: quality, humor\)"):
         check_values({"verbosity": 1}, allowed=("quality", "humor"))
+
+
+# The method: a tiny random model learns a known effect (reply length) from rated replies
+
+WORDS = ["apple", "river", "stone", "cloud", "green", "light", "table", "music", "bread", "window"]
+N_PROMPTS = 16
+
+
+def _reply(n_words: int) -> str:
+    return " " + " ".join(WORDS[k % len(WORDS)] for k in range(n_words)) + "."
+
+
+def rate_lengths(store) -> None:  # noqa: ANN001
+    """Each prompt answered twice, a short reply rated verbosity 0 and a long one rated 4: only the attribute
+    string tells the model which to write."""
+    from tiny_model import rendered
+
+    session_id = store.create_session("")
+    for i in range(N_PROMPTS):
+        prompt = f"Say something ({i})."
+        prompt_id = store.add_prompt(session_id, prompt, [])
+        for slot, (n_words, value) in enumerate(((1, 0), (10, 4))):
+            candidate = store.add_candidate(prompt_id, slot, _reply(n_words), rendered(prompt), "tiny", "0" * 64,
+                                            {"temperature": 0.8}, seed=slot)
+            store.record_ratings(candidate, {"verbosity": value})
+
+
+def reply_tokens(model, tokenizer, prompt: str) -> int:  # noqa: ANN001
+    """How many tokens the model writes (greedy, up to 40) before its end of sequence."""
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, max_new_tokens=40, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id)
+    new = out[0, ids.shape[1]:].tolist()
+    return new.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in new else len(new)
+
+
+@pytest.fixture(scope="module")
+def tiny_steer_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir):  # noqa: ANN001, ANN201
+    from conftest import prefstudio_home
+
+    from store.studio_store import Store
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
+    from trainers.run_config import RunConfig
+
+    root = tmp_path_factory.mktemp("tiny-steerlm")
+    with prefstudio_home(root / "home"), Store.open(root / "studio.db") as store:
+        rate_lengths(store)
+        config = RunConfig(method="steerlm", attributes="verbosity", learning_rate=1e-2, lora_r=8, batch_size=4,
+                           dtype="fp32", heldout_fraction=0.125, epochs=25, target_modules="all-linear")
+        prepared = prepare_run(store, config, model_path=tiny_model_dir, runs_root=root / "runs")
+        outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+        yield store, store.get_run(prepared.run_id), outcome
+
+
+def test_steerlm_is_registered_and_takes_attributes() -> None:
+    from trainers.methods import training_method
+    from trainers.methods.steerlm import SteerLMMethod
+    from trainers.run_config import RunConfig
+
+    assert isinstance(training_method("steerlm"), SteerLMMethod)
+    assert RunConfig(method="steerlm", attributes="verbosity").attributes == "verbosity"
+
+
+def test_a_tiny_model_follows_verbosity_after_steerlm_and_not_before(tiny_steer_run, tiny_model_dir) -> None:
+    from peft import PeftModel
+    from tiny_model import rendered
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainers.methods.steerlm import steer_attributes
+
+    store, run, outcome = tiny_steer_run
+    assert outcome.status == "done", outcome.message
+    assert steer_attributes(run) == ["verbosity"]  # the run records what it can be steered by
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompts = [rendered(f"Say something ({i}).") for i in range(N_PROMPTS)]
+
+    def lengths(model, value: int) -> list[int]:  # noqa: ANN001
+        return [reply_tokens(model, tokenizer, steered_prompt(p, {"verbosity": value}, "transcript")) for p in prompts]
+
+    before_low, before_high = lengths(base, 0), lengths(base, 4)
+    tuned = PeftModel.from_pretrained(base, outcome.output_dir)
+    after_low, after_high = lengths(tuned, 0), lengths(tuned, 4)
+    print("before", before_low, before_high, "after", after_low, after_high, outcome.message)
+    # Untrained, the setting changes nothing worth the name; trained, every prompt's reply at 4 is longer.
+    assert not all(h > lo for h, lo in zip(before_high, before_low, strict=True))
+    assert all(h > lo for h, lo in zip(after_high, after_low, strict=True))
+    assert sum(after_high) > 3 * sum(after_low)
+
+
+def test_steerlm_without_ratings_says_how_to_rate(tmp_path, tiny_model_dir) -> None:  # noqa: ANN001
+    from store.studio_store import Store
+    from trainers.pair_selection import PairSelectionError
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run_config import RunConfig
+
+    with Store.open(tmp_path / "studio.db") as store:
+        with pytest.raises(PairSelectionError, match=r"--method steerlm needs rated replies, and the store has none: "
+                                                     r"rate some replies first"):
+            prepare_run(store, RunConfig(method="steerlm"), model_path=tiny_model_dir, runs_root=tmp_path / "runs")
+        assert store.list_runs() == []
+
+
+def test_replies_nobody_rated_are_learnt_with_predicted_values(tmp_path) -> None:  # noqa: ANN001
+    from tiny_model import rendered
+
+    from store.studio_store import Store
+    from trainers.methods.steerlm import conditioned_example
+    from trainers.rating_selection import select_ratings
+    from trainers.run_config import RunConfig
+
+    with Store.open(tmp_path / "studio.db") as store:
+        session_id = store.create_session("")
+        ids = []
+        for i in range(4):
+            prompt_id = store.add_prompt(session_id, f"Q{i}", [])
+            ids.append(store.add_candidate(prompt_id, 0, f" reply {i}", rendered(f"Q{i}"), "tiny", "0" * 64, {},
+                                           seed=0))
+        store.record_ratings(ids[0], {"humor": 1})
+        attributes_run = store.create_run({"method": "attributes"}, "tiny", str(tmp_path / "r"), [], [])
+        # The human rating of the first reply wins over its prediction; the others are predicted only.
+        store.record_predicted_ratings(attributes_run, "candidate", {ids[0]: {"humor": 4.0}, ids[1]: {"humor": 3.4},
+                                                                     ids[2]: {"humor": 0.2}})
+        picked = select_ratings(store, RunConfig(method="steerlm", heldout_fraction=0.0))
+        found = {e.example_id: e for e in picked.train}
+        assert set(found) == {f"c{ids[0]}", f"p{ids[1]}", f"p{ids[2]}"}
+        assert found[f"c{ids[0]}"].ratings == {"humor": 1.0}
+        assert picked.report.origins == {"rated": 1, "predicted": 2, "dataset": 0}
+        assert conditioned_example(found[f"p{ids[1]}"], "transcript").prompt == rendered("Q1") + " [humor:3]"
+        # The attribute model itself learns from human ratings only.
+        assert [e.example_id for e in select_ratings(store, RunConfig(method="attributes",
+                                                                      heldout_fraction=0.0)).train] == [f"c{ids[0]}"]

@@ -148,7 +148,7 @@ def available_ratings(store: Store, config: RunConfig) -> tuple[list[RatedExampl
         record = find_dataset(store, config.dataset)
         source = f"{record.kind} dataset '{record.name}'"
         if record.kind != "ratings":
-            raise PairSelectionError(f"--method attributes learns from ratings, and {source} holds none: choose a "
+            raise PairSelectionError(f"--method {config.method} learns from ratings, and {source} holds none: choose a "
                                      "ratings dataset (HelpSteer-style: prompt, response, one 0–4 column per "
                                      "attribute)")
         out = []
@@ -159,9 +159,29 @@ def available_ratings(store: Store, config: RunConfig) -> tuple[list[RatedExampl
                                         {k: float(v) for k, v in item.ratings.items()}, "dataset"))
         return out, source
     source = f"session {config.session_id}" if config.session_id is not None else "the store"
-    return [RatedExample(f"c{r.candidate_id}", r.context.prompt, r.response,
-                         {k: float(v) for k, v in r.ratings.items()})
-            for r in feedback_yield.rated_responses(store.db, config.session_id)], source
+    rated = [RatedExample(f"c{r.candidate_id}", r.context.prompt, r.response,
+                          {k: float(v) for k, v in r.ratings.items()})
+             for r in feedback_yield.rated_responses(store.db, config.session_id)]
+    if config.method == "steerlm":  # SteerLM: replies nobody rated are learnt with an attribute model's values
+        rated += predicted_examples(store, config.session_id, {int(e.example_id[1:]) for e in rated})
+    return rated, source
+
+
+def predicted_examples(store: Store, session_id: int | None, rated_ids: set[int]) -> list[RatedExample]:
+    """Candidates no person rated, with the values an attributes run predicted for them (``p<candidate>``,
+    origin "predicted"); where several runs predicted one, the latest prediction of each attribute wins."""
+    values: dict[int, dict[str, float]] = {}
+    for p in store.predicted_ratings(kind="candidate"):
+        if p.target_id not in rated_ids:
+            values.setdefault(p.target_id, {})[p.attribute] = p.value
+    if not values:
+        return []
+    marks = ",".join("?" * len(values))
+    rows = store.db.execute(
+        f"SELECT c.id, c.rendered_prompt, c.text FROM candidates c JOIN prompts p ON p.id = c.prompt_id "
+        f"WHERE c.id IN ({marks}) AND (? IS NULL OR p.session_id = ?) ORDER BY c.id",
+        [*values, session_id, session_id]).fetchall()
+    return [RatedExample(f"p{cid}", prompt, text, values[cid], "predicted") for cid, prompt, text in rows if prompt]
 
 
 def select_ratings(store: Store, config: RunConfig) -> RatingSelection:
@@ -172,7 +192,7 @@ def select_ratings(store: Store, config: RunConfig) -> RatingSelection:
     wanted = wanted_attributes(config)
     report = RatingReport(source=source, total=len(examples))
     if not examples:
-        raise PairSelectionError(f"--method attributes needs rated replies, and {source} has none: {HOW_TO_RATE}")
+        raise PairSelectionError(f"--method {config.method} needs rated replies, and {source} has none: {HOW_TO_RATE}")
     present = list(dict.fromkeys(name for e in examples for name in e.ratings))
     attributes = wanted if wanted is not None else present
     report.dropped_attributes = [name for name in attributes if name not in present]
@@ -195,7 +215,7 @@ def select_ratings(store: Store, config: RunConfig) -> RatingSelection:
         kept.append(RatedExample(e.example_id, e.prompt, e.completion, ratings, e.origin))
     if not kept:
         raise PairSelectionError(f"{source} has no rated reply with a prompt and a text: {HOW_TO_RATE}")
-    report.origins = {"rated": sum(e.origin == "rated" for e in kept), "dataset": sum(e.origin == "dataset" for e in kept)}
+    report.origins = {origin: sum(e.origin == origin for e in kept) for origin in ("rated", "predicted", "dataset")}
     order = list(range(len(kept)))
     random.Random(config.seed).shuffle(order)
     if config.data_size is not None and config.data_size < len(order):

@@ -71,8 +71,8 @@ class RunConfig:
     )
     attributes: str | None = field(
         default=None,
-        metadata={"help": "--method attributes: the attributes to learn, separated by commas (default: every "
-                  "attribute the ratings carry); one named but rated nowhere is dropped with a note."},
+        metadata={"help": "--method attributes / steerlm: the attributes to learn (to steer by), separated by "
+                  "commas (default: every attribute the ratings carry); one named but rated nowhere is dropped with a note."},
     )
     data_size: int | None = field(
         default=None,
@@ -259,6 +259,8 @@ class RunConfig:
         used_by = {"sft_include_chosen": "sft", "kto_from_pairs": "kto", "desirable_weight": "kto",
                    "undesirable_weight": "kto", "attributes": "attributes"}
         for name, method in used_by.items():
+            if name == "attributes" and self.method == "steerlm":  # SteerLM conditions on the same attributes
+                continue
             if getattr(self, name) not in (None, False) and self.method != method:
                 raise RunConfigError(f"{flag(name)} applies to --method {method} only (this run's method is "
                                      f"{self.method})")

@@ -100,6 +100,15 @@ class ExampleMethod:
         """The held-out rows the trainer's own ``evaluate`` runs on, or None when the method evaluates itself."""
         return [e.to_trl() for e in examples] if examples else None
 
+    def read_examples(self, store: Store, run: RunRecord, config: RunConfig
+                      ) -> tuple[list[TrainingExample], list[TrainingExample]]:
+        """The run's recorded training and held-out examples (SteerLM builds them from rated replies)."""
+        return run_examples(store, run, config)
+
+    def extra_summary(self, run: RunRecord) -> dict[str, Any]:
+        """What the method adds to the run's summary (SteerLM: the attributes it was trained on)."""
+        return {}
+
     def heldout_metrics(self, trainer: Trainer, heldout: Sequence[TrainingExample], tokenizer: PreTrainedTokenizerBase,
                         config: RunConfig, report: ExampleReport) -> dict[str, float]:
         """The method's held-out numbers for the run summary (after training)."""
@@ -148,7 +157,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
     torch.set_num_threads(threads)
     if not config.train_model:
         raise RunError("the run names no model to train; pass --train-model PATH")
-    train, heldout = run_examples(store, run, config)
+    train, heldout = method.read_examples(store, run, config)
     plan = planned_report(run)
     unit = plan.unit
 
@@ -248,6 +257,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         "selection": selection,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "versions": _versions(),
+        **method.extra_summary(run),
     }
     # Under `accelerate launch` every process trains; the main one alone writes the run's files and rows.
     trainer.accelerator.wait_for_everyone()

@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "kto": "trainers.methods.kto",  # TRL KTOTrainer + PEFT LoRA, on good/bad labels
     "reward": "trainers.methods.reward",  # TRL RewardTrainer: a score head + PEFT LoRA, on pairs
     "attributes": "trainers.methods.attributes",  # one regression output per attribute + PEFT LoRA, on ratings
+    "steerlm": "trainers.methods.steerlm",  # SFT on rated replies, the prompt carrying their values (SteerLM)
 }
 
 # The feedback each method trains on (trainers/feedback_selection.py selects it; store/feedback_yield.py reads
@@ -24,6 +25,7 @@ METHOD_FEEDBACK: dict[str, str] = {
     "sft": "demonstrations",
     "kto": "labels",
     "attributes": "ratings",  # rated replies, 0–4 per attribute (trainers/rating_selection.py)
+    "steerlm": "ratings",  # the same rated replies, learnt as attribute-conditioned demonstrations
 }
 
 
