@@ -16,6 +16,7 @@ import typer
 
 from store.studio_store import Store
 from studio.cli.adapters import adapters_app
+from studio.cli.attributes import attributes_app
 from studio.cli.compare import compare, report
 from studio.cli.context import resolve_model_path, settings, state
 from studio.cli.datasets import make_datasets_app
@@ -25,6 +26,7 @@ from studio.cli.generate import generate
 from studio.cli.models import models
 from studio.cli.pairs import pairs_app
 from studio.cli.queue import queue_app
+from studio.cli.runs import runs_app
 from studio.cli.safety import safety_app
 from studio.cli.train import TRAIN_HELP, train_command
 from studio.inference import runtime_env  # noqa: F401  (env for llama.cpp and HF; heavy imports are lazy)
@@ -42,6 +44,8 @@ app.add_typer(pairs_app, name="pairs")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(queue_app, name="queue")
 app.add_typer(safety_app, name="safety")
+app.add_typer(runs_app, name="runs")
+app.add_typer(attributes_app, name="attributes")
 app.add_typer(make_datasets_app(lambda: settings().db), name="datasets")
 
 MODEL_HELP = (f"A bundled model by name ({', '.join(BUNDLED_MODELS)}; default {DEFAULT_MODEL_NAME}) or a GGUF "
