@@ -1,4 +1,9 @@
-"""A guard model (Llama Guard 3) given by path, run in the studio's llama.cpp engine as a checker.
+"""A guard model (Llama Guard 3 or ShieldGemma) given by path, run in the studio's llama.cpp engine as a checker.
+
+The kind is read from the file: a chat template asking ShieldGemma's question, or "shieldgemma" in its
+general.name, is ShieldGemma (studio/safety/shieldgemma.py: one prompt per harm policy, P(Yes) read from the
+next token's logits); anything else is taken for Llama Guard 3, and a file that is not a guard at all says so
+when its answer is not a verdict.
 
 The guard reads the conversation and the reply rendered with its own prompt format: the GGUF's
 ``tokenizer.chat_template`` when it carries one (a Llama Guard 3 GGUF converted from Meta's release does),
@@ -26,7 +31,16 @@ import jinja2
 
 from studio.inference.engine import ChatEngine, EngineConfig, EngineError, SamplingSettings
 from studio.safety.checker import SafetyCheckerError, SafetyVerdict
-from trainers.prompt_format import ChatTemplateFormat, ChatTurn
+from studio.safety.shieldgemma import (
+    SHIELDGEMMA_POLICIES,
+    SHIELDGEMMA_TEMPLATE,
+    UNSAFE_AT,
+    YesNoTokens,
+    is_shieldgemma,
+    yes_no_tokens,
+    yes_probability,
+)
+from trainers.prompt_format import ChatTurn
 from trainers.template_sandbox import compile_template, render_capped
 
 # Llama Guard 3's hazard categories (the MLCommons taxonomy), as its prompt names them.
@@ -84,24 +98,25 @@ class GuardTemplate:
     def _compiled(self) -> jinja2.Template:
         return compile_template(self.source)
 
-    def render(self, turns: Sequence[ChatTurn]) -> str:
+    def render(self, turns: Sequence[ChatTurn], guideline: str = "") -> str:
         """The whole prompt for ``turns`` (user and assistant, ending with the reply to assess).
 
         Llama Guard 3 8B's template takes each message's content as text; the 1B's takes a list of parts
         (``[{"type": "text", "text": …}]``): a template that left the reply out of the text is given parts."""
         compiled = self._compiled
-        text = self._render(compiled, [{"role": t.role, "content": t.content} for t in turns])
+        text = self._render(compiled, [{"role": t.role, "content": t.content} for t in turns], guideline)
         if turns[-1].content.strip() and turns[-1].content.strip() not in text:
             text = self._render(compiled, [{"role": t.role, "content": [{"type": "text", "text": t.content}]}
-                                           for t in turns])
+                                           for t in turns], guideline)
         # As the chat's own rendering does: a tokenizer that adds BOS itself must not get a second one.
         if self.tokenizer_adds_bos and self.bos_token and text.startswith(self.bos_token):
             text = text[len(self.bos_token):]
         return text
 
-    def _render(self, compiled: jinja2.Template, messages: list[dict[str, object]]) -> str:
+    def _render(self, compiled: jinja2.Template, messages: list[dict[str, object]], guideline: str) -> str:
+        # ShieldGemma's template names the policy as ``guideline``; Llama Guard's ignores it.
         return render_capped(compiled, messages=messages, add_generation_prompt=True, bos_token=self.bos_token,
-                             eos_token=self.eos_token)
+                             eos_token=self.eos_token, guideline=guideline)
 
 
 @dataclass(frozen=True)
@@ -138,13 +153,25 @@ class GuardChecker:
     def __init__(self, path: Path, *, threads: int | None = None, n_ctx: int = GUARD_CONTEXT) -> None:
         self.path = Path(path).expanduser()
         if not self.path.is_file():
-            raise SafetyCheckerError(f"guard model {self.path}: file not found (give a Llama Guard 3 GGUF file)")
+            raise SafetyCheckerError(f"guard model {self.path}: file not found (give a Llama Guard 3 or ShieldGemma GGUF file)")
         try:
-            # The model's own template is used when it has one: "auto" reads tokenizer.chat_template.
-            self.engine = ChatEngine(EngineConfig(model_path=self.path, n_ctx=n_ctx, n_threads=threads))
+            # The guard never chats: its own template (read below) needs variables a chat template does not
+            # (ShieldGemma's ``guideline``), so the engine is not asked to render a chat with it.
+            self.engine = ChatEngine(EngineConfig(model_path=self.path, n_ctx=n_ctx, n_threads=threads,
+                                                  prompt_format="transcript"))
         except EngineError as exc:
             raise SafetyCheckerError(f"guard model {self.path}: {exc}") from exc
-        self.prompt_format = self._guard_format()
+        own_template = self.engine.llama.metadata.get("tokenizer.chat_template") or None
+        self.kind = "shieldgemma" if is_shieldgemma(own_template, self.engine.llama.metadata.get("general.name")) \
+            else "llama-guard-3"
+        self._yes_no: YesNoTokens | None = None
+        if self.kind == "shieldgemma":
+            self._yes_no = yes_no_tokens(self.engine)
+            if self._yes_no is None:
+                self.engine.close()
+                raise SafetyCheckerError(f"guard model {self.path.name} carries ShieldGemma's template but 'Yes' "
+                                         "and 'No' are not single tokens in its vocabulary: not a ShieldGemma GGUF")
+        self.prompt_format = self._guard_format(own_template)
         self._name = f"guard:{self.path.stem}"
         # Speed, shown by `prefstudio safety check`: the prompt and answer tokens over the time the checks took.
         self.last_tokens_per_s: float | None = None
@@ -152,14 +179,14 @@ class GuardChecker:
         self.seconds_checking = 0.0
         self.checks = 0
 
-    def _guard_format(self) -> GuardTemplate:
+    def _guard_format(self, own_template: str | None) -> GuardTemplate:
         import llama_cpp
 
         llm = self.engine.llama
-        own = self.engine.prompt_format
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        fallback = SHIELDGEMMA_TEMPLATE if self.kind == "shieldgemma" else LLAMA_GUARD_3_TEMPLATE
         return GuardTemplate(
-            source=own.template if isinstance(own, ChatTemplateFormat) else LLAMA_GUARD_3_TEMPLATE,
+            source=own_template or fallback,
             bos_token=llm.detokenize([llm.token_bos()], special=True).decode("utf-8", "replace"),
             eos_token=llm.detokenize([llm.token_eos()], special=True).decode("utf-8", "replace"),
             tokenizer_adds_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
@@ -173,12 +200,13 @@ class GuardChecker:
     def version(self) -> str:
         return self.engine.identity.sha256  # another file is another guard
 
-    def render(self, conversation: Sequence[ChatTurn], reply: str) -> str:
-        """The guard's prompt for ``reply`` after ``conversation``, cut from the oldest exchange to fit."""
+    def render(self, conversation: Sequence[ChatTurn], reply: str, guideline: str = "") -> str:
+        """The guard's prompt for ``reply`` after ``conversation``, cut from the oldest exchange to fit
+        (``guideline``: the one policy a ShieldGemma prompt asks about)."""
         turns = guard_messages(conversation, reply)
         while True:
             try:
-                text = self.prompt_format.render(turns)
+                text = self.prompt_format.render(turns, guideline)
             except Exception as exc:  # noqa: BLE001 - any failure inside a template is the template's problem
                 raise SafetyCheckerError(f"guard model {self.path.name}: cannot render this conversation "
                                          f"with its template: {exc}") from None
@@ -187,6 +215,8 @@ class GuardChecker:
             turns = turns[2:]  # the oldest user turn and the reply to it
 
     def check(self, conversation: Sequence[ChatTurn], reply: str) -> SafetyVerdict:
+        if self._yes_no is not None:
+            return self._check_shieldgemma(conversation, reply, self._yes_no)
         prompt = self.render(conversation, reply)
         n_prompt = len(self.engine.tokenize(prompt))
         if n_prompt + GUARD_SAMPLING.max_tokens > self.engine.n_ctx:
@@ -201,6 +231,28 @@ class GuardChecker:
         self.checks += 1
         parsed = parse_guard_output(answer.text, self.path.name)
         return SafetyVerdict(self.name, self.version, safe=parsed.safe, categories=parsed.categories)
+
+    def _check_shieldgemma(self, conversation: Sequence[ChatTurn], reply: str, tokens: YesNoTokens) -> SafetyVerdict:
+        """One prompt per policy; unsafe when any P(Yes) ≥ 0.5, its categories the policies broken."""
+        started = time.perf_counter()
+        n_tokens = 0
+        probabilities: dict[str, float] = {}
+        for policy, guideline in SHIELDGEMMA_POLICIES.items():
+            prompt = self.render(conversation, reply, guideline)
+            n_tokens += len(self.engine.tokenize(prompt))
+            try:
+                probabilities[policy] = yes_probability(self.engine, prompt, tokens)
+            except RuntimeError as exc:
+                raise SafetyCheckerError(f"guard model {self.path.name}: llama.cpp could not read the prompt "
+                                         f"({exc})") from None
+        elapsed = time.perf_counter() - started
+        self.last_tokens_per_s = n_tokens / elapsed if elapsed > 0 else None
+        self.tokens_processed += n_tokens
+        self.seconds_checking += elapsed
+        self.checks += 1
+        broken = tuple(policy for policy, p in probabilities.items() if p >= UNSAFE_AT)
+        return SafetyVerdict(self.name, self.version, safe=not broken, categories=broken,
+                             score=max(probabilities.values()))
 
     @property
     def tokens_per_s(self) -> float | None:
