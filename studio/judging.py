@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from store.records import Verdict
 from store.studio_store import Store
@@ -33,6 +33,7 @@ from studio.inference.engine import (
     new_seed,
 )
 from trainers.prompt_format import ChatTurn
+from trainers.steer_format import steered_prompt
 
 # on_token(slot, text so far): called from the generating thread for every streamed piece.
 CandidateStream = Callable[[int, str], None]
@@ -62,6 +63,9 @@ class Round:
     # A judgement stored whose demonstration is not yet (a busy database between the two writes): the
     # retry writes only what is missing.
     half_recorded: tuple[Judgement, int] | None = None
+    # SteerLM: the attribute values the prompt carries (trainers/steer_format's rule), stored in each
+    # candidate's sampling record as "steer"; None when the round is not steered.
+    steer: dict[str, int] | None = None
 
     @property
     def judgement_id(self) -> int | None:
@@ -87,12 +91,20 @@ class Round:
 
 
 def draft_round(engine: ChatEngine, system: str, history: list[ChatTurn], user_text: str,
-                sampling: SamplingSettings, n_candidates: int, base_seed: int | None, number: int = 1) -> Round:
+                sampling: SamplingSettings, n_candidates: int, base_seed: int | None, number: int = 1,
+                steer: Mapping[str, int] | None = None) -> Round:
     """A round for ``user_text`` after ``history``: the conversation fitted to the context (the oldest
     turns dropped when it is full) and one seed per candidate. EngineError when the prompt alone does
-    not fit or the chat template refuses it. Stores nothing (``prefstudio generate`` uses it as is)."""
-    fitted = engine.fit_prompt(system, [*history, ChatTurn("user", user_text)], sampling.max_tokens)
-    return Round(number, user_text, list(history), fitted, candidate_seeds(n_candidates, base_seed, number))
+    not fit or the chat template refuses it. Stores nothing (``prefstudio generate`` uses it as is).
+    ``steer`` (a SteerLM run's attribute values) is written where the reply starts, by the one rule."""
+    # The attribute string is a few dozen tokens at most: room is kept for it when fitting.
+    room = 48 if steer else 0
+    fitted = engine.fit_prompt(system, [*history, ChatTurn("user", user_text)], sampling.max_tokens + room)
+    if steer:
+        text = steered_prompt(fitted.text, steer, engine.prompt_format.name)
+        fitted = replace(fitted, text=text, n_tokens=len(engine.tokenize(text)))
+    return Round(number, user_text, list(history), fitted, candidate_seeds(n_candidates, base_seed, number),
+                 steer=dict(steer) if steer else None)
 
 
 def generate_round(
@@ -147,7 +159,8 @@ def candidate_rows(engine: ChatEngine, round_: Round) -> list[dict[str, object]]
             "model_sha256": engine.identity.sha256,
             # A candidate decoded beside others drifts from what its seed gives alone (llama.cpp computes a
             # batch row slightly differently): "batched_with" in its sampling record says how it was made.
-            "sampling": {**gen.sampling.to_dict(), **gen.extra}, "seed": gen.seed,
+            "sampling": {**gen.sampling.to_dict(), **gen.extra, **({"steer": round_.steer} if round_.steer else {})},
+            "seed": gen.seed,
             "adapter": gen.adapter, "finish_reason": gen.finish_reason, "n_tokens": gen.n_tokens,
             "duration_s": round(gen.duration_s, 3),
         }
@@ -255,6 +268,7 @@ class JudgingSession:
         self.base_seed = base_seed
         self.source = source
         self.engine = engine
+        self.steer: dict[str, int] | None = None  # SteerLM sliders: the values every new round carries
         self.turns: list[ChatTurn] = []
         self.current: Round | None = None
         self._rounds = 0
@@ -301,7 +315,7 @@ class JudgingSession:
         self._rounds += 1
         try:
             round_ = draft_round(self._engine(), self.system_prompt, self.turns, user_text, self.sampling,
-                                 self.n_candidates, self.base_seed, self._rounds)
+                                 self.n_candidates, self.base_seed, self._rounds, steer=self.steer)
         except EngineError:
             self._rounds -= 1
             raise

@@ -147,6 +147,35 @@ def trained_reward_run(default_model, session_home, tmp_path_factory) -> tuple[P
     return folder, prepared.run_id
 
 
+@pytest.fixture(scope="session")
+def trained_steer_run(default_model, session_home, tmp_path_factory) -> tuple[Path, int]:
+    """A finished SteerLM run on the default model (two steps on replies rated on verbosity), trained once per
+    test run: the folder holding its database (studio.db) and runs/, and the run's id."""
+    from store.studio_store import Store
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
+    from trainers.run_config import RunConfig
+
+    folder = tmp_path_factory.mktemp("steer-run")
+    system = "You are a concise, friendly assistant."
+    replies = ((" Blue.", 0), (" The sky is blue on a clear day, because air scatters blue light the most.", 4))
+    with prefstudio_home(session_home), Store.open(folder / "studio.db") as store:
+        session = store.create_session(system)
+        for prompt in ("What colour is the sky?", "Name a fruit.", "Where do fish live?"):
+            prompt_id = store.add_prompt(session, prompt, [])
+            rendered = f"{system}\n\nUser: {prompt}\nAssistant:"
+            for slot, (text, value) in enumerate(replies):
+                candidate = store.add_candidate(prompt_id, slot, text, rendered, default_model.name, "-", {},
+                                                seed=slot)
+                store.record_ratings(candidate, {"verbosity": value})
+        config = RunConfig(method="steerlm", attributes="verbosity", max_steps=2, max_length=128,
+                           heldout_fraction=0.0, learning_rate=1e-3)
+        prepared = prepare_run(store, config, model_path=default_model, runs_root=folder / "runs")
+        outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+        assert outcome.status == "done", outcome.message
+    return folder, prepared.run_id
+
+
 @pytest.fixture
 def reward_data(trained_reward_run, tmp_path) -> tuple[Path, int]:
     """A test's own copy of the reward run's database and run folder (the run's folder recorded where the copy

@@ -198,3 +198,57 @@ def test_replies_nobody_rated_are_learnt_with_predicted_values(tmp_path) -> None
         # The attribute model itself learns from human ratings only.
         assert [e.example_id for e in select_ratings(store, RunConfig(method="attributes",
                                                                       heldout_fraction=0.0)).train] == [f"c{ids[0]}"]
+
+
+# prefstudio generate --attributes
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A store with a finished SteerLM run trained on verbosity (no adapter needed: every case is refused
+    before the model loads) and a DPO run."""
+    from store.studio_store import Store
+
+    db = tmp_path_factory.mktemp("steer-cli") / "studio.db"
+    with Store.open(db) as store:
+        steer = store.create_run({"method": "steerlm"}, "m", str(db.parent / "r1"), [], [])
+        store.set_run_summary(steer, {"steer_attributes": ["verbosity"]})
+        store.set_run_status(steer, "done", "done")
+        dpo = store.create_run({"method": "dpo"}, "m", str(db.parent / "r2"), [], [])
+        store.set_run_status(dpo, "done", "done")
+    return db, steer, dpo
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--attributes", "verbosity=1"], "--attributes needs --run N: the SteerLM run whose adapter follows"),
+    (["--attributes", "verbosity=7", "--run", "{steer}"], "verbosity=7 is outside 0–4"),
+    (["--attributes", "humor=1", "--run", "{steer}"],
+     "'humor' is not an attribute this run was trained on (trained on: verbosity)"),
+    (["--attributes", "verbosity=high", "--run", "{steer}"], "'verbosity=high' is not name=value"),
+    (["--attributes", "verbosity=1", "--run", "{dpo}"], "is a dpo run, not a SteerLM run"),
+])
+def test_generate_refuses_bad_attribute_values_clearly(cli_runs, studio_home, args, message) -> None:  # noqa: ANN001
+    from conftest import run_cli
+
+    db, steer, dpo = cli_runs
+    proc = run_cli("--db", str(db), "generate", "Hi", *[a.format(steer=steer, dpo=dpo) for a in args],
+                   home=studio_home)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_generate_answers_with_the_values_in_the_prompt(trained_steer_run, studio_home) -> None:  # noqa: ANN001
+    import json
+
+    from conftest import run_cli
+
+    folder, run_id = trained_steer_run
+    proc = run_cli("--db", str(folder / "studio.db"), "generate", "Name a fruit.", "--run", str(run_id),
+                   "--attributes", "verbosity=4", "--json", "-n", "1", "--max-tokens", "8", "--seed", "1",
+                   home=studio_home, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert payload["rendered_prompt"].endswith("User: Name a fruit.\nAssistant: [verbosity:4]")
+    assert payload["steer"] == {"verbosity": 4}
+    assert payload["candidates"][0]["n_tokens"] > 0

@@ -119,3 +119,19 @@ def split_steered_prompt(rendered: str) -> tuple[str, dict[str, int] | None]:
     if not match:
         return rendered, None
     return rendered[:match.start()], parse_attribute_string(match.group(1))
+
+
+def steerable_attributes(config: Mapping[str, object] | None, summary: Mapping[str, object] | None,
+                         status: str, run_id: int) -> tuple[str, ...]:
+    """The attributes run ``run_id`` can be steered by (its ``steer_attributes``); SteerValueError saying why
+    when it is not a finished SteerLM run. Plain values, so the studio and trainers both call it."""
+    method = (config or {}).get("method")
+    if method != "steerlm":
+        raise SteerValueError(f"run {run_id} is a {method or 'dpo'} run, not a SteerLM run: attribute values "
+                              "steer only a model trained with --method steerlm")
+    if status != "done":
+        raise SteerValueError(f"run {run_id} is {status}, not done: steer with a finished SteerLM run")
+    names = (summary or {}).get("steer_attributes") or ((summary or {}).get("selection") or {}).get("attributes")
+    if not isinstance(names, list) or not names:
+        raise SteerValueError(f"run {run_id} records no attributes it was trained on")
+    return tuple(str(name) for name in names)
