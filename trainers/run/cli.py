@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 import trainers  # noqa: F401  (HF offline env)
+from trainers.run import native_env  # noqa: F401  (oneDNN's kernel cache capped before torch loads)
 from trainers.run_config import RunConfig, flag
 
 if TYPE_CHECKING:
