@@ -145,7 +145,7 @@ def test_resume_after_a_kill_logs_each_step_once(db: Path, tiny_model_dir: Path,
 
 
 def test_resume_skips_a_checkpoint_the_kill_left_half_written(tmp_path: Path) -> None:
-    from trainers.methods.dpo import last_complete_checkpoint
+    from trainers.run.checkpoints import last_complete_checkpoint
 
     for step, complete in ((5, True), (10, False), (2, True)):
         folder = tmp_path / f"checkpoint-{step}"

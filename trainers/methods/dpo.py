@@ -5,7 +5,6 @@ Called by ``trainers.run.process.execute_run``, which owns the status bookkeepin
 
 from __future__ import annotations
 
-import platform
 import time
 import warnings
 from collections.abc import Callable
@@ -23,7 +22,9 @@ from trainers.pair_selection import (
 from trainers.recorded_pairs import run_pairs
 from trainers.run.allocator import keep_freed_memory
 from trainers.run.callbacks import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
+from trainers.run.checkpoints import checkpoint_step, last_complete_checkpoint, truncate_metrics
 from trainers.run.errors import RunError, RunOutcome
+from trainers.run.libraries import library_versions, quiet_progress_bars
 from trainers.run.outputs import RunPaths, checked_run_paths, publish_output, runs_roots
 from trainers.run.plan import plan_selection
 from trainers.run_config import RunConfig
@@ -228,7 +229,7 @@ def _train_and_publish(
     started = time.monotonic()
     # transformers 5 warns at every checkpoint save about its own renamed attribute.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    _quiet_progress_bars()
+    quiet_progress_bars()
     keep_freed_memory()
     device = facts["device"] = resolve_device(config)
     dtype = resolve_dtype(config, device)
@@ -266,8 +267,8 @@ def _train_and_publish(
         paths.live_metrics.unlink(missing_ok=True)
         store.delete_run_metrics(run.id)
     else:
-        _truncate_metrics(paths.live_metrics, _checkpoint_step(checkpoint))
-        store.delete_run_metrics(run.id, after_step=_checkpoint_step(checkpoint))
+        truncate_metrics(paths.live_metrics, checkpoint_step(checkpoint))
+        store.delete_run_metrics(run.id, after_step=checkpoint_step(checkpoint))
 
     args = method.trainer_args(config, paths.work_dir, device, dtype, bool(heldout_pairs), plan.max_length)
     trainer: DPOTrainer | None = None
@@ -325,7 +326,7 @@ def _train_and_publish(
             "total": round(time.monotonic() - started, 2),
             "load": round(load_seconds, 2),
             "train": round(train_seconds, 2),
-            "per_step": round(train_seconds / max(1, steps - _checkpoint_step(checkpoint)), 3),
+            "per_step": round(train_seconds / max(1, steps - checkpoint_step(checkpoint)), 3),
             "step": recorder.step_time_stats(),
         },
         "device": device,
@@ -336,7 +337,7 @@ def _train_and_publish(
         "resumed_from": checkpoint,
         "selection": selection,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     # Under `accelerate launch` every process trains; the main one alone writes the run's files and rows.
     trainer.accelerator.wait_for_everyone()
@@ -366,62 +367,3 @@ def _train_and_publish(
     store.set_run_status(run.id, status, message)
     log(message)
     return RunOutcome(status, message, output, summary)
-
-
-def _quiet_progress_bars() -> None:
-    """The run's log is read by people and tailed by the TUI: one line per step, no progress bars."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def last_complete_checkpoint(work_dir: Path, log: Callable[[str], None] = print) -> str | None:
-    """The newest checkpoint a resume can use, removing newer ones the trainer was killed while writing.
-
-    The Trainer writes a checkpoint's files one by one and ``trainer_state.json`` last; a kill in between
-    leaves a folder that transformers' ``get_last_checkpoint`` still picks, and resuming from it fails.
-    """
-    import shutil
-
-    numbered = sorted(
-        (d for d in Path(work_dir).glob("checkpoint-*") if d.is_dir() and d.name.split("-")[-1].isdigit()),
-        key=lambda d: int(d.name.split("-")[-1]), reverse=True,
-    )
-    for folder in numbered:
-        if (folder / "trainer_state.json").exists():
-            return str(folder)
-        log(f"removing incomplete {folder.name} (the trainer stopped while writing it)")
-        shutil.rmtree(folder, ignore_errors=True)
-    return None
-
-
-def _checkpoint_step(checkpoint: str | None) -> int:
-    if not checkpoint:
-        return 0
-    try:
-        return int(Path(checkpoint).name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return 0
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep the JSONL lines up to the checkpoint's step: the steps after it are trained again."""
-    import json
-
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-def _versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}

@@ -24,6 +24,7 @@ from trainers.run.allocator import keep_freed_memory
 from trainers.run.callbacks import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
 from trainers.run.checkpoints import checkpoint_step, last_complete_checkpoint, truncate_metrics
 from trainers.run.errors import RunError, RunOutcome
+from trainers.run.libraries import library_versions, quiet_progress_bars
 from trainers.run.outputs import RunPaths, checked_run_paths, publish_output, runs_roots
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
 
     started = time.monotonic()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    _quiet_progress_bars()
+    quiet_progress_bars()
     keep_freed_memory()
     device = facts["device"] = resolve_device(config)
     dtype = resolve_dtype(config, device)
@@ -256,7 +257,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         "resumed_from": checkpoint,
         "selection": selection,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "versions": _versions(),
+        "versions": library_versions(),
         **method.extra_summary(run),
     }
     # Under `accelerate launch` every process trains; the main one alone writes the run's files and rows.
@@ -288,24 +289,3 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
     store.set_run_status(run.id, status, message)
     log(message)
     return RunOutcome(status, message, output, summary)
-
-
-def _quiet_progress_bars() -> None:
-    """The run's log is read by people and tailed by the TUI: one line per step, no progress bars."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-
-
-def _versions() -> dict[str, str]:
-    import platform
-
-    import peft
-    import torch
-    import transformers
-    import trl
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "trl": trl.__version__, "peft": peft.__version__}

@@ -24,20 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
-from trainers.methods.dpo import (
-    _checkpoint_step,
-    _quiet_progress_bars,
-    _truncate_metrics,
-    _versions,
-    last_complete_checkpoint,
-    planned_selection,
-)
+from trainers.methods.dpo import planned_selection
 from trainers.model_source import ModelSourceError, load_tokenizer, resolve_model_source
 from trainers.pair_selection import TrainingPair
 from trainers.recorded_pairs import run_pairs
 from trainers.run.allocator import keep_freed_memory
 from trainers.run.callbacks import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
+from trainers.run.checkpoints import checkpoint_step, last_complete_checkpoint, truncate_metrics
 from trainers.run.errors import RunError, RunOutcome
+from trainers.run.libraries import library_versions, quiet_progress_bars
 from trainers.run.outputs import RunPaths, checked_run_paths, publish_output, runs_roots
 from trainers.run_config import RunConfig
 
@@ -250,7 +245,7 @@ def _train_and_publish(
 
     started = time.monotonic()
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    _quiet_progress_bars()
+    quiet_progress_bars()
     keep_freed_memory()
     device = facts["device"] = resolve_device(config)
     dtype = resolve_dtype(config, device)
@@ -284,8 +279,8 @@ def _train_and_publish(
         paths.live_metrics.unlink(missing_ok=True)
         store.delete_run_metrics(run.id)
     else:
-        _truncate_metrics(paths.live_metrics, _checkpoint_step(checkpoint))
-        store.delete_run_metrics(run.id, after_step=_checkpoint_step(checkpoint))
+        truncate_metrics(paths.live_metrics, checkpoint_step(checkpoint))
+        store.delete_run_metrics(run.id, after_step=checkpoint_step(checkpoint))
 
     args = method.trainer_args(config, paths.work_dir, device, dtype, bool(heldout_pairs), plan.max_length)
     trainer: RewardTrainer | None = None
@@ -345,7 +340,7 @@ def _train_and_publish(
             "total": round(time.monotonic() - started, 2),
             "load": round(load_seconds, 2),
             "train": round(train_seconds, 2),
-            "per_step": round(train_seconds / max(1, steps - _checkpoint_step(checkpoint)), 3),
+            "per_step": round(train_seconds / max(1, steps - checkpoint_step(checkpoint)), 3),
             "step": recorder.step_time_stats(),
         },
         "device": device,
@@ -355,7 +350,7 @@ def _train_and_publish(
         "resumed_from": checkpoint,
         "selection": selection,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "versions": _versions(),
+        "versions": library_versions(),
     }
     trainer.accelerator.wait_for_everyone()
     if not trainer.accelerator.is_main_process:
