@@ -74,6 +74,10 @@ FROM_PAIRS = {"sft": ("sft_include_chosen", "also learn the chosen reply of each
 DATASET_KINDS = {"preference": "pairs", "demonstrations": "demonstrations", "labels": "labels"}
 
 
+def _help(name: str) -> str | None:
+    return next((f.metadata.get("help") for f in fields(RunConfig) if f.name == name), None)
+
+
 def method_plot(method: str) -> tuple[str, tuple[str, ...]]:
     """The second plot's title and series for a run of ``method`` (DPO's for a method that names none)."""
     return METHOD_PLOTS.get(method, METHOD_PLOTS["dpo"])
@@ -186,6 +190,9 @@ class TrainScreen(Screen):
                                  value="all", allow_blank=False, id="cfg-scope")
                 yield Checkbox(FROM_PAIRS.get(base.method, ("", ""))[1], _from_pairs(base), id="cfg-from_pairs",
                                disabled=base.method not in FROM_PAIRS)
+                # Checked with the studio's safety checkers while the run is prepared; the count is in the status.
+                yield Checkbox("drop if chosen reply is flagged", base.drop_flagged, id="cfg-drop_flagged",
+                               tooltip=_help("drop_flagged"))
                 yield Button("Start training (ctrl+s)", id="start", variant="success")
                 yield Static("", id="train-plan", markup=False)
                 yield Static("", id="train-status", markup=False)
@@ -235,6 +242,7 @@ class TrainScreen(Screen):
         from_pairs = self.query_one("#cfg-from_pairs", Checkbox).value
         values["sft_include_chosen"] = method == "sft" and from_pairs
         values["kto_from_pairs"] = method == "kto" and from_pairs
+        values["drop_flagged"] = self.query_one("#cfg-drop_flagged", Checkbox).value
         values["desirable_weight"] = values["undesirable_weight"] = None  # KTO: from the data's balance
         scope = self.query_one("#cfg-scope", Select).value
         values["session_id"] = self.app.current_session_id if scope == "session" else None
