@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from studio.judging import Judgement
 from studio.safety.cached_checks import CheckResult, check_with_cache
@@ -131,6 +131,53 @@ def check_candidates(
         if on_checked is not None:
             on_checked(slot, safety)
     return results
+
+
+@runtime_checkable
+class MeasuredChecker(Protocol):
+    """A checker that counts the tokens it read and the time it took (a guard model: GuardChecker)."""
+
+    tokens_processed: int
+    seconds_checking: float
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class CheckerSpeed:
+    """How fast one measured checker read the replies of one round: the tokens it read over the time it took."""
+
+    checker: str
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+    def describe(self) -> str:
+        return f"{self.checker}: {self.tokens_per_s:,.0f} tok/s"
+
+
+SpeedMark = dict[str, tuple[int, float]]
+
+
+def speed_mark(checkers: Sequence[SafetyChecker]) -> SpeedMark:
+    """Each measured checker's running totals now, to compare with after a round (``speeds_since``)."""
+    return {c.name: (c.tokens_processed, c.seconds_checking) for c in checkers if isinstance(c, MeasuredChecker)}
+
+
+def speeds_since(checkers: Sequence[SafetyChecker], mark: SpeedMark) -> list[CheckerSpeed]:
+    """The speed of each measured checker that read something since ``mark`` (a reply found in the cache reads
+    nothing, so a round checked from the store shows no speed). Checks of two rounds that overlap share one
+    engine, so each round's figure is still that guard's real rate."""
+    speeds = []
+    for name, (tokens, seconds) in speed_mark(checkers).items():
+        tokens_before, seconds_before = mark.get(name, (0, 0.0))
+        if seconds > seconds_before and tokens > tokens_before:
+            speeds.append(CheckerSpeed(name, tokens - tokens_before, seconds - seconds_before))
+    return speeds
 
 
 def rejection_suggestion(safeties: Sequence[CandidateSafety], n_candidates: int) -> Judgement | None:
