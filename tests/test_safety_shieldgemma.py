@@ -89,3 +89,26 @@ def test_a_missing_guard_file_names_both_guard_kinds(tmp_path: Path):
 
     with pytest.raises(SafetyCheckerError, match="Llama Guard 3 or ShieldGemma GGUF"):
         GuardChecker(tmp_path / "none.gguf")
+
+
+def test_safety_check_with_a_shieldgemma_guard_scores_each_reply_and_reports_its_speed(shield, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text(json.dumps({"prompt": "How was your day?", "reply": "Fine, thanks."}) + "\n", encoding="utf-8")
+    result = run_cli("--db", str(tmp_path / "studio.db"), "--safety", f"guard:{shield.path}", "safety", "check",
+                     str(replies), "--json", home=tmp_path / "home", check=True)
+    data = json.loads(result.stdout)
+    assert data["guard_tokens_per_s"]["guard:fake-shield"] > 0 and data["computed"] == 1
+    (checked,) = [c for c in data["checkers"] if c["checker"] == "guard:fake-shield"]
+    assert checked["checked"] == 1, checked
+    # The verdict stored by the CLI is the one the checker gives here: the same prompts, the same logits.
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "studio.db") as db:
+        ((stored_score, stored_safe),) = db.execute("SELECT score, safe FROM safety_checks WHERE checker = ?",
+                                                    ("guard:fake-shield",)).fetchall()
+    verdict = shield.check([ChatTurn("user", "How was your day?")], "Fine, thanks.")
+    assert stored_score == pytest.approx(verdict.score, abs=1e-4) and bool(stored_safe) == verdict.safe

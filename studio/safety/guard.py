@@ -223,7 +223,8 @@ class GuardChecker:
             raise SafetyCheckerError(f"guard model {self.path.name}: the reply alone is {n_prompt} tokens with "
                                      f"the guard's prompt, more than its {self.engine.n_ctx}-token context")
         started = time.perf_counter()
-        answer = self.engine.generate(prompt, GUARD_SAMPLING, seed=0)
+        # The guard stops at its end-of-turn token, not at the transcript format's turn labels (its engine's).
+        answer = self.engine.generate(prompt, GUARD_SAMPLING, seed=0, stop=())
         elapsed = time.perf_counter() - started
         self.last_tokens_per_s = (n_prompt + answer.n_tokens) / elapsed if elapsed > 0 else None
         self.tokens_processed += n_prompt + answer.n_tokens
