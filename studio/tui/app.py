@@ -248,6 +248,7 @@ class PreferenceStudioApp(App[None]):
     def _adapter_switched(self, name: str | None) -> None:
         self.active_adapter = name
         self.update_header()
+        self.chat.adapter_switched(name)  # a SteerLM run's sliders come and go with its adapter
         self.notify(f"Now chatting with {'the base model' if name is None else name}.")
 
     def restore_adapter(self) -> None:

@@ -43,6 +43,8 @@ from studio.safety.candidate_checks import (
     check_candidates,
     rejection_suggestion,
     round_conversation,
+    speed_mark,
+    speeds_since,
 )
 from studio.safety.registry import LoadedCheckers
 from studio.tui.messages import (
@@ -59,7 +61,9 @@ from studio.tui.widgets.conversation_turn import ConversationTurn
 from studio.tui.widgets.judge_bar import JudgeBar, judge_hint, verdict_mode
 from studio.tui.widgets.ranking_input import letter
 from studio.tui.widgets.rating_row import RatingRow
+from studio.tui.widgets.steer_row import SteerRow
 from trainers.prompt_format import ChatTurn
+from trainers.steer_format import steerable_attributes
 
 FIRST_SAVE_WAIT_S = 0.1  # how long the UI thread waits on a busy database before a worker takes over
 SAVE_RETRY_WAIT_S = 1.0  # each retry in the worker; between them it checks whether it was cancelled
@@ -72,6 +76,7 @@ class ChatScreen(RewardChat, Screen):
         Binding("escape", "cancel_generation", "Stop", show=False),
         Binding("f10", "cycle_candidates", "Candidates"),
         Binding("s", "accept_safety_suggestion", "Reject flagged"),
+        Binding("ctrl+t", "focus_steer", "Steer"),
     ]
 
     def __init__(self) -> None:
@@ -235,6 +240,7 @@ class ChatScreen(RewardChat, Screen):
         """Another model serves the chat: a new session records it and the conversation starts afresh."""
         self.session.model_id = engine.identity.model_id
         self.session.engine = engine
+        self.adapter_switched(None)  # the app drops the adapter with the old model: its sliders go too
         self.new_session()
         self._engine_ready(engine)
 
@@ -361,10 +367,15 @@ class ChatScreen(RewardChat, Screen):
             self.app.call_from_thread(self._safety_unavailable, round_)
             return
         worker = get_current_worker()
+        mark = speed_mark(checkers)
         check_candidates(self.app.store, checkers, round_conversation(round_.history, round_.user_text),
                          [gen.text for gen in round_.generations], round_.candidate_ids,
                          on_checked=lambda _slot, safety: self.app.call_from_thread(self._show_safety, round_, safety),
                          should_stop=lambda: worker.is_cancelled)
+        speeds = speeds_since(checkers, mark)
+        if speeds:  # a guard model's speed, once per round it read something (a notice: nothing waits on it)
+            self.app.call_from_thread(self.notify, "Safety check speed: " + "; ".join(s.describe() for s in speeds),
+                                      timeout=6)
 
     def _safety_unavailable(self, round_: Round) -> None:
         if self.round is round_:
@@ -410,7 +421,44 @@ class ChatScreen(RewardChat, Screen):
         if action == "accept_safety_suggestion":  # in the footer only while there is a suggestion to accept
             return (self.safety_suggestion is not None and self.state == "judging" and self.round is not None
                     and not self.round.judged)
+        if action == "focus_steer":  # in the footer only while a SteerLM run's sliders are shown
+            return bool(self.query(SteerRow))
         return super().check_action(action, parameters)
+
+    # --- SteerLM sliders (widgets/steer_row.py) ---
+
+    def adapter_switched(self, name: str | None) -> None:
+        """A SteerLM run's adapter brings a row of sliders for the attributes it was trained on (none other);
+        any other adapter, or the base model, takes it away and the prompts carry no values."""
+        for old in self.query(SteerRow):
+            old.remove()
+        self.session.steer = None
+        if name is not None:
+            try:
+                run = self.app.store.get_run(int(name.removeprefix("run-")))
+                attributes = steerable_attributes(run.config, run.summary, run.status, run.id)
+            except (LookupError, ValueError):  # not a run of the store, or not a SteerLM run (SteerValueError)
+                attributes = ()
+            if attributes:
+                row = SteerRow(run.id, attributes)
+                self.query_one("#chat-body").mount(row, before=self.query_one("#prompt-input", Input))
+                self.session.steer = dict(row.values)
+        self.refresh_bindings()
+
+    def action_focus_steer(self) -> None:
+        rows = self.query(SteerRow)
+        if rows:
+            rows.first().focus()
+
+    @on(SteerRow.Changed)
+    def steer_changed(self, event: SteerRow.Changed) -> None:
+        self.session.steer = dict(event.values)  # the next round's prompt carries them
+
+    @on(SteerRow.Done)
+    def steer_done(self, event: SteerRow.Done) -> None:
+        prompt_input = self.query_one("#prompt-input", Input)
+        if not prompt_input.disabled:
+            prompt_input.focus()
 
     def action_accept_safety_suggestion(self) -> None:
         round_, suggestion = self.round, self.safety_suggestion
