@@ -252,3 +252,46 @@ def test_generate_answers_with_the_values_in_the_prompt(trained_steer_run, studi
     assert payload["rendered_prompt"].endswith("User: Name a fruit.\nAssistant: [verbosity:4]")
     assert payload["steer"] == {"verbosity": 4}
     assert payload["candidates"][0]["n_tokens"] > 0
+
+
+# prefstudio compare --steer A --steer B
+
+
+def test_compare_steer_needs_two_settings_the_run_was_trained_on(cli_runs, studio_home) -> None:  # noqa: ANN001
+    from conftest import run_cli
+
+    db, steer, dpo = cli_runs
+    once = run_cli("--db", str(db), "compare", "--run", str(steer), "--steer", "verbosity=0", home=studio_home)
+    assert once.returncode == 1 and "--steer is given 1 time(s): give it twice" in once.stderr
+    other = run_cli("--db", str(db), "compare", "--run", str(steer), "--steer", "humor=0", "--steer", "humor=4",
+                    home=studio_home)
+    assert other.returncode == 1 and "'humor' is not an attribute this run was trained on" in other.stderr
+    dpo_run = run_cli("--db", str(db), "compare", "--run", str(dpo), "--steer", "verbosity=0", "--steer",
+                      "verbosity=4", home=studio_home)
+    assert dpo_run.returncode == 1 and "not a SteerLM run" in dpo_run.stderr
+    assert "Traceback" not in once.stderr + other.stderr + dpo_run.stderr
+
+
+def test_compare_steer_answers_the_same_prompts_at_both_settings(trained_steer_run, studio_home) -> None:  # noqa: ANN001
+    import json
+
+    from conftest import run_cli
+
+    from store.studio_store import Store
+    from studio.evaluation.steer_comparison import EVALUATION_KIND
+
+    folder, run_id = trained_steer_run
+    proc = run_cli("--db", str(folder / "studio.db"), "compare", "--run", str(run_id), "--steer", "verbosity=0",
+                   "--steer", "verbosity=4", "--limit", "2", "--max-tokens", "6", "--temperature", "0", "--json",
+                   home=studio_home, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert payload["settings"] == [{"verbosity": 0}, {"verbosity": 4}]
+    assert len(payload["rows"]) == 2 and all(r["first_text"] or r["second_text"] for r in payload["rows"])
+    with Store.open(folder / "studio.db") as store:
+        assert store.latest_evaluation(run_id, EVALUATION_KIND)["settings"] == payload["settings"]
+    text = run_cli("--db", str(folder / "studio.db"), "compare", "--run", str(run_id), "--steer", "verbosity=0",
+                   "--steer", "verbosity=4", "--limit", "1", "--max-tokens", "4", "--temperature", "0",
+                   home=studio_home, timeout=300)
+    assert text.returncode == 0, text.stderr
+    assert "[verbosity:0] vs [verbosity:4]" in text.stdout and "  [verbosity:4] " in text.stdout

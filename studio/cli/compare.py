@@ -34,11 +34,16 @@ def compare(
     temperature: Annotated[float | None, typer.Option(min=0.0, help=TEMPERATURE_HELP)] = None,
     max_tokens: Annotated[int | None, typer.Option(min=1, help="Max new tokens per answer (default: settings).")] = None,
     reward_run: Annotated[int | None, typer.Option("--reward-run", min=1, help=REWARD_RUN_HELP)] = None,
+    steer: Annotated[list[str] | None, typer.Option("--steer", help=STEER_HELP)] = None,
 ) -> None:
     """Base and tuned answers side by side, and held-out preference accuracy before and after."""
     from studio.evaluation.compare_session import run_comparison
     from studio.evaluation.comparison_text import metric_paragraphs, sample_lines, summary_line
 
+    if steer:
+        _steered(run, steer, prompts_from or (str(prompts) if prompts else "auto"), as_json, limit, seed,
+                 _sampling(temperature, max_tokens))
+        return
     with user_errors():
         source = _prompt_source(prompts, prompts_from)
         sampling = _sampling(temperature, max_tokens)
@@ -64,6 +69,28 @@ def compare(
     for paragraph in metric_paragraphs(result):  # held-out pairs, then stance items (each part labelled)
         typer.echo("")
         typer.echo(visible(paragraph))
+
+
+STEER_HELP = ("SteerLM: answer the prompts at two attribute settings side by side with the run's adapter, e.g. "
+              "--steer humor=0 --steer humor=4 (give it twice; the run must be a SteerLM run trained on them).")
+
+
+def _steered(run: int, steer: list[str], prompts_from: str, as_json: bool, limit: int | None, seed: int,
+             sampling: SamplingSettings) -> None:
+    """``compare --steer A --steer B``: the settings checked before the model loads, then answered."""
+    from studio.evaluation.steer_comparison import checked_settings, steer_comparison, steer_lines
+    from trainers.steer_format import parse_settings
+
+    with user_errors():
+        with Store.open(settings().db) as store:
+            chosen = checked_settings(store, run, [parse_settings(s, where="--steer") for s in steer])
+            result = steer_comparison(open_engine(), store, run, chosen, system=settings().system_prompt,
+                                      sampling=sampling, seed=seed, prompts_from=prompts_from, limit=limit)
+    if as_json:
+        typer.echo(json_visible(json.dumps(result.to_dict(), ensure_ascii=False, indent=2)))
+        return
+    for line in steer_lines(result):
+        typer.echo(visible(line))
 
 
 PROMPTS_FROM_HELP = ("Where the prompts come from: heldout, bank:NAME (assets/prompts), session (the questions of the "
