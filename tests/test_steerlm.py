@@ -295,3 +295,17 @@ def test_compare_steer_answers_the_same_prompts_at_both_settings(trained_steer_r
                    home=studio_home, timeout=300)
     assert text.returncode == 0, text.stderr
     assert "[verbosity:0] vs [verbosity:4]" in text.stdout and "  [verbosity:4] " in text.stdout
+
+
+def test_the_report_shows_the_steering_side_by_side() -> None:
+    from studio.evaluation.report import _steering, render_markdown
+    from studio.evaluation.steer_comparison import SteerComparison, SteerRow
+
+    stored = SteerComparison(3, [{"verbosity": 0}, {"verbosity": 4}], "prompt bank 'general'",
+                             [SteerRow("Name a fruit.", "Apple.", "An apple is a sweet fruit that grows on trees.", 7)])
+    text = render_markdown(_steering(stored.to_dict(), 5))
+    assert "## Steering side by side" in text
+    assert "[verbosity:0] and at [verbosity:4]" in text
+    assert "An apple is a sweet fruit" in text and "Prompt 1 (seed 7)" in text
+    assert _steering(None, 5) == []
+    assert SteerComparison.from_dict(stored.to_dict()) == stored

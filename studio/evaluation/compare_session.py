@@ -243,4 +243,5 @@ def write_run_report(store: Store, run_id: int, result: ComparisonResult | None,
     note = samples_note(result) if result else ""
     return write_report(out_dir, store.get_run(run_id), store.run_metrics(run_id),
                         report_columns(result) if result else {}, tally if tally.total else None,
-                        result.rows if result else [], samples_note=note, safety=result.safety if result else None)
+                        result.rows if result else [], samples_note=note, safety=result.safety if result else None,
+                        steering=store.latest_evaluation(run_id, "steer_comparison"))  # SteerLM: compare --steer

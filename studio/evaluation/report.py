@@ -236,13 +236,29 @@ def _samples(samples: Sequence[ComparisonRow], max_samples: int, note: str = "")
     return blocks
 
 
+def _steering(steering: dict[str, Any] | None, max_samples: int) -> list[Block]:
+    """A SteerLM run's latest ``compare --steer``: the same prompts at two settings (stored as evaluation kind
+    ``steer_comparison``, studio/evaluation/steer_comparison.py); nothing when there is none."""
+    if not steering or not steering.get("rows"):
+        return []
+    first, second = (",".join(f"{k}:{v}" for k, v in s.items()) for s in steering["settings"])
+    blocks = [Block("h2", "Steering side by side"),
+              Block("p", f"The run's adapter answering the same prompts (from {steering['prompts_source']}) at "
+                         f"[{first}] and at [{second}], with the same seed per prompt.")]
+    for i, row in enumerate(steering["rows"][:max_samples], start=1):
+        blocks += [Block("h3", f"Prompt {i} (seed {row['seed']})"), Block("code", row["prompt"]),
+                   Block("p", f"[{first}]:"), Block("code", row["first_text"]),
+                   Block("p", f"[{second}]:"), Block("code", row["second_text"])]
+    return blocks
+
+
 def build_blocks(run: RunRecord, metrics_rows: Sequence[dict], before_after: dict[str, Any],
                  tally: BlindTally | None, samples: Sequence[ComparisonRow], max_samples: int = 5, samples_note: str = "",
-                 safety: SafetyMetrics | None = None) -> list[Block]:
+                 safety: SafetyMetrics | None = None, steering: dict[str, Any] | None = None) -> list[Block]:
     """The report's content, in order, independent of the output format."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return [*_header(run), *_data_and_training(run, metrics_rows), *_before_after(before_after), *_safety(safety),
-            *_tally(tally), *_samples(samples, max_samples, samples_note),
+            *_tally(tally), *_samples(samples, max_samples, samples_note), *_steering(steering, max_samples),
             Block("p", f"Written by Preference Studio {__version__} on {stamp}.")]
 
 
@@ -360,6 +376,7 @@ def write_report(
     max_samples: int = 5,
     samples_note: str = "",
     safety: SafetyMetrics | None = None,
+    steering: dict[str, Any] | None = None,
 ) -> Path:
     """Write the run's report into ``out_dir`` and return the path of ``report.md``.
 
@@ -381,7 +398,8 @@ def write_report(
         _plot(tmp / LOSS_PNG, metrics_rows, [("loss", "DPO loss")])
         _plot(tmp / MARGINS_PNG, metrics_rows,
               [("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")])
-        blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples, samples_note, safety)
+        blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples, samples_note, safety,
+                              steering)
         images = {name: (tmp / name).read_bytes() for name in (LOSS_PNG, MARGINS_PNG)}
         (tmp / "report.html").write_text(render_html(blocks, images), encoding="utf-8")
         (tmp / "report.md").write_text(render_markdown(blocks), encoding="utf-8")
