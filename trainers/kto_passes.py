@@ -16,9 +16,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trl import KTOTrainer
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+    from transformers.utils import ModelOutput
 
 # Set for the length of a training step's loss: its gradient-free passes (KL, reference, reference KL) need the
 # log-probabilities only. Not set in evaluation, whose gradient-free policy pass feeds the entropy metrics.
@@ -78,7 +83,8 @@ class StudioKTOTrainer(KTOTrainer):
             enable_cpu_logprob_head()
             enable_log_probs_only_without_grad()
 
-    def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
+    def _compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool,
+                      ) -> torch.Tensor | tuple[torch.Tensor, ModelOutput]:
         if not self.model.training:
             return super()._compute_loss(model, inputs, return_outputs)
         with _training_loss():

@@ -56,7 +56,8 @@ from trainers.run_config import RunConfig
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+    from transformers.modeling_outputs import SequenceClassifierOutput
 
     from store.records import RunRecord
     from store.studio_store import Store
@@ -155,8 +156,9 @@ def heldout_metrics(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     return metrics
 
 
-def _trainer_class() -> type:
+def _trainer_class() -> type[Trainer]:
     """transformers' ``Trainer`` with the masked regression loss and the batch MAE logged beside the loss."""
+    import torch
     from transformers import Trainer
 
     class MaskedRegressionTrainer(Trainer):
@@ -164,15 +166,16 @@ def _trainer_class() -> type:
         _mae_count = 0
         _tokens_seen = 0  # as TRL's trainers log ``num_tokens``, so the recorder's tokens/s reads it
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(self, model: PreTrainedModel, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                         num_items_in_batch: torch.Tensor | int | None = None,
+                         ) -> torch.Tensor | tuple[torch.Tensor, SequenceClassifierOutput]:
             labels, mask = inputs.pop("labels"), inputs.pop("label_mask")
             if model.training:
                 self._tokens_seen += int(inputs["attention_mask"].sum())
             outputs = model(**inputs)
             predicted = outputs.logits.float()
             loss = masked_squared_error(predicted, labels, mask)
-            with __import__("torch").no_grad():
+            with torch.no_grad():
                 error = ((predicted - labels).abs() * mask).sum() * HALF_RANGE
                 self._mae_sum += float(error)
                 self._mae_count += int(mask.sum())
@@ -188,7 +191,7 @@ def _trainer_class() -> type:
     return MaskedRegressionTrainer
 
 
-def training_arguments(config: RunConfig, work_dir: Path, device: str, dtype: str) -> Any:
+def training_arguments(config: RunConfig, work_dir: Path, device: str, dtype: str) -> TrainingArguments:
     """``TrainingArguments`` for this run; every default a CPU run cannot use is set explicitly."""
     from transformers import TrainingArguments
 
