@@ -18,7 +18,7 @@ import sqlite3
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -534,6 +534,10 @@ def _damaged_copy(ctx: Ctx) -> Path:
     """A copy whose header is sound but whose last pages are overwritten: it opens, reads fail later."""
     db = _copy(ctx)
     ctx.check_db = ctx.studio.db
+    # VACUUM writes the schema's pages first: with more tables than fit one page, the schema grew a page at the
+    # end of the file, and damaging that would fail the open itself (another clear message) instead.
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("VACUUM")
     raw = bytearray(db.read_bytes())
     page = int.from_bytes(raw[16:18], "big") or 65536
     for start in range(len(raw) - 3 * page, len(raw), page):
