@@ -67,14 +67,14 @@ def _version_5_file(path: Path) -> None:
     db.close()
 
 
-def test_a_version_5_file_with_data_is_upgraded_to_6(db_path: Path) -> None:
+def test_a_version_5_file_with_data_is_upgraded_to_the_current_schema(db_path: Path) -> None:
     _version_5_file(db_path)
     with sqlite3.connect(db_path) as conn:
         before = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.close()
     assert "judgement_ranks" not in before and "judgements" in before
     with Store.open(db_path) as store:
-        assert SCHEMA_VERSION == 6 and store.schema_version == 6
+        assert store.schema_version == SCHEMA_VERSION == 7  # through v6 (feedback kinds) and v7 (checks, scores)
         assert {"judgement_ranks", "candidate_ratings", "demonstrations", "dataset_feedback_items"} <= set(
             store.db.table_names())
         # What version 5 stored reads back unchanged, and the edit now also yields a demonstration.
@@ -85,7 +85,7 @@ def test_a_version_5_file_with_data_is_upgraded_to_6(db_path: Path) -> None:
         assert store.record_ratings(1, {"quality": 3})
         assert store.add_demonstration(1, "written", based_on_candidate_id=2)
     with Store.open(db_path) as again:  # reopening migrates nothing more
-        assert again.schema_version == 6 and len(again.rankings()) == 1
+        assert again.schema_version == SCHEMA_VERSION and len(again.rankings()) == 1
 
 
 # Rankings

@@ -256,7 +256,7 @@ def test_a_version_4_file_is_upgraded_keeping_its_data(tmp_path: Path) -> None:
     _version_4_file(db)
     data = write_pairs(tmp_path / "pairs.jsonl", 0, 5)
     with Store.open(db) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6  # through v5 (staged imports) and v6 (feedback kinds)
+        assert store.schema_version == SCHEMA_VERSION == 7  # through v5 (staged imports), v6 (feedback kinds), v7
         assert [(t.role, t.content, t.judgement_id) for t in store.turns(1)] == [("user", "hi", None)]
         # A pid recorded without its start time is still checked by the pid alone.
         assert store.mark_stale_runs() == [] and store.get_run(1).status == "training"
