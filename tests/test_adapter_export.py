@@ -501,3 +501,25 @@ def test_slots_bookkeeping(tmp_path, base, slots, peft_dir):
     slots.unload("one")  # not the active one: the active adapter stays
     assert slots.active == "two" and slots.names == ("two",)
     assert slots.get("two").info.rank == 8
+
+
+def test_loading_a_name_again_from_another_file_serves_the_new_file(tmp_path, base, engine):
+    """Run 1 of another database has the same adapter name, run-1: the engine must not keep serving the first."""
+    first = export_gguf_adapter(write_peft_adapter(tmp_path / "p1", base), tmp_path / "one.gguf",
+                                base.architecture, base.n_layers)
+    second = export_gguf_adapter(write_peft_adapter(tmp_path / "p2", base, b_std=0.2), tmp_path / "two.gguf",
+                                 base.architecture, base.n_layers)
+    tokens = engine.tokenize(PROMPT)
+    try:
+        engine.load_adapter("run-1", first)
+        engine.activate_adapter("run-1")
+        with_first = all_logits(engine.llama, tokens)
+        engine.activate_adapter(None)
+        engine.load_adapter("run-1", second)
+        assert engine.adapters.get("run-1").path == second
+        engine.activate_adapter("run-1")
+        assert not np.array_equal(all_logits(engine.llama, tokens), with_first)
+    finally:
+        engine.activate_adapter(None)
+        if "run-1" in engine.adapters:
+            engine.adapters.unload("run-1")

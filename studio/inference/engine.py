@@ -419,11 +419,15 @@ class ChatEngine:
     # --- adapters (LoRA in GGUF, swapped at run time without reloading the base) ---
 
     def load_adapter(self, name: str, path: Path) -> None:
-        """Validate a GGUF LoRA against this model and load it (not yet active). EngineBusy while another
-        thread holds the engine for a job."""
+        """Validate a GGUF LoRA against this model and load it (not yet active); a name already loaded from
+        another file is replaced. EngineBusy while another thread holds the engine for a job."""
         with self._switching():
-            if name not in self.adapters.names:
-                self.adapters.load(name, Path(path))
+            path = Path(path).expanduser()
+            if name in self.adapters and self.adapters.get(name).path != path:
+                # The same name for another file (run 1 of another database): the loaded one would be served.
+                self.adapters.unload(name)
+            if name not in self.adapters:
+                self.adapters.load(name, path)
 
     def activate_adapter(self, name: str | None) -> None:
         """Make ``name`` the active adapter (None: the base model). Resets the prompt cache, which was
