@@ -23,13 +23,9 @@ from store.transactions import StoreLock, serialized, utc_now, write_transaction
 QUEUE_TITLE = "labelling queue"
 MAX_QUEUE_CANDIDATES = 4  # the studio judges 1–4 candidates per prompt (the schema holds the same bound)
 
-_JUDGED = "EXISTS (SELECT 1 FROM judgements j WHERE j.prompt_id = q.prompt_id)"
-# Which items a read wants: all, those still waiting for candidates, or generated and not yet judged.
-_STATE_FILTERS = {
-    "all": "1",
-    "waiting": "q.prompt_id IS NULL",
-    "unjudged": f"q.prompt_id IS NOT NULL AND NOT {_JUDGED}",
-}
+# Which items a read wants: all, those still waiting for candidates, or generated and not yet judged. The state
+# goes into the one literal query below as a parameter (no SQL is assembled at run time).
+QUEUE_STATES = ("all", "waiting", "unjudged")
 
 
 @dataclass(frozen=True)
@@ -133,20 +129,24 @@ class LabellingQueue:
                     limit: int | None = None) -> list[QueueItemRecord]:
         """Queue items in queue order (oldest queue first, then as added): ``state`` is ``all``, ``waiting``
         (no candidates yet) or ``unjudged`` (candidates stored, no judgement yet)."""
-        where = _STATE_FILTERS[state]  # a fixed fragment chosen by key, never caller text
+        if state not in QUEUE_STATES:
+            raise KeyError(state)
         rows = self.db.execute(
-            f"SELECT q.id, q.session_id, q.text, q.n_candidates, q.origin, q.prompt_id, "
-            f"q.prompt_id IS NOT NULL AND {_JUDGED} FROM queue_items q "
-            f"WHERE {where} AND (? IS NULL OR q.session_id = ?) ORDER BY q.session_id, q.id LIMIT ?",
-            [session_id, session_id, -1 if limit is None else limit]).fetchall()
+            "SELECT q.id, q.session_id, q.text, q.n_candidates, q.origin, q.prompt_id, "
+            "q.prompt_id IS NOT NULL AND EXISTS (SELECT 1 FROM judgements j WHERE j.prompt_id = q.prompt_id) "
+            "FROM queue_items q "
+            "WHERE (? = 'all' OR (? = 'waiting' AND q.prompt_id IS NULL) OR (? = 'unjudged' AND q.prompt_id IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM judgements j WHERE j.prompt_id = q.prompt_id))) "
+            "AND (? IS NULL OR q.session_id = ?) ORDER BY q.session_id, q.id LIMIT ?",
+            [state, state, state, session_id, session_id, -1 if limit is None else limit]).fetchall()
         return [QueueItemRecord(*row[:6], judged=bool(row[6])) for row in rows]
 
     @serialized
     def queue_counts(self, session_id: int | None = None) -> QueueCounts:
         """Total, generated and judged items of one queue, or of every queue."""
         row = self.db.execute(
-            f"SELECT COUNT(*), COUNT(q.prompt_id), COALESCE(SUM(q.prompt_id IS NOT NULL AND {_JUDGED}), 0) "
-            "FROM queue_items q WHERE ? IS NULL OR q.session_id = ?", [session_id, session_id]).fetchone()
+            "SELECT COUNT(*), COUNT(q.prompt_id), COALESCE(SUM(q.prompt_id IS NOT NULL AND EXISTS "
+            "(SELECT 1 FROM judgements j WHERE j.prompt_id = q.prompt_id)), 0) FROM queue_items q WHERE ? IS NULL OR q.session_id = ?", [session_id, session_id]).fetchone()
         return QueueCounts(total=row[0], generated=row[1], judged=row[2])
 
     @serialized
