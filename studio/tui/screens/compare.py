@@ -339,7 +339,7 @@ class CompareScreen(Screen):
         self._focus_answers()
         self.query_one("#compare-progress", ProgressBar).update(total=None, progress=0)
         self.query_one("#compare-progress", ProgressBar).display = True
-        self.query_one("#compare-title", Static).update(f"Run {self.run_id}: comparing on {source.spec}…")
+        self.query_one("#compare-title", Static).update(Content(f"Run {self.run_id}: comparing on {source.spec}…"))
         self.compute(source, sampling)
 
     def _focus_answers(self) -> None:

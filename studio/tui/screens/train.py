@@ -23,6 +23,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
+from textual.content import Content
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import (
@@ -494,7 +495,7 @@ class TrainScreen(Screen):
         if run.status == "done" and steps:
             self.total_steps = total or steps
             bar.update(total=self.total_steps, progress=steps)
-            self.query_one("#train-rate", Static).update(f"step {steps}/{self.total_steps} · done")
+            self.query_one("#train-rate", Static).update(Content(f"step {steps}/{self.total_steps} · done"))
         bar.query_one("#eta").display = False
 
     def _status(self, text: str, error: bool = False) -> None:

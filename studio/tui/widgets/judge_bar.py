@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 from textual.binding import Binding
+from textual.content import Content
 from textual.message import Message
 from textual.widgets import Static
 
@@ -148,5 +149,5 @@ class JudgeBar(Static, can_focus=True):
 
     def _show_ranking(self) -> None:
         order = tuple(self.ranking.slots)
-        self.update(f"ranking: {self.ranking.describe()} · enter commits · backspace undoes" if order else self.hint)
+        self.update(Content(f"ranking: {self.ranking.describe()} · enter commits · backspace undoes") if order else self.hint)
         self.post_message(self.RankingChanged(order))
