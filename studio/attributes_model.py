@@ -15,13 +15,12 @@ value per attribute in the run's order) or ``{"error": str}``.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
+
+from studio.worker_process import JsonLinesWorker
 
 if TYPE_CHECKING:
     from store.records import RunRecord
@@ -75,20 +74,15 @@ class AttributePredictor:
         folder = checked_attribute_run(run, db_path=db_path, expected_sha256=expected_sha256,
                                        served_name=served_name)
         self.run_id = run.id
-        self._lock = threading.Lock()
-        self._log: IO[str] = tempfile.NamedTemporaryFile("w+", prefix=f"attribute-worker-{run.id}-", suffix=".log",
-                                                         delete=False)
-        self._process: subprocess.Popen[str] | None = subprocess.Popen(
-            [sys.executable, "-m", "studio.attributes_model", str(folder), str(run.config.get("train_model")),
-             str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, encoding="utf-8",
-            start_new_session=True,  # a Ctrl-C in the CLI stops the CLI between batches, not the worker mid-answer
-        )
-        reply = self._read()
+        # A new session: a Ctrl-C in the CLI stops the CLI between batches, not the worker mid-answer.
+        self._worker = JsonLinesWorker("studio.attributes_model",
+                                       [str(folder), str(run.config.get("train_model")), str(threads)],
+                                       f"attribute-worker-{run.id}-", new_session=True)
+        reply = self._worker.read()
         if reply.get(READY) is not True:
             self.close()
             raise AttributeModelError(f"the attribute model of run {run.id} did not start: "
-                                      f"{reply.get('error') or self._log_tail()}")
+                                      f"{reply.get('error') or self._worker.log_tail()}")
         self.attributes: list[str] = [str(a) for a in reply.get("attributes", [])]
 
     def predict(self, texts: Sequence[str], prompts: Sequence[str] | None = None) -> list[dict[str, float]]:
@@ -98,16 +92,10 @@ class AttributePredictor:
         if prompts is not None and len(prompts) != len(texts):
             raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts: give one prompt per text, or none")
         request = {"prompts": list(prompts) if prompts is not None else [""] * len(texts), "replies": list(texts)}
-        with self._lock:
-            if self._process is None or self._process.stdin is None:
+        with self._worker.lock:
+            if self._worker.closed:
                 raise AttributeModelError(f"the attribute model of run {self.run_id} is closed")
-            try:
-                self._process.stdin.write(json.dumps(request) + "\n")
-                self._process.stdin.flush()
-            except OSError:
-                raise AttributeModelError(f"the attribute worker of run {self.run_id} stopped: "
-                                          f"{self._log_tail()}") from None
-            reply = self._read()
+            reply = self._worker.request(request)
         if "error" in reply:
             raise AttributeModelError(f"the attribute worker of run {self.run_id} failed: {reply['error']}")
         values = reply.get("values")
@@ -115,43 +103,9 @@ class AttributePredictor:
             raise AttributeModelError(f"the attribute worker of run {self.run_id} answered {str(reply)[:200]}")
         return [{name: float(v) for name, v in zip(self.attributes, row, strict=True)} for row in values]
 
-    def _read(self) -> dict:
-        assert self._process is not None and self._process.stdout is not None
-        line = self._process.stdout.readline()
-        if not line:
-            return {"error": f"the worker exited: {self._log_tail()}"}
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            return {"error": f"the worker wrote {line[:200]!r}"}
-
-    def _log_tail(self) -> str:
-        try:
-            self._log.flush()
-            text = Path(self._log.name).read_text(encoding="utf-8", errors="replace").strip()
-        except OSError:
-            return "(no log)"
-        return text[-600:] or "(nothing on stderr)"
-
     def close(self) -> None:
         """Stop the worker (end of requests: it exits) and drop its log. Idempotent."""
-        process, self._process = self._process, None
-        if process is not None:
-            if process.stdin is not None:
-                try:
-                    process.stdin.close()
-                except OSError:
-                    pass
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
-        if not self._log.closed:
-            self._log.close()
-            Path(self._log.name).unlink(missing_ok=True)
+        self._worker.close()
 
     def __enter__(self) -> AttributePredictor:
         return self

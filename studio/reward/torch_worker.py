@@ -10,15 +10,13 @@ its stderr goes to a log file quoted when it fails.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from studio.reward.head import RewardScorerError, split_conversation
+from studio.worker_process import JsonLinesWorker
 from trainers.prompt_format import ChatTurn
 
 if TYPE_CHECKING:
@@ -33,18 +31,13 @@ class TorchWorkerScorer:
     def __init__(self, engine: ChatEngine, run_id: int, output_dir: Path, train_model: str, threads: int) -> None:
         self._engine = engine
         self._run_id = run_id
-        self._lock = threading.Lock()
-        self._log: IO[str] = tempfile.NamedTemporaryFile("w+", prefix=f"reward-worker-{run_id}-", suffix=".log",
-                                                         delete=False)
-        self._process: subprocess.Popen[str] | None = subprocess.Popen(
-            [sys.executable, "-m", "studio.reward.torch_worker", str(output_dir), train_model, str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, encoding="utf-8",
-        )
-        reply = self._read()
+        self._worker = JsonLinesWorker("studio.reward.torch_worker", [str(output_dir), train_model, str(threads)],
+                                       f"reward-worker-{run_id}-")
+        reply = self._worker.read()
         if reply.get(READY) is not True:
             self.close()
             raise RewardScorerError(f"the reward worker of run {run_id} did not start: "
-                                    f"{reply.get('error') or self._log_tail()}")
+                                    f"{reply.get('error') or self._worker.log_tail()}")
 
     @property
     def run_id(self) -> int:
@@ -55,15 +48,10 @@ class TorchWorkerScorer:
             return []
         system, turns = split_conversation(conversation)
         prompt = self._engine.prompt_format.render(system, turns)
-        with self._lock:
-            if self._process is None or self._process.stdin is None:
+        with self._worker.lock:
+            if self._worker.closed:
                 raise RewardScorerError(f"the scorer of run {self._run_id} is closed")
-            try:
-                self._process.stdin.write(json.dumps({"prompt": prompt, "replies": list(replies)}) + "\n")
-                self._process.stdin.flush()
-            except OSError:
-                raise RewardScorerError(f"the reward worker of run {self._run_id} stopped: {self._log_tail()}") from None
-            reply = self._read()
+            reply = self._worker.request({"prompt": prompt, "replies": list(replies)})
         if "error" in reply:
             raise RewardScorerError(f"the reward worker of run {self._run_id} failed: {reply['error']}")
         scores = reply.get("scores")
@@ -71,47 +59,8 @@ class TorchWorkerScorer:
             raise RewardScorerError(f"the reward worker of run {self._run_id} answered {reply!r}")
         return [float(s) for s in scores]
 
-    def _read(self) -> dict:
-        assert self._process is not None and self._process.stdout is not None
-        # A library may print to stdout while the model loads: lines that are not a JSON object are skipped.
-        for _ in range(1000):
-            line = self._process.stdout.readline()
-            if not line:
-                return {"error": f"the worker exited: {self._log_tail()}"}
-            try:
-                answer = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(answer, dict):
-                return answer
-        return {"error": "the worker wrote 1000 lines that are not answers"}
-
-    def _log_tail(self) -> str:
-        try:
-            self._log.flush()
-            text = Path(self._log.name).read_text(encoding="utf-8", errors="replace").strip()
-        except OSError:
-            return "(no log)"
-        return text[-600:] or "(nothing on stderr)"
-
     def close(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            if process.stdin is not None:
-                try:
-                    process.stdin.close()  # end of requests: the worker exits
-                except OSError:
-                    pass
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
-        self._log.close()
-        Path(self._log.name).unlink(missing_ok=True)
-
+        self._worker.close()
 
 def serve(output_dir: Path, train_model: str, threads: int) -> None:
     """The worker's loop: load once, then one JSON answer line per request line until stdin closes."""
