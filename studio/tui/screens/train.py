@@ -41,6 +41,7 @@ from textual.widgets import (
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
+from studio.tui.widgets.rl_samples import RLSamplesPanel
 from trainers.methods.registry import METHODS
 from trainers.model_source import ModelSourceError
 from trainers.run.lifecycle import (
@@ -61,14 +62,18 @@ POLL_SECONDS = 0.5
 PLAN_DELAY = 0.4  # seconds of no typing before the form's numbers are counted again
 AUTO = "auto"  # what the form shows for a setting chosen from the data (max length)
 METHOD_LABELS = {"dpo": "DPO: preference pairs", "sft": "SFT: demonstrations", "kto": "KTO: good / bad labels",
-                 "reward": "reward model: pairs"}
+                 "reward": "reward model: pairs", "rloo": "RLOO: prompts scored by a reward model"}
 # Each method's own live metrics (the keys its trainer logs, read back from the store) on the second plot.
 METHOD_PLOTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "dpo": ("reward margin / accuracy", ("rewards/margins", "rewards/accuracies")),
     "sft": ("token accuracy", ("mean_token_accuracy",)),
     "kto": ("KL / reward of good, bad", ("kl", "rewards/chosen", "rewards/rejected")),
     "reward": ("accuracy / margin", ("accuracy", "margin")),
+    "rloo": ("reward, spread / KL", ("reward", "reward_std", "kl")),  # TRL RLOOTrainer's keys
 }
+# More of a method's live numbers, on the rate line only (an RL run's entropy and reply length in tokens).
+METHOD_NUMBERS: dict[str, tuple[str, ...]] = {"rloo": ("entropy", "completions/mean_length")}
+RL_METHODS = ("rloo",)  # learn from prompts scored by a reward run: the form asks which, the screen shows samples
 # The checkbox that lets a method learn from pairs too, per method (DPO learns from nothing else).
 FROM_PAIRS = {"sft": ("sft_include_chosen", "also learn the chosen reply of each pair"),
               "kto": ("kto_from_pairs", "also use pairs: chosen good, rejected bad")}
@@ -150,6 +155,7 @@ class TrainScreen(Screen):
         self._prepared = prepared
         self._on_finished = on_finished
         self.run_id: int | None = None
+        self.run_method = "dpo"  # the followed run's method: which numbers the screen shows
         self.process: subprocess.Popen | None = None
         self.total_steps: int | None = None
         self.last_step: int | None = None
@@ -180,6 +186,7 @@ class TrainScreen(Screen):
                     yield Label("method", classes="form-label")
                     yield Select([(METHOD_LABELS.get(name, name), name) for name in METHODS], value=base.method,
                                  allow_blank=False, id="cfg-method")
+                    yield from self._reward_run_field(base)
                     yield Label("loss type", classes="form-label")
                     yield Select([(name, name) for name in LOSS_TYPES], value=base.loss_type, allow_blank=False,
                                  id="cfg-loss_type", disabled=base.method != "dpo")
@@ -203,8 +210,25 @@ class TrainScreen(Screen):
                     yield MetricPlot(*method_plot(base.method), id="plot-margin")
                 yield ProgressBar(id="train-progress", show_eta=True)
                 yield Static("", id="train-rate", markup=False)
+                samples = RLSamplesPanel(id="rl-samples")
+                samples.display = False  # an RL run's (rloo) only
+                yield samples
                 yield RichLog(id="train-log", max_lines=400, wrap=False, markup=False)
         yield Footer()
+
+    def _reward_run_field(self, base: RunConfig) -> ComposeResult:
+        """RLOO's reward model: the finished reward runs, newest first (the last run's choice when it is one);
+        shown only while an RL method is chosen."""
+        runs = [r for r in self.app.store.list_runs()
+                if r.status == "done" and (r.config or {}).get("method") == "reward"]
+        chosen = getattr(base, "reward_run", None)
+        label = Label("reward model", classes="form-label", id="reward-run-label")
+        select = Select([(f"reward run {r.id} ({r.created_at[:16]})", r.id) for r in runs],
+                        value=chosen if chosen in {r.id for r in runs} else (runs[0].id if runs else Select.NULL),
+                        prompt="no finished reward run", id="cfg-reward_run", tooltip=_help("reward_run"))
+        label.display = select.display = base.method in RL_METHODS
+        yield label
+        yield select
 
     def on_mount(self) -> None:
         self.query_one("#start", Button).focus()
@@ -245,6 +269,9 @@ class TrainScreen(Screen):
         values["kto_from_pairs"] = method == "kto" and from_pairs
         values["drop_flagged"] = self.query_one("#cfg-drop_flagged", Checkbox).value
         values["desirable_weight"] = values["undesirable_weight"] = None  # KTO: from the data's balance
+        if method in RL_METHODS:  # the other methods' configs have no reward model to name
+            reward_run = self.query_one("#cfg-reward_run", Select).value
+            values["reward_run"] = reward_run if isinstance(reward_run, int) else None
         scope = self.query_one("#cfg-scope", Select).value
         values["session_id"] = self.app.current_session_id if scope == "session" else None
         dataset = scope.removeprefix("dataset:") if scope.startswith("dataset:") else None
@@ -274,6 +301,8 @@ class TrainScreen(Screen):
         box = self.query_one("#cfg-from_pairs", Checkbox)
         box.disabled = method not in FROM_PAIRS
         box.label = FROM_PAIRS.get(method, ("", ""))[1]
+        for widget in (self.query_one("#reward-run-label"), self.query_one("#cfg-reward_run")):
+            widget.display = method in RL_METHODS
         if self.run_id is None:  # a run being followed keeps its own method's plot
             self.query_one("#plot-margin", MetricPlot).set_series(*method_plot(method))
 
@@ -401,11 +430,16 @@ class TrainScreen(Screen):
         self.process = process
         self.last_step = None
         run = self.app.store.get_run(run_id)
+        method = self.run_method = (run.config or {}).get("method", "dpo")
         for plot in self.query(MetricPlot):
             plot.clear_points()
-        self.query_one("#plot-margin", MetricPlot).set_series(*method_plot((run.config or {}).get("method", "dpo")))
+        self.query_one("#plot-margin", MetricPlot).set_series(*method_plot(method))
         self.query_one("#train-log", RichLog).clear()
-        self.log_path = RunPaths(Path(run.output_dir)).log_path
+        paths = RunPaths(Path(run.output_dir))
+        samples = self.query_one("#rl-samples", RLSamplesPanel)
+        samples.display = method in RL_METHODS
+        samples.follow(paths if method in RL_METHODS else None)
+        self.log_path = paths.log_path
         self.log_offset = 0
         self.started_at = time.monotonic()
         self.first_step_at = None
@@ -427,6 +461,7 @@ class TrainScreen(Screen):
             for plot in self.query(MetricPlot):
                 plot.redraw()
             self._update_progress(rows[-1])
+        self.query_one("#rl-samples", RLSamplesPanel).poll()
         self._tail_log()
         run = store.get_run(self.run_id)
         if self.process is not None and self.process.poll() is not None:
@@ -452,10 +487,13 @@ class TrainScreen(Screen):
             rate = f"{(row['step'] - self.first_step_at[1]) / elapsed:.2f} steps/s · "
         loss = row.get("loss")
         plotted = self.query_one("#plot-margin", MetricPlot).series  # the run's method's own numbers
+        more = METHOD_NUMBERS.get(self.run_method, ())
         self.query_one("#train-rate", Static).update(
             f"step {row['step']}/{total or '?'} · {rate}"
             + (f"loss {loss:.4f}" if loss is not None else "")
             + "".join(f" · {name.split('/')[-1].replace('_', ' ')} {row[name]:+.3f}" for name in plotted
+                      if row.get(name) is not None)
+            + "".join(f" · {name.split('/')[-1].replace('_', ' ')} {row[name]:.3g}" for name in more
                       if row.get(name) is not None)
         )
 
