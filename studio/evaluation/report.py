@@ -49,6 +49,26 @@ TRAINING_ITEMS_NOTE = (
 )
 
 
+# The second chart per method: (metric key, axis label) panels; DPO's margins for a method that names none.
+# An RL run (rloo, TRL RLOOTrainer's keys) shows how the reward rose and how far the policy moved from the start.
+PROGRESS_PANELS: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "dpo": ("reward margin and accuracy per step",
+            (("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy"))),
+    "rloo": ("mean reward and KL to the start per step",
+             (("reward", "mean reward"), ("reward_std", "reward spread"), ("kl", "KL to the start"))),
+}
+# The last logged value of these goes in the Training table, per method (DPO's by default).
+FINAL_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
+    "dpo": (("final reward margin", "rewards/margins"), ("final reward accuracy", "rewards/accuracies")),
+    "rloo": (("final mean reward", "reward"), ("final reward spread", "reward_std"), ("final KL", "kl"),
+             ("final entropy", "entropy"), ("final reply length (tokens)", "completions/mean_length")),
+}
+
+
+def _method(run: RunRecord) -> str:
+    return str((run.config or {}).get("method", "dpo"))
+
+
 class ReportError(ValueError):
     """No report can be written for this run (it failed, is still training, or the target is unusable)."""
 
@@ -139,12 +159,12 @@ def _data_and_training(run: RunRecord, metrics_rows: Sequence[dict]) -> list[Blo
         rows = [("training pairs", len(run.pair_ids)), ("held-out pairs", len(run.heldout_ids)),
                 ("dataset hash", run.dataset_hash)]
     last = metrics_rows[-1] if metrics_rows else {}
+    method = _method(run)
     training = [
         ("steps logged", len(metrics_rows)),
         ("last step", last.get("step")),
         ("final loss", last.get("loss")),
-        ("final reward margin", last.get("rewards/margins")),
-        ("final reward accuracy", last.get("rewards/accuracies")),
+        *((label, last.get(key)) for label, key in FINAL_METRICS.get(method, FINAL_METRICS["dpo"])),
         ("training seconds", (summary.get("seconds") or {}).get("train")),
         ("device", summary.get("device")),
     ]
@@ -152,6 +172,12 @@ def _data_and_training(run: RunRecord, metrics_rows: Sequence[dict]) -> list[Blo
     evaluation = summary.get("eval") or {}
     training += [(f"trainer eval: {k.removeprefix('eval_')}", evaluation[k])
                  for k in ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins") if k in evaluation]
+    # A method that learns from single replies or prompts measures its held-out rows itself, before and after
+    # (an RLOO run: the mean reward of greedy replies to its held-out prompts).
+    heldout = summary.get("heldout") or {}
+    before, after = heldout.get("before") or {}, heldout.get("after") or {}
+    training += [(f"held-out {key.replace('_', ' ')}: before → after (trainer)",
+                  f"{_fmt(before.get(key))} → {_fmt(value)}") for key, value in after.items()]
     return [
         Block("h2", "Configuration"),
         _table(("option", "value"), sorted((run.config or {}).items())),
@@ -159,9 +185,13 @@ def _data_and_training(run: RunRecord, metrics_rows: Sequence[dict]) -> list[Blo
         _table(("", ""), rows),
         Block("h2", "Training"),
         _table(("", ""), training),
-        Block("img", LOSS_PNG, rows=(("DPO loss per step",),)),
-        Block("img", MARGINS_PNG, rows=(("reward margin and accuracy per step",),)),
+        Block("img", LOSS_PNG, rows=((f"{method.upper()} loss per step",),)),
+        Block("img", MARGINS_PNG, rows=((_progress_panels(method)[0],),)),
     ]
+
+
+def _progress_panels(method: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return PROGRESS_PANELS.get(method, PROGRESS_PANELS["dpo"])
 
 
 def _before_after(before_after: dict[str, Any]) -> list[Block]:
@@ -395,9 +425,9 @@ def write_report(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_dir(out_dir)
     try:
-        _plot(tmp / LOSS_PNG, metrics_rows, [("loss", "DPO loss")])
-        _plot(tmp / MARGINS_PNG, metrics_rows,
-              [("rewards/margins", "reward margin"), ("rewards/accuracies", "reward accuracy")])
+        method = _method(run)
+        _plot(tmp / LOSS_PNG, metrics_rows, [("loss", f"{method.upper()} loss")])
+        _plot(tmp / MARGINS_PNG, metrics_rows, _progress_panels(method)[1])
         blocks = build_blocks(run, metrics_rows, before_after, tally, samples, max_samples, samples_note, safety,
                               steering)
         images = {name: (tmp / name).read_bytes() for name in (LOSS_PNG, MARGINS_PNG)}
