@@ -7,14 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar, cast
 
 import pytest
 
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY and HF offline before heavy imports)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
 
 
 def prefstudio_bin() -> str:
@@ -27,6 +31,15 @@ def prefstudio_bin() -> str:
 def session_home(tmp_path_factory) -> Path:
     """One PREFSTUDIO_HOME for fixtures shared by the whole run (the assembled model, converted weights)."""
     return tmp_path_factory.mktemp("prefstudio-session-home")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(session_home) -> Iterator[Path]:
+    """Every test runs with PREFSTUDIO_HOME set: the session home unless the test sets its own. Nothing reads or
+    writes the user's real studio, and a worker or training started without a home of its own uses the weights
+    converted there once per run (on a fresh machine the user's cache would cost one more conversion)."""
+    with prefstudio_home(session_home):
+        yield session_home
 
 
 @contextmanager
@@ -66,6 +79,36 @@ def studio_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("PREFSTUDIO_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def converted_weights(default_model, session_home) -> Path:
+    """The session home's models folder once the default model's training weights are converted there (a no-op
+    when a training fixture did it already; else ~1 min, once per run)."""
+    from trainers.model_source import resolve_model_source
+
+    with prefstudio_home(session_home):
+        source = resolve_model_source(default_model)
+    return source.model_dir.parent
+
+
+def link_converted_models(home: Path, models: Path) -> None:
+    """Let a studio under ``home`` use the training weights already converted in ``models`` (symlinks in its
+    models cache, so a worker or CLI started there loads them instead of converting the GGUF again)."""
+    cache = home / "cache" / "models"
+    cache.mkdir(parents=True, exist_ok=True)
+    for converted in sorted(models.iterdir()):
+        if converted.is_dir() and converted.name.startswith(("hf-", "tok-")) and not (cache / converted.name).exists():
+            (cache / converted.name).symlink_to(converted, target_is_directory=True)
+
+
+@pytest.fixture
+def studio_home_with_weights(studio_home, converted_weights) -> Path:
+    """``studio_home`` whose models cache links the session's converted weights: for tests whose point is not
+    the conversion but that start a reward or attribute worker, a CLI training or the compare under their own
+    home (each would otherwise convert the default model again)."""
+    link_converted_models(studio_home, converted_weights)
+    return studio_home
 
 
 @pytest.fixture(scope="session")
@@ -147,6 +190,44 @@ def trained_reward_run(default_model, session_home, tmp_path_factory) -> tuple[P
     return folder, prepared.run_id
 
 
+TRANSCRIPT_SYSTEM = "You are a concise, friendly assistant."
+ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.fixture(scope="session")
+def trained_dpo_run(engine, default_model, session_home, tmp_path_factory) -> tuple[Path, int]:
+    """A finished DPO run on the default model, trained once per test run: six steps at lr 1e-3, LoRA r 16 on
+    q/k/v/o, max length 128, on SEPARABLE_PAIRS stored as the chat stores them (the engine's rendered prompt and
+    reply convention), two of the six pairs held out. Six steps move the logits well clear of the engines'
+    noise (test_adapter_exactness) and the held-out margin (test_compare). The folder holding its database
+    (studio.db) and runs/, and the run's id; a test that adds to it copies it first (``copy_run_folder``)."""
+    from tiny_model import SEPARABLE_PAIRS
+
+    from store.studio_store import Store
+    from trainers.prompt_format import ChatTurn
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
+    from trainers.run_config import RunConfig
+
+    folder = tmp_path_factory.mktemp("dpo-run")
+    with prefstudio_home(session_home), Store.open(folder / "studio.db") as store:
+        session = store.create_session(TRANSCRIPT_SYSTEM)
+        for prompt, chosen, rejected in SEPARABLE_PAIRS:
+            prompt_id = store.add_prompt(session, prompt, [])
+            rendered = engine.fit_prompt(TRANSCRIPT_SYSTEM, [ChatTurn("user", prompt)], 64).text
+            ids = [store.add_candidate(prompt_id, slot, engine.prompt_format.as_completion(text), rendered,
+                                       engine.identity.model_id, engine.identity.sha256, {}, seed=slot)
+                   for slot, text in enumerate((chosen, rejected))]
+            store.record_judgement(prompt_id, "a", chosen_candidate_id=ids[0], rejected_candidate_id=ids[1])
+        config = RunConfig(max_steps=6, max_length=128, heldout_fraction=0.34, learning_rate=1e-3,
+                           target_modules=ATTENTION_MODULES)
+        prepared = prepare_run(store, config, model_path=default_model, runs_root=folder / "runs")
+        outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
+        assert outcome.status == "done", outcome.message
+        assert len(store.get_run(prepared.run_id).heldout_ids) == 2
+    return folder, prepared.run_id
+
+
 @pytest.fixture(scope="session")
 def trained_steer_run(default_model, session_home, tmp_path_factory) -> tuple[Path, int]:
     """A finished SteerLM run on the default model (two steps on replies rated on verbosity), trained once per
@@ -180,11 +261,35 @@ def trained_steer_run(default_model, session_home, tmp_path_factory) -> tuple[Pa
 def reward_data(trained_reward_run, tmp_path) -> tuple[Path, int]:
     """A test's own copy of the reward run's database and run folder (the run's folder recorded where the copy
     lies): the database path and the run id."""
+    source, run_id = trained_reward_run
+    return copy_run_folder(source, tmp_path / "reward-data") / "studio.db", run_id
+
+
+def copy_run_folder(source: Path, target: Path) -> Path:
+    """Copy a fixture's folder (its studio.db and runs/) to ``target`` for a test that adds to it, the runs'
+    recorded output folders pointed at the copy; return ``target``."""
     import sqlite3
 
-    source, run_id = trained_reward_run
-    target = tmp_path / "reward-data"
     shutil.copytree(source, target)
     with sqlite3.connect(target / "studio.db") as db:
         db.execute("UPDATE runs SET output_dir = replace(output_dir, ?, ?)", (str(source), str(target)))
-    return target / "studio.db", run_id
+    return target
+
+
+class BuiltOnce:
+    """Setup too costly to repeat (a real training run), built on first use and shared by every test module
+    that asks for it by the same key: a fixture imported into a second module is a second fixture to pytest,
+    so module or session scope alone would build it twice."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, object] = {}
+
+    def get(self, key: str, build: Callable[[], T]) -> T:
+        if key not in self._built:
+            self._built[key] = build()
+        return cast(T, self._built[key])
+
+
+@pytest.fixture(scope="session")
+def built_once() -> BuiltOnce:
+    return BuiltOnce()
