@@ -19,7 +19,7 @@ OPEN_S = 400  # the reward model opens in a worker (a process loading the model)
 
 
 @pytest.fixture
-def make_app(reward_data, default_model, studio_home):
+def make_app(reward_data, default_model, studio_home_with_weights):  # the worker loads the session's weights
     stores: list[Store] = []
     db_path, run_id = reward_data
 
