@@ -19,7 +19,8 @@ import trainers  # noqa: E402, F401  (HF offline env, as any script here should 
 LORA = {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 
 
-def options() -> argparse.Namespace:
+def options(extra: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
+    """The shared flags, and a script's own (``extra`` adds them to the parser)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", required=True, help="JSONL rows in the method's TRL format")
     parser.add_argument("--model", required=True, help="a .gguf file")
@@ -29,6 +30,8 @@ def options() -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None)
+    if extra is not None:
+        extra(parser)
     return parser.parse_args()
 
 
