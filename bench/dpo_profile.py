@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dpo_profile.py                 # default model, the train_speed bench pairs
     .venv/bin/python bench/dpo_profile.py --steps 6 --ops # + torch.profiler's top operators
+    .venv/bin/python bench/dpo_profile.py --fp32-weights  # the frozen weights left fp32 (before frozen_weights)
 
 Builds the studio's own trainer (``trainers.methods.dpo``: config, LoRA, shared-prompt forward, compact log-probs,
 bf16 autocast where the CPU has it) on the pairs ``bench/train_speed.py`` trains on, then runs the training steps
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--ops", action="store_true", help="also print torch.profiler's top operators")
     parser.add_argument("--trl-head", action="store_true",
                         help="TRL's own CPU fold for the LM head instead of trainers.cpu_logprob_head (as runs were)")
+    parser.add_argument("--fp32-weights", action="store_true",
+                        help="keep the frozen weights fp32 (as runs were before trainers.frozen_weights)")
     opts = parser.parse_args()
     memory: list[tuple[str, float, float]] = [("imports (python)", rss_mb(), peak_mb())]
 
@@ -70,6 +73,7 @@ def main() -> None:
     from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME, bundled_model_path
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
     from trainers.cpu_logprob_head import enable_cpu_logprob_head
+    from trainers.frozen_weights import store_frozen_weights_for_autocast
     from trainers.methods.dpo import METHOD, lora_config
     from trainers.model_prompt_format import prompt_format_for_model
     from trainers.model_source import load_model, load_tokenizer, resolve_model_source
@@ -111,6 +115,11 @@ def main() -> None:
         trainer = METHOD.trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                          processing_class=tokenizer, peft_config=lora_config(config))
         memory.append(("trainer built (LoRA, tokenised)", rss_mb(), peak_mb()))
+        if not opts.fp32_weights:
+            frozen = store_frozen_weights_for_autocast(trainer.model, "cpu", dtype)
+            if frozen is not None:
+                print(frozen.describe(), flush=True)
+                memory.append(("frozen weights stored for autocast", rss_mb(), peak_mb()))
         trainer.create_optimizer_and_scheduler(num_training_steps=opts.steps)
         model = trainer.model
         model.train()

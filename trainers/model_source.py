@@ -346,7 +346,8 @@ def load_model(model_dir: Path, *, device: str, four_bit: bool = False,
                bf16_weights: bool = False, merge_adapter: Path | None = None) -> PreTrainedModel:
     """Load the causal LM for LoRA training.
 
-    CPU: fp32 weights (bf16 there is an autocast choice made by the trainer, not a storage dtype).
+    CPU: fp32 weights (bf16 there is an autocast choice made by the trainer; once the LoRA is attached, a bf16
+    run stores the frozen weights as autocast uses them: ``trainers.frozen_weights``).
     CUDA: bf16 weights, or 4-bit NF4 through bitsandbytes (QLoRA) when ``four_bit``.
     ``merge_adapter``: an earlier run's PEFT adapter folder, merged into the weights before the new LoRA is
     attached (a run started ``--init-from`` that run; ``trainers.chain``). Not with ``four_bit``: merged into

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
 from trainers.chain import run_chain, save_run_adapter
+from trainers.frozen_weights import store_frozen_weights_for_autocast
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.pair_selection import (
     PairSelection,
@@ -293,6 +294,10 @@ def _train_and_publish(
     # Our recorder prints one line per step; the Trainer's own printer would repeat each as a dict.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    # After the LoRA is attached (it keeps fp32): the frozen weights as bf16 autocast uses them, fp32 pages let go.
+    frozen = store_frozen_weights_for_autocast(trainer.model, device, dtype)
+    if frozen is not None:
+        log(frozen.describe())
     trainable, total = trainer.model.get_nb_trainable_parameters()
     log(f"{plan.train} training pair(s), {plan.heldout} held out, {plan.steps} step(s), max length "
         f"{plan.max_length}; LoRA {trainable:,} of {total:,} parameters; {device} {dtype}, {threads} thread(s)")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
 from trainers.chain import RunChain, run_chain, save_run_adapter
 from trainers.feedback_selection import ExampleReport, TrainingExample, planned_report, run_examples
+from trainers.frozen_weights import store_frozen_weights_for_autocast
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.run.allocator import keep_freed_memory
 from trainers.run.callbacks import CancelAtStepBoundary, DropPickledArgs, MetricsRecorder
@@ -209,6 +210,9 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    frozen = store_frozen_weights_for_autocast(trainer.model, device, dtype)  # as DPO's (trainers.frozen_weights)
+    if frozen is not None:
+        log(frozen.describe())
     trainable, total = trainer.model.get_nb_trainable_parameters()
     log(f"{method.name}: {plan.train} training {unit}(s), {plan.heldout} held out, {plan.steps} step(s), max length "
         f"{plan.max_length}; LoRA {trainable:,} of {total:,} parameters; {device} {dtype}, {threads} thread(s)")
