@@ -2,7 +2,7 @@
 ``--safety`` (repeatable) on the command line. Parsed here without loading anything (``registry`` loads them).
 
 - ``profanity`` — the bundled offensive-language classifier; ``profanity:0.7`` sets its threshold (default 0.5)
-- ``wordlist:PATH`` — a blocklist file (``studio/safety/wordlist.py`` says its format)
+- ``wordlist:PATH`` — a blocklist file (``trainers/safety_checks/wordlist.py`` says its format)
 - ``guard:PATH`` — a Llama Guard 3 GGUF, run in llama.cpp
 - ``none`` — no checkers (alone)
 """
