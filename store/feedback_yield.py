@@ -169,6 +169,13 @@ def _context(row: dict[str, Any]) -> PromptContext:
     return PromptContext(row["id"], row["session_id"], row["text"], row["rendered"], tuple(messages))
 
 
+def prompt_contexts(db: sqlite_utils.Database, session_id: int | None = None) -> list[PromptContext]:
+    """Every stored prompt (one session's, or the whole store's) with its conversation, oldest first: what an
+    RLOO run samples replies for (``trainers/rl_prompts.py``)."""
+    rows = sorted(db.query(_PROMPTS_SQL, [session_id, session_id]), key=lambda row: row["id"])
+    return [_context(row) for row in rows]
+
+
 # Pairs
 
 

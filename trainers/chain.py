@@ -122,13 +122,13 @@ def check_init_from(store: Store, config: RunConfig, model: Path | str) -> RunCh
     missing = [name for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG) if not (folder / name).is_file()]
     if missing:
         raise ChainError(f"{where}: run {run_id} has no adapter in {folder} ({', '.join(missing)} missing)")
-    problem = _other_base(run, Path(model))
+    problem = other_base(run, Path(model))
     if problem:
         raise ChainError(f"{where}: {problem}")
     return RunChain(links=tuple(chain_of(store, run)), parent_adapter=folder)
 
 
-def _other_base(run: RunRecord, model: Path) -> str | None:
+def other_base(run: RunRecord, model: Path) -> str | None:
     """Why ``run`` was trained on another base model than ``model``, or None when it is the same one: the same
     GGUF by sha256 (the run's summary records it), else the same model directory."""
     from trainers.model_source import sha256_of

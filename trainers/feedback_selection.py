@@ -228,7 +228,7 @@ def examples_hash(examples: Sequence[TrainingExample]) -> str:
 # Reading each source
 
 
-def _prompt_of(context: feedback_yield.PromptContext, render: Callable[[], PromptFormat]) -> str:
+def prompt_of(context: feedback_yield.PromptContext, render: Callable[[], PromptFormat]) -> str:
     """The prompt the candidates saw; a prompt stored without candidates is rendered from its conversation."""
     if context.rendered is not None:
         return context.rendered
@@ -238,7 +238,7 @@ def _prompt_of(context: feedback_yield.PromptContext, render: Callable[[], Promp
 
 
 def _store_demonstrations(store: Store, config: RunConfig, render: Callable[[], PromptFormat]) -> list[TrainingExample]:
-    out = [TrainingExample(d.demo_id, _prompt_of(d.context, render), render().as_completion(d.text), None, d.origin)
+    out = [TrainingExample(d.demo_id, prompt_of(d.context, render), render().as_completion(d.text), None, d.origin)
            for d in feedback_yield.demonstrations(store.db, config.session_id)]
     if config.sft_include_chosen:
         out += _chosen_of(from_store_pairs(store.pairs(session_id=config.session_id)))
@@ -263,7 +263,7 @@ def _store_labels(store: Store, config: RunConfig, render: Callable[[], PromptFo
         # A candidate keeps the model's own spacing; an edit is stored stripped and gets the model's convention.
         completion = render().as_completion(label.completion) if label.label_id.endswith("e") else label.completion
         origin = "thumbs" if label.verdict in ("good", "bad") else "from comparisons"
-        out.append(TrainingExample(label.label_id, _prompt_of(label.context, render), completion, label.label,
+        out.append(TrainingExample(label.label_id, prompt_of(label.context, render), completion, label.label,
                                    origin))
     return out
 
@@ -509,17 +509,23 @@ def run_examples(store: Store, run: RunRecord, config: RunConfig) -> tuple[list[
     """The run's recorded training and held-out examples, checked against its hash (``recorded_pairs.run_pairs``
     for examples)."""
     available, _source = available_examples(store, config)
+    return recorded_examples(run, available)
+
+
+def recorded_examples(run: RunRecord, available: Sequence[TrainingExample], unit: str = "example"
+                      ) -> tuple[list[TrainingExample], list[TrainingExample]]:
+    """The run's training and held-out ``unit``s picked by id out of ``available``, checked against its hash."""
     by_id = {e.example_id: e for e in available}
     missing = [i for i in [*run.pair_ids, *run.heldout_ids] if i not in by_id]
     if missing:
-        raise PairSelectionError(f"{len(missing)} example(s) of run {run.id} are no longer available (e.g. "
+        raise PairSelectionError(f"{len(missing)} {unit}(s) of run {run.id} are no longer available (e.g. "
                                  f"{missing[0]}); start a new run")
     train = [by_id[i] for i in run.pair_ids]
     heldout = [by_id[i] for i in run.heldout_ids]
     if run.dataset_hash and examples_hash(train + heldout) != run.dataset_hash:
-        raise PairSelectionError(f"the examples of run {run.id} changed since it was prepared; start a new run")
+        raise PairSelectionError(f"the {unit}s of run {run.id} changed since it was prepared; start a new run")
     if not train:
-        raise PairSelectionError(f"run {run.id} has no training examples")
+        raise PairSelectionError(f"run {run.id} has no training {unit}s")
     return train, heldout
 
 

@@ -21,6 +21,7 @@ LOSS_TYPES = (
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16")
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
+ROLLOUTS = ("transformers", "llama")  # what samples an RLOO run's replies
 
 
 class RunConfigError(ValueError):
@@ -44,7 +45,8 @@ class RunConfig:
         metadata={"help": "Training method, one module each under trainers/methods/: dpo (TRL DPOTrainer on "
                   "preference pairs), sft (TRL SFTTrainer on demonstrations, loss on the reply tokens only), kto "
                   "(TRL KTOTrainer on replies marked good or bad), reward (TRL RewardTrainer: a score head on the "
-                  "model's own weights, on preference pairs); all train LoRA."},
+                  "model's own weights, on preference pairs), rloo (TRL RLOOTrainer: replies sampled for prompts and "
+                  "scored by a reward run's model, --reward-run); all train LoRA."},
     )
     # Model
     train_model: str | None = field(
@@ -121,8 +123,8 @@ class RunConfig:
     )
     beta: float = field(
         default=0.1,
-        metadata={"help": "DPO and KTO: how far the model may move from the reference (higher: less). For ipo, "
-                  "the τ regulariser."},
+        metadata={"help": "DPO, KTO and RLOO (its KL penalty): how far the model may move from the reference "
+                  "(higher: less). For ipo, the τ regulariser."},
     )
     # SFT
     sft_include_chosen: bool = field(
@@ -146,6 +148,46 @@ class RunConfig:
         default=None,
         metadata={"help": "KTO only: weight of the bad replies' loss. Default: set from the data's balance (see "
                   "--desirable-weight)."},
+    )
+    # RLOO (online RL against a reward run; trainers/methods/rloo.py)
+    reward_run: int | None = field(
+        default=None,
+        metadata={"help": "RLOO only, and required there: the reward run (its id) whose reward model scores the "
+                  "replies; it must be done and trained on the same model as this run."},
+    )
+    rl_prompts: str | None = field(
+        default=None,
+        metadata={"help": "RLOO only: where the prompts come from: store (default: the store's prompts, or one "
+                  "session's with --session-id), dataset (the prompts of --dataset), bank:NAME|PATH (a prompt bank: "
+                  "assets/prompts/NAME.txt or a bank file), or a FILE (one prompt per line, or JSONL with `prompt`)."},
+    )
+    num_generations: int = field(
+        default=4, metadata={"help": "RLOO only: replies sampled per prompt each step (the group; 2 or more)."}
+    )
+    max_completion_length: int = field(
+        default=48, metadata={"help": "RLOO only: most tokens of each sampled reply."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "RLOO only: sampling temperature of the replies."})
+    length_penalty: float = field(
+        default=0.0,
+        metadata={"help": "RLOO only: reward taken off per reply token over --length-target (0: off)."},
+    )
+    length_target: int = field(
+        default=32, metadata={"help": "RLOO only: reply length (tokens) the length penalty starts after."}
+    )
+    safety_penalty: float = field(
+        default=0.0,
+        metadata={"help": "RLOO only: reward taken off a reply the safety checker flags (0: off)."},
+    )
+    safety_checker: str = field(
+        default="profanity",
+        metadata={"help": "RLOO only: the checker of --safety-penalty: profanity (the bundled classifier) or "
+                  "wordlist:PATH (a blocklist file)."},
+    )
+    rollouts: str = field(
+        default="transformers",
+        metadata={"help": f"RLOO only: what samples the replies: {', '.join(ROLLOUTS)} (transformers' generate); "
+                  "llama (the quantised engine with the current adapter) needs a .gguf train model."},
     )
     learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the LoRA weights."})
     epochs: int = field(default=2, metadata={"help": "Passes over the training pairs."})
@@ -207,7 +249,8 @@ class RunConfig:
         checks: list[tuple[bool, str, str]] = [
             (self.method in METHODS, "method", f"must be one of the training methods: {', '.join(sorted(METHODS))}"),
             (self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}"),
-            (self.beta > 0, "beta", "must be greater than 0"),
+            (self.beta > 0 or (self.method == "rloo" and self.beta == 0), "beta",
+             "must be greater than 0 (0, no KL penalty, only with --method rloo)"),
             (0 < self.learning_rate < 1, "learning_rate", "must be between 0 and 1 (e.g. 5e-5)"),
             (self.epochs >= 1, "epochs", "must be 1 or more"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps", "must be 1 or more"),
@@ -264,12 +307,39 @@ class RunConfig:
             if getattr(self, name) not in (None, False) and self.method != method:
                 raise RunConfigError(f"{flag(name)} applies to --method {method} only (this run's method is "
                                      f"{self.method})")
+        self._check_rloo_fields()
         if self.method in ("sft", "kto") and self.loss_type != "sigmoid":
             raise RunConfigError(f"--loss-type is a DPO setting; --method {self.method} has its own loss (drop "
                                  f"--loss-type {self.loss_type})")
         if self.method == "kto" and self.batch_size < 2:
             raise RunConfigError("--batch-size must be 2 or more with --method kto: KTO estimates its KL term from "
                                  f"the other replies of each batch (got {self.batch_size})")
+
+    def _check_rloo_fields(self) -> None:
+        """RLOO's own settings: in range, and only on an RLOO run (elsewhere they would be silently ignored)."""
+        self.rollouts = str(self.rollouts).strip().lower()
+        checks: list[tuple[bool, str, str]] = [
+            (self.reward_run is None or self.reward_run >= 1, "reward_run", "must be a run id (1 or more)"),
+            (self.num_generations >= 2, "num_generations",
+             "must be 2 or more (RLOO's baseline for a reply is the mean reward of the others for its prompt)"),
+            (self.max_completion_length >= 1, "max_completion_length", "must be 1 or more"),
+            (self.temperature > 0, "temperature", "must be greater than 0"),
+            (self.length_penalty >= 0, "length_penalty", "must be 0 or more"),
+            (self.length_target >= 0, "length_target", "must be 0 or more"),
+            (self.safety_penalty >= 0, "safety_penalty", "must be 0 or more"),
+            (self.rollouts in ROLLOUTS, "rollouts", f"must be one of {', '.join(ROLLOUTS)}"),
+        ]
+        for ok, name, problem in checks:
+            if not ok:
+                raise RunConfigError(f"{flag(name)} {problem} (got {getattr(self, name)!r})")
+        if self.method == "rloo":
+            return
+        defaults = field_defaults()
+        for name in ("reward_run", "rl_prompts", "num_generations", "max_completion_length", "temperature",
+                     "length_penalty", "length_target", "safety_penalty", "safety_checker", "rollouts"):
+            if getattr(self, name) != defaults[name]:
+                raise RunConfigError(f"{flag(name)} applies to --method rloo only (this run's method is "
+                                     f"{self.method})")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

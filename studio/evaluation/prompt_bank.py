@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.assets import assets_dir
+from trainers.rl_prompts import parse_prompt_bank as parse_bank  # one reader: RLOO's bank:NAME uses it too
 
 
 @dataclass(frozen=True)
@@ -17,22 +18,6 @@ class PromptBank:
     name: str
     path: Path
     prompts: tuple[str, ...]
-
-
-def parse_bank(text: str) -> tuple[str, ...]:
-    prompts: list[str] = []
-    block: list[str] = []
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        if line.strip():
-            block.append(line.rstrip())
-        elif block:
-            prompts.append("\n".join(block))
-            block = []
-    if block:
-        prompts.append("\n".join(block))
-    return tuple(prompts)
 
 
 def load_bank(path: Path) -> PromptBank:

@@ -94,6 +94,10 @@ class ExampleMethod:
     def trainer_class(self) -> type[Trainer]:
         raise NotImplementedError
 
+    def trainer_class_for(self, config: RunConfig) -> type[Trainer]:
+        """The trainer class of this run (RLOO picks its rollout engine from the config)."""
+        return self.trainer_class()
+
     def training_rows(self, examples: Sequence[TrainingExample], config: RunConfig) -> list[dict[str, str | bool]]:
         """The training dataset's rows, in the order the trainer should see them (it may shuffle them itself)."""
         return [e.to_trl() for e in examples]
@@ -106,6 +110,16 @@ class ExampleMethod:
                       ) -> tuple[list[TrainingExample], list[TrainingExample]]:
         """The run's recorded training and held-out examples (SteerLM builds them from rated replies)."""
         return run_examples(store, run, config)
+
+    def trainer_kwargs(self, store: Store, run: RunRecord, config: RunConfig, paths: RunPaths, source: ModelSource,
+                       resume_step: int | None, log: Callable[[str], None]) -> dict[str, Any]:
+        """What the method's trainer takes besides the common arguments (RLOO: its reward function);
+        ``resume_step`` is the checkpoint's step when resuming, None on a fresh start."""
+        return {}
+
+    def extra_files(self, paths: RunPaths) -> dict[str, Path]:
+        """Files of the work directory the published run keeps beside metrics.jsonl (RLOO: samples.jsonl)."""
+        return {}
 
     def extra_summary(self, run: RunRecord) -> dict[str, Any]:
         """What the method adds to the run's summary (SteerLM: the attributes it was trained on)."""
@@ -189,6 +203,8 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         store.delete_run_metrics(run.id, after_step=checkpoint_step(checkpoint))
 
     args = method.trainer_args(config, paths.work_dir, device, dtype, bool(heldout), plan)
+    extra_kwargs = method.trainer_kwargs(store, run, config, paths, source,
+                                         checkpoint_step(checkpoint) if checkpoint else None, log)
     trainer: Trainer | None = None
 
     def add_metrics(step: int, epoch: float | None, metrics: dict[str, float]) -> int:
@@ -199,7 +215,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
     stopper = CancelAtStepBoundary(cancel.event)
     evaluation_rows = method.evaluation_rows(heldout)
     trainer_started = time.monotonic()
-    trainer = method.trainer_class()(
+    trainer = method.trainer_class_for(config)(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(method.training_rows(train, config)),
@@ -207,6 +223,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         processing_class=tokenizer,
         peft_config=causal_lm_lora(config),
         callbacks=[recorder, stopper, DropPickledArgs()],
+        **extra_kwargs,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -276,7 +293,7 @@ def train_examples(method: ExampleMethod, store: Store, run: RunRecord, config: 
         paths,
         lambda staging: save_run_adapter(trainer.model, staging, chain),
         {"run_config.json": config_record, "examples.json": examples_record, "metrics.jsonl": paths.live_metrics,
-         "summary.json": summary},
+         "summary.json": summary, **method.extra_files(paths)},
     )
     summary["output_dir"] = str(output)
     summary["seconds"]["total"] = round(time.monotonic() - started, 2)

@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "reward": "trainers.methods.reward",  # TRL RewardTrainer: a score head + PEFT LoRA, on pairs
     "attributes": "trainers.methods.attributes",  # one regression output per attribute + PEFT LoRA, on ratings
     "steerlm": "trainers.methods.steerlm",  # SFT on rated replies, the prompt carrying their values (SteerLM)
+    "rloo": "trainers.methods.rloo",  # TRL RLOOTrainer + PEFT LoRA: online RL against a reward run's model
 }
 
 # The feedback each method trains on (trainers/feedback_selection.py selects it; store/feedback_yield.py reads
@@ -26,6 +27,7 @@ METHOD_FEEDBACK: dict[str, str] = {
     "kto": "labels",
     "attributes": "ratings",  # rated replies, 0–4 per attribute (trainers/rating_selection.py)
     "steerlm": "ratings",  # the same rated replies, learnt as attribute-conditioned demonstrations
+    "rloo": "prompts",  # prompts alone: the replies are sampled while training and scored by a reward model
 }
 
 

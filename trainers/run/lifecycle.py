@@ -73,6 +73,8 @@ def plan_for_config(store: Store, config: RunConfig, model: Path | str,
     nothing. ``tokenizer`` saves loading it again."""
     check_target_modules(Path(model), config.target_modules)  # a misspelt module is named here too
     check_init_from(store, config, model)  # --init-from: a run that exists, is done, on this same model
+    if feedback_of(config.method) == "prompts":  # RLOO: prompts alone, scored by a reward run checked now
+        return _plan_prompts(store, config, model, tokenizer)
     learns_from_pairs = feedback_of(config.method) == "pairs"
     selection = select_for_config(store, config) if learns_from_pairs else select_examples(store, config, str(model))
     if tokenizer is None:
@@ -82,6 +84,20 @@ def plan_for_config(store: Store, config: RunConfig, model: Path | str,
     if learns_from_pairs:
         return plan_selection(selection, tokenizer, config)
     return plan_examples(selection, tokenizer, config)  # SFT's demonstrations, KTO's labels
+
+
+def _plan_prompts(store: Store, config: RunConfig, model: Path | str,
+                  tokenizer: PreTrainedTokenizerBase | None) -> ExampleSelection:
+    from trainers.reward_functions import check_reward_terms
+    from trainers.rl_prompts import plan_prompts, select_prompts
+
+    check_reward_terms(store, config, model)
+    selection = select_prompts(store, config, str(model))
+    if tokenizer is None:
+        from trainers.model_source import load_tokenizer_for
+
+        tokenizer = load_tokenizer_for(model)
+    return plan_prompts(selection, tokenizer, config)
 
 
 def prepare_run(
