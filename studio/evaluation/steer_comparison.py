@@ -7,7 +7,7 @@ result is stored with the run (evaluation kind ``steer_comparison``) for the rep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,9 +71,11 @@ def checked_settings(store: Store, run_id: int, settings: list[Mapping[str, int]
 
 def steer_comparison(engine: ChatEngine, store: Store, run_id: int, settings: list[Mapping[str, int]], *,
                      system: str, sampling: SamplingSettings, seed: int = 0, prompts_from: str = "auto",
-                     limit: int | None = None) -> SteerComparison:
+                     limit: int | None = None, progress: Callable[[int, int], None] | None = None,
+                     should_stop: Callable[[], bool] | None = None) -> SteerComparison:
     """Answer the prompts at both settings with run ``run_id``'s adapter; stored with the run. Leaves the base
-    model active. ValueError subclasses with user-facing messages."""
+    model active. ValueError subclasses with user-facing messages. ``progress(done, total)`` after each answer
+    (the compare screen's bar); ``should_stop()`` true ends it with nothing stored (a screen left)."""
     checked = checked_settings(store, run_id, settings)
     run = store.get_run(run_id)
     prompts, label = resolve_prompts(PromptSource.parse(prompts_from), store, run, [], [])
@@ -88,13 +90,25 @@ def steer_comparison(engine: ChatEngine, store: Store, run_id: int, settings: li
             text = prompt if isinstance(prompt, str) else prompt.text
             # Room for the attribute string is kept when fitting, as the chat's rounds do (judging.draft_round).
             fitted = engine.fit_prompt(system, [ChatTurn("user", text)], sampling.max_tokens + 48).text
-            answers = [engine.generate(steered_prompt(fitted, values, engine.prompt_format.name), sampling,
-                                       seed + i).text.strip() for values in checked]
+            answers = []
+            for values in checked:
+                if should_stop is not None and should_stop():
+                    return result
+                answers.append(engine.generate(steered_prompt(fitted, values, engine.prompt_format.name), sampling,
+                                               seed + i).text.strip())
+                if progress is not None:
+                    progress(2 * i + len(answers), 2 * len(prompts))
             result.rows.append(SteerRow(text, answers[0], answers[1], seed + i))
     finally:
         engine.activate_adapter(None)
     store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
     return result
+
+
+def stored_steer_comparison(store: Store, run_id: int) -> SteerComparison | None:
+    """The run's latest stored steering side by side (``compare --steer`` or the compare screen's), if any."""
+    data = store.latest_evaluation(run_id, EVALUATION_KIND)
+    return SteerComparison.from_dict(data) if data else None
 
 
 def steer_lines(result: SteerComparison) -> list[str]:

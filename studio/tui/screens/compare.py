@@ -12,6 +12,11 @@ The chooser on top picks the prompts (held-out, a bank, the session's questions,
 
 With safety checkers configured (the chat's, loaded once), the metrics also show each checker's flagged rate and
 mean score, base → tuned; a stored comparison measured before they were configured is checked in a worker.
+
+Steering side by side (a SteerLM run): ``ctrl+t`` opens two rows of the run's trained attributes (``SteerRow``,
+the chat's sliders), one per side; enter on the second answers the chooser's prompts at both settings in a worker
+(``steer_comparison``, what ``compare --steer`` runs, stored the same way so the report shows it) and the panels
+show each prompt's two answers. Escape goes back to base vs tuned. Another run's ctrl+t says why it cannot steer.
 """
 
 from __future__ import annotations
@@ -42,10 +47,19 @@ from studio.evaluation.compare_session import (
 from studio.evaluation.comparison import blind_order
 from studio.evaluation.comparison_text import describe_sampling, metrics_text
 from studio.evaluation.prompts import PromptSource
+from studio.evaluation.steer_comparison import SteerComparison, steer_comparison, stored_steer_comparison
 from studio.inference.engine import EngineError, SamplingSettings
 from studio.reward.scorer import RewardScorer, RewardScorerError
 from studio.safety.checker import SafetyChecker
 from studio.tui.widgets.candidate_panel import CandidatePanel
+from studio.tui.widgets.steer_row import START_VALUE, SteerRow
+from trainers.steer_format import (
+    ATTRIBUTE_MAX,
+    ATTRIBUTE_MIN,
+    SteerValueError,
+    attribute_string,
+    steerable_attributes,
+)
 
 
 @dataclass
@@ -68,6 +82,16 @@ class ComparisonFailed(Message):
     error: str
 
 
+@dataclass
+class SteeringReady(Message):
+    result: SteerComparison
+
+
+@dataclass
+class SteeringFailed(Message):
+    error: str
+
+
 class CompareScreen(Screen):
     AUTO_FOCUS = "#compare-left"  # not the chooser: the voting keys must work as the screen opens
     BINDINGS = [
@@ -82,6 +106,7 @@ class CompareScreen(Screen):
         Binding("g", "regenerate", "Generate again"),
         Binding("s", "choose_prompts", "Prompts"),
         Binding("w", "write_report", "Report"),
+        Binding("ctrl+t", "steer", "Steer side by side"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -97,6 +122,7 @@ class CompareScreen(Screen):
         self.sampling: SamplingSettings | None = None  # None until on_mount reads the settings
         self._choice = "auto"  # the chooser value last compared on (or being compared on)
         self._seen_revealed: set[int] = set()  # rows shown with their sides named: no blind vote on them
+        self.steering: SteerComparison | None = None  # shown instead of base vs tuned while not None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -114,6 +140,7 @@ class CompareScreen(Screen):
                 yield Input(type="number", compact=True, id="compare-temperature")
                 yield Label("max tokens", classes="compare-label")
                 yield Input(type="integer", compact=True, id="compare-max-tokens")
+            yield Vertical(id="compare-steer")  # the two SteerRows, mounted by ctrl+t on a SteerLM run
             yield Static("", id="compare-prompt", markup=False)
             with Horizontal(id="compare-panels"):
                 yield CandidatePanel(0, id="compare-left")
@@ -257,6 +284,9 @@ class CompareScreen(Screen):
     # --- display ---
 
     def _show(self) -> None:
+        if self.steering is not None:
+            self._show_steering(self.steering)
+            return
         result = self.result
         if result is None or not result.rows:
             return
@@ -297,11 +327,16 @@ class CompareScreen(Screen):
     # --- actions ---
 
     def action_move(self, step: int) -> None:
-        if self.result and self.result.rows:
-            self.index = (self.index + step) % len(self.result.rows)
+        rows = self.steering.rows if self.steering is not None else self.result.rows if self.result else []
+        if rows:
+            self.index = (self.index + step) % len(rows)
             self._show()
 
     def action_vote(self, vote: str) -> None:
+        if self.steering is not None:
+            self.notify("Steering side by side takes no votes: escape goes back to base vs tuned.",
+                        severity="warning")
+            return
         if not self.result or not self.result.rows:
             return
         if not self.blind:
@@ -320,6 +355,10 @@ class CompareScreen(Screen):
         self._show()
 
     def action_toggle_blind(self) -> None:
+        if self.steering is not None:
+            self.notify("Both sides are the same SteerLM run: there is nothing to hide. Escape goes back to base vs "
+                        "tuned.", severity="warning")
+            return
         self.blind = not self.blind
         if self.blind:
             self.order = self._draw_order()
@@ -329,7 +368,11 @@ class CompareScreen(Screen):
         self.query_one("#compare-source", Select).focus()
 
     def action_regenerate(self) -> None:
-        """Compare again with the chooser's prompts and sampling (a bad field is named, nothing runs)."""
+        """Compare again with the chooser's prompts and sampling (a bad field is named, nothing runs); while
+        steering, answer at the two rows' settings again."""
+        if self.query(SteerRow):
+            self.action_steer_generate()
+            return
         try:
             source, sampling = self._chosen()
         except ValueError as exc:
@@ -407,5 +450,137 @@ class CompareScreen(Screen):
         if isinstance(self.focused, Input | Select):  # escape leaves the chooser first, then the screen
             self._focus_answers()
             return
+        if self.query(SteerRow):  # then steering, back to base vs tuned
+            self._close_steering()
+            return
         self.workers.cancel_group(self, "compare")
         self.app.return_to_chat()  # back to the chat, also when opened from the train or exercise screen
+
+    # --- steering side by side (a SteerLM run at two settings) ---
+
+    def action_steer(self) -> None:
+        """Open the two setting rows (the run's trained attributes only), or focus them when open. The run's
+        latest stored steering, if any, is shown at once with its settings in the rows."""
+        rows = self.query(SteerRow)
+        if rows:
+            rows.first().focus()
+            return
+        run = self.app.store.get_run(self.run_id)
+        try:
+            trained = steerable_attributes(run.config, run.summary, run.status, run.id)
+        except SteerValueError as exc:  # another method, unfinished, or no attributes recorded: say which
+            self.notify(f"Cannot steer: {exc}.", severity="error", timeout=10)
+            return
+        stored = stored_steer_comparison(self.app.store, self.run_id)
+        if stored is not None and not all(set(s) <= set(trained) for s in stored.settings):
+            stored = None  # made with attributes this run no longer offers: not shown in rows that lack them
+        first, second = stored.settings if stored is not None else self._default_settings(trained)
+        holder = self.query_one("#compare-steer", Vertical)
+        holder.mount(SteerRow(self.run_id, trained, first, label="left", id="compare-steer-first"),
+                     SteerRow(self.run_id, trained, second, label="right", id="compare-steer-second"))
+        holder.query_one("#compare-steer-first", SteerRow).focus()
+        if stored is not None and stored.rows:
+            self.post_message(SteeringReady(stored))
+
+    @staticmethod
+    def _default_settings(trained: tuple[str, ...]) -> tuple[dict[str, int], dict[str, int]]:
+        # The first attribute at both ends of the scale, the others in the middle: one change to read.
+        first = {name: START_VALUE for name in trained}
+        return {**first, trained[0]: ATTRIBUTE_MIN}, {**first, trained[0]: ATTRIBUTE_MAX}
+
+    def on_steer_row_done(self, event: SteerRow.Done) -> None:
+        """Enter on the left row moves to the right one; on the right one, answers at both settings. Escape
+        leaves the rows for the answers (a second escape closes the steering)."""
+        event.stop()
+        if not event.accepted:
+            self._focus_answers()
+        elif event.row.id == "compare-steer-first":
+            self.query_one("#compare-steer-second", SteerRow).focus()
+        else:
+            self.action_steer_generate()
+
+    def on_steer_row_changed(self, event: SteerRow.Changed) -> None:
+        event.stop()  # read from the rows when answering
+
+    def action_steer_generate(self) -> None:
+        rows = self.query(SteerRow)
+        if len(rows) != 2:
+            return
+        settings = [dict(row.values) for row in rows]
+        if settings[0] == settings[1]:
+            self.notify(f"Both sides are set to [{attribute_string(settings[0])}]: change one (ctrl+t, then ◀ ▶).",
+                        severity="warning", timeout=8)
+            return
+        try:
+            source, sampling = self._chosen()
+        except ValueError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        self._focus_answers()
+        self.query_one("#compare-progress", ProgressBar).update(total=None, progress=0)
+        self.query_one("#compare-progress", ProgressBar).display = True
+        self.query_one("#compare-title", Static).update(Content(
+            f"Run {self.run_id}: steering [{attribute_string(settings[0])}] vs [{attribute_string(settings[1])}] "
+            f"on {source.spec}…"))
+        self.compute_steering(settings, source, sampling)
+
+    @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
+    def compute_steering(self, settings: list[dict[str, int]], source: PromptSource,
+                         sampling: SamplingSettings) -> None:
+        worker = get_current_worker()
+        try:
+            result = steer_comparison(
+                self.app.engine, self.app.store, self.run_id, settings, system=self.app.current_system_prompt,
+                sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source.spec,
+                progress=lambda done, total: self.post_message(ComparisonProgress("steering", done, total)),
+                should_stop=lambda: worker.is_cancelled)
+        except (ValueError, EngineError) as exc:  # SteerValueError, RunAdapterError, a prompt that does not fit
+            self.post_message(SteeringFailed(str(exc)))
+            return
+        finally:
+            self.app.call_from_thread(self.app.restore_adapter)
+        if not worker.is_cancelled:
+            self.post_message(SteeringReady(result))
+
+    def on_steering_ready(self, message: SteeringReady) -> None:
+        if not self.query(SteerRow):
+            return  # closed meanwhile
+        self.steering = message.result
+        self.index = 0
+        self.query_one("#compare-progress", ProgressBar).display = False
+        self.query_one("#compare-title", Static).remove_class("error-text")
+        self.query_one("#compare-metrics", Static).update("")
+        self._show()
+
+    def on_steering_failed(self, message: SteeringFailed) -> None:
+        self.query_one("#compare-progress", ProgressBar).display = False
+        self.notify(f"Not steered: {message.error}", severity="error", timeout=10)
+        self._show()  # what was shown before stays
+
+    def _show_steering(self, result: SteerComparison) -> None:
+        if not result.rows:
+            return
+        self.index = min(self.index, len(result.rows) - 1)
+        row = result.rows[self.index]
+        labels = result.labels()
+        panels = (self.query_one("#compare-left", CandidatePanel), self.query_one("#compare-right", CandidatePanel))
+        for panel, text, label in zip(panels, (row.first_text, row.second_text), labels, strict=True):
+            panel.finish(text, f"seed {row.seed}")
+            panel.border_title = Content(f"{panel.letter} · [{label}]")  # Content: brackets are not markup
+        self.query_one("#compare-title", Static).update(
+            f"Run {self.run_id} · steering side by side · prompt {self.index + 1}/{len(result.rows)} from "
+            f"{result.prompts_source} · [{labels[0]}] vs [{labels[1]}], same seed · escape: base vs tuned")
+        self.query_one("#compare-prompt", Static).update(Content(f"Prompt: {row.prompt}"))
+        self.query_one("#compare-tally", Static).update(
+            "ctrl+t: change the settings, enter on the right row (or g) answers again; w writes the report")
+
+    def _close_steering(self) -> None:
+        self.workers.cancel_group(self, "compare")
+        self.query_one("#compare-steer", Vertical).remove_children()
+        self.query_one("#compare-progress", ProgressBar).display = False
+        self.steering = None
+        self.index = 0
+        if self.result is not None:
+            self.query_one("#compare-metrics", Static).update(metrics_text(self.result))
+        self._focus_answers()
+        self._show()

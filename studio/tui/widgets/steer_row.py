@@ -44,8 +44,8 @@ class SteerRow(Static, can_focus=True):
         Binding("right", "step(1)", "+1"),
         Binding("left", "step(-1)", "-1"),
         *(Binding(str(v), f"set({v})", str(v), show=False) for v in range(ATTRIBUTE_MIN, ATTRIBUTE_MAX + 1)),
-        Binding("enter", "done", "Back to the prompt"),
-        Binding("escape", "done", "Back to the prompt", show=False),
+        Binding("enter", "done(True)", "Back to the prompt"),
+        Binding("escape", "done(False)", "Back to the prompt", show=False),
     ]
 
     class Changed(Message):
@@ -55,16 +55,18 @@ class SteerRow(Static, can_focus=True):
             self.values = values
 
     class Done(Message):
-        def __init__(self, row: SteerRow) -> None:
+        def __init__(self, row: SteerRow, accepted: bool = True) -> None:
             super().__init__()
             self.row = row
+            self.accepted = accepted  # enter (True) or escape (False): the compare screen answers on enter only
 
     def __init__(self, run_id: int, attributes: Sequence[str], values: Mapping[str, int] | None = None,
-                 **kwargs) -> None:
+                 label: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if not attributes:
             raise ValueError("a steering row needs at least one attribute")
         self.run_id = run_id
+        self.label = label or f"steer (run {run_id})"  # the compare screen's two rows: "left", "right"
         self.attributes = tuple(attributes)
         given = values or {}
         self.values: dict[str, int] = {name: int(given.get(name, START_VALUE)) for name in self.attributes}
@@ -93,8 +95,8 @@ class SteerRow(Static, can_focus=True):
     def action_set(self, value: int) -> None:
         self._set(value)
 
-    def action_done(self) -> None:
-        self.post_message(self.Done(self))
+    def action_done(self, accepted: bool = True) -> None:
+        self.post_message(self.Done(self, accepted))
 
     def _set(self, value: int) -> None:
         if self.values[self.current] != value:
@@ -108,7 +110,7 @@ class SteerRow(Static, can_focus=True):
                           for i, name in enumerate(self.attributes))
 
     def _render_row(self) -> None:
-        text = Text(f"steer (run {self.run_id}): ", style="italic")
+        text = Text(f"{self.label}: ", style="italic")
         for i, name in enumerate(self.attributes):
             if i:
                 text.append(" · ")
