@@ -51,7 +51,7 @@ def compare(
             store.get_run(run)  # a missing run is named before the model loads (seconds)
             store.mark_stale_runs([run], when="when it was compared")  # a dead trainer's run is not running
             engine = open_engine()
-            with _reward_scorer(store, reward_run or settings().reward_run, engine) as scorer:
+            with _reward_scorer(store, _default_reward_run(store, run, reward_run), engine) as scorer:
                 result = run_comparison(engine, store, run, system=settings().system_prompt,
                                         sampling=sampling, seed=seed, prompts_from=source, limit=limit,
                                         reward_scorer=scorer, checkers=_safety_checkers())
@@ -117,7 +117,15 @@ def _with_safety(store: Store, run: int, result: ComparisonResult) -> Comparison
     checkers = _safety_checkers()
     return (comparison_with_safety(store, run, checkers) or result) if checkers else result
 REWARD_RUN_HELP = ("A finished reward run that scores every base and tuned answer: their mean reward is shown beside "
-                   "the other metrics (default: the global --reward-run or the config's reward_run).")
+                   "the other metrics (default: an RLOO run's own reward model, else the global --reward-run or the "
+                   "config's reward_run).")
+
+
+def _default_reward_run(store: Store, run: int, reward_run: int | None) -> int | None:
+    """--reward-run, else the reward model an RL run was optimised against, else the global / config one."""
+    from studio.evaluation.rl_heldout import optimised_reward_run
+
+    return reward_run or optimised_reward_run(store.get_run(run)) or settings().reward_run
 
 
 @contextmanager
@@ -189,7 +197,7 @@ def report(
             store.get_run(run)  # a missing run is named before any model is loaded
             store.mark_stale_runs([run], when="when its report was asked for")  # not "still training"
             result = None if fresh else stored_comparison(store, run)
-            wanted = reward_run or settings().reward_run
+            wanted = _default_reward_run(store, run, reward_run)
             if result is None or (wanted is not None and (result.reward is None or result.reward.run_id != wanted)):
                 engine = open_engine()
                 with _reward_scorer(store, wanted, engine) as scorer:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from studio.evaluation.comparison import (
     BlindTally,
     ComparisonError,
+    ComparisonPrompt,
     heldout_pairs,
     side_by_side,
 )
@@ -22,6 +23,7 @@ from studio.evaluation.comparison_result import ComparisonResult, StanceParts
 from studio.evaluation.comparison_text import report_columns, samples_note, stance_lines
 from studio.evaluation.prompts import PromptSource, resolve_prompts
 from studio.evaluation.reward_metric import RewardMeans, measure_reward
+from studio.evaluation.rl_heldout import is_rl_run, rl_heldout_prompts
 from studio.evaluation.run_adapters import adapter_name, gguf_adapter_for_run
 from studio.evaluation.safety_metrics import SafetyMetrics, measure_safety
 from studio.evaluation.stance_metric import (
@@ -33,6 +35,7 @@ from studio.inference.engine import ChatEngine, Generation, SamplingSettings
 from studio.inference.scoring import PreferenceMetrics, preference_metrics
 
 if TYPE_CHECKING:
+    from store.pairs import PreferencePair
     from store.records import RunRecord
     from store.studio_store import Store
     from studio.reward.scorer import RewardScorer
@@ -84,13 +87,17 @@ def run_comparison(
         # The exercise's own system prompt (short replies) and its test prompts; its held-out items are
         # scored by the stance metric instead of as pairs.
         system = run_exercise_system(run)
+    rl = is_rl_run(run)  # an RLOO run held out prompts, not pairs: its comparison answers them by default
     try:
-        pairs = [] if exercise else heldout_pairs(store, run)
+        pairs = [] if exercise or rl else heldout_pairs(store, run)
     except ComparisonError as exc:
         pairs = []
         notes.append(str(exc))
     test_prompts = _exercise_test_prompts(store, run) if exercise and source.kind == "auto" else []
-    prompts, label = resolve_prompts(source, store, run, pairs, test_prompts)
+    if rl and source.kind in ("auto", "heldout"):
+        prompts, label = _rl_prompts(store, run, source, pairs, notes)
+    else:
+        prompts, label = resolve_prompts(source, store, run, pairs, test_prompts)
     if limit:
         prompts = prompts[:limit]
     result = ComparisonResult(run_id=run_id, prompts_source=label, rows=[], seed=seed, notes=notes,
@@ -120,6 +127,18 @@ def run_comparison(
         result.reward = _reward(reward_scorer, result, system, progress, should_stop)
     store.save_evaluation(run_id, EVALUATION_KIND, result.to_dict())
     return result
+
+
+def _rl_prompts(store: Store, run: RunRecord, source: PromptSource, pairs: list[PreferencePair],
+                notes: list[str]) -> tuple[list[str | ComparisonPrompt], str]:
+    """An RL run's held-out prompts; asked for by default (auto) and there are none: the bank, with a note why."""
+    try:
+        return list(rl_heldout_prompts(store, run)), "held-out prompts"
+    except ComparisonError as exc:
+        if source.kind == "heldout":
+            raise
+        notes.append(str(exc))
+        return resolve_prompts(source, store, run, pairs, [])
 
 
 def _reward(scorer: RewardScorer, result: ComparisonResult, system: str, progress: Progress | None,
