@@ -41,7 +41,8 @@ def rloo_app(tmp_path: Path, default_model: Path, studio_home: Path):
     runs = tmp_path / "runs"
     reward_id = store.create_run({"method": "reward"}, "m", str(runs / "run-reward"), [], [])
     store.set_run_status(reward_id, "done")
-    run_id = store.create_run({"method": "rloo", "reward_run": reward_id}, "m", str(runs / "run-rloo"), [], [])
+    run_id = store.create_run({"method": "rloo", "reward_run": reward_id, "num_generations": 8}, "m",
+                              str(runs / "run-rloo"), [], [])
     store.set_run_status(run_id, "training", pid=os.getpid())
     paths = RunPaths(runs / "run-rloo")
     paths.work_dir.mkdir(parents=True)
@@ -60,6 +61,7 @@ def panel_text(screen: TrainScreen) -> str:
 async def test_an_rloo_run_shows_reward_kl_and_its_latest_samples_live(rloo_app) -> None:
     app, run_id, paths = rloo_app
     async with app.run_test(size=(140, 44)) as pilot:
+        await wait_for(pilot, lambda: app.engine is not None)  # the model loaded first: f5 then answers at once
         await pilot.press("f5")
         await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
         screen = app.screen
@@ -95,6 +97,14 @@ async def test_an_rloo_run_shows_reward_kl_and_its_latest_samples_live(rloo_app)
         app.store.set_run_status(run_id, "done")
         await wait_for(pilot, lambda: "finished" in str(screen.query_one("#train-status").render()))
 
+        # The form starts from this RLOO run's settings; another method drops them instead of being refused.
+        from textual.widgets import Select
+
+        screen.query_one("#cfg-method", Select).value = "dpo"
+        await pilot.pause()
+        config = screen._config_from_form()
+        assert (config.method, config.reward_run, config.num_generations) == ("dpo", None, 4)
+
 
 async def test_a_dpo_run_shows_no_samples_panel(tmp_path: Path, default_model: Path, studio_home: Path) -> None:
     store = Store.open(tmp_path / "studio.db")
@@ -104,6 +114,7 @@ async def test_a_dpo_run_shows_no_samples_panel(tmp_path: Path, default_model: P
     app = PreferenceStudioApp(settings=replace(load_settings(), model=default_model), store=store)
     try:
         async with app.run_test(size=(140, 44)) as pilot:
+            await wait_for(pilot, lambda: app.engine is not None)
             await pilot.press("f5")
             await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
             screen = app.screen
@@ -111,5 +122,42 @@ async def test_a_dpo_run_shows_no_samples_panel(tmp_path: Path, default_model: P
             assert not screen.query_one("#rl-samples", RLSamplesPanel).display
             assert not screen.query_one("#cfg-reward_run").display  # the form asks for a reward model for RL only
             assert "entropy" not in str(screen.query_one("#train-rate").render())
+    finally:
+        store.close()
+
+
+async def test_choosing_rloo_asks_for_a_finished_reward_run(tmp_path: Path, default_model: Path,
+                                                            studio_home: Path) -> None:
+    from textual.widgets import Select
+
+    store = Store.open(tmp_path / "studio.db")
+    runs = tmp_path / "runs"
+    older = store.create_run({"method": "reward"}, "m", str(runs / "run-r1"), [], [])
+    store.set_run_status(older, "done")
+    newer = store.create_run({"method": "reward"}, "m", str(runs / "run-r2"), [], [])
+    store.set_run_status(newer, "done")
+    unfinished = store.create_run({"method": "reward"}, "m", str(runs / "run-r3"), [], [])
+    store.set_run_status(unfinished, "failed", "test")
+    app = PreferenceStudioApp(settings=replace(load_settings(), model=default_model), store=store)
+    try:
+        async with app.run_test(size=(140, 44)) as pilot:
+            await wait_for(pilot, lambda: app.engine is not None)
+            await pilot.press("f5")
+            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+            screen = app.screen
+            chooser = screen.query_one("#cfg-reward_run", Select)
+            assert not chooser.display
+            screen.query_one("#cfg-method", Select).value = "rloo"
+            await wait_for(pilot, lambda: chooser.display)
+            assert [value for _label, value in chooser._options if isinstance(value, int)] == [newer, older]
+            assert chooser.value == newer  # the newest finished one; a failed run is not offered
+            chooser.value = older
+            config = screen._config_from_form()
+            assert (config.method, config.reward_run) == ("rloo", older)
+            plot = screen.query_one("#plot-margin", MetricPlot)
+            assert (plot.title, plot.series) == METHOD_PLOTS["rloo"]
+            screen.query_one("#cfg-method", Select).value = "dpo"
+            await wait_for(pilot, lambda: not chooser.display)
+            assert screen._config_from_form().reward_run is None
     finally:
         store.close()

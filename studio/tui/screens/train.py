@@ -42,7 +42,7 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from studio.tui.widgets.rl_samples import RLSamplesPanel
-from trainers.methods.registry import METHODS
+from trainers.methods.registry import METHODS, feedback_of
 from trainers.model_source import ModelSourceError
 from trainers.run.lifecycle import (
     ACTIVE,
@@ -73,7 +73,6 @@ METHOD_PLOTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # More of a method's live numbers, on the rate line only (an RL run's entropy and reply length in tokens).
 METHOD_NUMBERS: dict[str, tuple[str, ...]] = {"rloo": ("entropy", "completions/mean_length")}
-RL_METHODS = ("rloo",)  # learn from prompts scored by a reward run: the form asks which, the screen shows samples
 # The checkbox that lets a method learn from pairs too, per method (DPO learns from nothing else).
 FROM_PAIRS = {"sft": ("sft_include_chosen", "also learn the chosen reply of each pair"),
               "kto": ("kto_from_pairs", "also use pairs: chosen good, rejected bad")}
@@ -82,6 +81,12 @@ DATASET_KINDS = {"preference": "pairs", "demonstrations": "demonstrations", "lab
 
 def _help(name: str) -> str | None:
     return next((f.metadata.get("help") for f in fields(RunConfig) if f.name == name), None)
+
+
+def is_rl(method: str) -> bool:
+    """An online RL method (rloo): it learns from prompts scored by a reward run, so the form asks which, and the
+    screen shows its sampled replies."""
+    return feedback_of(method) == "prompts"
 
 
 def method_plot(method: str) -> tuple[str, tuple[str, ...]]:
@@ -226,7 +231,7 @@ class TrainScreen(Screen):
         select = Select([(f"reward run {r.id} ({r.created_at[:16]})", r.id) for r in runs],
                         value=chosen if chosen in {r.id for r in runs} else (runs[0].id if runs else Select.NULL),
                         prompt="no finished reward run", id="cfg-reward_run", tooltip=_help("reward_run"))
-        label.display = select.display = base.method in RL_METHODS
+        label.display = select.display = is_rl(base.method)
         yield label
         yield select
 
@@ -269,9 +274,12 @@ class TrainScreen(Screen):
         values["kto_from_pairs"] = method == "kto" and from_pairs
         values["drop_flagged"] = self.query_one("#cfg-drop_flagged", Checkbox).value
         values["desirable_weight"] = values["undesirable_weight"] = None  # KTO: from the data's balance
-        if method in RL_METHODS:  # the other methods' configs have no reward model to name
+        if is_rl(method):  # the other methods' configs have no reward model to name
             reward_run = self.query_one("#cfg-reward_run", Select).value
             values["reward_run"] = reward_run if isinstance(reward_run, int) else None
+        else:  # a last run's RL settings are refused by another method's config
+            values.update({f.name: f.default for f in fields(RunConfig)
+                           if (f.metadata.get("help") or "").startswith("RLOO only")})
         scope = self.query_one("#cfg-scope", Select).value
         values["session_id"] = self.app.current_session_id if scope == "session" else None
         dataset = scope.removeprefix("dataset:") if scope.startswith("dataset:") else None
@@ -302,7 +310,7 @@ class TrainScreen(Screen):
         box.disabled = method not in FROM_PAIRS
         box.label = FROM_PAIRS.get(method, ("", ""))[1]
         for widget in (self.query_one("#reward-run-label"), self.query_one("#cfg-reward_run")):
-            widget.display = method in RL_METHODS
+            widget.display = is_rl(method)
         if self.run_id is None:  # a run being followed keeps its own method's plot
             self.query_one("#plot-margin", MetricPlot).set_series(*method_plot(method))
 
@@ -437,8 +445,8 @@ class TrainScreen(Screen):
         self.query_one("#train-log", RichLog).clear()
         paths = RunPaths(Path(run.output_dir))
         samples = self.query_one("#rl-samples", RLSamplesPanel)
-        samples.display = method in RL_METHODS
-        samples.follow(paths if method in RL_METHODS else None)
+        samples.display = is_rl(method)
+        samples.follow(paths if is_rl(method) else None)
         self.log_path = paths.log_path
         self.log_offset = 0
         self.started_at = time.monotonic()
