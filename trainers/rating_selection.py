@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from store import feedback_yield
 from store.datasets.feedback_formats import RatingItem
 from trainers.pair_selection import PairSelectionError, SelectionReport, at_token_boundary, find_dataset
-from trainers.run.plan import auto_max_length, planned_steps
+from trainers.run.plan import auto_max_length, planned_steps, seeded_split
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -216,14 +215,7 @@ def select_ratings(store: Store, config: RunConfig) -> RatingSelection:
     if not kept:
         raise PairSelectionError(f"{source} has no rated reply with a prompt and a text: {HOW_TO_RATE}")
     report.origins = {origin: sum(e.origin == origin for e in kept) for origin in ("rated", "predicted", "dataset")}
-    order = list(range(len(kept)))
-    random.Random(config.seed).shuffle(order)
-    if config.data_size is not None and config.data_size < len(order):
-        report.sampled_out = len(order) - config.data_size
-        order = order[:config.data_size]
-    n_heldout = min(int(len(order) * config.heldout_fraction), len(order) - 1)
-    heldout_idx = set(order[:max(0, n_heldout)])
-    used = sorted(order)
+    used, heldout_idx, report.sampled_out = seeded_split(len(kept), config)
     train = [kept[i] for i in used if i not in heldout_idx]
     heldout = [kept[i] for i in used if i in heldout_idx]
     report.used, report.train, report.heldout = len(used), len(train), len(heldout)

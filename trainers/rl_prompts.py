@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +43,7 @@ from trainers.pair_selection import (
     store_dataset_pairs,
 )
 from trainers.prompt_format import ChatTurn
-from trainers.run.plan import planned_steps
+from trainers.run.plan import planned_steps, seeded_split
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -202,14 +201,7 @@ def select_prompts(store: Store, config: RunConfig, model: str | None = None) ->
             f"RLOO needs prompts, and {source} has none: chat a few rounds first, or pass --rl-prompts FILE (one "
             "prompt per line), --rl-prompts bank:everyday, or --rl-prompts dataset with --dataset NAME")
     report.origins = {kept[0].origin: len(kept)}
-    order = list(range(len(kept)))
-    random.Random(config.seed).shuffle(order)
-    if config.data_size is not None and config.data_size < len(order):
-        report.sampled_out = len(order) - config.data_size
-        order = order[:config.data_size]
-    n_heldout = min(int(len(order) * config.heldout_fraction), len(order) - 1)
-    heldout_idx = set(order[:max(0, n_heldout)])
-    used = sorted(order)
+    used, heldout_idx, report.sampled_out = seeded_split(len(kept), config)
     train = [kept[i] for i in used if i not in heldout_idx]
     heldout = [kept[i] for i in used if i in heldout_idx]
     report.used, report.train, report.heldout = len(used), len(train), len(heldout)

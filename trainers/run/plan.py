@@ -19,6 +19,7 @@ The resulting ``SelectionReport`` is the one record of the counts: the run heade
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -78,6 +79,19 @@ def auto_max_length(lengths: Sequence[Measured]) -> int:
     """The default max length for these pairs: the longest, rounded up to 64, at most the cap."""
     longest = max((n.longest for n in lengths), default=LENGTH_STEP)
     return min(AUTO_MAX_LENGTH_CAP, max(LENGTH_STEP, math.ceil(longest / LENGTH_STEP) * LENGTH_STEP))
+
+
+def seeded_split(count: int, config: RunConfig) -> tuple[list[int], set[int], int]:
+    """Indices ``0..count-1`` shuffled with the seed, cut to ``--data-size`` and split by ``--heldout-fraction``
+    (at least one kept for training): the used ones in order, the held-out ones, and how many were left out."""
+    order = list(range(count))
+    random.Random(config.seed).shuffle(order)
+    sampled_out = 0
+    if config.data_size is not None and config.data_size < len(order):
+        sampled_out = len(order) - config.data_size
+        order = order[:config.data_size]
+    n_heldout = min(int(len(order) * config.heldout_fraction), len(order) - 1)
+    return sorted(order), set(order[:max(0, n_heldout)]), sampled_out
 
 
 def planned_steps(train_pairs: int, config: RunConfig) -> int:
