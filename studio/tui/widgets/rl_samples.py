@@ -18,9 +18,9 @@ from pathlib import Path
 from textual.content import Content
 from textual.widgets import Static
 
+from trainers.reward_functions import SAMPLES_FILE  # the file the run's SampleLog appends to
 from trainers.run.outputs import RunPaths
 
-SAMPLES_FILE = "samples.jsonl"
 PROMPT_CHARS = 80  # a prompt is context here: its start is enough
 REPLY_CHARS = 240
 
