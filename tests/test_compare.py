@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import prefstudio_home, run_cli, wait_for
+from conftest import copy_run_folder, run_cli, wait_for
 from tiny_model import SEPARABLE_PAIRS, build_tiny_model
 
 from store.studio_store import Store
@@ -38,21 +38,11 @@ def _fill(store: Store, model_name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def trained(default_model, session_home, tmp_path_factory):
-    """A store with six judged pairs, two held out, and a finished 6-step run on the default model."""
-    from trainers.run.lifecycle import prepare_run
-    from trainers.run.process import execute_run
-    from trainers.run_config import RunConfig
-
-    work = tmp_path_factory.mktemp("compare")
-    with prefstudio_home(session_home):  # shares the converted weights with other tests
-        with Store.open(work / "studio.db") as store:
-            _fill(store, default_model.name)
-            config = RunConfig(max_steps=6, max_length=128, heldout_fraction=0.34, learning_rate=1e-3)
-            prepared = prepare_run(store, config, model_path=default_model, runs_root=work / "runs")
-            outcome = execute_run(store, prepared.run_id, log=lambda _line: None)
-            assert outcome.status == "done", outcome.message
-            return work / "studio.db", prepared.run_id
+def trained(trained_dpo_run, tmp_path_factory):
+    """A store with six judged pairs, two held out, and a finished 6-step run on the default model: this
+    module's copy of the session's run (conftest ``trained_dpo_run``), which the comparisons are stored in."""
+    folder, run_id = trained_dpo_run
+    return copy_run_folder(folder, tmp_path_factory.mktemp("compare") / "data") / "studio.db", run_id
 
 
 def test_compare_cli_answers_with_both_and_the_tuned_model_prefers_the_chosen_side(trained, default_model,
