@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from textual.pilot import Pilot
 
 from store.studio_store import Store
 from studio.settings import load_settings
@@ -54,6 +55,13 @@ def rloo_app(tmp_path: Path, default_model: Path, studio_home: Path):
     store.close()
 
 
+async def open_train_screen(app: PreferenceStudioApp, pilot: Pilot) -> TrainScreen:
+    await wait_for(pilot, lambda: app.engine is not None)  # the model loaded first: f5 then answers at once
+    await pilot.press("f5")
+    await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
+    return app.screen
+
+
 def panel_text(screen: TrainScreen) -> str:
     return str(screen.query_one("#rl-samples", RLSamplesPanel).render())
 
@@ -61,10 +69,7 @@ def panel_text(screen: TrainScreen) -> str:
 async def test_an_rloo_run_shows_reward_kl_and_its_latest_samples_live(rloo_app) -> None:
     app, run_id, paths = rloo_app
     async with app.run_test(size=(140, 44)) as pilot:
-        await wait_for(pilot, lambda: app.engine is not None)  # the model loaded first: f5 then answers at once
-        await pilot.press("f5")
-        await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
-        screen = app.screen
+        screen = await open_train_screen(app, pilot)
         await wait_for(pilot, lambda: screen.run_id == run_id and screen.last_step == 2)
         plot = screen.query_one("#plot-margin", MetricPlot)
         assert (plot.title, plot.series) == METHOD_PLOTS["rloo"]
@@ -114,10 +119,7 @@ async def test_a_dpo_run_shows_no_samples_panel(tmp_path: Path, default_model: P
     app = PreferenceStudioApp(settings=replace(load_settings(), model=default_model), store=store)
     try:
         async with app.run_test(size=(140, 44)) as pilot:
-            await wait_for(pilot, lambda: app.engine is not None)
-            await pilot.press("f5")
-            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
-            screen = app.screen
+            screen = await open_train_screen(app, pilot)
             await wait_for(pilot, lambda: screen.last_step == 1)
             assert not screen.query_one("#rl-samples", RLSamplesPanel).display
             assert not screen.query_one("#cfg-reward_run").display  # the form asks for a reward model for RL only
@@ -141,10 +143,7 @@ async def test_choosing_rloo_asks_for_a_finished_reward_run(tmp_path: Path, defa
     app = PreferenceStudioApp(settings=replace(load_settings(), model=default_model), store=store)
     try:
         async with app.run_test(size=(140, 44)) as pilot:
-            await wait_for(pilot, lambda: app.engine is not None)
-            await pilot.press("f5")
-            await wait_for(pilot, lambda: isinstance(app.screen, TrainScreen))
-            screen = app.screen
+            screen = await open_train_screen(app, pilot)
             chooser = screen.query_one("#cfg-reward_run", Select)
             assert not chooser.display
             screen.query_one("#cfg-method", Select).value = "rloo"
