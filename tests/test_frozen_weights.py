@@ -139,3 +139,23 @@ def test_a_default_model_dpo_step_is_the_same_with_bf16_frozen_weights(default_m
     assert report.released_mb > 600  # the layers' and the embedding's fp32 pages read so far
     for name in before:
         assert torch.equal(before[name], after[name]), name
+
+
+@pytest.mark.parametrize("method", ["sft", "kto"])
+def test_example_methods_train_with_the_frozen_weights_stored_for_autocast(method: str, tiny_model_dir, tmp_path,
+                                                                           studio_home) -> None:  # noqa: ANN001
+    from store.studio_store import Store
+    from tests.test_methods_sft_kto import fill_demonstrations, fill_labels
+    from trainers.run.lifecycle import prepare_run
+    from trainers.run.process import execute_run
+    from trainers.run_config import RunConfig
+
+    lines: list[str] = []
+    with Store.open(tmp_path / "studio.db") as store:
+        fill_demonstrations(store, times=2) if method == "sft" else fill_labels(store, repeat=1)
+        config = RunConfig(method=method, dtype="bf16", max_steps=2, lora_r=4, batch_size=2, heldout_fraction=0.0)
+        prepared = prepare_run(store, config, model_path=tiny_model_dir, runs_root=tmp_path / "runs")
+        outcome = execute_run(store, prepared.run_id, log=lines.append)
+
+    assert outcome.status == "done", outcome.message
+    assert any(line.startswith("frozen weights in bf16: 14 linear layers, the LM head") for line in lines), lines

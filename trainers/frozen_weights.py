@@ -59,14 +59,14 @@ def store_frozen_weights_for_autocast(model: nn.Module, device: str, dtype: str)
         return None
     base = _base_model(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    released: list[torch.Tensor] = []
-    linear_layers, bf16_bytes = 0, 0
+    # Each fp32 tensor's pages are released as soon as it is copied, so they never add up to the whole file.
+    linear_layers, bf16_bytes, released_bytes = 0, 0, 0
     for module in _frozen_linears(base, exclude=head):
-        old = module.weight
-        module.weight = _parameter(old.detach().to(torch.bfloat16))
+        old = module.weight.detach()
+        module.weight = _parameter(old.to(torch.bfloat16))
         module.register_forward_pre_hook(_cast_input_outside_autocast)
         module.register_forward_hook(_cast_output_outside_autocast)
-        released.append(old.detach())
+        released_bytes += release_file_pages(old)
         linear_layers += 1
         bf16_bytes += module.weight.numel() * 2
     head_rows = 0
@@ -75,15 +75,14 @@ def store_frozen_weights_for_autocast(model: nn.Module, device: str, dtype: str)
         copy = torch.empty(old.shape, dtype=torch.bfloat16)
         for start in range(0, old.shape[0], COPY_ROWS):  # no fp32 temporary of the whole head
             copy[start:start + COPY_ROWS] = old[start:start + COPY_ROWS]
+            released_bytes += release_file_pages(old[start:start + COPY_ROWS])
         new_head = torch.nn.Linear(old.shape[1], old.shape[0], bias=False, device="meta")
         new_head.weight = _parameter(copy)
         new_head.register_forward_pre_hook(_cast_input_outside_autocast)
         new_head.register_forward_hook(_cast_output_outside_autocast)
         base.set_output_embeddings(new_head)  # unties it: the input embedding keeps the fp32 map
-        released.append(old)
         head_rows = old.shape[0]
         bf16_bytes += copy.numel() * 2
-    released_bytes = sum(release_file_pages(t) for t in released)
     return FrozenWeightsReport(linear_layers, head_rows, bf16_bytes / 2**20, released_bytes / 2**20)
 
 
