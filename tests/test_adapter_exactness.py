@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import prefstudio_home
+from conftest import BuiltOnce, prefstudio_home
 from test_adapter_export import all_logits
 from tiny_model import SEPARABLE_PAIRS
 
@@ -51,6 +51,7 @@ class Trial:
 # Gemma: six steps at lr 1e-3 on q/k/v/o move the logits (std ~1.2 over the top tokens) well above the engines'
 # noise (~0.2); at the trainer's default learning rate two steps would not. SmolLM2 (half the size): four steps
 # on every linear projection, so the llama name map of gate/up/down and the permuted q/k rows are both exercised.
+# (Gemma's run is conftest's trained_dpo_run, trained with these settings; two of its six pairs are held out.)
 TRIALS = {"gemma3-270m": Trial("gemma3-270m", 6, 1e-3, ATTENTION), "smollm2": Trial("smollm2", 6, 2e-3, ALL_LINEAR)}
 
 
@@ -79,9 +80,24 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
 
 
 @pytest.fixture(scope="module")
-def trained_adapter(served: Served, session_home: Path, tmp_path_factory) -> Path:
+def trained_adapter(served: Served, session_home: Path, tmp_path_factory, built_once: BuiltOnce,
+                    request: pytest.FixtureRequest) -> Path:
     """A few real DPO steps (lr 1e-3, r 16, alpha 32) on the served model, from candidates stored with the
-    prompt the engine renders (the transcript for Gemma, ChatML for SmolLM2), as the chat screen stores them."""
+    prompt the engine renders (the transcript for Gemma, ChatML for SmolLM2), as the chat screen stores them.
+    Trained once per model and test run: for Gemma the session's DPO run (conftest ``trained_dpo_run``, the
+    Gemma trial's settings), and test_run_chain imports this fixture and chains from the same run (on a copy of
+    its folder)."""
+    if served.trial.name == "gemma3-270m":
+        from store.studio_store import Store
+
+        folder, run_id = request.getfixturevalue("trained_dpo_run")
+        with Store.open(folder / "studio.db") as store:
+            return Path(store.get_run(run_id).output_dir)
+    return built_once.get(f"exactness-adapter-{served.trial.name}",
+                          lambda: _train_adapter(served, session_home, tmp_path_factory))
+
+
+def _train_adapter(served: Served, session_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from store.studio_store import Store
     from trainers.run.lifecycle import prepare_run
     from trainers.run.process import execute_run

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import prefstudio_home, run_cli
+from conftest import copy_run_folder, prefstudio_home, run_cli
 from test_adapter_exactness import (  # noqa: F401  (module fixtures, reused: the trained parent run)
     N_TOKENS,
     TEXT,
@@ -305,8 +305,16 @@ def test_cli_refuses_an_unknown_run_and_shows_the_chain(chain: Chain, tmp_path: 
 # --- llama.cpp: the chained adapter exported to GGUF is the chain ---------------------------------------------
 
 
+@pytest.fixture
+def parent_adapter(trained_adapter: Path, tmp_path: Path) -> Path:  # noqa: F811
+    """The exactness test's trained run (shared by the whole test run) in this test's own copy of its folder,
+    which the chained run is added to."""
+    folder = copy_run_folder(trained_adapter.parent.parent, tmp_path / "parent")
+    return folder / trained_adapter.relative_to(trained_adapter.parent.parent)
+
+
 @pytest.mark.slow
-def test_llama_cpp_serves_the_chain_exactly(served, trained_adapter: Path, session_home: Path,  # noqa: F811
+def test_llama_cpp_serves_the_chain_exactly(served, parent_adapter: Path, session_home: Path,  # noqa: F811
                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real DPO run from the exactness test's trained run (--init-from it, 3 steps), exported to GGUF: llama.cpp
     (quantised base + the one summed adapter) changes the logits as transformers does with the earlier adapter
@@ -319,12 +327,12 @@ def test_llama_cpp_serves_the_chain_exactly(served, trained_adapter: Path, sessi
     from trainers.model_source import load_model, resolve_model_source
 
     engine = served.engine
-    db = trained_adapter.parent.parent / "studio.db"
+    db = parent_adapter.parent.parent / "studio.db"
     with prefstudio_home(session_home), Store.open(db) as store:
-        parent = next(r.id for r in store.list_runs() if Path(r.output_dir) == trained_adapter)
+        parent = next(r.id for r in store.list_runs() if Path(r.output_dir) == parent_adapter)
         config = RunConfig(init_from=parent, max_steps=3, max_length=128, heldout_fraction=0.0,
                            learning_rate=served.trial.learning_rate, target_modules=served.trial.target_modules)
-        chained = Path(store.get_run(_train(store, config, served.model, trained_adapter.parent)).output_dir)
+        chained = Path(store.get_run(_train(store, config, served.model, parent_adapter.parent)).output_dir)
     gguf_path = export_gguf_adapter(chained, tmp_path / "chained.gguf", engine.info.architecture,
                                     engine.info.n_layers,
                                     heads=AttentionHeads.from_metadata(engine.info.metadata, engine.info.architecture))
@@ -346,9 +354,9 @@ def test_llama_cpp_serves_the_chain_exactly(served, trained_adapter: Path, sessi
     model_dir = resolve_model_source(served.model, sha256=engine.identity.sha256).model_dir
     hf_base = _logits(load_model(model_dir, device="cpu"), tokens)
     # What the chained run trained: the base with the parent merged, its own LoRA on top.
-    hf_tuned = _logits(PeftModel.from_pretrained(load_model(model_dir, device="cpu", merge_adapter=trained_adapter),
+    hf_tuned = _logits(PeftModel.from_pretrained(load_model(model_dir, device="cpu", merge_adapter=parent_adapter),
                                                  str(chained / LINK_ADAPTER_DIR)), tokens)
-    hf_parent = _logits(load_model(model_dir, device="cpu", merge_adapter=trained_adapter), tokens)
+    hf_parent = _logits(load_model(model_dir, device="cpu", merge_adapter=parent_adapter), tokens)
 
     top = np.argsort(-cpp_base, axis=1)[:, :TOP_K]
     cpp_delta = np.take_along_axis(cpp_tuned - cpp_base, top, axis=1).ravel()
