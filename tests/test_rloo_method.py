@@ -138,6 +138,15 @@ def test_rloo_settings_are_refused_on_another_method() -> None:
         RunConfig(method="dpo", beta=0.0)
 
 
+def test_rollouts_default_to_llama_cpp_for_a_gguf_and_to_transformers_for_a_model_folder() -> None:
+    from trainers.methods.rloo import rollouts_of
+
+    assert rollouts_of(RunConfig(method="rloo", train_model="/m/gemma.gguf")) == "llama"
+    assert rollouts_of(RunConfig(method="rloo", train_model="/m/tiny")) == "transformers"
+    assert rollouts_of(RunConfig(method="rloo", train_model="/m/gemma.gguf", rollouts="transformers")) == \
+        "transformers"
+
+
 def test_bad_reward_runs_and_prompts_are_refused_before_anything_is_written(tiny_reward, tmp_path: Path,
                                                                             tiny_model_dir: Path) -> None:
     root, store, run_id = tiny_reward

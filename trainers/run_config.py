@@ -21,7 +21,7 @@ LOSS_TYPES = (
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16")
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-ROLLOUTS = ("transformers", "llama")  # what samples an RLOO run's replies
+ROLLOUTS = ("auto", "llama", "transformers")  # what samples an RLOO run's replies (auto: llama for a .gguf)
 
 
 class RunConfigError(ValueError):
@@ -185,9 +185,10 @@ class RunConfig:
                   "wordlist:PATH (a blocklist file)."},
     )
     rollouts: str = field(
-        default="transformers",
-        metadata={"help": f"RLOO only: what samples the replies: {', '.join(ROLLOUTS)} (transformers' generate); "
-                  "llama (the quantised engine with the current adapter) needs a .gguf train model."},
+        default="auto",
+        metadata={"help": f"RLOO only: what samples the replies: {', '.join(ROLLOUTS)}. llama: the quantised "
+                  "engine with the current adapter (a .gguf train model only); transformers: TRL's own generate; "
+                  "auto: llama for a .gguf train model, else transformers."},
     )
     learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the LoRA weights."})
     epochs: int = field(default=2, metadata={"help": "Passes over the training pairs."})

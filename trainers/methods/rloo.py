@@ -9,8 +9,9 @@ converted and loaded, callbacks, metrics rows, cancel and resume, the adapter pu
 module says what differs: the config, the trainer, the rows (prompts), the reward and the held-out evaluation
 (the mean reward of a greedy reply to each held-out prompt, before and after).
 
-Replies are sampled by transformers' ``generate`` (TRL's own path), or with ``--rollouts llama`` by the
-quantised engine with the current adapter (``trainers/rollout_trainer.py``, a subclass of the trainer).
+Replies are sampled by the quantised engine with the current adapter (``--rollouts llama``, the default for a
+.gguf train model: ``trainers/rollout_trainer.py``, a subclass of the trainer), or by transformers' ``generate``
+(TRL's own path; the default for a model directory).
 Every step's best and worst replies with their rewards go to ``samples.jsonl`` in the run's work directory
 while it trains, and into the published folder at the end.
 """
@@ -70,11 +71,19 @@ def build_rloo_config(config: RunConfig, work_dir: Path, device: str, dtype: str
     )
 
 
+def rollouts_of(config: RunConfig) -> str:
+    """What samples this run's replies: ``--rollouts``, with ``auto`` llama.cpp for a .gguf train model (the
+    engine loads that file) and transformers for a model directory."""
+    if config.rollouts != "auto":
+        return config.rollouts
+    return "llama" if str(config.train_model or "").lower().endswith(".gguf") else "transformers"
+
+
 def rloo_trainer_class(config: RunConfig) -> type[RLOOTrainer]:
-    """TRL's trainer, or with ``--rollouts llama`` its subclass that samples in llama.cpp."""
+    """TRL's trainer, or with llama.cpp rollouts its subclass that samples in llama.cpp."""
     from trl import RLOOTrainer
 
-    if config.rollouts != "llama":
+    if rollouts_of(config) != "llama":
         return RLOOTrainer
     try:
         from trainers.rollout_trainer import llama_rollout_trainer
@@ -154,8 +163,8 @@ class RLOOMethod(ExampleMethod):
             terms.append(f"safety penalty {config.safety_penalty:g} ({safety.name})")
         log(f"rloo: reward = {' - '.join(terms)}; {config.num_generations} replies per prompt, at most "
             f"{config.max_completion_length} tokens, temperature {config.temperature:g}, KL beta {config.beta:g}, "
-            f"rollouts by {config.rollouts}")
-        if config.rollouts == "llama":  # the engine loads the GGUF the torch weights were converted from
+            f"rollouts by {rollouts_of(config)}")
+        if rollouts_of(config) == "llama":  # the engine loads the GGUF the torch weights were converted from
             return {"reward_funcs": reward, "gguf_path": Path(source.origin)}
         return {"reward_funcs": reward}
 
