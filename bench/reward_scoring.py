@@ -1,13 +1,16 @@
 """Reward scoring speed and exactness: both scorers against the 150 ms target, llama.cpp against transformers.
 
 Scores two candidates of ~60 tokens to a new prompt each round (the scorer evaluates the prompt and both
-replies) and again to the same prompt (the prompt cached), with the studio's scorer
-(``studio.reward.llama_scorer``: a second context on the served GGUF, the run's LoRA, the exported head), and
-the same two with the torch worker process (``studio.reward.torch_worker``: transformers + PEFT, exact).
+replies) and again to the same prompt (the prompt cached), with the llama.cpp scorer
+(``studio.reward.llama_scorer``: a second context on the served GGUF, the run's LoRA, the exported head) and the
+torch worker process (``studio.reward.torch_worker``: transformers, the LoRA merged, exact). Wall time and the
+scoring process's CPU seconds (``time.process_time`` here for llama.cpp, the worker's own for torch), the latter
+inflated much less by a loaded machine.
 Then the exactness: Pearson of llama.cpp against transformers over ``--replies`` replies (the issue asks ≥ 0.99).
 Without ``--db``/``--run`` it first trains a reward model on the default model for ``--steps`` steps in a
-temporary home (minutes). The last line is the ratio of the llama.cpp scorer's median new-prompt time to the
-150 ms target, with the cached-prompt and the torch worker's ratios beside it.
+temporary home (minutes; with ``--db`` set PREFSTUDIO_HOME to the home that run was trained in, or the worker
+converts the model again). The last line is the ratio of the default scorer's median new-prompt wall time to the
+150 ms target, with its CPU seconds and the other measurements' ratios beside it.
 
     .venv/bin/python bench/reward_scoring.py [--db studio.db --run ID] [--rounds 5] [--replies 50] [--steps 4]
 """
@@ -26,7 +29,7 @@ import numpy as np
 from store.studio_store import Store
 from studio.inference import runtime_env  # noqa: F401,I001  (OMP_WAIT_POLICY before llama_cpp loads)
 from studio.inference.engine import ChatEngine, EngineConfig
-from studio.reward.scorer import open_reward_scorer
+from studio.reward.scorer import DEFAULT_BACKEND, open_reward_scorer
 from trainers.prompt_format import ChatTurn
 
 TARGET_MS = 150.0
@@ -98,26 +101,35 @@ def main() -> None:
         torch.set_num_threads(engine.n_threads_batch)
         load_before = os.getloadavg()[0]
         n_tokens = len(scorer.token_ids(f"User: {PROMPTS[0]}\nAssistant:", reply(0)))
-        new_prompt, cached, reference = [], [], []
-        scorer.score([ChatTurn("user", PROMPTS[-1])], [reply(0), reply(1)])  # warm-up: graphs, buffers
-        worker.score([ChatTurn("user", PROMPTS[-1])], [reply(0), reply(1)])
+
+        def llama_call(conversation: list[ChatTurn], pair: list[str]) -> tuple[float, float]:
+            """Wall and CPU seconds of one llama.cpp scoring (it runs in this process's threads)."""
+            wall, cpu = time.perf_counter(), time.process_time()
+            scorer.score(conversation, pair)
+            return time.perf_counter() - wall, time.process_time() - cpu
+
+        def torch_call(conversation: list[ChatTurn], pair: list[str]) -> tuple[float, float]:
+            """Wall seconds here, CPU seconds of the worker process (it reports them with its answer)."""
+            wall = time.perf_counter()
+            worker.score(conversation, pair)
+            return time.perf_counter() - wall, worker.last_cpu_seconds
+
+        times: dict[str, list[tuple[float, float]]] = {"llama new": [], "llama cached": [], "torch new": [],
+                                                        "torch cached": []}
+        for call in (llama_call, torch_call):  # warm-up: graphs, buffers
+            call([ChatTurn("user", PROMPTS[-1])], [reply(0), reply(1)])
         for r in range(args.rounds):
             conversation = [ChatTurn("user", PROMPTS[r])]
             pair = [reply(2 * r), reply(2 * r + 1)]
-            start = time.perf_counter()
-            scorer.score(conversation, pair)
-            new_prompt.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            scorer.score(conversation, list(reversed(pair)))
-            cached.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            worker.score(conversation, pair)
-            reference.append(time.perf_counter() - start)
-        ms = {name: 1000 * statistics.median(times) for name, times in
-              (("new", new_prompt), ("cached", cached), ("torch", reference))}
-        print(f"two replies of {n_tokens} tokens (prompt + reply + EOS), median of {args.rounds}: llama.cpp new "
-              f"prompt {ms['new']:.0f} ms, prompt cached {ms['cached']:.0f} ms; torch worker process (transformers + "
-              f"PEFT) {ms['torch']:.0f} ms")
+            for name, call in (("llama", llama_call), ("torch", torch_call)):
+                times[f"{name} new"].append(call(conversation, pair))  # a new prompt: prompt + both replies
+                times[f"{name} cached"].append(call(conversation, list(reversed(pair))))  # the prompt cached
+        ms = {name: (1000 * statistics.median(w for w, _ in pairs), 1000 * statistics.median(c for _, c in pairs))
+              for name, pairs in times.items()}
+        print(f"two replies of {n_tokens} tokens (prompt + reply + EOS), median of {args.rounds} "
+              "(wall ms / CPU ms of the scoring process):")
+        for name, (wall, cpu) in ms.items():
+            print(f"  {name:13s} {wall:7.0f} / {cpu:7.0f}")
 
         conversation = [ChatTurn("user", PROMPTS[0])]
         replies = [reply(i, words=8 + (i * 7) % 40) for i in range(args.replies)]
@@ -127,13 +139,18 @@ def main() -> None:
         spread = float(np.std(exact))
         print(f"exactness over {len(replies)} replies: Pearson {pearson:.4f} (target ≥ 0.99), mean |difference| "
               f"{float(np.mean(np.abs(np.subtract(fast, exact)))):.4f} against a spread (std) of {spread:.4f}")
+        batched = worker.score(conversation, replies)  # the worker: prompt shared, replies in one batch
+        print(f"torch worker (LoRA merged, prompt shared, one batch) against transformers + PEFT reply by reply: "
+              f"max |difference| {float(np.max(np.abs(np.subtract(batched, exact)))):.2e}")
         scorer.close()
         worker.close()
         engine.close()
-    print(f"ratio {ms['new'] / TARGET_MS:.2f} (llama.cpp scoring of two ~60-token replies to a new prompt / the "
-          f"{TARGET_MS:.0f} ms target; cached prompt {ms['cached'] / TARGET_MS:.2f}; torch worker "
-          f"{ms['torch'] / TARGET_MS:.2f}; load average {load_before:.1f} → {os.getloadavg()[0]:.1f})")
-
+    default = "torch new" if DEFAULT_BACKEND == "torch" else "llama new"
+    others = "; ".join(f"{name} {wall / TARGET_MS:.2f} (CPU {cpu / TARGET_MS:.2f})" for name, (wall, cpu) in ms.items()
+                       if name != default)
+    print(f"ratio {ms[default][0] / TARGET_MS:.2f} (the default scorer ({default}) on two ~60-token replies, wall / "
+          f"the {TARGET_MS:.0f} ms target; its CPU seconds {ms[default][1] / TARGET_MS:.2f}; {others}; load average "
+          f"{load_before:.1f} → {os.getloadavg()[0]:.1f})")
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,9 @@ it finishes, stored with its candidate, the model's pick, best-of-N; the real de
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from store.studio_store import Store
@@ -12,6 +14,7 @@ from studio.inference.engine import SamplingSettings
 from studio.judging import Judgement, JudgingSession
 from studio.reward.candidate_scoring import CandidateScoring, RoundScores, round_conversation
 from studio.reward.scorer import open_reward_scorer
+from trainers.prompt_format import ChatTurn
 
 SYSTEM = "You are a concise, friendly assistant."
 
@@ -153,3 +156,42 @@ def test_round_scores_pick_and_order():
     assert RoundScores(1, (0.1, 0.7, -0.2)).best_first() == [1, 0, 2]
     assert RoundScores(1, (None, 0.3)).best_first() == [1, 0]
 
+
+
+# --- the prompt shared, the replies batched: the same scores as each reply alone ---
+
+FRUIT_REPLIES = [" A pear.", " Potato potato potato.", " A banana is a long yellow fruit that grows in bunches."]
+
+
+def test_the_torch_scorer_computes_the_prompt_once_and_batches_yet_scores_each_reply_as_alone(store, reward_data,
+                                                                                               engine):
+    from studio.reward.torch_scoring import SharedPromptScorer
+    from trainers.methods.reward import load_trained_reward_model, transformers_reward_scores
+
+    run = store.get_run(reward_data[1])
+    model, tokenizer = load_trained_reward_model(Path(run.output_dir), Path(run.summary["model"]["model_dir"]))
+    first = engine.prompt_format.render(SYSTEM, [ChatTurn("user", "Name a fruit.")])
+    longer = engine.prompt_format.render(SYSTEM, [ChatTurn("user", "Name a fruit."), ChatTurn("assistant", " An apple."),
+                                                  ChatTurn("user", "Another one?")])
+    # The reference: each reply alone through the PEFT model, nothing shared (what the trainer computes).
+    reference = {prompt: transformers_reward_scores(model, tokenizer, prompt, FRUIT_REPLIES) for prompt in (first, longer)}
+    scorer = SharedPromptScorer(model, tokenizer)  # merges the LoRA into ``model``
+    together = scorer.score(first, FRUIT_REPLIES)  # the prompt computed once, the replies in one batch
+    extended = scorer.score(longer, FRUIT_REPLIES)  # the cached prompt extended by the next turns
+    alone = [scorer.score(first, [reply])[0] for reply in FRUIT_REPLIES]  # the cache cut back to the first prompt
+    assert together == pytest.approx(reference[first], abs=1e-4)
+    assert extended == pytest.approx(reference[longer], abs=1e-4)
+    assert alone == pytest.approx(together, abs=1e-4)
+    assert len(set(np.round(together, 3))) == 3  # told apart, not one score for all
+
+
+def test_the_llama_cpp_scorer_batches_replies_as_if_each_were_alone(store, reward_data, engine):
+    scorer = open_reward_scorer(store, reward_data[1], engine, backend="llama")
+    try:
+        conversation = round_conversation(SYSTEM, [], "Name a fruit.")
+        together = scorer.score(conversation, FRUIT_REPLIES)
+        alone = [scorer.score(conversation, [reply])[0] for reply in FRUIT_REPLIES]
+    finally:
+        scorer.close()
+    # Approximate: llama.cpp's numbers move in the third decimal with the batch a reply is decoded in.
+    assert alone == pytest.approx(together, abs=0.02)

@@ -195,7 +195,9 @@ def test_the_worker_scorer_gives_the_trainers_model_scores(default_reward_run, e
             scorer.score([ChatTurn("assistant", "Hi.")], [" Hello."])
     finally:
         scorer.close()
-    assert scores == pytest.approx(reference_scores, abs=1e-5)
+    # The same model in float32; the worker merges the LoRA and batches the replies, so the sums round
+    # differently: 1.4e-5 seen on a score of -3.47 (4e-6 relative).
+    assert scores == pytest.approx(reference_scores, abs=1e-4)
     assert len(set(np.round(scores, 4))) > 5  # the replies are told apart, not one score for all
 
 

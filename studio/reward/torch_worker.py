@@ -3,8 +3,10 @@
 The studio process never imports torch for it: ``TorchWorkerScorer`` starts ``python -m
 studio.reward.torch_worker`` once, which loads the run's model (``load_trained_reward_model``) and then answers
 one JSON line per request on stdin with one JSON line on stdout: ``{"prompt": str, "replies": [str]}`` →
-``{"scores": [float]}`` or ``{"error": str}``. A crash or an out-of-memory there never takes the UI down;
-its stderr goes to a log file quoted when it fails.
+``{"scores": [float], "cpu_s": float}`` (the worker's CPU seconds for the request) or ``{"error": str}``. A crash
+or an out-of-memory there never takes the UI down; its stderr goes to a log file quoted when it fails. It scores
+with ``SharedPromptScorer`` (``torch_scoring``): the LoRA merged, the prompt's keys and values computed once and
+kept for the next request, the replies in one batch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TorchWorkerScorer:
     def __init__(self, engine: ChatEngine, run_id: int, output_dir: Path, train_model: str, threads: int) -> None:
         self._engine = engine
         self._run_id = run_id
+        self.last_cpu_seconds = 0.0  # the worker's CPU time for the last request (bench/reward_scoring.py)
         self._worker = JsonLinesWorker("studio.reward.torch_worker", [str(output_dir), train_model, str(threads)],
                                        f"reward-worker-{run_id}-")
         reply = self._worker.read()
@@ -57,6 +60,7 @@ class TorchWorkerScorer:
         scores = reply.get("scores")
         if not isinstance(scores, list) or len(scores) != len(replies):
             raise RewardScorerError(f"the reward worker of run {self._run_id} answered {reply!r}")
+        self.last_cpu_seconds = float(reply.get("cpu_s", 0.0))
         return [float(s) for s in scores]
 
     def close(self) -> None:
@@ -64,25 +68,28 @@ class TorchWorkerScorer:
 
 def serve(output_dir: Path, train_model: str, threads: int) -> None:
     """The worker's loop: load once, then one JSON answer line per request line until stdin closes."""
+    import time
+
     import torch
 
-    from trainers.methods.reward import load_trained_reward_model, transformers_reward_scores
+    from studio.reward.torch_scoring import SharedPromptScorer
+    from trainers.methods.reward import load_trained_reward_model
     from trainers.model_source import resolve_model_source
 
     torch.set_num_threads(threads)
     try:
         source = resolve_model_source(train_model, log=lambda _message: None)
-        model, tokenizer = load_trained_reward_model(output_dir, source.model_dir)
+        scorer = SharedPromptScorer(*load_trained_reward_model(output_dir, source.model_dir))
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported to the studio as one line
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return
     print(json.dumps({READY: True}), flush=True)
     for line in sys.stdin:
+        started = time.process_time()
         try:
             request = json.loads(line)
-            scores = transformers_reward_scores(model, tokenizer, str(request["prompt"]),
-                                                [str(r) for r in request["replies"]])
-            answer: dict[str, object] = {"scores": scores}
+            scores = scorer.score(str(request["prompt"]), [str(r) for r in request["replies"]])
+            answer: dict[str, object] = {"scores": scores, "cpu_s": time.process_time() - started}
         except Exception as exc:  # noqa: BLE001 - a bad request is answered, the worker keeps serving
             answer = {"error": f"{type(exc).__name__}: {exc}"}
         print(json.dumps(answer), flush=True)
