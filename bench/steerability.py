@@ -19,7 +19,7 @@ format the studio generates in.
     .venv/bin/python bench/steerability.py --db studio.db --steer-run 7 --attributes-run 6 [--limit 8]
         [--max-tokens 48] [--low 0 --high 4] [--prompts-from bank:general]
     .venv/bin/python bench/steerability.py --db /tmp/steer.db --ratings bench/fixtures/steer_ratings.jsonl
-        [--attributes-steps 24 --steer-steps 32 --batch-size 4]
+        [--attributes-steps 24 --steer-steps 64 --batch-size 4]
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def main() -> None:
     parser.add_argument("--ratings", type=Path, default=None,
                         help="build both runs from this HelpSteer-style JSON-lines file in a new --db first")
     parser.add_argument("--attributes-steps", type=int, default=24)
-    parser.add_argument("--steer-steps", type=int, default=32)
+    parser.add_argument("--steer-steps", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--attributes-lr", type=float, default=1e-3)
     parser.add_argument("--steer-lr", type=float, default=1e-3)
