@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import prefstudio_home
 
 import trainers  # noqa: F401  (HF offline env)
-from tests.conftest import prefstudio_home
 from tests.tiny_model import SEPARABLE_PAIRS
 from trainers.frozen_weights import release_file_pages, store_frozen_weights_for_autocast
 
