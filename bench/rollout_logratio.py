@@ -98,6 +98,10 @@ def bench_model(name: str, rounds: int, tokens: int) -> float:
     counts = {"llama.cpp": 0, "transformers": 0}
     stats = []
     with LlamaRollouts(gguf, RolloutConfig(n_ctx=4096, seed=0)) as rollouts:
+        # Warm both engines first (llama.cpp's first decode pages the model in and builds its graphs: ~35 s for
+        # Gemma here, once per run), so the rounds time what every step of a run pays.
+        rollouts.generate(prompts[:2], max_new_tokens=4, temperature=1.0)
+        torch_generate(model, tokenizer, prompts[:2], 4, seed=0)
         for r in range(rounds):
             start = time.perf_counter()
             out = rollouts.generate(prompts, max_new_tokens=tokens, temperature=1.0, stop_ids=eos)
