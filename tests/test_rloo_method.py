@@ -145,6 +145,10 @@ def test_rollouts_default_to_llama_cpp_for_a_gguf_and_to_transformers_for_a_mode
     assert rollouts_of(RunConfig(method="rloo", train_model="/m/tiny")) == "transformers"
     assert rollouts_of(RunConfig(method="rloo", train_model="/m/gemma.gguf", rollouts="transformers")) == \
         "transformers"
+    # A chained run's earlier adapter is in the torch weights only: llama.cpp would sample another policy.
+    assert rollouts_of(RunConfig(method="rloo", train_model="/m/gemma.gguf", init_from=3)) == "transformers"
+    with pytest.raises(RunConfigError, match=r"--rollouts llama cannot start from --init-from 3"):
+        RunConfig(method="rloo", train_model="/m/gemma.gguf", init_from=3, rollouts="llama")
 
 
 def test_bad_reward_runs_and_prompts_are_refused_before_anything_is_written(tiny_reward, tmp_path: Path,

@@ -333,6 +333,10 @@ class RunConfig:
         for ok, name, problem in checks:
             if not ok:
                 raise RunConfigError(f"{flag(name)} {problem} (got {getattr(self, name)!r})")
+        if self.rollouts == "llama" and self.init_from is not None:
+            raise RunConfigError(f"--rollouts llama cannot start from --init-from {self.init_from}: that run's "
+                                 "adapter is merged into the trained weights but not into the GGUF llama.cpp samples "
+                                 "from, so the replies would come from another policy; use --rollouts transformers")
         if self.method == "rloo":
             return
         defaults = field_defaults()

@@ -73,9 +73,12 @@ def build_rloo_config(config: RunConfig, work_dir: Path, device: str, dtype: str
 
 def rollouts_of(config: RunConfig) -> str:
     """What samples this run's replies: ``--rollouts``, with ``auto`` llama.cpp for a .gguf train model (the
-    engine loads that file) and transformers for a model directory."""
+    engine loads that file) and transformers for a model directory or a run that starts from an earlier one
+    (``--init-from``: llama.cpp would sample from the GGUF without the earlier adapter)."""
     if config.rollouts != "auto":
         return config.rollouts
+    if config.init_from is not None:  # the earlier adapter is merged into the torch weights, not into the GGUF
+        return "transformers"
     return "llama" if str(config.train_model or "").lower().endswith(".gguf") else "transformers"
 
 
