@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from trainers.gguf_adapter import AttentionHeads, export_gguf_adapter
+from trainers.llama_batch import DecodeRow, decode_rows
 
 if TYPE_CHECKING:
     from peft import PeftModel
@@ -246,17 +247,9 @@ class LlamaRollouts:
 
     # -- generation -------------------------------------------------------------------------------------------
 
-    def _decode(self, rows: Sequence[tuple[int, int, int, bool]]) -> None:
+    def _decode(self, rows: Sequence[DecodeRow]) -> None:
         """Decode (token, position, sequence, wants logits) rows in one llama_decode call."""
-        batch = self._batch
-        for i, (token, pos, seq, logits) in enumerate(rows):
-            batch.token[i] = token
-            batch.pos[i] = pos
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq
-            batch.logits[i] = 1 if logits else 0
-        batch.n_tokens = len(rows)
-        status = self._lib.llama_decode(self._ctx, batch)
+        status = decode_rows(self._ctx, self._batch, rows)
         if status != 0:
             raise RolloutError(f"llama.cpp could not decode the rollouts (llama_decode returned {status})")
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 
 from studio.inference.engine import ChatEngine, EngineError, Generation, SamplingSettings
 from studio.inference.parallel_context import max_parallel_sequences
+from trainers.llama_batch import DecodeRow, decode_rows
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -227,17 +228,9 @@ class _Decoder:
     def close(self) -> None:
         self._lib.llama_batch_free(self.batch)
 
-    def decode(self, rows: Sequence[tuple[int, int, int, bool]]) -> None:
+    def decode(self, rows: Sequence[DecodeRow]) -> None:
         """Decode (token, position, sequence, wants logits) rows in one llama_decode call."""
-        batch = self.batch
-        for i, (token, pos, seq, logits) in enumerate(rows):
-            batch.token[i] = token
-            batch.pos[i] = pos
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq
-            batch.logits[i] = 1 if logits else 0
-        batch.n_tokens = len(rows)
-        status = self._lib.llama_decode(self.ctx, batch)
+        status = decode_rows(self.ctx, self.batch, rows)
         if status != 0:
             raise EngineError(f"llama.cpp could not decode the candidates (llama_decode returned {status})")
 
