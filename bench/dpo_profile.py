@@ -70,7 +70,7 @@ def main() -> None:
     from train_speed import bench_pairs
 
     from studio.inference import runtime_env  # noqa: F401
-    from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME, bundled_model_path
+    from studio.inference.model_files import DEFAULT_MODEL_NAME, named_model_path
     from trainers.compact_logprobs import enable_compact_logprobs_on_cpu
     from trainers.cpu_logprob_head import enable_cpu_logprob_head
     from trainers.frozen_weights import store_frozen_weights_for_autocast
@@ -88,7 +88,7 @@ def main() -> None:
     if not opts.trl_head:
         enable_cpu_logprob_head()
     name = opts.model or DEFAULT_MODEL_NAME
-    gguf = bundled_model_path(name) if name in BUNDLED_MODELS else Path(name)
+    gguf = named_model_path(name)
     rows = bench_pairs(opts.pairs, prompt_format_for_model(gguf))
     source = resolve_model_source(gguf)
     tokenizer = load_tokenizer(source.model_dir)

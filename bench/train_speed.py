@@ -166,11 +166,11 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from studio.inference import runtime_env  # noqa: F401
-    from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME, bundled_model_path
+    from studio.inference.model_files import BUNDLED_MODELS, DEFAULT_MODEL_NAME, named_model_path
     from trainers.model_prompt_format import prompt_format_for_model
 
     name = opts.model or DEFAULT_MODEL_NAME
-    gguf = bundled_model_path(name) if name in BUNDLED_MODELS else Path(name)
+    gguf = named_model_path(name)
     if not gguf.is_file():
         sys.exit(f"--model {name}: not a bundled model ({', '.join(BUNDLED_MODELS)}) nor a .gguf file")
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:

@@ -197,6 +197,12 @@ def unknown_model_message(name: str) -> str:
             "or give the path of a .gguf file")
 
 
+def named_model_path(name: str | None) -> Path:
+    """A bundled model's file by its name, any other name read as a path; None is the default model."""
+    name = name or DEFAULT_MODEL_NAME
+    return bundled_model_path(name) if name in BUNDLED_MODELS else Path(name)
+
+
 def bundled_model_path(name: str, progress: ProgressCallback | None = None) -> Path:
     """The file of a bundled model by name; an unknown name gets a message listing the bundled ones."""
     model = BUNDLED_MODELS.get(name)
