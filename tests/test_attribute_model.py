@@ -16,6 +16,7 @@ from store.studio_store import Store
 from trainers.methods import training_method
 from trainers.methods.attributes import HEAD_FILE, SPEC_FILE, AttributesMethod, masked_squared_error
 from trainers.pair_selection import PairSelectionError
+from trainers.prompt_format import ChatTurn, TranscriptFormat
 from trainers.rating_selection import planned_rating_report, select_ratings
 from trainers.run.lifecycle import prepare_run
 from trainers.run.process import execute_run
@@ -275,7 +276,10 @@ def test_an_imported_ratings_dataset_trains_with_its_missing_attributes_masked(t
     assert selection.report.attributes == ["helpfulness", "verbosity"]
     assert selection.report.rated_per_attribute == {"helpfulness": 2, "verbosity": 2}
     assert all(e.example_id.startswith("i") and e.origin == "dataset" for e in selection.train)
-    by_prompt = {e.prompt: e for e in selection.train}
+    # A bare question is rendered as the chat renders a user's turn (no chat template: the transcript format).
+    assert sorted(e.prompt for e in selection.train) == [TranscriptFormat().render("", [ChatTurn("user", p)])
+                                                         for p in ("P1", "P2", "P3")]
+    by_prompt = {e.prompt.split("\n")[0].removeprefix("User: "): e for e in selection.train}
     rows_out = encoded_examples([by_prompt["P2"], by_prompt["P3"]], ["helpfulness", "verbosity"],
                                 load_tokenizer(tiny_model_dir), None)
     assert rows_out[0]["label_mask"] == [1.0, 0.0] and rows_out[0]["labels"] == [-1.0, 0.0]  # 0 → -1, unrated 0

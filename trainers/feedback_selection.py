@@ -342,7 +342,7 @@ def select_examples(store: Store, config: RunConfig, model: str | None = None) -
     if kind == "ratings":  # --method attributes: rated replies, selected the same way (trainers/rating_selection.py)
         from trainers.rating_selection import select_ratings
 
-        return select_ratings(store, config)  # type: ignore[return-value]
+        return select_ratings(store, config, model)  # type: ignore[return-value]
     examples, source = available_examples(store, config, model)
     report = ExampleReport(source=source, unit=UNITS[kind], total=len(examples))
     seen: set[tuple[str, str, bool | None]] = set()

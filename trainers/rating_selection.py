@@ -141,9 +141,15 @@ def wanted_attributes(config: RunConfig) -> list[str] | None:
     return [name.strip() for name in str(value).split(",") if name.strip()]
 
 
-def available_ratings(store: Store, config: RunConfig) -> tuple[list[RatedExample], str]:
-    """Every rated reply a run on ``config`` may name, and where they came from."""
+def available_ratings(store: Store, config: RunConfig, model: str | None = None) -> tuple[list[RatedExample], str]:
+    """Every rated reply a run on ``config`` (training ``config.train_model``, else ``model``) may name, and where
+    they came from. An imported item's prompt is a bare question: it is rendered as one user turn in the model's
+    prompt format, as the chat renders what the user types, so the attribute model and SteerLM learn on the prompt
+    they will meet (SteerLM's attribute string then goes where the chat puts it, ``steer_format``)."""
     if config.dataset:
+        from trainers.model_prompt_format import prompt_format_for_model
+        from trainers.prompt_format import ChatTurn
+
         record = find_dataset(store, config.dataset)
         source = f"{record.kind} dataset '{record.name}'"
         if record.kind != "ratings":
@@ -151,10 +157,13 @@ def available_ratings(store: Store, config: RunConfig) -> tuple[list[RatedExampl
                                      "ratings dataset (HelpSteer-style: prompt, response, one 0–4 column per "
                                      "attribute)")
         out = []
+        fmt = None
         for index, item in enumerate(store.feedback_items(record), start=1):
             if isinstance(item, RatingItem):
+                fmt = fmt or prompt_format_for_model(config.train_model or model)
                 digest = hashlib.sha256(json.dumps([item.prompt, item.response]).encode()).hexdigest()[:12]
-                out.append(RatedExample(f"i{record.id}:{index}:{digest}", item.prompt, item.response,
+                out.append(RatedExample(f"i{record.id}:{index}:{digest}",
+                                        fmt.render("", [ChatTurn("user", item.prompt)]), item.response,
                                         {k: float(v) for k, v in item.ratings.items()}, "dataset"))
         return out, source
     source = f"session {config.session_id}" if config.session_id is not None else "the store"
@@ -183,11 +192,12 @@ def predicted_examples(store: Store, session_id: int | None, rated_ids: set[int]
     return [RatedExample(f"p{cid}", prompt, text, values[cid], "predicted") for cid, prompt, text in rows if prompt]
 
 
-def select_ratings(store: Store, config: RunConfig) -> RatingSelection:
-    """The rated replies ``config`` asks for, cleaned, sampled and split; the attributes settled.
+def select_ratings(store: Store, config: RunConfig, model: str | None = None) -> RatingSelection:
+    """The rated replies ``config`` asks for (on ``config.train_model``, else ``model``), cleaned, sampled and
+    split; the attributes settled.
 
     Raises ``PairSelectionError`` when nothing is rated (saying how to rate) or no wanted attribute is."""
-    examples, source = available_ratings(store, config)
+    examples, source = available_ratings(store, config, model)
     wanted = wanted_attributes(config)
     report = RatingReport(source=source, total=len(examples))
     if not examples:
