@@ -13,8 +13,9 @@ spell them (``humor``), so an export's columns line up with theirs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
+
+from store.datasets.feedback_formats import ATTRIBUTE_NAME
 
 DEFAULT_ATTRIBUTES: tuple[str, ...] = ("quality", "helpfulness", "correctness", "humor", "toxicity")
 
@@ -27,7 +28,7 @@ ATTRIBUTE_PRESETS: dict[str, tuple[str, ...]] = {
 
 # An attribute becomes a column of the ratings export (HelpSteer-style): a plain lower-case name that is not
 # one of the columns the export already has.
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_NAME = ATTRIBUTE_NAME
 _RESERVED = {"prompt", "response", "messages", "candidate_id", "prompt_id"}
 MAX_ATTRIBUTES = 16
 

@@ -366,17 +366,19 @@ def test_rankings_export_as_pairs_and_import_back(store: Store, tmp_path: Path) 
 def test_bad_feedback_records_are_named_by_line_or_skipped(store: Store, tmp_path: Path) -> None:
     path = tmp_path / "ratings.jsonl"
     rows = [{"prompt": "P", "response": "R", "quality": 3}, {"prompt": "P", "response": "S", "quality": 5},
-            {"prompt": "P", "response": "T", "quality": "high"}, {"prompt": "Q", "response": "U", "quality": 1}]
+            {"prompt": "P", "response": "T", "quality": "high"}, {"prompt": "Q", "response": "U", "quality": 1},
+            {"prompt": "Q", "response": "V", "Quality Score": 2}]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(DatasetImportError) as raised:
         import_dataset(store, path)
     assert str(raised.value) == (
         f"{path}: 1 record(s) with ratings outside 0–4: line 2: quality (5). 1 record(s) with attribute values that "
-        "are not numbers: line 3: quality ('high'). Nothing was imported. Fix them, or pass --skip-bad to import "
-        "the rest.")
+        "are not numbers: line 3: quality ('high'). 1 record(s) with unknown attributes (an attribute is a lower-case "
+        "word: letters, digits, _): line 5: 'Quality Score'. Nothing was imported. Fix them, or pass --skip-bad to "
+        "import the rest.")
     assert store.list_datasets() == []
     report = import_dataset(store, path, skip_bad=True)
-    assert (report.kind, report.n_added, report.n_skipped) == ("ratings", 2, 2)
+    assert (report.kind, report.n_added, report.n_skipped) == ("ratings", 2, 3)
     assert [item.response for item in store.feedback_items("ratings")] == ["R", "U"]
     ranking = tmp_path / "rankings.jsonl"
     ranking.write_text(json.dumps({"prompt": "P", "responses": ["a", "b"], "ranking": [1, 1]}) + "\n")

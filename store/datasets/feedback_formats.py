@@ -19,6 +19,7 @@ together (store/datasets/formats.py `RecordProblems`), or skipped with `--skip-b
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
 
 FEEDBACK_KINDS = ("labels", "demonstrations", "ratings", "rankings")
 RATING_RANGE = (0, 4)
+# An attribute's name: it is a column of the ratings export (HelpSteer-style) and a key of SteerLM's attribute
+# string, so a plain lower-case word (studio/attributes.py checks the user's own attribute set by the same rule).
+ATTRIBUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _RATING_SKIP = {"prompt", "response", "id"}  # a ratings record's columns that are not attributes
 
 Messages = list[dict[str, str]]
@@ -308,6 +312,10 @@ class FeedbackReader:
         for name, value in record.items():
             if name in _RATING_SKIP or value is None:
                 continue
+            if not ATTRIBUTE_NAME.fullmatch(name):
+                self.problems.add("unknown attributes (an attribute is a lower-case word: letters, digits, _)",
+                                  f"{where}: {name!r}")
+                return None
             if not _is_number(value):
                 self.problems.add("attribute values that are not numbers", f"{where}: {name} ({value!r})")
                 return None
