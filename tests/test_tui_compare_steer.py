@@ -69,7 +69,10 @@ async def test_steering_answers_at_two_settings_side_by_side(steer_data, default
             await pilot.press("enter")  # to the right row
             assert app.focused is second
             await pilot.press("enter")  # answers at both settings
-            await wait_for(pilot, lambda: screen.steering is not None)
+            # The run's last stored steering (another test's compare --steer on the shared run) shows when the rows
+            # open: wait for this one's answers, on this comparison's prompts.
+            await wait_for(pilot, lambda: screen.steering is not None
+                           and [row.prompt for row in screen.steering.rows] == list(PROMPTS))
 
             shown = screen.steering
             assert [row.prompt for row in shown.rows] == list(PROMPTS)
