@@ -22,7 +22,9 @@ show each prompt's two answers. Escape goes back to base vs tuned. Another run's
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from rich.text import Text
 from textual import work
@@ -60,6 +62,8 @@ from trainers.steer_format import (
     attribute_string,
     steerable_attributes,
 )
+
+R = TypeVar("R")  # what a compare worker answers (a comparison, a steering)
 
 
 @dataclass
@@ -239,24 +243,29 @@ class CompareScreen(Screen):
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def compute(self, source: PromptSource, sampling: SamplingSettings) -> None:
+        self._answer_in_worker(lambda should_stop: run_comparison(
+            self.app.engine, self.app.store, self.run_id, system=self.app.current_system_prompt,
+            sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source,
+            progress=lambda phase, done, total: self.post_message(ComparisonProgress(phase, done, total)),
+            should_stop=should_stop, checkers=self._safety_checkers(), reward_scorer=self._reward_scorer(),
+        ), ComparisonReady, ComparisonFailed)
+
+    def _answer_in_worker(self, answer: Callable[[Callable[[], bool]], R], ready: Callable[[R], Message],
+                          failed: Callable[[str], Message]) -> None:
+        """In a compare worker's thread: ``answer(should_stop)``, then ``ready(result)`` posted (unless
+        cancelled) or ``failed(message)``; the chat's adapter restored either way."""
         worker = get_current_worker()
         try:
-            result = run_comparison(
-                self.app.engine, self.app.store, self.run_id, system=self.app.current_system_prompt,
-                sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source,
-                progress=lambda phase, done, total: self.post_message(ComparisonProgress(phase, done, total)),
-                should_stop=lambda: worker.is_cancelled, checkers=self._safety_checkers(),
-                reward_scorer=self._reward_scorer(),
-            )
-        # RunAdapterError, ComparisonError, ScoringError (ValueErrors) and EngineError (a prompt that does not
-        # fit the context or that the chat template refuses) are the user's to read, not a dead worker.
+            result = answer(lambda: worker.is_cancelled)
+        # RunAdapterError, ComparisonError, ScoringError, SteerValueError (ValueErrors) and EngineError (a prompt
+        # that does not fit the context or that the chat template refuses) are the user's to read, not a dead worker.
         except (ValueError, EngineError) as exc:
-            self.post_message(ComparisonFailed(str(exc)))
+            self.post_message(failed(str(exc)))
             return
         finally:
             self.app.call_from_thread(self.app.restore_adapter)
         if not worker.is_cancelled:
-            self.post_message(ComparisonReady(result))
+            self.post_message(ready(result))
 
     def on_comparison_progress(self, message: ComparisonProgress) -> None:
         self.query_one("#compare-progress", ProgressBar).update(total=message.total, progress=message.done)
@@ -527,20 +536,11 @@ class CompareScreen(Screen):
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False)
     def compute_steering(self, settings: list[dict[str, int]], source: PromptSource,
                          sampling: SamplingSettings) -> None:
-        worker = get_current_worker()
-        try:
-            result = steer_comparison(
-                self.app.engine, self.app.store, self.run_id, settings, system=self.app.current_system_prompt,
-                sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source.spec,
-                progress=lambda done, total: self.post_message(ComparisonProgress("steering", done, total)),
-                should_stop=lambda: worker.is_cancelled)
-        except (ValueError, EngineError) as exc:  # SteerValueError, RunAdapterError, a prompt that does not fit
-            self.post_message(SteeringFailed(str(exc)))
-            return
-        finally:
-            self.app.call_from_thread(self.app.restore_adapter)
-        if not worker.is_cancelled:
-            self.post_message(SteeringReady(result))
+        self._answer_in_worker(lambda should_stop: steer_comparison(
+            self.app.engine, self.app.store, self.run_id, settings, system=self.app.current_system_prompt,
+            sampling=sampling, seed=self.app.settings.seed or 0, prompts_from=source.spec,
+            progress=lambda done, total: self.post_message(ComparisonProgress("steering", done, total)),
+            should_stop=should_stop), SteeringReady, SteeringFailed)
 
     def on_steering_ready(self, message: SteeringReady) -> None:
         if not self.query(SteerRow):
