@@ -203,10 +203,9 @@ def test_rloo_raises_a_reward_whose_optimum_is_known(tiny_model_dir: Path, tmp_p
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
-    from trl import RLOOTrainer
 
     from trainers.methods.example_training import causal_lm_lora
-    from trainers.methods.rloo import build_rloo_config
+    from trainers.methods.rloo import build_rloo_config, rloo_trainer_class
     from trainers.model_source import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -229,11 +228,10 @@ def test_rloo_raises_a_reward_whose_optimum_is_known(tiny_model_dir: Path, tmp_p
                           "beta": 0.01})
     rows = [{"prompt": rendered(p)} for p in ("What colour is the sky?", "Name a fruit.", "Say hello.",
                                               "Where do fish live?")]
-    trainer = RLOOTrainer(model=model,
-                          reward_funcs=StudioReward(low_share, samples=SampleLog(tmp_path / SAMPLES_FILE)),
-                          args=build_rloo_config(config, tmp_path / "work", "cpu", "fp32"),
-                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                          peft_config=causal_lm_lora(config))
+    trainer = rloo_trainer_class(config)(  # the method's trainer: transformers rollouts for a model folder
+        model=model, reward_funcs=StudioReward(low_share, samples=SampleLog(tmp_path / SAMPLES_FILE)),
+        args=build_rloo_config(config, tmp_path / "work", "cpu", "fp32"), train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer, peft_config=causal_lm_lora(config))
     trainer.train()
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     assert len(rewards) == 12

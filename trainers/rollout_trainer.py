@@ -43,6 +43,7 @@ import torch
 from trl import RLOOTrainer
 
 from trainers.llama_rollouts import LlamaRollouts, RolloutConfig
+from trainers.rloo_passes import StudioRLOOTrainer
 
 SUPPORTED_TRL_VERSIONS = ("1.16.",)
 # The private methods overridden here, with the parameters (after self) they have in the supported TRL.
@@ -86,8 +87,8 @@ def check_trl_compatible(trl_version: str | None = None, trainer_class: type | N
             )
 
 
-class LlamaRolloutRLOOTrainer(RLOOTrainer):
-    """``RLOOTrainer`` whose completions are sampled by llama.cpp from the base GGUF plus the current LoRA."""
+class LlamaRolloutRLOOTrainer(StudioRLOOTrainer):
+    """``RLOOTrainer`` (with the studio's CPU passes, ``trainers.rloo_passes``) whose completions are sampled by llama.cpp from the base GGUF plus the current LoRA."""
 
     def __init__(self, *args: Any, gguf_path: Path | str, rollout_config: RolloutConfig | None = None,
                  importance_cap: float | None = None, **kwargs: Any) -> None:

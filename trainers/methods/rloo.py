@@ -83,11 +83,14 @@ def rollouts_of(config: RunConfig) -> str:
 
 
 def rloo_trainer_class(config: RunConfig) -> type[RLOOTrainer]:
-    """TRL's trainer, or with llama.cpp rollouts its subclass that samples in llama.cpp."""
+    """TRL's trainer with the studio's CPU passes (``trainers.rloo_passes``), or with llama.cpp rollouts its
+    subclass that samples in llama.cpp."""
     from trl import RLOOTrainer
 
+    from trainers.rloo_passes import StudioRLOOTrainer
+
     if rollouts_of(config) != "llama":
-        return RLOOTrainer
+        return StudioRLOOTrainer
     try:
         from trainers.rollout_trainer import llama_rollout_trainer
     except ImportError as exc:

@@ -1,0 +1,54 @@
+"""The studio's RLOO trainer (trainers/rloo_passes.py) computes TRL's RLOO advantages, loss and gradients, with
+less work per step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).resolve().parent / "rloo_loss_probe.py"
+
+
+@pytest.fixture(scope="module")
+def probe() -> dict:
+    # A fresh process: TRL's own trainer must run before the CPU speed-ups patch TRL for the whole process.
+    proc = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1])
+
+
+def test_studio_rloo_advantages_loss_and_gradients_equal_trls(probe: dict) -> None:
+    assert probe["same_completions"]  # the same replies were sampled, so what follows compares the scoring
+    assert probe["studio_kl"] == pytest.approx(probe["plain_kl"], rel=1e-4)
+    assert probe["plain_kl"] > 1e-4  # the LoRA starts away from the reference: the KL penalty is real
+    assert probe["max_advantage"] > 0.1
+    assert probe["max_advantage_diff"] <= 1e-5 * max(1.0, probe["max_advantage"])
+    assert probe["studio_loss"] == pytest.approx(probe["plain_loss"], rel=1e-4, abs=1e-6)
+    assert probe["same_grad_names"]
+    assert probe["max_grad"] > 1e-3
+    assert probe["max_grad_diff"] <= 1e-5 * max(1.0, probe["max_grad"])
+
+
+def test_studio_rloo_scores_replies_only_and_skips_unread_statistics(probe: dict) -> None:
+    assert probe["cpu_compact"]  # prompt and padding positions are not projected through the vocabulary
+    # One step: the policy and the reference without gradient (log-probabilities only: the KL and the ratio's
+    # start), then the policy with gradient for the loss, whose entropy is a metric.
+    assert probe["head_calls"] == [
+        [False, ["log_probs"]],
+        [False, ["log_probs"]],
+        [True, ["log_probs", "entropy"]],
+    ]
+
+
+def test_the_rloo_method_trains_with_the_studio_trainer_for_either_rollouts() -> None:
+    from trainers.methods.rloo import rloo_trainer_class
+    from trainers.rloo_passes import StudioRLOOTrainer
+    from trainers.run_config import RunConfig
+
+    assert rloo_trainer_class(RunConfig(method="rloo", rollouts="transformers")) is StudioRLOOTrainer
+    assert issubclass(rloo_trainer_class(RunConfig(method="rloo", rollouts="llama")), StudioRLOOTrainer)
