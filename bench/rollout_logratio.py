@@ -114,10 +114,15 @@ def bench_model(name: str, rounds: int, tokens: int) -> float:
         sync = sync_cost(model, rollouts)
     per_token = torch.cat([s.per_token for s in stats])
     per_seq = torch.cat([s.per_sequence for s in stats])
+    # What an importance weight would change: a completion's weight relative to its group's (RLOO's baseline is
+    # the group's other replies, so a weight shared by the whole group scales the step, not its direction).
+    weights = torch.exp(-per_seq).view(-1, REPLIES)
+    relative = (weights / weights.mean(dim=1, keepdim=True) - 1).abs()
     print(f"{name}: log-ratio log π_llama.cpp − log π_torch over {per_token.numel()} sampled tokens: mean "
           f"{float(per_token.mean()):+.4f}, mean |·| {float(per_token.abs().mean()):.4f}, p95 |·| "
           f"{float(per_token.abs().quantile(0.95)):.4f}; per completion mean |Σ| {float(per_seq.abs().mean()):.3f}, "
-          f"importance weight exp(−Σ) range {float(torch.exp(-per_seq).min()):.3f}–{float(torch.exp(-per_seq).max()):.3f}")
+          f"importance weight exp(−Σ) range {float(torch.exp(-per_seq).min()):.3f}–{float(torch.exp(-per_seq).max()):.3f}, "
+          f"relative to its group's mean: mean |w/w̄ − 1| {float(relative.mean()):.3f}, max {float(relative.max()):.3f}")
     print(f"{name}: {rounds} rounds of {len(QUESTIONS)}×{REPLIES}×≤{tokens} tokens: llama.cpp {times['llama.cpp']:.2f} s "
           f"({counts['llama.cpp']} tokens), transformers {times['transformers']:.2f} s ({counts['transformers']} tokens); "
           f"ratio {times['llama.cpp'] / times['transformers']:.3f}")

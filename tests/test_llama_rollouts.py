@@ -176,7 +176,7 @@ def test_rloo_trainer_takes_llama_rollouts(loaded: Loaded, smollm2_model: Path, 
                       bf16=False, report_to=[], save_strategy="no", gradient_checkpointing=False, seed=3)
     prompts = [{"prompt": [{"role": "user", "content": q}]} for q in QUESTIONS[:2]] * 4
     trainer = LlamaRolloutRLOOTrainer(
-        gguf_path=smollm2_model, rollout_config=RolloutConfig(n_ctx=1024, n_seq_max=8, seed=3),
+        gguf_path=smollm2_model, rollout_config=RolloutConfig(n_ctx=1024, n_seq_max=8, seed=3), importance_cap=1.5,
         model=load_model(loaded.model_dir, device="cpu"), args=args, reward_funcs=shorter_is_better,
         train_dataset=Dataset.from_list(prompts), processing_class=load_tokenizer(loaded.model_dir),
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
@@ -189,3 +189,13 @@ def test_rloo_trainer_takes_llama_rollouts(loaded: Loaded, smollm2_model: Path, 
     assert len(logged) == 2
     assert all(abs(entry["rollout/abs_logratio"]) < 0.5 for entry in logged)
     assert all(entry["rollout/sync_s"] > 0 for entry in logged)  # synced at step 0 and again after step 1
+    assert all(0 < entry["rollout/importance_weight"] <= 1.5 for entry in logged)
+
+
+def test_importance_weights_are_the_capped_probability_ratio_of_each_completion() -> None:
+    from trainers.rollout_trainer import importance_weights
+
+    # Σ log π_llama.cpp − log π_torch per completion: torch likes the first more, the third much more.
+    weights = importance_weights(torch.tensor([-0.2, 0.0, -3.0, 0.5], dtype=torch.float64), cap=2.0)
+    assert weights.dtype == torch.float32
+    assert weights.tolist() == pytest.approx([np.exp(0.2), 1.0, 2.0, np.exp(-0.5)], rel=1e-6)

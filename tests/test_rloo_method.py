@@ -129,6 +129,10 @@ def test_a_bad_jsonl_line_is_named(tmp_path: Path) -> None:
 
 
 def test_rloo_settings_are_refused_on_another_method() -> None:
+    with pytest.raises(RunConfigError, match=r"--importance-cap must be greater than 0"):
+        RunConfig(method="rloo", importance_cap=0.0)
+    with pytest.raises(RunConfigError, match=r"--importance-cap applies to --method rloo only"):
+        RunConfig(method="dpo", importance_cap=2.0)
     with pytest.raises(RunConfigError, match=r"--num-generations applies to --method rloo only"):
         RunConfig(method="dpo", num_generations=8)
     with pytest.raises(RunConfigError, match=r"--num-generations must be 2 or more"):
@@ -171,6 +175,8 @@ def test_bad_reward_runs_and_prompts_are_refused_before_anything_is_written(tiny
             r"does not fit the context of 16 tokens", max_length=16, max_completion_length=12)
     refused(PairSelectionError, r"RLOO needs prompts, and session 999 has none", session_id=999)
     refused(RunConfigError, r"--rollouts llama samples in llama.cpp and needs a .gguf", rollouts="llama")
+    # A model folder: transformers samples from the policy itself, so importance weights have nothing to correct.
+    refused(RunConfigError, r"--importance-cap weighs replies sampled by llama.cpp", importance_cap=2.0)
     # A run that is not a reward model, and a reward run that did not finish.
     store.set_run_status(run_id, "failed", "broken on purpose")
     try:

@@ -111,6 +111,9 @@ def check_reward_terms(store: Store, config: RunConfig, model: Path | str) -> No
     if config.rollouts == "llama" and Path(model).suffix.lower() != ".gguf":
         raise RunConfigError(f"--rollouts llama samples in llama.cpp and needs a .gguf train model (got {model}); "
                              "use --rollouts transformers")
+    if config.importance_cap is not None and config.rollouts_for(model) != "llama":
+        raise RunConfigError("--importance-cap weighs replies sampled by llama.cpp; here transformers samples them "
+                             "from the policy itself, so there is nothing to correct: leave it out")
 
 
 class RewardModelScorer:

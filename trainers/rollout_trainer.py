@@ -169,7 +169,8 @@ class LlamaRolloutRLOOTrainer(StudioRLOOTrainer):
         self._metrics[mode]["rollout/abs_logratio"].append(stats.mean_abs)
         self._metrics[mode]["rollout/seq_abs_logratio"].append(float(stats.per_sequence.abs().mean()))
         if self.importance_cap is not None:
-            self._importance_weights = torch.exp(-stats.per_sequence).clamp(max=self.importance_cap)
+            self._importance_weights = importance_weights(stats.per_sequence, self.importance_cap)
+            self._metrics[mode]["rollout/importance_weight"].append(float(self._importance_weights.mean()))
 
     def close(self) -> None:
         """Free llama.cpp's model and context (also done when the trainer is collected)."""
@@ -195,6 +196,12 @@ class LogRatio:
         self.mean_abs = float(per_token.abs().mean()) if per_token.numel() else 0.0
 
 
+def importance_weights(per_sequence_logratio: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights π_torch / π_llama.cpp of whole completions, from their summed log-ratio
+    log π_llama.cpp − log π_torch: ``min(exp(−Σ), cap)``, in float32 like TRL's advantages."""
+    return torch.exp(-per_sequence_logratio).clamp(max=cap).float()
+
+
 def logratio_stats(torch_logps: torch.Tensor, sampled: Sequence[Sequence[float]]) -> LogRatio:
     """Compare ``sampled[i][j]`` (llama.cpp) with ``torch_logps[i, j]`` (right-padded completions)."""
     tokens, sequences = [], []
@@ -207,4 +214,4 @@ def logratio_stats(torch_logps: torch.Tensor, sampled: Sequence[Sequence[float]]
 
 
 __all__ = ["LlamaRolloutRLOOTrainer", "LogRatio", "UnsupportedTRLError", "check_trl_compatible",
-           "llama_rollout_trainer", "logratio_stats"]
+           "importance_weights", "llama_rollout_trainer", "logratio_stats"]

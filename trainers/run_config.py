@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from trainers.methods.registry import DEFAULT_METHOD, METHODS
@@ -190,6 +191,12 @@ class RunConfig:
                   "engine with the current adapter (a .gguf train model only); transformers: TRL's own generate; "
                   "auto: llama for a .gguf train model, else transformers."},
     )
+    importance_cap: float | None = field(
+        default=None,
+        metadata={"help": "RLOO only, llama rollouts: weight each reply's advantage by min(exp(Σ log π_torch − "
+                  "log π_llama.cpp), CAP) (truncated importance sampling: the replies were sampled by the "
+                  "quantised engine, not by the policy being trained). Off by default: see the README's measure."},
+    )
     learning_rate: float = field(default=5e-5, metadata={"help": "AdamW learning rate of the LoRA weights."})
     epochs: int = field(default=2, metadata={"help": "Passes over the training pairs."})
     max_steps: int | None = field(
@@ -329,6 +336,7 @@ class RunConfig:
             (self.length_target >= 0, "length_target", "must be 0 or more"),
             (self.safety_penalty >= 0, "safety_penalty", "must be 0 or more"),
             (self.rollouts in ROLLOUTS, "rollouts", f"must be one of {', '.join(ROLLOUTS)}"),
+            (self.importance_cap is None or self.importance_cap > 0, "importance_cap", "must be greater than 0"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -341,10 +349,21 @@ class RunConfig:
             return
         defaults = field_defaults()
         for name in ("reward_run", "rl_prompts", "num_generations", "max_completion_length", "temperature",
-                     "length_penalty", "length_target", "safety_penalty", "safety_checker", "rollouts"):
+                     "length_penalty", "length_target", "safety_penalty", "safety_checker", "rollouts",
+                     "importance_cap"):
             if getattr(self, name) != defaults[name]:
                 raise RunConfigError(f"{flag(name)} applies to --method rloo only (this run's method is "
                                      f"{self.method})")
+
+    def rollouts_for(self, model: str | Path | None) -> str:
+        """What samples an RLOO run's replies on ``model``: ``rollouts``, with ``auto`` llama.cpp for a .gguf
+        model (the engine loads that file) and transformers for a model directory or a run that starts from an
+        earlier one (``init_from``: llama.cpp would sample from the GGUF without the earlier adapter)."""
+        if self.rollouts != "auto":
+            return self.rollouts
+        if self.init_from is not None:  # the earlier adapter is merged into the torch weights, not into the GGUF
+            return "transformers"
+        return "llama" if str(model or "").lower().endswith(".gguf") else "transformers"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""

@@ -72,14 +72,8 @@ def build_rloo_config(config: RunConfig, work_dir: Path, device: str, dtype: str
 
 
 def rollouts_of(config: RunConfig) -> str:
-    """What samples this run's replies: ``--rollouts``, with ``auto`` llama.cpp for a .gguf train model (the
-    engine loads that file) and transformers for a model directory or a run that starts from an earlier one
-    (``--init-from``: llama.cpp would sample from the GGUF without the earlier adapter)."""
-    if config.rollouts != "auto":
-        return config.rollouts
-    if config.init_from is not None:  # the earlier adapter is merged into the torch weights, not into the GGUF
-        return "transformers"
-    return "llama" if str(config.train_model or "").lower().endswith(".gguf") else "transformers"
+    """What samples this run's replies (``RunConfig.rollouts_for`` its train model)."""
+    return config.rollouts_for(config.train_model)
 
 
 def rloo_trainer_class(config: RunConfig) -> type[RLOOTrainer]:
@@ -171,7 +165,10 @@ class RLOOMethod(ExampleMethod):
             f"{config.max_completion_length} tokens, temperature {config.temperature:g}, KL beta {config.beta:g}, "
             f"rollouts by {rollouts_of(config)}")
         if rollouts_of(config) == "llama":  # the engine loads the GGUF the torch weights were converted from
-            return {"reward_funcs": reward, "gguf_path": Path(source.origin)}
+            if config.importance_cap is not None:
+                log(f"rloo: each reply's advantage weighted by its importance weight, capped at "
+                    f"{config.importance_cap:g}")
+            return {"reward_funcs": reward, "gguf_path": Path(source.origin), "importance_cap": config.importance_cap}
         return {"reward_funcs": reward}
 
     def extra_files(self, paths: RunPaths) -> dict[str, Path]:
