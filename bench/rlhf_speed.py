@@ -103,7 +103,8 @@ def studio_rloo(store, gguf: Path, work: Path, reward_id: int, opts: argparse.Na
     config = RunConfig(method="rloo", reward_run=reward_id, rl_prompts=str(prompts), batch_size=opts.prompts,
                        num_generations=opts.group, max_completion_length=opts.completion_length,
                        max_steps=opts.steps, heldout_fraction=opts.heldout_fraction, rollouts=opts.rollouts,
-                       threads=opts.threads, save_steps=10_000, beta=opts.beta, learning_rate=opts.learning_rate)
+                       threads=opts.threads, save_steps=10_000, beta=opts.beta, learning_rate=opts.learning_rate,
+                       importance_cap=opts.importance_cap)
     split_file = work / "studio-split.json"
     run_id, wall = train_run(store, config, gguf, work, [sys.executable, str(BENCH / "rloo_step_split.py")],
                              {**os.environ, SPLIT_ENV: str(split_file)})
@@ -148,6 +149,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1, help="KL penalty, both sides")
     parser.add_argument("--learning-rate", type=float, default=5e-5,
                         help="studio side's LoRA learning rate (RunConfig's default 5e-5)")
+    parser.add_argument("--importance-cap", type=float, default=None,
+                        help="studio side: truncated importance weights for the llama.cpp rollouts (default: off)")
     parser.add_argument("--rollouts", default="llama", choices=["llama", "transformers"], help="studio side")
     parser.add_argument("--heldout-fraction", type=float, default=0.0,
                         help="studio side: hold this share of the prompts out and measure their mean reward before "
