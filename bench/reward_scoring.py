@@ -1,12 +1,14 @@
-"""Reward scoring speed and exactness: both scorers against the 150 ms target, llama.cpp against transformers.
+"""Reward scoring speed and exactness: the scorers against the 150 ms target, each against transformers in float32.
 
 Scores two candidates of ~60 tokens to a new prompt each round (the scorer evaluates the prompt and both
 replies) and again to the same prompt (the prompt cached), with the llama.cpp scorer
 (``studio.reward.llama_scorer``: a second context on the served GGUF, the run's LoRA, the exported head) and the
-torch worker process (``studio.reward.torch_worker``: transformers, the LoRA merged, exact). Wall time and the
+torch worker process (``studio.reward.torch_worker``: transformers, the LoRA merged), as the default ``torch``
+(float32: exactly the trainer's model) and as ``torch-bf16`` (the merged decoder in bf16). Wall time and the
 scoring process's CPU seconds (``time.process_time`` here for llama.cpp, the worker's own for torch), the latter
 inflated much less by a loaded machine.
-Then the exactness: Pearson of llama.cpp against transformers over ``--replies`` replies (the issue asks ≥ 0.99).
+Then the exactness: Pearson of llama.cpp and of the bf16 worker against transformers + PEFT in float32 over
+``--replies`` replies (the issue asks ≥ 0.99).
 Without ``--db``/``--run`` it first trains a reward model on the default model for ``--steps`` steps in a
 temporary home (minutes; with ``--db`` set PREFSTUDIO_HOME to the home that run was trained in, or the worker
 converts the model again). The last line is the ratio of the default scorer's median new-prompt wall time to the
@@ -94,7 +96,8 @@ def main() -> None:
         run = store.get_run(run_id)
         engine = ChatEngine(EngineConfig(model_path=Path(run.config["train_model"])))
         scorer = open_reward_scorer(store, run_id, engine, backend="llama")
-        worker = open_reward_scorer(store, run_id, engine, backend="torch")
+        worker = open_reward_scorer(store, run_id, engine, backend="torch")  # the default: float32, exact
+        worker_bf16 = open_reward_scorer(store, run_id, engine, backend="torch-bf16")
         model, tokenizer = load_trained_reward_model(Path(run.output_dir), Path(run.summary["model"]["model_dir"]))
         import torch
 
@@ -108,20 +111,23 @@ def main() -> None:
             scorer.score(conversation, pair)
             return time.perf_counter() - wall, time.process_time() - cpu
 
-        def torch_call(conversation: list[ChatTurn], pair: list[str]) -> tuple[float, float]:
-            """Wall seconds here, CPU seconds of the worker process (it reports them with its answer)."""
-            wall = time.perf_counter()
-            worker.score(conversation, pair)
-            return time.perf_counter() - wall, worker.last_cpu_seconds
+        def worker_call(which):  # noqa: ANN001, ANN202 - a TorchWorkerScorer
+            def call(conversation: list[ChatTurn], pair: list[str]) -> tuple[float, float]:
+                """Wall seconds here, CPU seconds of the worker process (it reports them with its answer)."""
+                wall = time.perf_counter()
+                which.score(conversation, pair)
+                return time.perf_counter() - wall, which.last_cpu_seconds
+            return call
 
-        times: dict[str, list[tuple[float, float]]] = {"llama new": [], "llama cached": [], "torch new": [],
-                                                        "torch cached": []}
-        for call in (llama_call, torch_call):  # warm-up: graphs, buffers
+        calls = (("llama", llama_call), ("torch", worker_call(worker)), ("torch-bf16", worker_call(worker_bf16)))
+        times: dict[str, list[tuple[float, float]]] = {f"{name} {kind}": [] for name, _ in calls
+                                                        for kind in ("new", "cached")}
+        for _name, call in calls:  # warm-up: graphs, buffers
             call([ChatTurn("user", PROMPTS[-1])], [reply(0), reply(1)])
         for r in range(args.rounds):
             conversation = [ChatTurn("user", PROMPTS[r])]
             pair = [reply(2 * r), reply(2 * r + 1)]
-            for name, call in (("llama", llama_call), ("torch", torch_call)):
+            for name, call in calls:
                 times[f"{name} new"].append(call(conversation, pair))  # a new prompt: prompt + both replies
                 times[f"{name} cached"].append(call(conversation, list(reversed(pair))))  # the prompt cached
         ms = {name: (1000 * statistics.median(w for w, _ in pairs), 1000 * statistics.median(c for _, c in pairs))
@@ -142,8 +148,13 @@ def main() -> None:
         batched = worker.score(conversation, replies)  # the worker: prompt shared, replies in one batch
         print(f"torch worker (LoRA merged, prompt shared, one batch) against transformers + PEFT reply by reply: "
               f"max |difference| {float(np.max(np.abs(np.subtract(batched, exact)))):.2e}")
+        bf16_scores = worker_bf16.score(conversation, replies)
+        print(f"torch-bf16 worker against transformers + PEFT in float32: Pearson "
+              f"{float(np.corrcoef(bf16_scores, exact)[0, 1]):.4f}, max |difference| "
+              f"{float(np.max(np.abs(np.subtract(bf16_scores, exact)))):.4f} against a spread (std) of {spread:.4f}")
         scorer.close()
         worker.close()
+        worker_bf16.close()
         engine.close()
     default = "torch new" if DEFAULT_BACKEND == "torch" else "llama new"
     others = "; ".join(f"{name} {wall / TARGET_MS:.2f} (CPU {cpu / TARGET_MS:.2f})" for name, (wall, cpu) in ms.items()

@@ -8,7 +8,10 @@ last token), with the work a chat's candidates share done once (the worker proce
   round, the next candidate of this one): only the tokens after what is cached go through the model;
 - the replies in one forward as a batch sharing that prefix (right-padded: a causal model's real tokens never
   see the padding after them), the head on each reply's last real token only;
-- ``torch.inference_mode`` (no autograd bookkeeping).
+- ``torch.inference_mode`` (no autograd bookkeeping);
+- optionally (``weights_dtype=torch.bfloat16``: the ``torch-bf16`` backend) the merged decoder stored and run in
+  bf16, as the trainer ran it under bf16 autocast; the head stays float32. ~1.3x faster on a CPU with native bf16
+  (AVX512-BF16, AMX), but not exact: scores moved by up to 0.008 (a fifth of their spread) on the bench.
 
 Imports torch: only the worker process (and tests) load this module.
 """
@@ -34,12 +37,17 @@ class SharedPromptScorer:
     """Scores replies to a prompt like ``transformers_reward_scores`` does, the prompt computed once and kept.
 
     ``model`` is a loaded reward model (``load_trained_reward_model``: a PEFT model over a transformers
-    sequence-classification model); its LoRA is merged in place, so the caller hands it over."""
+    sequence-classification model); its LoRA is merged in place, so the caller hands it over.
+    ``weights_dtype``: the decoder's dtype once merged (float32: exactly the trainer's model; bfloat16: see above)."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 weights_dtype: torch.dtype = torch.float32) -> None:
         merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         merged.eval()
         self._body = getattr(merged, merged.base_model_prefix)  # the decoder, without the classification head
+        if weights_dtype != torch.float32:
+            self._body.to(weights_dtype)  # merged first: the LoRA's product is added in float32, then rounded once
+        self.weights_dtype = weights_dtype
         self._head = merged.score
         self._tokenizer = tokenizer
         self._pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
@@ -94,4 +102,4 @@ class SharedPromptScorer:
             else DynamicCache()
         hidden = self._body(input_ids=batch, cache=cache, use_cache=True).last_hidden_state
         last = hidden[torch.arange(n), torch.tensor([len(s) - 1 for s in suffixes])]
-        return [float(x) for x in self._head(last)[:, 0]]
+        return [float(x) for x in self._head(last.to(self._head.weight.dtype))[:, 0]]

@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from studio.reward.head import RewardScorerError, split_conversation
 from studio.worker_process import JsonLinesWorker
@@ -25,22 +25,28 @@ if TYPE_CHECKING:
     from studio.inference.engine import ChatEngine
 
 READY = "ready"
+# The merged decoder's dtype in the worker: fp32 (exactly the trainer's model) or bf16 (about 1.3x faster on a
+# CPU with native bf16, AVX512-BF16 or AMX; approximate).
+Precision = Literal["fp32", "bf16"]
 
 
 class TorchWorkerScorer:
     """``RewardScorer`` in a worker process with torch; the prompt rendered here, in the engine's format."""
 
-    def __init__(self, engine: ChatEngine, run_id: int, output_dir: Path, train_model: str, threads: int) -> None:
+    def __init__(self, engine: ChatEngine, run_id: int, output_dir: Path, train_model: str, threads: int,
+                 precision: Precision = "fp32") -> None:
         self._engine = engine
         self._run_id = run_id
         self.last_cpu_seconds = 0.0  # the worker's CPU time for the last request (bench/reward_scoring.py)
-        self._worker = JsonLinesWorker("studio.reward.torch_worker", [str(output_dir), train_model, str(threads)],
+        self._worker = JsonLinesWorker("studio.reward.torch_worker",
+                                       [str(output_dir), train_model, str(threads), precision],
                                        f"reward-worker-{run_id}-")
         reply = self._worker.read()
         if reply.get(READY) is not True:
             self.close()
             raise RewardScorerError(f"the reward worker of run {run_id} did not start: "
                                     f"{reply.get('error') or self._worker.log_tail()}")
+        self.precision = str(reply.get("precision", "fp32"))  # as the worker loaded it
 
     @property
     def run_id(self) -> int:
@@ -66,7 +72,7 @@ class TorchWorkerScorer:
     def close(self) -> None:
         self._worker.close()
 
-def serve(output_dir: Path, train_model: str, threads: int) -> None:
+def serve(output_dir: Path, train_model: str, threads: int, precision: str = "fp32") -> None:
     """The worker's loop: load once, then one JSON answer line per request line until stdin closes."""
     import time
 
@@ -75,15 +81,15 @@ def serve(output_dir: Path, train_model: str, threads: int) -> None:
     from studio.reward.torch_scoring import SharedPromptScorer
     from trainers.methods.reward import load_trained_reward_model
     from trainers.model_source import resolve_model_source
-
     torch.set_num_threads(threads)
     try:
         source = resolve_model_source(train_model, log=lambda _message: None)
-        scorer = SharedPromptScorer(*load_trained_reward_model(output_dir, source.model_dir))
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        scorer = SharedPromptScorer(*load_trained_reward_model(output_dir, source.model_dir), weights_dtype=dtype)
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported to the studio as one line
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return
-    print(json.dumps({READY: True}), flush=True)
+    print(json.dumps({READY: True, "precision": precision}), flush=True)
     for line in sys.stdin:
         started = time.process_time()
         try:
@@ -96,4 +102,4 @@ def serve(output_dir: Path, train_model: str, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+    serve(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "fp32")
