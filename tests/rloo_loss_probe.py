@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from tiny_model import build_tiny_model, rendered  # noqa: E402  (imports trainers: HF offline env)
+from trainer_probe import record_head_calls  # noqa: E402
 
 PROMPTS = ("What colour is the sky?", "Name a fruit.")
 
@@ -67,18 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_tiny_model(Path(tmp) / "tiny")
         plain = one_step(RLOOTrainer, model_dir, Path(tmp) / "plain")
-        calls: list[tuple[bool, tuple[str, ...]]] = []
-        import trainers.cpu_logprob_head as head
-
-        original = head.cpu_logprob_function()
-
-        class Recording(original):  # type: ignore[misc, valid-type]
-            @staticmethod
-            def forward(ctx, hidden, *args):  # noqa: ANN001, ANN002, ANN205
-                calls.append((ctx.needs_input_grad[0], tuple(args[-1])))
-                return original.forward(ctx, hidden, *args)
-
-        head._cpu_function_class = Recording
+        calls = record_head_calls()
         studio = one_step(StudioRLOOTrainer, model_dir, Path(tmp) / "studio")
     pg, sg = plain["grads"], studio["grads"]
     print(json.dumps({

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from trainer_probe import run_probe
 
 PROBE = Path(__file__).resolve().parent / "kto_loss_probe.py"
 
 
 @pytest.fixture(scope="module")
 def probe() -> dict:
-    # A fresh process: TRL's own trainer must run before the CPU speed-ups patch TRL for the whole process.
-    proc = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-    return json.loads(lines[-1])
+    return run_probe(PROBE)
 
 
 def test_studio_kto_loss_and_gradients_equal_trls(probe: dict) -> None:
