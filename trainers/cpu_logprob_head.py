@@ -11,11 +11,9 @@ where the bf16 product itself takes 0.24 s).
 Here each vocabulary tile costs one product and a few reductions PyTorch vectorises (``logsumexp``, ``max`` with
 its index, the softmax for the entropy); tiles are combined exactly as a log-sum-exp of their own. The backward
 recomputes each tile (as TRL's does) and adds the one-hot part at the target index only. The numbers are TRL's:
-same compute dtype (the autocast dtype, else the hidden states'), the gradient tile rounded to it, same
-temperature, logit scale and soft-capping; only the order of float additions differs (log-probs equal to ~1e-6).
-One deliberate difference under bf16 autocast: TRL multiplies the gradient tile in float32; here each tile's
-gradient product is a bf16 matmul (its result rounded to bf16, as autocast's own backward matmuls are), the tiles
-summed in float32 -- 3x faster, gradients within bf16 rounding of TRL's. In float32 the products are float32. ``is_top1`` is "the target is the first index of the row's
+same compute dtype (the autocast dtype, else the hidden states'), the gradient tile rounded to it and the gradient
+products accumulated in float32, same temperature, logit scale and soft-capping; only the order of float
+additions differs (log-probs equal to ~1e-6). ``is_top1`` is "the target is the first index of the row's
 maximum", which is what TRL's two running maxima compute.
 
 ``enable_cpu_logprob_head`` puts it behind TRL's private name for CPU tensors only; CUDA/XPU keep TRL's kernel.
@@ -206,23 +204,12 @@ def _cpu_function() -> type:
                         grad *= 1 - capped * capped
                     if logit_scale != 1.0:
                         grad *= logit_scale
-                    # TRL writes the gradient into the compute-dtype tile and multiplies in float32. Under bf16
-                    # autocast the tile's products are bf16 matmuls here (float32 accumulation inside each, the
-                    # result rounded to bf16 as autocast's own backward matmuls are), summed over the tiles in
-                    # float32: 3x faster on a CPU with native bf16 (0.33 s against 0.93 s for 768 scored tokens
-                    # through Gemma's 262k rows), gradients within bf16 rounding of TRL's.
-                    grad = grad.to(ctx.compute_dtype)
-                    if ctx.compute_dtype == torch.float32:
-                        if grad_hidden is not None:
-                            grad_hidden[s:s + TOKEN_CHUNK].addmm_(grad, w)
-                        if grad_weight is not None:
-                            grad_weight[start:end].addmm_(grad.t(), h)
-                    else:
-                        if grad_hidden is not None:
-                            grad_hidden[s:s + TOKEN_CHUNK] += torch.mm(grad, w)
-                        if grad_weight is not None:
-                            grad_weight[start:end] += torch.mm(grad.t(), h)
-                        grad = grad.float()
+                    # TRL writes the gradient into the compute-dtype tile and accumulates its products in float32.
+                    grad = grad.to(ctx.compute_dtype).float()
+                    if grad_hidden is not None:
+                        grad_hidden[s:s + TOKEN_CHUNK].addmm_(grad, w.float())
+                    if grad_weight is not None:
+                        grad_weight[start:end].addmm_(grad.t(), h.float())
                     if grad_bias is not None:
                         grad_bias[start:end] += grad.sum(0)
             return (
