@@ -1,5 +1,8 @@
 # The two commands of the README. Both set up .venv on first use (scripts/bootstrap.sh).
-# `make test` lists its 30 slowest setups and calls: the suite has a time budget (~25 min on 2 cores).
+# `make test` runs the suite in two worker processes (pytest-xdist, one test file per worker at a time: a file's
+# module fixtures are built once) and lists its 30 slowest setups and calls: the suite has a time budget
+# (~25 min on 2 cores). One process alone spends about half its time waiting (the app's workers, llama.cpp, a
+# trainer process), so two share the 2 cores.
 .PHONY: studio test bench lint
 
 studio:
@@ -8,7 +11,7 @@ studio:
 
 test:
 	@scripts/bootstrap.sh test
-	@.venv/bin/python -m pytest --durations=30 $(PYTEST_ARGS)
+	@.venv/bin/python -m pytest -n 2 --dist loadfile --durations=30 $(PYTEST_ARGS)
 
 lint:
 	@.venv/bin/ruff check studio trainers store tests bench

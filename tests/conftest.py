@@ -27,10 +27,41 @@ def prefstudio_bin() -> str:
     return str(found) if found.exists() else shutil.which("prefstudio") or "prefstudio"
 
 
+def shared_by_workers(tmp_path_factory) -> Path | None:  # noqa: ANN001
+    """Under pytest-xdist (``make test`` runs two workers), a folder all workers of this run share; else None."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    shared = tmp_path_factory.getbasetemp().parent / "shared-by-workers"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+@contextmanager
+def one_worker_at_a_time(tmp_path_factory, name: str):  # noqa: ANN001
+    """Under pytest-xdist, hold the run-wide lock ``name`` (the first worker builds, the other waits and reuses)."""
+    shared = shared_by_workers(tmp_path_factory)
+    if shared is None:
+        yield
+        return
+    from filelock import FileLock
+
+    with FileLock(str(shared / f"{name}.lock")):
+        yield
+
+
 @pytest.fixture(scope="session")
 def session_home(tmp_path_factory) -> Path:
-    """One PREFSTUDIO_HOME for fixtures shared by the whole run (the assembled model, converted weights)."""
-    return tmp_path_factory.mktemp("prefstudio-session-home")
+    """One PREFSTUDIO_HOME for fixtures shared by the whole run (the assembled model, converted weights). Under
+    pytest-xdist each worker has its own, but their models cache is one folder: the assembled GGUF and the
+    converted training weights (a minute and ~1 GB each) are made once per run, not once per worker."""
+    home = tmp_path_factory.mktemp("prefstudio-session-home")
+    shared = shared_by_workers(tmp_path_factory)
+    if shared is not None:
+        models = shared / "models-cache"
+        models.mkdir(exist_ok=True)
+        (home / "cache").mkdir(parents=True)
+        (home / "cache" / "models").symlink_to(models, target_is_directory=True)
+    return home
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,11 +89,11 @@ def prefstudio_home(path: Path):
 
 
 @pytest.fixture(scope="session")
-def default_model(session_home) -> Path:
+def default_model(session_home, tmp_path_factory) -> Path:
     """The embedded Gemma 3 270M GGUF, assembled once per test run from its PyPI package."""
     from studio.inference.model_files import ensure_default_model
 
-    with prefstudio_home(session_home):
+    with prefstudio_home(session_home), one_worker_at_a_time(tmp_path_factory, "default-model"):
         return ensure_default_model()
 
 
@@ -82,12 +113,12 @@ def studio_home(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
-def converted_weights(default_model, session_home) -> Path:
+def converted_weights(default_model, session_home, tmp_path_factory) -> Path:
     """The session home's models folder once the default model's training weights are converted there (a no-op
     when a training fixture did it already; else ~1 min, once per run)."""
     from trainers.model_source import resolve_model_source
 
-    with prefstudio_home(session_home):
+    with prefstudio_home(session_home), one_worker_at_a_time(tmp_path_factory, "converted-weights"):
         source = resolve_model_source(default_model)
     return source.model_dir.parent
 
@@ -163,7 +194,7 @@ def offered(select) -> list[str]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def trained_reward_run(default_model, session_home, tmp_path_factory) -> tuple[Path, int]:
+def trained_reward_run(default_model, session_home, converted_weights, tmp_path_factory) -> tuple[Path, int]:
     """A finished reward run on the default model (two steps on SEPARABLE_PAIRS), trained once per test run:
     the folder holding its database (studio.db) and runs/, and the run's id. Copy it with ``reward_data``."""
     from tiny_model import SEPARABLE_PAIRS
@@ -195,7 +226,7 @@ ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 @pytest.fixture(scope="session")
-def trained_dpo_run(engine, default_model, session_home, tmp_path_factory) -> tuple[Path, int]:
+def trained_dpo_run(engine, default_model, session_home, converted_weights, tmp_path_factory) -> tuple[Path, int]:
     """A finished DPO run on the default model, trained once per test run: six steps at lr 1e-3, LoRA r 16 on
     q/k/v/o, max length 128, on SEPARABLE_PAIRS stored as the chat stores them (the engine's rendered prompt and
     reply convention), two of the six pairs held out. Six steps move the logits well clear of the engines'
@@ -229,7 +260,7 @@ def trained_dpo_run(engine, default_model, session_home, tmp_path_factory) -> tu
 
 
 @pytest.fixture(scope="session")
-def trained_steer_run(default_model, session_home, tmp_path_factory) -> tuple[Path, int]:
+def trained_steer_run(default_model, session_home, converted_weights, tmp_path_factory) -> tuple[Path, int]:
     """A finished SteerLM run on the default model (two steps on replies rated on verbosity), trained once per
     test run: the folder holding its database (studio.db) and runs/, and the run's id."""
     from store.studio_store import Store
