@@ -11,6 +11,7 @@ The config file is ``config.toml`` in the user config dir (``prefstudio doctor``
     safety = ["profanity", "wordlist:~/blocklist.txt"]  # checkers on every reply (studio/safety/specs.py)
     safety_auto_reject = true # a flagged candidate suggested as rejected in the chat (one key records it)
     reward_run = 7            # a finished reward run scores each candidate; its pick is marked suggested
+    reward_scorer = "torch-bf16"  # where it scores: torch (exact, float32), torch-bf16 (faster), llama
     best_first = true         # best-of-N: the candidates shown in the reward model's order, best as A
 
     [sampling]
@@ -28,6 +29,7 @@ from store.locations import config_dir, default_db_path
 from studio.attributes import DEFAULT_ATTRIBUTES, AttributeSetError, attribute_set
 from studio.inference.engine import SamplingSettings
 from studio.inference.model_files import BUNDLED_MODELS, unknown_model_message
+from studio.reward.scorer import BACKENDS, DEFAULT_BACKEND, ScorerBackend
 from studio.safety.specs import DEFAULT_SAFETY, CheckerSpec, parse_checker_specs
 from trainers.prompt_format import PROMPT_FORMAT_NAMES, PromptFormatName
 
@@ -68,6 +70,10 @@ class StudioSettings:
     safety_auto_reject: bool = False
     # A finished reward run that scores each candidate in the chat (``reward_run``, ``--reward-run``); None: none.
     reward_run: int | None = None
+    # Where a reward model scores (``reward_scorer``): torch (a worker process in float32, exactly the trainer's
+    # model), torch-bf16 (the same in bf16: faster on a CPU with native bf16, approximate) or llama (the served
+    # GGUF, approximate). See studio/reward/scorer.py.
+    reward_scorer: ScorerBackend = DEFAULT_BACKEND
     # Best-of-N (``best_first``, ``--best-of N``): with a reward model, the candidates in its order, best as A.
     best_first: bool = False
     # The config file these settings were read from (None: none was), so `doctor` names the one in use.
@@ -222,6 +228,10 @@ def _from_toml(path: Path) -> dict:
             out[key] = check_prompt_format(value, f"{path}: prompt_format")
         elif key == "reward_run":
             out[key] = check_count(key, value, 1, f"{path}: reward_run")
+        elif key == "reward_scorer":
+            if value not in BACKENDS:
+                raise SettingsError(f"{path}: reward_scorer must be one of {', '.join(BACKENDS)}, got {value!r}")
+            out[key] = value
         elif key == "best_first":
             if not isinstance(value, bool):
                 raise SettingsError(f"{path}: best_first must be true or false, got {value!r}")

@@ -138,7 +138,7 @@ def _reward_scorer(store: Store, run_id: int | None, engine: ChatEngine) -> Iter
     from studio.reward.scorer import RewardScorerError, open_reward_scorer
 
     try:
-        scorer = open_reward_scorer(store, run_id, engine)
+        scorer = open_reward_scorer(store, run_id, engine, backend=settings().reward_scorer)
     except RewardScorerError as exc:
         raise ValueError(str(exc)) from None  # the user's to read: one error line
     try:

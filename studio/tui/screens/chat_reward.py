@@ -80,7 +80,8 @@ class RewardChat:
     def open_reward(self, run_id: int) -> None:
         """Open the run's scorer (it may load a model: seconds) off the UI thread."""
         try:
-            scorer = open_reward_scorer(self.app.store, run_id, self.app.engine)
+            scorer = open_reward_scorer(self.app.store, run_id, self.app.engine,
+                                        backend=self.app.settings.reward_scorer)
         except (RewardScorerError, StoreError, LookupError, ValueError, OSError) as exc:
             self.post_message(RewardModelFailed(run_id, str(exc)))
             return
