@@ -87,7 +87,9 @@ async def test_one_key_trains_and_then_opens_the_comparison(exercise_app):
         assert (run.config["dataset"], run.config["data_size"], run.config["support_ratio"]) == (
             "car_free_city_centres", 6, 0.5)
         assert len(run.pair_ids) == 6 and len(run.heldout_ids) == 54
-        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen), timeout=180)
+        # A pushed screen composes a moment after it is on top: wait for its title, not only for the screen.
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen) and bool(app.screen.query("#compare-title")),
+                       timeout=180)
         assert app.store.get_run(run_id).status == "done"
         # The run trained the tiny test model, so its adapter cannot be used by the served Gemma GGUF:
         # the comparison says so instead of handing llama.cpp a foreign adapter.
