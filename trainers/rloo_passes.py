@@ -19,6 +19,8 @@ from typing import Any
 
 from trl import RLOOTrainer
 
+from trainers.cpu_logprob_head import log_probs_only
+
 
 def enable_cpu_speedups() -> bool:
     """Install the compact positions and the whole-tile head for CPU tensors; whether both are in place."""
@@ -40,8 +42,6 @@ class StudioRLOOTrainer(RLOOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         # Everything scored in here (the policy's and the reference's gradient-free passes) is read for its
         # log-probabilities only; the entropy metric comes from the loss's own pass, outside this call.
-        from trainers.cpu_logprob_head import log_probs_only
-
         with log_probs_only():
             return super()._generate_and_score_completions(inputs)
 

@@ -47,7 +47,6 @@ class SharedPromptScorer:
         self._body = getattr(merged, merged.base_model_prefix)  # the decoder, without the classification head
         if weights_dtype != torch.float32:
             self._body.to(weights_dtype)  # merged first: the LoRA's product is added in float32, then rounded once
-        self.weights_dtype = weights_dtype
         self._head = merged.score
         self._tokenizer = tokenizer
         self._pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)

@@ -72,7 +72,7 @@ class TorchWorkerScorer:
     def close(self) -> None:
         self._worker.close()
 
-def serve(output_dir: Path, train_model: str, threads: int, precision: str = "fp32") -> None:
+def serve(output_dir: Path, train_model: str, threads: int, precision: str) -> None:
     """The worker's loop: load once, then one JSON answer line per request line until stdin closes."""
     import time
 
@@ -102,4 +102,4 @@ def serve(output_dir: Path, train_model: str, threads: int, precision: str = "fp
 
 
 if __name__ == "__main__":
-    serve(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "fp32")
+    serve(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4])

@@ -124,9 +124,9 @@ class RLOOMethod(ExampleMethod):
         return build_rloo_config(config, work_dir, device, dtype)
 
     def trainer_class(self) -> type[Trainer]:
-        from trl import RLOOTrainer
+        from trainers.rloo_passes import StudioRLOOTrainer
 
-        return RLOOTrainer
+        return StudioRLOOTrainer  # transformers rollouts; trainer_class_for picks the llama.cpp subclass
 
     def trainer_class_for(self, config: RunConfig) -> type[Trainer]:
         return rloo_trainer_class(config)
