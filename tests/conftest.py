@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,46 @@ from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY and HF 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The machine the suite runs on, in the header: the suite's time budget depends on it (CI machines have
+    differed from the development ones), and a CI log is often all there is to compare them by."""
+    import platform
+    import time
+
+    import numpy as np
+
+    cpu, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    quota = Path("/sys/fs/cgroup/cpu.max")
+    cpu_max = quota.read_text().strip() if quota.exists() else "none"
+    a = np.random.default_rng(0).standard_normal((512, 512), dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ a
+    matmul_ms = (time.perf_counter() - start) * 1000
+    # SQLite commits wait on fsync; a slow disk would show here, not in the matmuls.
+    probe = Path(tempfile.gettempdir()) / f"prefstudio-fsync-probe-{os.getpid()}"
+    start = time.perf_counter()
+    with open(probe, "wb") as handle:
+        for _ in range(20):
+            handle.write(b"x" * 4096)
+            handle.flush()
+            os.fsync(handle.fileno())
+    fsync_ms = (time.perf_counter() - start) * 1000 / 20
+    probe.unlink()
+    return [f"machine: {cpu}; {' '.join(wanted) or 'no avx2'}; {len(os.sched_getaffinity(0))} cpus usable "
+            f"(cgroup cpu.max {cpu_max}); load {os.getloadavg()[0]:.1f}; 20 fp32 512x512 matmuls {matmul_ms:.0f} ms; "
+            f"fsync {fsync_ms:.2f} ms"]
 
 
 def prefstudio_bin() -> str:

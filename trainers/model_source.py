@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before any transformers import)
+from trainers.tokenizer_fingerprint import fingerprint_by_identity
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -337,8 +338,11 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
 
 
 def _with_pad(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Every tokenizer the trainers use comes through here: a pad token, and a cheap dataset fingerprint
+    (trainers/tokenizer_fingerprint.py: TRL's dataset maps would otherwise hash the whole vocabulary)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    fingerprint_by_identity(tokenizer)
     return tokenizer
 
 
