@@ -69,7 +69,8 @@ def prefstudio_bin() -> str:
 
 
 def shared_by_workers(tmp_path_factory) -> Path | None:  # noqa: ANN001
-    """Under pytest-xdist (``make test`` runs two workers), a folder all workers of this run share; else None."""
+    """Under pytest-xdist (`make test PYTEST_ARGS="-n 2 --dist loadfile"`), a folder all workers of this run share;
+    else None."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return None
     shared = tmp_path_factory.getbasetemp().parent / "shared-by-workers"
