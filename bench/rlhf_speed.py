@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/rlhf_speed.py                      # default model, 20 studio steps, 3 plain steps
     .venv/bin/python bench/rlhf_speed.py --heldout-fraction 0.25 --work /tmp/rlhf   # also the held-out evidence
+    .venv/bin/python bench/rlhf_speed.py --heldout-fraction 0.25 --work /tmp/rlhf --reward-epochs 6 \
+        --learning-rate 1e-3 --beta 0.02     # the evidence run in the README (a reward model with a real margin)
     .venv/bin/python bench/rlhf_speed.py --studio-only --rollouts transformers   # no plain side, no ratio
 
 First a reward model is trained by the studio (``--method reward``) on ``bench/fixtures/polite_pairs.jsonl``:
