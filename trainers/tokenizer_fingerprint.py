@@ -7,8 +7,10 @@ held-out) in every DPO run; about half of the time from the key press to a small
 datasets live in memory (no cache files), so a fingerprint is only an identity: the tokenizer's source, size,
 special tokens, template and sides say as much as its pickle.
 
-The hook is ``datasets``' pickler dispatch table (``datasets.utils._dill``, not public API). Where it is missing
-the tokenizer is hashed the slow way, which is still correct.
+The hook is ``datasets``' pickler dispatch table (``datasets.utils._dill``, not public API). That table is the
+pickler's own copy and ``datasets`` pickles with it only to hash; a map with ``num_proc`` > 1 sends its arguments
+to the workers with ``multiprocess``' dill, which still gets the whole tokenizer. Where the table is missing the
+tokenizer is hashed the slow way, which is still correct.
 """
 
 from __future__ import annotations
