@@ -12,7 +12,7 @@ from pathlib import Path
 # replaced the log callback, freeing the one another thread was calling), and once that was fixed, stdout
 # and stderr were left on /dev/null (two constructors saving each other's redirection).
 _SCRIPT = textwrap.dedent("""
-    import os, sys, threading
+    import sys, threading
     from studio.inference.engine import ChatEngine, EngineConfig
     from studio.inference.llama_log import installed_callback
     from studio.inference.model_files import bundled_model_path
@@ -39,7 +39,7 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_engines_loaded_from_three_threads_at_once_keep_one_log_callback_and_the_process_output(tmp_path: Path):
+def test_engines_loaded_from_three_threads_at_once_keep_one_log_callback_and_the_process_output():
     proc = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, timeout=300,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"

@@ -33,7 +33,7 @@ def tokenizer_identity(tokenizer: PreTrainedTokenizerBase) -> tuple[str, ...]:
         tokenizer.padding_side,
         tokenizer.truncation_side,
         str(tokenizer.model_max_length),
-        str(tokenizer.add_bos_token if hasattr(tokenizer, "add_bos_token") else None),
+        str(getattr(tokenizer, "add_bos_token", None)),
     )
 
 
@@ -45,15 +45,13 @@ def _save_by_identity(pickler, tokenizer) -> None:  # noqa: ANN001  (datasets' d
     pickler.save_reduce(_identity_of, (tokenizer_identity(tokenizer),), obj=tokenizer)
 
 
-def fingerprint_by_identity(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Make ``datasets`` hash tokenizers of this one's class by :func:`tokenizer_identity`. True when the hook
-    took (False: this ``datasets`` has no such table; hashing stays slow and correct)."""
+def fingerprint_by_identity(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Make ``datasets`` hash tokenizers of this one's class by :func:`tokenizer_identity` (nothing where this
+    ``datasets`` has no such table: hashing stays slow and correct)."""
     try:
         from datasets.utils._dill import Pickler
     except ImportError:
-        return False
+        return
     dispatch = getattr(Pickler, "dispatch", None)
-    if not isinstance(dispatch, dict):
-        return False
-    dispatch[type(tokenizer)] = _save_by_identity
-    return True
+    if isinstance(dispatch, dict):
+        dispatch[type(tokenizer)] = _save_by_identity

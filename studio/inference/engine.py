@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 
 from studio.inference import runtime_env  # noqa: F401  (OMP_WAIT_POLICY before llama_cpp is imported)
 from studio.inference.adapters import AdapterSlots
-from studio.inference.llama_log import LOAD_LOCK, recent_llama_log
-from studio.inference.llama_log import install_quiet_logger as _install_quiet_logger
+from studio.inference.llama_log import load_quietly, recent_llama_log
 from studio.inference.model_files import GGUFInfo, ModelFileError, file_sha256, inspect_gguf
 from studio.inference.parallel_context import allow_parallel_sequences
 from trainers.prompt_format import (
@@ -209,20 +208,18 @@ class ChatEngine:
     def _load(self) -> Llama:
         import llama_cpp
 
-        _install_quiet_logger(llama_cpp)
         n_ctx = self.config.n_ctx
         if self.info.context_length:
             n_ctx = min(n_ctx, self.info.context_length)
         try:
-            with LOAD_LOCK:  # one load at a time: the constructor swaps fds 1 and 2 (llama_log.py)
-                llm = llama_cpp.Llama(
-                    model_path=str(self.info.path),
-                    n_ctx=n_ctx,
-                    n_batch=min(self.config.n_batch, n_ctx),
-                    n_threads=self.n_threads,
-                    n_threads_batch=self.n_threads_batch,
-                    verbose=False,
-                )
+            llm = load_quietly(
+                llama_cpp,
+                model_path=str(self.info.path),
+                n_ctx=n_ctx,
+                n_batch=min(self.config.n_batch, n_ctx),
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads_batch,
+            )
             # Room for a round's candidates as parallel sequences (inference/batched_generation.py).
             allow_parallel_sequences(llm)
             return llm
