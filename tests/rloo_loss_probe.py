@@ -2,7 +2,8 @@
 
 TRL's must run before the studio's CPU speed-ups are installed (they patch TRL's module for the whole process),
 so the comparison is made here, not in the test process. Both sample the same completions (same seed; sampling
-does not go through the patched head), then score them, compute the loss and its gradients. Prints one JSON
+does not go through the patched head), then score and shuffle them as a training step does, compute the loss and
+its gradients. Prints one JSON
 line: both losses, the advantages' and the LoRA gradients' largest differences, and how the studio's passes
 called the LM head."""
 
@@ -33,6 +34,8 @@ def one_step(trainer_class: type, model_dir: Path, work: Path) -> dict[str, obje
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import RLOOConfig
 
+    from trainers.rloo_passes import POLICY_PASS_KEYS
+
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     with torch.no_grad():  # sharper logits than the random init's, so the replies' log-probs spread
@@ -50,12 +53,14 @@ def one_step(trainer_class: type, model_dir: Path, work: Path) -> dict[str, obje
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.train()
     torch.manual_seed(1)
-    scored = trainer._generate_and_score_completions(batch)
+    scored = trainer._prepare_inputs(batch)  # generate, score, shuffle: what a training step hands the loss
+    reused = all(key in scored for key in POLICY_PASS_KEYS)
     loss = trainer.compute_loss(trainer.model, scored)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     return {"loss": float(loss.detach()), "grads": grads, "advantages": scored["advantages"].detach().clone(),
-            "completions": scored["completion_ids"].tolist(), "kl": trainer._metrics["train"]["kl"][-1]}
+            "completions": scored["completion_ids"].tolist(), "kl": trainer._metrics["train"]["kl"][-1],
+            "reused": reused, "entropy": trainer._metrics["train"]["entropy"][-1]}
 
 
 def main() -> None:
@@ -81,6 +86,8 @@ def main() -> None:
         "max_grad": max(float(g.abs().max()) for g in pg.values()),
         "cpu_compact": bool(trl_utils._use_triton(torch.device("cpu"))),
         "head_calls": [[grad, list(outputs)] for grad, outputs in calls],
+        "plain_reused": plain["reused"], "studio_reused": studio["reused"],
+        "plain_entropy": plain["entropy"], "studio_entropy": studio["entropy"],
     }))
 
 

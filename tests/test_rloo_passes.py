@@ -30,13 +30,15 @@ def test_studio_rloo_advantages_loss_and_gradients_equal_trls(probe: dict) -> No
 
 def test_studio_rloo_scores_replies_only_and_skips_unread_statistics(probe: dict) -> None:
     assert probe["cpu_compact"]  # prompt and padding positions are not projected through the vocabulary
-    # One step: the policy and the reference without gradient (log-probabilities only: the KL and the ratio's
-    # start), then the policy with gradient for the loss, whose entropy is a metric.
+    # One step, two passes where TRL runs three: the policy with gradient (its detached log-probs are the KL's
+    # and the ratio's start, its graph the loss's; its entropy a metric), then the reference without gradient,
+    # log-probabilities only. The loss reuses the first pass through TRL's shuffle.
     assert probe["head_calls"] == [
-        [False, ["log_probs"]],
-        [False, ["log_probs"]],
         [True, ["log_probs", "entropy"]],
+        [False, ["log_probs"]],
     ]
+    assert probe["studio_reused"] and not probe["plain_reused"]
+    assert probe["studio_entropy"] == pytest.approx(probe["plain_entropy"], rel=1e-4)
 
 
 def test_the_rloo_method_trains_with_the_studio_trainer_for_either_rollouts() -> None:

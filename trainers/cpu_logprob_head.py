@@ -44,9 +44,10 @@ _log_probs_only: contextvars.ContextVar[bool] = contextvars.ContextVar("log_prob
 
 
 @contextlib.contextmanager
-def log_probs_only() -> Iterator[None]:
-    """Within this block the fused LM head computes the per-token log-probabilities and nothing else."""
-    token = _log_probs_only.set(True)
+def log_probs_only(only: bool = True) -> Iterator[None]:
+    """Within this block the fused LM head computes the per-token log-probabilities and nothing else
+    (``only=False``: every output again, for one pass inside an outer ``log_probs_only()``)."""
+    token = _log_probs_only.set(only)
     try:
         yield
     finally:
