@@ -52,15 +52,20 @@ def one_step(trainer_class: type, model_dir: Path, work: Path) -> dict[str, obje
     )
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.train()
+    tokens: list[int] = []  # the tokens each forward's embedding saw (generation's steps, then the scoring's)
+    trainer.model.get_input_embeddings().register_forward_hook(lambda _m, a, _o: tokens.append(a[0].numel()))
     torch.manual_seed(1)
     scored = trainer._prepare_inputs(batch)  # generate, score, shuffle: what a training step hands the loss
+    scoring_tokens = tokens[-2:]  # the policy's and the reference's passes
     reused = all(key in scored for key in POLICY_PASS_KEYS)
     loss = trainer.compute_loss(trainer.model, scored)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
     return {"loss": float(loss.detach()), "grads": grads, "advantages": scored["advantages"].detach().clone(),
             "completions": scored["completion_ids"].tolist(), "kl": trainer._metrics["train"]["kl"][-1],
-            "reused": reused, "entropy": trainer._metrics["train"]["entropy"][-1]}
+            "reused": reused, "entropy": trainer._metrics["train"]["entropy"][-1], "scoring_tokens": scoring_tokens,
+            "batch_tokens": scored["prompt_ids"].numel() + scored["completion_ids"].numel(),
+            "shares_prompt": bool(getattr(trainer, "shares_prompt", False))}
 
 
 def main() -> None:
@@ -88,6 +93,8 @@ def main() -> None:
         "head_calls": [[grad, list(outputs)] for grad, outputs in calls],
         "plain_reused": plain["reused"], "studio_reused": studio["reused"],
         "plain_entropy": plain["entropy"], "studio_entropy": studio["entropy"],
+        "plain_scoring_tokens": plain["scoring_tokens"], "studio_scoring_tokens": studio["scoring_tokens"],
+        "batch_tokens": plain["batch_tokens"], "studio_shares_prompt": studio["shares_prompt"],
     }))
 
 

@@ -109,3 +109,71 @@ def test_a_reply_truncated_away_is_not_packed() -> None:
     inputs, labels = batch_of(PAIRS[:1])
     labels[1] = -100  # the rejected reply cut off by max_length: nothing of it left to score
     assert pack_pairs(inputs["input_ids"], inputs["attention_mask"], labels) is None
+
+
+GROUPS = [  # RLOO: replies to one prompt each, prompts of different lengths (left-padded), replies too
+    {"prompt": [2, 5, 6, 7, 8], "replies": [[9, 10, 11, 1], [12, 1], [13, 14, 15, 16, 17, 1]]},
+    {"prompt": [2, 20, 21], "replies": [[22, 1], [23, 24, 25, 1], [26, 27, 1]]},
+]
+
+
+def rloo_batch(order: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """TRL's RLOO layout: left-padded prompt columns, then right-padded reply columns, rows in ``order``; the
+    labels as TRL's ``_get_per_token_logps_and_entropies`` makes them; the reply width (``logits_to_keep``)."""
+    rows = [(g["prompt"], reply) for g in GROUPS for reply in g["replies"]]
+    rows = [rows[i] for i in order]
+    prompt_width = max(len(p) for p, _ in rows)
+    reply_width = max(len(r) for _, r in rows)
+    ids, mask = [], []
+    for prompt, reply in rows:
+        left, right = prompt_width - len(prompt), reply_width - len(reply)
+        ids.append([0] * left + prompt + reply + [0] * right)
+        mask.append([0] * left + [1] * (len(prompt) + len(reply)) + [0] * right)
+    input_ids, attention_mask = torch.tensor(ids), torch.tensor(mask)
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :-reply_width] = -100
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, labels, reply_width
+
+
+@pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3-sliding"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_rloo_replies_to_one_prompt_share_it_wherever_the_shuffle_put_them(build, attention: str) -> None:  # noqa: ANN001
+    enable_compact_logprobs_on_cpu()
+    torch.manual_seed(0)
+    trl_side = build()
+    trl_side.config._attn_implementation = attention
+    shared = copy.deepcopy(trl_side)
+    for model in (trl_side, shared):
+        add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    assert share_prompt_forward(shared, by="prompt")
+    seen: list[int] = []
+    shared.get_input_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].numel()))
+    inputs, labels, keep = rloo_batch([4, 0, 2, 5, 1, 3])  # shuffled: the groups' rows interleave
+
+    expected = trl_side(**inputs, labels=labels, fused_lm_head=True)
+    got = shared(**inputs, labels=labels, fused_lm_head=True)
+
+    mask = labels[:, 1:] != -100
+    assert bool(mask[:, -keep:].any(dim=1).all())  # every row has reply tokens scored
+    torch.testing.assert_close(got.log_probs[mask], expected.log_probs[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.entropy[mask], expected.entropy[mask], atol=1e-5, rtol=1e-5)
+    assert bool((got.log_probs[~mask] == 0).all())
+    (expected.log_probs * mask).sum().backward()
+    (got.log_probs * mask).sum().backward()
+    for (name, a), b in zip(trl_side.named_parameters(), shared.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    # One packed row per prompt, padded to the longest: prompt once, its last token once per reply.
+    packed = [len(g["prompt"]) - 1 + sum(1 + len(r) for r in g["replies"]) for g in GROUPS]
+    assert seen == [len(GROUPS) * max(packed)]
+    assert seen[0] < inputs["input_ids"].numel()
+
+
+def test_rloo_rows_that_do_not_group_by_prompt_are_still_scored() -> None:
+    from trainers.shared_prompt_forward import pack_shared_prompts
+
+    inputs, labels, _ = rloo_batch([0, 1, 2, 3, 4, 5])
+    inputs["attention_mask"][0, -1] = 0  # padding inside a row: not a layout this packs
+    inputs["attention_mask"][0, 6] = 0
+    assert pack_shared_prompts(inputs["input_ids"], inputs["attention_mask"], labels, by="prompt") is None
+    single, labels, _ = rloo_batch([0, 3])  # one reply per prompt: packs, each row its own group
+    assert pack_shared_prompts(single["input_ids"], single["attention_mask"], labels, by="prompt") is not None

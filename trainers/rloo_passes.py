@@ -8,7 +8,8 @@ TRL scores every position of each pass -- prompt and padding included -- through
 vocabulary (``trainers.compact_logprobs``), folds each vocabulary tile element by element
 (``trainers.cpu_logprob_head``), and computes entropy, mean logit and top-1 in the two gradient-free passes
 although nothing reads them. Here, on a CPU, the passes use the compact path and the whole-tile head (as DPO and
-KTO do), and the reference pass asks the head for the log-probabilities alone.
+KTO do), the reference pass asks the head for the log-probabilities alone, and each prompt runs once for its
+group's replies (``trainers.shared_prompt_forward``, ``by="prompt"``: one packed row per prompt, as DPO's pairs).
 
 One policy pass (``reuses_policy_pass``): when the batch is generated, scored and learnt from exactly once
 (``num_iterations == 1``, ``steps_per_generation == 1``: the studio's settings), the gradient-free policy pass
@@ -29,6 +30,7 @@ import torch
 from trl import RLOOTrainer
 
 from trainers.cpu_logprob_head import log_probs_only
+from trainers.shared_prompt_forward import share_prompt_forward
 
 # The policy pass's per-token log-probs and entropies with their graph, carried from scoring to the loss.
 POLICY_PASS_KEYS = ("studio_policy_logps", "studio_policy_entropies")
@@ -51,9 +53,17 @@ class StudioRLOOTrainer(RLOOTrainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cpu_speedups = self.accelerator.device.type == "cpu" and enable_cpu_speedups()
+        # After TRL has added its fused LM head (in its __init__): each prompt once for its group's replies.
+        self.shares_prompt = self.cpu_speedups and share_prompt_forward(self._policy_base(), by="prompt")
         self._capture_policy_pass = False  # set while scoring: the next pass is the policy's, run with gradient
         self._captured_pass: tuple[torch.Tensor, torch.Tensor | None] | None = None  # from scoring to the batch
         self._loss_pass: tuple[torch.Tensor, torch.Tensor | None] | None = None  # from the batch to the loss
+
+    def _policy_base(self) -> Any:
+        from peft import PeftModel
+
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if isinstance(model, PeftModel) else model
 
     def reuses_policy_pass(self) -> bool:
         """Whether this step's loss can reuse the scoring's policy pass (see the module's docstring)."""

@@ -1,4 +1,4 @@
-"""Run each preference pair's prompt through the model once, not twice.
+"""Run each prompt through the model once, not once per reply.
 
 TRL's ``DPOTrainer`` batches a pair as two rows, ``prompt + chosen`` and ``prompt + rejected``, right-padded
 to the longest row of the batch, and runs the policy and the reference over every row. The prompt (often the
@@ -10,10 +10,15 @@ token is repeated because its hidden state predicts the first token of both repl
 then gets exactly the inputs it got in its own row, so the log-probabilities are the same up to float rounding
 (the matrices have other shapes), and the LM head still scores only the completion positions.
 
+TRL's ``RLOOTrainer`` batches ``num_generations`` replies to each prompt as rows ``left-padded prompt + reply``
+(``by="prompt"``): the rows with the same prompt are packed the same way, one packed row per prompt (one row for
+all of them would make attention grow with the square of the whole batch), the positions kept as the original
+columns so the left padding changes nothing.
+
 The repacking sits on top of TRL's fused LM head (``trl.trainer.utils.add_fused_lm_head``): it calls TRL's
-forward with the packed row and ``shift_labels``, and maps the per-token outputs back to the batch layout TRL
-expects. Anything it does not recognise as a pair batch (other kwargs, left padding, prompts that differ between
-the two rows, a reply truncated away, an attention kernel that takes no custom mask) goes to TRL's own forward
+forward with the packed rows and ``shift_labels``, and maps the per-token outputs back to the batch layout TRL
+expects. Anything it does not recognise (other kwargs, padding inside a row, a DPO pair whose two rows differ in
+prompt, a reply truncated away, an attention kernel that takes no custom mask) goes to TRL's own forward
 unchanged.
 """
 
@@ -43,96 +48,155 @@ _PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", 
 
 
 @dataclass(frozen=True)
-class PackedPairs:
-    """A pair batch as one row: the tokens, their positions, who may attend to whom, and the way back."""
+class PackedRows:
+    """A batch repacked so each prompt runs once: the tokens, their positions, who may attend to whom, and the
+    way back. One row holds every group (DPO's pairs) or each group has its own (RLOO's replies to one prompt)."""
 
-    input_ids: torch.Tensor  # (1, T)
-    position_ids: torch.Tensor  # (1, T)
-    allowed: torch.Tensor  # (T, T) bool: query row may attend to key column
-    shift_labels: torch.Tensor  # (1, T): the token each position's hidden state predicts, -100 where none
-    source_index: torch.Tensor  # (2B, L - 1): packed position of each original output, T where there is none
+    input_ids: torch.Tensor  # (R, T)
+    position_ids: torch.Tensor  # (R, T)
+    allowed: torch.Tensor  # (R, T, T) bool: query position may attend to key position
+    shift_labels: torch.Tensor  # (R, T): the token each position's hidden state predicts, -100 where none
+    source_index: torch.Tensor  # (B, L - 1): flat packed index of each original output, R * T where there is none
 
 
-def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> PackedPairs | None:
-    """Repack TRL's ``[chosen rows; rejected rows]`` batch, or None when it is not one this can share."""
+@dataclass(frozen=True)
+class _Span:
+    start: int  # the row's first real token (after any left padding)
+    first: int  # its first scored token: the reply starts here
+    end: int  # one past its last real token
+
+
+def _spans(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> list[_Span] | None:
+    """Each row's prompt and reply, or None when a row is not ``pad* prompt reply pad*`` with the reply scored."""
+
+    scored = labels != -100
+    spans = []
+    for row in range(input_ids.shape[0]):
+        real = attention_mask[row].nonzero()
+        if real.numel() == 0:
+            return None
+        start, end = int(real[0]), int(real[-1]) + 1
+        if not bool(attention_mask[row, start:end].all()):
+            return None  # padding inside the row
+        first = int(scored[row].int().argmax()) if bool(scored[row].any()) else None
+        if first is None or first <= start or not bool(scored[row, first:end].all()):
+            return None  # no reply left after truncation, no prompt, or a gap in the reply
+        if bool(scored[row, end:].any()):
+            return None
+        spans.append(_Span(start, first, end))
+    return spans
+
+
+def _groups(input_ids: torch.Tensor, spans: list[_Span], by: str) -> list[list[int]] | None:
+    """Rows that share one prompt: TRL's DPO pairs (row p and row p + B/2, which must share it), or every row
+    with the same prompt tokens at the same place (RLOO's replies to one prompt, wherever the shuffle put them)."""
+    import torch
+
+    rows = len(spans)
+    if by == "pairs":
+        if rows % 2:
+            return None
+        half = rows // 2
+        groups = [[pair, pair + half] for pair in range(half)]
+    else:
+        keyed: dict[tuple[int, ...], list[int]] = {}
+        for row, span in enumerate(spans):
+            keyed.setdefault((span.start, span.first, *input_ids[row, span.start:span.first].tolist()), []).append(row)
+        groups = list(keyed.values())
+    for group in groups:
+        lead = spans[group[0]]
+        for row in group[1:]:
+            span = spans[row]
+            if (span.start, span.first) != (lead.start, lead.first) or not torch.equal(
+                    input_ids[group[0], lead.start:lead.first], input_ids[row, span.start:span.first]):
+                return None  # the rows do not share their prompt
+    return groups
+
+
+def pack_shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                        by: str = "pairs") -> PackedRows | None:
+    """Repack a batch so each prompt runs once, or None when it is not one this can share.
+
+    ``by="pairs"``: TRL's DPO ``[chosen rows; rejected rows]`` batch, all pairs in one row. ``by="prompt"``: rows
+    with the same prompt grouped (TRL's RLOO ``num_generations`` replies to each prompt), one row per prompt.
+    Positions are the original columns, so left padding (RLOO's prompts) changes nothing the model sees.
+    """
     import torch
 
     rows, width = input_ids.shape
-    if rows % 2 or rows == 0 or attention_mask.shape != input_ids.shape or labels.shape != input_ids.shape:
+    if rows == 0 or attention_mask.shape != input_ids.shape or labels.shape != input_ids.shape:
         return None
-    half = rows // 2
-    lengths = attention_mask.sum(dim=1).tolist()
-    scored = labels != -100
-    tokens: list[torch.Tensor] = []
-    positions: list[torch.Tensor] = []
-    pair_of: list[torch.Tensor] = []
-    branch_of: list[torch.Tensor] = []
-    targets: list[torch.Tensor] = []
-    source_index = torch.full((rows, width - 1), -1, dtype=torch.long)
-    offset = 0
-    for pair in range(half):
-        prompt_len = None
-        for row in (pair, pair + half):
-            length = int(lengths[row])
-            if not bool(attention_mask[row, :length].all()):
-                return None  # not right-padded
-            first = int(scored[row].int().argmax()) if bool(scored[row].any()) else None
-            if first is None or first == 0 or not bool(scored[row, first:length].all()):
-                return None  # no reply left after truncation, no prompt, or a gap in the reply
-            if bool(scored[row, length:].any()):
-                return None
-            if prompt_len is None:
-                prompt_len = first
-            elif first != prompt_len or not torch.equal(input_ids[pair, :first], input_ids[row, :first]):
-                return None  # the two rows do not share their prompt
-        assert prompt_len is not None
-        shared = prompt_len - 1  # the last prompt token goes with each reply
-        segments = [(pair, 0, 0, shared)] + [(row, branch, shared, int(lengths[row]))
-                                             for branch, row in ((1, pair), (2, pair + half))]
-        for row, branch, start, end in segments:
-            count = end - start
-            if count <= 0:
-                continue
-            tokens.append(input_ids[row, start:end])
-            positions.append(torch.arange(start, end))
-            pair_of.append(torch.full((count,), pair))
-            branch_of.append(torch.full((count,), branch))
-            target = torch.full((count,), -100, dtype=labels.dtype)
-            if branch:
-                target[:-1] = labels[row, start + 1:end]  # position t predicts token t + 1 of its own row
-                source_index[row, start:end - 1] = torch.arange(offset, offset + count - 1)
-            targets.append(target)
-            offset += count
-    if offset > MAX_PACKED_TOKENS:
+    spans = _spans(input_ids, attention_mask, labels)
+    groups = _groups(input_ids, spans, by) if spans is not None else None
+    if groups is None:
         return None
-    pair_ids, branches = torch.cat(pair_of), torch.cat(branch_of)
-    order = torch.arange(offset)
-    allowed = (
-        (pair_ids[:, None] == pair_ids[None, :])
-        & (order[None, :] <= order[:, None])
-        & ((branches[None, :] == 0) | (branches[None, :] == branches[:, None]))
-    )
-    source_index[source_index < 0] = offset
+    packs = [groups] if by == "pairs" else [[group] for group in groups]
+    built = []  # per packed row: tokens, positions, group ids, branch ids, targets
+    source: list[tuple[int, int, int, int, int]] = []  # (original row, first column, last column, packed row, offset)
+    for pack_row, pack in enumerate(packs):
+        tokens, positions, group_of, branch_of, targets = [], [], [], [], []
+        offset = 0
+        for group_id, group in enumerate(pack):
+            lead = spans[group[0]]
+            shared = lead.first - 1  # the last prompt token goes with each reply
+            segments = [(group[0], 0, lead.start, shared)] + [
+                (row, branch, shared, spans[row].end) for branch, row in enumerate(group, start=1)]
+            for row, branch, start, end in segments:
+                count = end - start
+                if count <= 0:
+                    continue
+                tokens.append(input_ids[row, start:end])
+                positions.append(torch.arange(start, end))
+                group_of.append(torch.full((count,), group_id))
+                branch_of.append(torch.full((count,), branch))
+                target = torch.full((count,), -100, dtype=labels.dtype)
+                if branch:
+                    target[:-1] = labels[row, start + 1:end]  # position t predicts token t + 1 of its own row
+                    source.append((row, start, end - 1, pack_row, offset))
+                targets.append(target)
+                offset += count
+        if offset > MAX_PACKED_TOKENS:
+            return None
+        built.append([torch.cat(part) for part in (tokens, positions, group_of, branch_of, targets)])
+    length = max(len(part[0]) for part in built)
     device = input_ids.device
-    return PackedPairs(
-        input_ids=torch.cat(tokens)[None].to(device),
-        position_ids=torch.cat(positions)[None].to(device),
-        allowed=allowed.to(device),
-        shift_labels=torch.cat(targets)[None].to(device),
-        source_index=source_index.to(device),
-    )
+    ids = torch.zeros((len(built), length), dtype=input_ids.dtype)
+    pos = torch.zeros((len(built), length), dtype=torch.long)
+    shift = torch.full((len(built), length), -100, dtype=labels.dtype)
+    allowed = torch.zeros((len(built), length, length), dtype=torch.bool)
+    order = torch.arange(length)
+    for r, (tok, position, group_ids, branches, target) in enumerate(built):
+        n = len(tok)
+        ids[r, :n], pos[r, :n], shift[r, :n] = tok, position, target
+        allowed[r, :n, :n] = (
+            (group_ids[:, None] == group_ids[None, :])
+            & (order[None, :n] <= order[:n, None])
+            & ((branches[None, :] == 0) | (branches[None, :] == branches[:, None]))
+        )
+        allowed[r, order[n:], order[n:]] = True  # padding attends to itself only (no empty softmax row)
+    source_index = torch.full((rows, width - 1), len(built) * length, dtype=torch.long)
+    for row, first, last, pack_row, offset in source:
+        source_index[row, first:last] = torch.arange(offset, offset + last - first) + pack_row * length
+    return PackedRows(input_ids=ids.to(device), position_ids=pos.to(device), allowed=allowed.to(device),
+                      shift_labels=shift.to(device), source_index=source_index.to(device))
+
+
+def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> PackedRows | None:
+    """Repack TRL's ``[chosen rows; rejected rows]`` batch into one row, or None when it is not one this can
+    share."""
+    return pack_shared_prompts(input_ids, attention_mask, labels, by="pairs")
 
 
 def _attention_mask_4d(allowed: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
     import torch
 
     if kind == "bool":
-        return allowed[None, None]
+        return allowed[:, None]
     blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-    return blocked.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    return blocked.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def _model_masks(config: PretrainedConfig, packed: PackedPairs, kind: str,
+def _model_masks(config: PretrainedConfig, packed: PackedRows, kind: str,
                  dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor] | None:
     """The prepared mask(s) for the packed row, or None where the model's attention cannot be given them.
 
@@ -148,21 +212,23 @@ def _model_masks(config: PretrainedConfig, packed: PackedPairs, kind: str,
         return full  # no row reaches past the window: the window masks nothing
     if "sliding_attention" not in layer_types:
         return None
-    pos = packed.position_ids[0]
-    in_window = (pos[:, None] - pos[None, :]) < window
+    pos = packed.position_ids
+    in_window = (pos[:, :, None] - pos[:, None, :]) < window
     return {"full_attention": full, "sliding_attention": _attention_mask_4d(packed.allowed & in_window, kind, dtype)}
 
 
 def _unpack(value: torch.Tensor, source_index: torch.Tensor) -> torch.Tensor:
-    """Per-token outputs of the packed row, laid out as TRL's ``(2B, L - 1)`` batch (zero where unscored)."""
+    """Per-token outputs of the packed rows, laid out as TRL's ``(B, L - 1)`` batch (zero where unscored)."""
     import torch
 
-    flat = torch.cat([value[0], value.new_zeros(1)])
+    flat = torch.cat([value.reshape(-1), value.new_zeros(1)])
     return flat[source_index]
 
 
-def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bool] | None = None) -> bool:
-    """Wrap ``model``'s TRL fused-head forward (already added by ``DPOTrainer``) so pair batches share their prompt.
+def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bool] | None = None,
+                         by: str = "pairs") -> bool:
+    """Wrap ``model``'s TRL fused-head forward (already added by TRL's trainer) so replies share their prompt:
+    ``by="pairs"`` for ``DPOTrainer``'s pair batches, ``by="prompt"`` for ``RLOOTrainer``'s groups.
 
     ``reference_pass`` tells a call made for the reference log-probabilities (TRL keeps only ``log_probs`` of
     those): such calls compute the log-probabilities alone (``trainers.cpu_logprob_head.log_probs_only``), not the
@@ -191,7 +257,7 @@ def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bo
         if (fused_lm_head and labels is not None and not args and plain <= _PASSED_THROUGH
                 and kwargs.get("input_ids") is not None
                 and kwargs.get("attention_mask") is not None and kwargs["attention_mask"].dim() == 2):
-            packed = pack_pairs(kwargs["input_ids"], kwargs["attention_mask"], labels)
+            packed = pack_shared_prompts(kwargs["input_ids"], kwargs["attention_mask"], labels, by=by)
         masks = _model_masks(model.config, packed, kind, model.dtype) if packed is not None else None
         if packed is None or masks is None:
             return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
