@@ -20,6 +20,9 @@ in the reward, ``old_logps``), and the tensors that carry the graph ride in the 
 uses them instead of a second forward. TRL's loss then sees a ratio of exactly 1 (TRL's own is 1 up to float
 noise) and the same gradient. Anything else (several iterations or accumulation steps over one generation,
 gradient checkpointing, MoE auxiliary losses, evaluation) keeps TRL's two passes. CUDA keeps TRL's own kernel.
+
+The reward callable (the studio's reward model and its extra terms) runs under the accelerator's autocast, as
+TRL runs a reward model it is given directly.
 """
 
 from __future__ import annotations
@@ -100,6 +103,14 @@ class StudioRLOOTrainer(RLOOTrainer):
             return logps, entropies, None
         return super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs)
+
+    def _calculate_rewards(self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
+                           ) -> torch.Tensor:
+        # TRL prepares a reward *model* with the accelerator, which scores it under the run's autocast (bf16 on
+        # a CPU with native bf16); the studio's reward is a callable around its reward model, so it gets the same
+        # precision here (half the time of float32 on the default model: 0.84 -> 0.43 s for 16 replies).
+        with self.accelerator.autocast():
+            return super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         if POLICY_PASS_KEYS[0] in inputs:

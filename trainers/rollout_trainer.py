@@ -10,7 +10,7 @@ Interface (what the ``rloo`` method builds; ``llama_rollout_trainer()`` returns 
     )                                       # train_dataset, processing_class, ... exactly as RLOOTrainer takes them
 
 TRL 1.16 takes rollouts from outside only through vLLM; there is no public hook. This class overrides two private
-methods of ``RLOOTrainer`` and nothing else:
+methods of ``RLOOTrainer`` (on top of those ``trainers.rloo_passes`` overrides for its CPU passes):
 
 - ``_generate_single_turn(prompt_ids, images, multimodal_fields) -> list[list[int]]``: when the optimiser has
   stepped since the last rollouts (``state.global_step`` changed), the current LoRA is exported to GGUF and
@@ -50,6 +50,10 @@ SUPPORTED_TRL_VERSIONS = ("1.16.",)
 OVERRIDDEN_SIGNATURES: dict[str, tuple[str, ...]] = {
     "_generate_single_turn": ("prompt_ids", "images", "multimodal_fields"),
     "_get_per_token_logps_and_entropies": ("model", "input_ids", "attention_mask", "logits_to_keep"),
+    # and those trainers.rloo_passes overrides under it
+    "_generate_and_score_completions": ("inputs",),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_compute_loss": ("model", "inputs"),
 }
 
 
