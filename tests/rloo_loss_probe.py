@@ -68,6 +68,33 @@ def one_step(trainer_class: type, model_dir: Path, work: Path) -> dict[str, obje
             "shares_prompt": bool(getattr(trainer, "shares_prompt", False))}
 
 
+def reward_precision(trainer_class: type, model_dir: Path, work: Path, bf16: bool) -> list[str]:
+    """The autocast each reward call ran under (``"off"`` or its dtype), in a run with ``bf16`` set or not."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import RLOOConfig
+
+    seen: list[str] = []
+
+    def recording_reward(prompts: list[str], completions: list[str], **_: object) -> list[float]:
+        seen.append(str(torch.get_autocast_dtype("cpu")) if torch.is_autocast_enabled("cpu") else "off")
+        return [0.0] * len(prompts)
+
+    trainer = trainer_class(
+        model=AutoModelForCausalLM.from_pretrained(str(model_dir)), reward_funcs=recording_reward,
+        args=RLOOConfig(output_dir=str(work), per_device_train_batch_size=4, num_generations=2, use_cpu=True,
+                        bf16=bf16, report_to="none", max_completion_length=4),
+        train_dataset=Dataset.from_list([{"prompt": rendered(p)} for p in PROMPTS]),
+        processing_class=AutoTokenizer.from_pretrained(str(model_dir)),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj"]),
+    )
+    prompts = [rendered(p) for p in PROMPTS]
+    trainer._calculate_rewards([{"prompt": p} for p in prompts], prompts, ["a", "b"], [[1], [1]])
+    return seen
+
+
 def main() -> None:
     import torch
     import trl.trainer.utils as trl_utils
@@ -80,6 +107,8 @@ def main() -> None:
         plain = one_step(RLOOTrainer, model_dir, Path(tmp) / "plain")
         calls = record_head_calls()
         studio = one_step(StudioRLOOTrainer, model_dir, Path(tmp) / "studio")
+        precision = {f"{name}_{'bf16' if bf16 else 'fp32'}": reward_precision(cls, model_dir, Path(tmp) / "r", bf16)
+                     for name, cls in (("plain", RLOOTrainer), ("studio", StudioRLOOTrainer)) for bf16 in (False, True)}
     pg, sg = plain["grads"], studio["grads"]
     print(json.dumps({
         "plain_loss": plain["loss"], "studio_loss": studio["loss"], "plain_kl": plain["kl"],
@@ -95,6 +124,7 @@ def main() -> None:
         "plain_entropy": plain["entropy"], "studio_entropy": studio["entropy"],
         "plain_scoring_tokens": plain["scoring_tokens"], "studio_scoring_tokens": studio["scoring_tokens"],
         "batch_tokens": plain["batch_tokens"], "studio_shares_prompt": studio["shares_prompt"],
+        "reward_autocast": precision,
     }))
 
 

@@ -45,6 +45,13 @@ def test_studio_rloo_scores_replies_only_and_skips_unread_statistics(probe: dict
     assert probe["studio_entropy"] == pytest.approx(probe["plain_entropy"], rel=1e-4)
 
 
+def test_the_reward_callable_runs_under_the_runs_autocast(probe: dict) -> None:
+    # TRL scores a reward *model* it is given under the accelerator's autocast; the studio's reward callable
+    # (around its reward model) gets the same precision. TRL calls a plain callable outside it.
+    assert probe["reward_autocast"] == {
+        "plain_fp32": ["off"], "plain_bf16": ["off"], "studio_fp32": ["off"], "studio_bf16": ["torch.bfloat16"]}
+
+
 def test_the_rloo_method_trains_with_the_studio_trainer_for_either_rollouts() -> None:
     from trainers.methods.rloo import rloo_trainer_class
     from trainers.rloo_passes import StudioRLOOTrainer

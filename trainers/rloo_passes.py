@@ -19,7 +19,8 @@ in the reward, ``old_logps``), and the tensors that carry the graph ride in the 
 ``POLICY_PASS_KEYS`` -- through TRL's shuffle, which permutes every tensor in it -- to ``_compute_loss``, which
 uses them instead of a second forward. TRL's loss then sees a ratio of exactly 1 (TRL's own is 1 up to float
 noise) and the same gradient. Anything else (several iterations or accumulation steps over one generation,
-gradient checkpointing, MoE auxiliary losses, evaluation) keeps TRL's two passes. CUDA keeps TRL's own kernel.
+gradient checkpointing, MoE auxiliary losses, evaluation, several processes: DDP's reducer is not driven with a
+forward carried past other forwards) keeps TRL's two passes. CUDA keeps TRL's own kernel.
 
 The reward callable (the studio's reward model and its extra terms) runs under the accelerator's autocast, as
 TRL runs a reward model it is given directly.
@@ -71,7 +72,8 @@ class StudioRLOOTrainer(RLOOTrainer):
     def reuses_policy_pass(self) -> bool:
         """Whether this step's loss can reuse the scoring's policy pass (see the module's docstring)."""
         return (self.model.training and self.num_iterations == 1 and self.args.steps_per_generation == 1
-                and not self.args.gradient_checkpointing and not self.aux_loss_enabled)
+                and not self.args.gradient_checkpointing and not self.aux_loss_enabled
+                and self.accelerator.num_processes == 1)
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         # Everything scored in here is read for its log-probabilities only, but for a captured policy pass,
