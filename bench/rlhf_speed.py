@@ -106,7 +106,7 @@ def studio_rloo(store, gguf: Path, work: Path, reward_id: int, opts: argparse.Na
                        num_generations=opts.group, max_completion_length=opts.completion_length,
                        max_steps=opts.steps, heldout_fraction=opts.heldout_fraction, rollouts=opts.rollouts,
                        threads=opts.threads, save_steps=10_000, beta=opts.beta, learning_rate=opts.learning_rate,
-                       importance_cap=opts.importance_cap)
+                       importance_cap=opts.importance_cap, seed=opts.seed)
     split_file = work / "studio-split.json"
     run_id, wall = train_run(store, config, gguf, work, [sys.executable, str(BENCH / "rloo_step_split.py")],
                              {**os.environ, SPLIT_ENV: str(split_file)})
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--evidence-prompts", type=int, default=40, help="prompts in all with a held-out share")
     parser.add_argument("--reward-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=42, help="the studio run's seed (LoRA init, order, held-out split)")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep the runs here, and reuse the reward model kept there (default: a temporary folder)")
     parser.add_argument("--studio-only", action="store_true", help="no plain TRL side (no ratio)")
