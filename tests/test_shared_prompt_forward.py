@@ -38,17 +38,18 @@ def tiny_gemma3() -> torch.nn.Module:
                                               sliding_window=4))
 
 
-def twins(build, attention: str) -> tuple[torch.nn.Module, torch.nn.Module, list[int]]:  # noqa: ANN001
-    """Two copies of one random model with TRL's fused head, the second sharing prompts; the token counts the
-    second's backbone was given, call by call."""
+def twins(build, attention: str, outputs: tuple[str, ...] = OUTPUTS,  # noqa: ANN001
+          by: str = "pairs") -> tuple[torch.nn.Module, torch.nn.Module, list[int]]:
+    """Two copies of one random model with TRL's fused head, the second sharing prompts (``by`` pairs or
+    prompt); the token counts the second's backbone was given, call by call."""
     enable_compact_logprobs_on_cpu()
     torch.manual_seed(0)
     trl_side = build()
     trl_side.config._attn_implementation = attention
     shared = copy.deepcopy(trl_side)
     for model in (trl_side, shared):
-        add_fused_lm_head(model, outputs=OUTPUTS)
-    assert share_prompt_forward(shared)
+        add_fused_lm_head(model, outputs=outputs)
+    assert share_prompt_forward(shared, by=by)
     seen: list[int] = []
     shared.get_input_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].numel()))
     return trl_side, shared, seen
@@ -138,16 +139,7 @@ def rloo_batch(order: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor,
 @pytest.mark.parametrize("build", [tiny_llama, tiny_gemma3], ids=["llama", "gemma3-sliding"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_rloo_replies_to_one_prompt_share_it_wherever_the_shuffle_put_them(build, attention: str) -> None:  # noqa: ANN001
-    enable_compact_logprobs_on_cpu()
-    torch.manual_seed(0)
-    trl_side = build()
-    trl_side.config._attn_implementation = attention
-    shared = copy.deepcopy(trl_side)
-    for model in (trl_side, shared):
-        add_fused_lm_head(model, outputs=("log_probs", "entropy"))
-    assert share_prompt_forward(shared, by="prompt")
-    seen: list[int] = []
-    shared.get_input_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].numel()))
+    trl_side, shared, seen = twins(build, attention, outputs=("log_probs", "entropy"), by="prompt")
     inputs, labels, keep = rloo_batch([4, 0, 2, 5, 1, 3])  # shuffled: the groups' rows interleave
 
     expected = trl_side(**inputs, labels=labels, fused_lm_head=True)
