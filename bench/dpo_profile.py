@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from trainers.run import native_env  # noqa: E402, F401  (the training process's oneDNN settings, before torch)
+
 
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
