@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
 from trainers.chain import run_chain, save_run_adapter
 from trainers.frozen_weights import store_frozen_weights_for_autocast
+from trainers.length_grouping import length_grouped_sampler
 from trainers.model_source import load_model, load_tokenizer, resolve_model_source
 from trainers.pair_selection import (
     PairSelection,
@@ -119,7 +120,6 @@ def length_grouped_trainer_class() -> type[DPOTrainer]:
     reference) see each prompt once, shared by its two replies (``trainers.shared_prompt_forward``).
     """
     from peft import PeftModel
-    from transformers.trainer_pt_utils import LengthGroupedSampler
     from trl import DPOTrainer
 
     from trainers.shared_prompt_forward import share_prompt_forward
@@ -146,17 +146,10 @@ def length_grouped_trainer_class() -> type[DPOTrainer]:
 
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202 - Trainer's signature
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            columns = getattr(dataset, "column_names", None) or []
-            if self.args.world_size > 1 or not {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(columns):
-                return super()._get_train_sampler(train_dataset)
-            lengths = [
-                len(prompt) + max(len(chosen), len(rejected))
-                for prompt, chosen, rejected in zip(
-                    dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
-                )
-            ]
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=lengths)
+            sampler = length_grouped_sampler(
+                self.args, dataset, ("prompt_ids", "chosen_ids", "rejected_ids"),
+                lambda prompt, chosen, rejected: len(prompt) + max(len(chosen), len(rejected)))
+            return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
 
     return LengthGroupedDPOTrainer
 

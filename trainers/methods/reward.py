@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trainers  # noqa: F401  (HF offline env before transformers/TRL)
+from trainers.frozen_weights import store_frozen_weights_for_autocast
+from trainers.length_grouping import length_grouped_sampler
 from trainers.methods.dpo import planned_selection
 from trainers.model_source import ModelSourceError, load_tokenizer, resolve_model_source
 from trainers.pair_selection import TrainingPair
@@ -78,6 +80,21 @@ def tokenized_pairs(pairs: Sequence[TrainingPair], tokenizer: PreTrainedTokenize
     re-tokenises (it would add EOS as text) nor drops the pairs over ``max_length`` (they are cut instead)."""
     return [{"chosen_ids": reward_input_ids(tokenizer, p.prompt, p.chosen, max_length),
              "rejected_ids": reward_input_ids(tokenizer, p.prompt, p.rejected, max_length)} for p in pairs]
+
+
+def length_grouped_reward_trainer() -> type[RewardTrainer]:
+    """TRL's ``RewardTrainer`` whose batches hold pairs of similar length, as DPO's do: TRL pads a batch's
+    chosen and rejected rows to its longest."""
+    from trl import RewardTrainer
+
+    class LengthGroupedRewardTrainer(RewardTrainer):
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001, ANN202 - Trainer's signature
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            sampler = length_grouped_sampler(self.args, dataset, ("chosen_ids", "rejected_ids"),
+                                             lambda chosen, rejected: max(len(chosen), len(rejected)))
+            return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
+
+    return LengthGroupedRewardTrainer
 
 
 def build_reward_config(config: RunConfig, work_dir: Path, device: str, dtype: str, has_eval: bool,
@@ -239,7 +256,6 @@ def _train_and_publish(
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from trl import RewardTrainer
 
     from trainers.run.device import peak_rss_mb, resolve_device, resolve_dtype, training_threads
 
@@ -292,7 +308,7 @@ def _train_and_publish(
     recorder = MetricsRecorder(add_metrics, paths.live_metrics, echo=log)
     stopper = CancelAtStepBoundary(cancel.event)
     trainer_started = time.monotonic()
-    trainer = RewardTrainer(
+    trainer = length_grouped_reward_trainer()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(tokenized_pairs(train_pairs, tokenizer, plan.max_length)),
@@ -304,6 +320,10 @@ def _train_and_publish(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    # After the LoRA and the trainable head are attached: the frozen weights as bf16 autocast uses them.
+    frozen = store_frozen_weights_for_autocast(trainer.model, device, dtype)
+    if frozen is not None:
+        log(frozen.describe())
     trainable, total = trainer.model.get_nb_trainable_parameters()
     log(f"{plan.train} training pair(s), {plan.heldout} held out, {plan.steps} step(s), max length "
         f"{plan.max_length}; reward head + LoRA {trainable:,} of {total:,} parameters; {device} {dtype}, "
