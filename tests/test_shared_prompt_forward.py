@@ -169,3 +169,68 @@ def test_rloo_rows_that_do_not_group_by_prompt_are_still_scored() -> None:
     assert pack_shared_prompts(inputs["input_ids"], inputs["attention_mask"], labels, by="prompt") is None
     single, labels, _ = rloo_batch([0, 3])  # one reply per prompt: packs, each row its own group
     assert pack_shared_prompts(single["input_ids"], single["attention_mask"], labels, by="prompt") is not None
+
+
+def tiny_classifier(kind: str) -> torch.nn.Module:
+    from transformers import (
+        Gemma3TextConfig,
+        Gemma3TextForSequenceClassification,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    if kind == "llama":
+        return LlamaForSequenceClassification(LlamaConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, num_labels=1, pad_token_id=0))
+    return Gemma3TextForSequenceClassification(Gemma3TextConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=4, num_labels=1, pad_token_id=0))
+
+
+REWARD_PAIRS = [  # chosen / rejected as the reward trainer gets them: the same prompt, then the replies
+    {"chosen_ids": [2, 5, 6, 7, 8, 9, 10, 11, 1], "rejected_ids": [2, 5, 6, 7, 8, 13, 1]},
+    {"chosen_ids": [2, 20, 21, 22, 1], "rejected_ids": [2, 20, 21, 23, 24, 25, 26, 27, 1]},
+]
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3-sliding"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_reward_pair_batch_scores_the_same_with_its_prompt_run_once(kind: str, attention: str) -> None:
+    from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
+
+    from trainers.shared_prompt_forward import share_prompt_in_reward_model
+
+    torch.manual_seed(0)
+    plain = tiny_classifier(kind)
+    plain.config._attn_implementation = attention
+    shared = copy.deepcopy(plain)
+    assert share_prompt_in_reward_model(shared)
+    seen: list[int] = []
+    shared.get_input_embeddings().register_forward_hook(lambda _m, args, _out: seen.append(args[0].numel()))
+    batch = RewardCollator(pad_token_id=0)(REWARD_PAIRS)
+
+    expected = plain(**batch, use_cache=False).logits
+    got = shared(**batch, use_cache=False).logits
+
+    assert got.shape == expected.shape == (4, 1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    expected.sum().backward()
+    got.sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), shared.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-5, rtol=1e-4, msg=name)
+    # One row: each pair's shared prefix once (its last token once per row), then what differs: 4 + 5 + 3 for
+    # the first pair (prefix of 5), 2 + 3 + 7 for the second (prefix of 3), against 30 tokens unpadded.
+    assert seen == [24]
+    assert seen[0] < batch["input_ids"].numel()
+
+
+def test_reward_rows_that_share_nothing_keep_the_models_own_forward() -> None:
+    from trl.trainer.reward_trainer import DataCollatorForPreference as RewardCollator
+
+    from trainers.shared_prompt_forward import pack_reward_pairs
+
+    batch = RewardCollator(pad_token_id=0)([{"chosen_ids": [3, 4, 1], "rejected_ids": [5, 4, 1]}])
+    assert pack_reward_pairs(batch["input_ids"], batch["attention_mask"], 0) is None  # no common prefix
+    batch = RewardCollator(pad_token_id=0)([{"chosen_ids": [3, 4], "rejected_ids": [3, 4, 7, 1]}])
+    assert pack_reward_pairs(batch["input_ids"], batch["attention_mask"], 0) is None  # one row is all prefix

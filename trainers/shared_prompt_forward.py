@@ -278,3 +278,78 @@ def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bo
     forward._shares_prompt = True  # type: ignore[attr-defined]
     model.forward = forward
     return True
+
+
+def pack_reward_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      pad_token_id: int | None) -> tuple[PackedRows, torch.Tensor] | None:
+    """TRL's ``RewardTrainer`` batch (``[chosen rows; rejected rows]``, right-padded, no labels) as one row with
+    each pair's common prefix once, and the packed position of the token each row's score is read at (the
+    sequence-classification head's own choice: the row's last token that is not the pad id); None when it cannot
+    be shared (the rows share nothing, or that token lies inside the shared prefix)."""
+    import torch
+
+    rows, width = input_ids.shape
+    if rows % 2 or rows == 0 or pad_token_id is None:
+        return None
+    half = rows // 2
+    ends = attention_mask.sum(dim=1)
+    labels = torch.full_like(input_ids, -100)
+    reads: list[int] = []
+    for pair in range(half):
+        a, b = input_ids[pair], input_ids[pair + half]
+        n = int(min(ends[pair], ends[pair + half]))
+        differs = (a[:n] != b[:n]).nonzero()
+        common = int(differs[0]) if differs.numel() else n
+        for row in (pair, pair + half):
+            end = int(ends[row])
+            labels[row, common:end] = input_ids[row, common:end]  # "the reply": what the two rows do not share
+    for row in range(rows):
+        kept = (input_ids[row] != pad_token_id).nonzero()
+        reads.append(int(kept[-1]) if kept.numel() else 0)
+    packed = pack_shared_prompts(input_ids, attention_mask, labels, by="pairs")
+    if packed is None:
+        return None
+    positions = []
+    for row, read in enumerate(reads):
+        first = int((labels[row] != -100).int().argmax())
+        if read < first or read >= int(ends[row]):
+            return None  # the score would be read inside the shared prefix or the padding
+        positions.append(int(packed.source_index[row, read - 1]) + 1)  # the token after the one predicting it
+    return packed, torch.tensor(positions, device=input_ids.device)
+
+
+def share_prompt_in_reward_model(model: PreTrainedModel) -> bool:
+    """Wrap a sequence-classification model's forward (transformers' generic one: ``model.<base_model_prefix>``
+    then ``model.score``, read at the last non-pad token) so TRL's ``RewardTrainer`` pair batches run each pair's
+    common prefix once. The scores are the model's own for each row (same inputs per token, float rounding
+    aside). Returns whether the wrapper is in place: not when the model's attention takes no custom mask or it
+    has no ``score`` head."""
+    kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None) or "")
+    decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    original = model.forward
+    if kind is None or decoder is None or not hasattr(model, "score"):
+        return False
+    if getattr(original, "_shares_prompt", False):
+        return True
+
+    @functools.wraps(original)
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutputWithPast
+
+        plain = {key for key, value in kwargs.items() if value is not None}
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        found = None
+        if (not args and plain <= {"input_ids", "attention_mask", "use_cache", "return_dict"}
+                and ids is not None and mask is not None and mask.dim() == 2):
+            found = pack_reward_pairs(ids, mask, model.config.get_text_config().pad_token_id)
+        masks = _model_masks(model.config, found[0], kind, model.dtype) if found is not None else None
+        if found is None or masks is None:
+            return original(*args, **kwargs)
+        packed, reads = found
+        hidden = decoder(input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=masks,
+                         use_cache=False).last_hidden_state
+        return SequenceClassifierOutputWithPast(logits=model.score(hidden.reshape(-1, hidden.shape[-1])[reads]))
+
+    forward._shares_prompt = True  # type: ignore[attr-defined]
+    model.forward = forward
+    return True

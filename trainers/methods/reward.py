@@ -37,6 +37,7 @@ from trainers.run.errors import RunError, RunOutcome
 from trainers.run.libraries import library_versions, quiet_progress_bars
 from trainers.run.outputs import RunPaths, checked_run_paths, publish_output, runs_roots
 from trainers.run_config import RunConfig
+from trainers.shared_prompt_forward import share_prompt_in_reward_model
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -320,6 +321,9 @@ def _train_and_publish(
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    # Each pair's common prefix (the prompt) once for both rows, as DPO's pairs.
+    if share_prompt_in_reward_model(trainer.model.get_base_model()):
+        log("reward: each pair's prompt runs once for both replies")
     # After the LoRA and the trainable head are attached: the frozen weights as bf16 autocast uses them.
     frozen = store_frozen_weights_for_autocast(trainer.model, device, dtype)
     if frozen is not None:
