@@ -57,7 +57,9 @@ def store_frozen_weights_for_autocast(model: nn.Module, device: str, dtype: str)
 
     if device != "cpu" or dtype != "bf16":
         return None
-    base = _base_model(model)
+    from trainers.model_source import base_model_of
+
+    base = base_model_of(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     # Each fp32 tensor's pages are released as soon as it is copied, so they never add up to the whole file.
     linear_layers, bf16_bytes, released_bytes = 0, 0, 0
@@ -84,11 +86,6 @@ def store_frozen_weights_for_autocast(model: nn.Module, device: str, dtype: str)
         head_rows = old.shape[0]
         bf16_bytes += copy.numel() * 2
     return FrozenWeightsReport(linear_layers, head_rows, bf16_bytes / 2**20, released_bytes / 2**20)
-
-
-def _base_model(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def _frozen_linears(model: nn.Module, exclude: nn.Module | None) -> list[nn.Linear]:

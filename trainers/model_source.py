@@ -393,3 +393,9 @@ def load_model(model_dir: Path, *, device: str, four_bit: bool = False,
     elif device == "cuda":
         model = model.to("cuda")
     return model
+
+
+def base_model_of(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (``get_base_model()``), or ``model`` itself when unwrapped."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model

@@ -36,6 +36,14 @@ from trl import RLOOTrainer
 from trainers.cpu_logprob_head import log_probs_only
 from trainers.shared_prompt_forward import share_prompt_forward
 
+# The private RLOOTrainer methods overridden here, with the parameters (after self) they have in TRL 1.16
+# (checked with the llama-rollout trainer's own, trainers.rollout_trainer.check_trl_compatible).
+OVERRIDDEN_SIGNATURES: dict[str, tuple[str, ...]] = {
+    "_generate_and_score_completions": ("inputs",),
+    "_get_per_token_logps_and_entropies": ("model", "input_ids", "attention_mask", "logits_to_keep"),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_compute_loss": ("model", "inputs"),
+}
 # The policy pass's per-token log-probs and entropies with their graph, carried from scoring to the loss.
 POLICY_PASS_KEYS = ("studio_policy_logps", "studio_policy_entropies")
 
@@ -58,16 +66,10 @@ class StudioRLOOTrainer(RLOOTrainer):
         super().__init__(*args, **kwargs)
         self.cpu_speedups = self.accelerator.device.type == "cpu" and enable_cpu_speedups()
         # After TRL has added its fused LM head (in its __init__): each prompt once for its group's replies.
-        self.shares_prompt = self.cpu_speedups and share_prompt_forward(self._policy_base(), by="prompt")
+        self.shares_prompt = self.cpu_speedups and share_prompt_forward(self.model, by="prompt")
         self._capture_policy_pass = False  # set while scoring: the next pass is the policy's, run with gradient
         self._captured_pass: tuple[torch.Tensor, torch.Tensor | None] | None = None  # from scoring to the batch
         self._loss_pass: tuple[torch.Tensor, torch.Tensor | None] | None = None  # from the batch to the loss
-
-    def _policy_base(self) -> Any:
-        from peft import PeftModel
-
-        model = self.accelerator.unwrap_model(self.model)
-        return model.get_base_model() if isinstance(model, PeftModel) else model
 
     def reuses_policy_pass(self) -> bool:
         """Whether this step's loss can reuse the scoring's policy pass (see the module's docstring)."""

@@ -43,6 +43,7 @@ import torch
 from trl import RLOOTrainer
 
 from trainers.llama_rollouts import LlamaRollouts, RolloutConfig
+from trainers.rloo_passes import OVERRIDDEN_SIGNATURES as CPU_PASSES_SIGNATURES
 from trainers.rloo_passes import StudioRLOOTrainer
 
 SUPPORTED_TRL_VERSIONS = ("1.16.",)
@@ -50,10 +51,7 @@ SUPPORTED_TRL_VERSIONS = ("1.16.",)
 OVERRIDDEN_SIGNATURES: dict[str, tuple[str, ...]] = {
     "_generate_single_turn": ("prompt_ids", "images", "multimodal_fields"),
     "_get_per_token_logps_and_entropies": ("model", "input_ids", "attention_mask", "logits_to_keep"),
-    # and those trainers.rloo_passes overrides under it
-    "_generate_and_score_completions": ("inputs",),
-    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
-    "_compute_loss": ("model", "inputs"),
+    **CPU_PASSES_SIGNATURES,  # and those the CPU passes under this class override
 }
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainers.cpu_logprob_head import log_probs_only
+from trainers.model_source import base_model_of
 
 if TYPE_CHECKING:
     import torch
@@ -227,7 +228,8 @@ def _unpack(value: torch.Tensor, source_index: torch.Tensor) -> torch.Tensor:
 
 def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bool] | None = None,
                          by: str = "pairs") -> bool:
-    """Wrap ``model``'s TRL fused-head forward (already added by TRL's trainer) so replies share their prompt:
+    """Wrap ``model``'s TRL fused-head forward (already added by TRL's trainer; ``model`` or the model under its
+    PEFT wrapper) so replies share their prompt:
     ``by="pairs"`` for ``DPOTrainer``'s pair batches, ``by="prompt"`` for ``RLOOTrainer``'s groups.
 
     ``reference_pass`` tells a call made for the reference log-probabilities (TRL keeps only ``log_probs`` of
@@ -235,6 +237,7 @@ def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bo
     metrics' entropy, mean logit and top-1 over the whole vocabulary. Returns whether the wrapper is in place: not
     when the model's attention takes no custom mask, or the forward is not TRL's fused one.
     """
+    model = base_model_of(model)  # TRL adds its fused head under a PEFT wrapper
     kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None) or "")
     fused = model.forward
     if kind is None or "forward" not in vars(model):  # TRL's fused head is set on the instance
@@ -288,42 +291,40 @@ def pack_reward_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     be shared (the rows share nothing, or that token lies inside the shared prefix)."""
     import torch
 
-    rows, width = input_ids.shape
+    rows = input_ids.shape[0]
     if rows % 2 or rows == 0 or pad_token_id is None:
         return None
     half = rows // 2
-    ends = attention_mask.sum(dim=1)
+    ends = attention_mask.sum(dim=1).tolist()
     labels = torch.full_like(input_ids, -100)
-    reads: list[int] = []
+    firsts = [0] * rows  # where each row's own part (what the pair does not share) starts
     for pair in range(half):
-        a, b = input_ids[pair], input_ids[pair + half]
         n = int(min(ends[pair], ends[pair + half]))
-        differs = (a[:n] != b[:n]).nonzero()
+        differs = (input_ids[pair, :n] != input_ids[pair + half, :n]).nonzero()
         common = int(differs[0]) if differs.numel() else n
         for row in (pair, pair + half):
-            end = int(ends[row])
-            labels[row, common:end] = input_ids[row, common:end]  # "the reply": what the two rows do not share
-    for row in range(rows):
-        kept = (input_ids[row] != pad_token_id).nonzero()
-        reads.append(int(kept[-1]) if kept.numel() else 0)
+            labels[row, common:ends[row]] = input_ids[row, common:ends[row]]  # "the reply", for the packing
+            firsts[row] = common
     packed = pack_shared_prompts(input_ids, attention_mask, labels, by="pairs")
     if packed is None:
         return None
     positions = []
-    for row, read in enumerate(reads):
-        first = int((labels[row] != -100).int().argmax())
-        if read < first or read >= int(ends[row]):
+    for row in range(rows):
+        kept = (input_ids[row] != pad_token_id).nonzero()
+        read = int(kept[-1]) if kept.numel() else 0  # where the classification head reads this row's score
+        if read < firsts[row] or read >= ends[row]:
             return None  # the score would be read inside the shared prefix or the padding
         positions.append(int(packed.source_index[row, read - 1]) + 1)  # the token after the one predicting it
     return packed, torch.tensor(positions, device=input_ids.device)
 
 
 def share_prompt_in_reward_model(model: PreTrainedModel) -> bool:
-    """Wrap a sequence-classification model's forward (transformers' generic one: ``model.<base_model_prefix>``
+    """Wrap a sequence-classification model's forward (``model`` or the one under its PEFT wrapper; transformers' generic one: ``model.<base_model_prefix>``
     then ``model.score``, read at the last non-pad token) so TRL's ``RewardTrainer`` pair batches run each pair's
     common prefix once. The scores are the model's own for each row (same inputs per token, float rounding
     aside). Returns whether the wrapper is in place: not when the model's attention takes no custom mask or it
     has no ``score`` head."""
+    model = base_model_of(model)  # PEFT's LoRA model calls the wrapped model's forward attribute
     kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None) or "")
     decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     original = model.forward
@@ -339,7 +340,7 @@ def share_prompt_in_reward_model(model: PreTrainedModel) -> bool:
         plain = {key for key, value in kwargs.items() if value is not None}
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         found = None
-        if (not args and plain <= {"input_ids", "attention_mask", "use_cache", "return_dict"}
+        if (not args and plain <= _PASSED_THROUGH
                 and ids is not None and mask is not None and mask.dim() == 2):
             found = pack_reward_pairs(ids, mask, model.config.get_text_config().pad_token_id)
         masks = _model_masks(model.config, found[0], kind, model.dtype) if found is not None else None

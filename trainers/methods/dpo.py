@@ -128,8 +128,7 @@ def length_grouped_trainer_class() -> type[DPOTrainer]:
         def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - DPOTrainer's signature
             super().__init__(*args, **kwargs)
             # After TRL has added its fused LM head to the model (in its __init__).
-            base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
-            self.shares_prompt = share_prompt_forward(base, reference_pass=self._is_reference_pass)
+            self.shares_prompt = share_prompt_forward(self.model, reference_pass=self._is_reference_pass)
             if self.ref_model is not None:
                 share_prompt_forward(self.ref_model)
 

@@ -322,7 +322,7 @@ def _train_and_publish(
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     # Each pair's common prefix (the prompt) once for both rows, as DPO's pairs.
-    if share_prompt_in_reward_model(trainer.model.get_base_model()):
+    if share_prompt_in_reward_model(trainer.model):
         log("reward: each pair's prompt runs once for both replies")
     # After the LoRA and the trainable head are attached: the frozen weights as bf16 autocast uses them.
     frozen = store_frozen_weights_for_autocast(trainer.model, device, dtype)
