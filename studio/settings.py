@@ -11,7 +11,7 @@ The config file is ``config.toml`` in the user config dir (``prefstudio doctor``
     safety = ["profanity", "wordlist:~/blocklist.txt"]  # checkers on every reply (studio/safety/specs.py)
     safety_auto_reject = true # a flagged candidate suggested as rejected in the chat (one key records it)
     reward_run = 7            # a finished reward run scores each candidate; its pick is marked suggested
-    reward_scorer = "torch-bf16"  # where it scores: torch (exact, float32), torch-bf16 (faster), llama
+    reward_scorer = "torch"   # where it scores: torch (as the run trained), torch-fp32 (exact), torch-bf16, llama
     best_first = true         # best-of-N: the candidates shown in the reward model's order, best as A
 
     [sampling]
@@ -70,9 +70,10 @@ class StudioSettings:
     safety_auto_reject: bool = False
     # A finished reward run that scores each candidate in the chat (``reward_run``, ``--reward-run``); None: none.
     reward_run: int | None = None
-    # Where a reward model scores (``reward_scorer``): torch (a worker process in float32, exactly the trainer's
-    # model), torch-bf16 (the same in bf16: faster on a CPU with native bf16, approximate) or llama (the served
-    # GGUF, approximate). See studio/reward/scorer.py.
+    # Where a reward model scores (``reward_scorer``): torch (a worker process computing as the run trained: bf16
+    # matmuls for a bf16 run on a CPU with native bf16, else float32), torch-fp32 (always float32, exactly the
+    # float32 model), torch-bf16 (always bf16 matmuls) or llama (the served GGUF, approximate). See
+    # studio/reward/scorer.py.
     reward_scorer: ScorerBackend = DEFAULT_BACKEND
     # Best-of-N (``best_first``, ``--best-of N``): with a reward model, the candidates in its order, best as A.
     best_first: bool = False

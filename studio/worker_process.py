@@ -16,12 +16,16 @@ class JsonLinesWorker:
     """``python -m MODULE ARGS…`` kept running; ``request`` writes one JSON line and reads the answer."""
 
     def __init__(self, module: str, args: list[str], log_prefix: str, *, new_session: bool = False) -> None:
+        # Imported here, not at the top: the worker processes import this module too, and importing runtime_env
+        # would set its llama.cpp environment in them before they load torch.
+        from studio.inference.runtime_env import torch_worker_env
+
         self.lock = threading.Lock()
         self._log: IO[str] = tempfile.NamedTemporaryFile("w+", prefix=log_prefix, suffix=".log", delete=False)
         self._process: subprocess.Popen[str] | None = subprocess.Popen(
             [sys.executable, "-m", module, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True, encoding="utf-8",
-            start_new_session=new_session,
+            start_new_session=new_session, env=torch_worker_env(),
         )
 
     @property

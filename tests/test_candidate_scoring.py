@@ -195,3 +195,65 @@ def test_the_llama_cpp_scorer_batches_replies_as_if_each_were_alone(store, rewar
         scorer.close()
     # Approximate: llama.cpp's numbers move in the third decimal with the batch a reply is decoded in.
     assert alone == pytest.approx(together, abs=0.02)
+
+
+def test_a_prompt_longer_than_the_sliding_window_is_packed_exactly(store, reward_data, engine):
+    """Gemma 3's sliding-window layers see only the last 512 positions: the packed pass's masks must apply the
+    window to the cached prompt as well as to the replies (each reply's positions restart after the prompt)."""
+    from studio.reward.torch_scoring import SharedPromptScorer
+    from trainers.methods.reward import load_trained_reward_model, transformers_reward_scores
+
+    run = store.get_run(reward_data[1])
+    model, tokenizer = load_trained_reward_model(Path(run.output_dir), Path(run.summary["model"]["model_dir"]))
+    window = model.config.sliding_window
+    question = " ".join(f"Fact {i}: the number {i} comes after {i - 1}." for i in range(1, 70))
+    prompt = engine.prompt_format.render(SYSTEM, [ChatTurn("user", question + " Name a fruit.")])
+    assert len(tokenizer(prompt).input_ids) > window + 20  # the window really masks something
+    reference = transformers_reward_scores(model, tokenizer, prompt, FRUIT_REPLIES)
+    scorer = SharedPromptScorer(model, tokenizer)
+    assert scorer.score(prompt, FRUIT_REPLIES) == pytest.approx(reference, abs=1e-4)
+    assert scorer.score(prompt, FRUIT_REPLIES[1:]) == pytest.approx(reference[1:], abs=1e-4)  # the prompt cached
+
+
+def test_bf16_matmuls_score_as_float32_does_within_bf16_rounding(store, reward_data, engine):
+    from torch import nn
+
+    from studio.reward.bf16_matmuls import Bf16Linear
+    from studio.reward.torch_scoring import SharedPromptScorer
+    from trainers.methods.reward import load_trained_reward_model
+
+    run = store.get_run(reward_data[1])
+    model_dir = Path(run.summary["model"]["model_dir"])
+    prompt = engine.prompt_format.render(SYSTEM, [ChatTurn("user", "Name a fruit.")])
+    exact = SharedPromptScorer(*load_trained_reward_model(Path(run.output_dir), model_dir))
+    fast = SharedPromptScorer(*load_trained_reward_model(Path(run.output_dir), model_dir), precision="bf16")
+    body = fast._body  # noqa: SLF001 - what was converted
+    assert not any(isinstance(m, nn.Linear) for m in body.modules())
+    assert sum(isinstance(m, Bf16Linear) for m in body.modules()) == 7 * body.config.num_hidden_layers
+    reference, scores = exact.score(prompt, FRUIT_REPLIES), fast.score(prompt, FRUIT_REPLIES)
+    spread = max(reference) - min(reference)
+    print(f"bf16 matmuls vs float32: {np.subtract(scores, reference)} against a spread of {spread:.4f}")
+    assert scores != pytest.approx(reference, abs=1e-6)  # bf16 arithmetic really ran
+    assert np.max(np.abs(np.subtract(scores, reference))) < 0.1 * spread
+    assert np.argsort(scores).tolist() == np.argsort(reference).tolist()
+
+
+def test_a_bf16_linear_packed_or_not_rounds_like_autocast():
+    import torch
+    from torch import nn
+
+    from studio.reward.bf16_matmuls import Bf16Linear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40, bias=True)
+    x = torch.randn(7, 96)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = linear(x).float()
+    with torch.inference_mode():
+        unpacked = Bf16Linear(linear, packed=False)(x)
+        packed = Bf16Linear(linear, packed=True)(x)
+    assert unpacked.dtype == packed.dtype == torch.float32
+    exact = linear(x).detach()
+    for got in (unpacked, packed):
+        assert torch.allclose(got, autocast, atol=0.03)  # bf16 rounding of the result apart (autocast adds the bias in bf16)
+        assert not torch.allclose(got, exact, atol=1e-5)  # not float32

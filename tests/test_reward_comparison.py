@@ -110,4 +110,4 @@ def test_cli_refuses_a_reward_run_that_cannot_score_before_comparing(reward_data
     assert proc.returncode == 1 and "reward_run must be a whole number of at least 1" in proc.stderr
     config.write_text('reward_scorer = "gpu"\n', encoding="utf-8")
     proc = run_cli("--config", str(config), "models", home=studio_home)
-    assert proc.returncode == 1 and "reward_scorer must be one of torch, torch-bf16, llama, got 'gpu'" in proc.stderr
+    assert proc.returncode == 1 and "reward_scorer must be one of torch, torch-fp32, torch-bf16, llama, got 'gpu'" in proc.stderr

@@ -4,6 +4,9 @@ on the served model, its scores and the user's agreement with them stored."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +188,10 @@ def reference_scores(default_reward_run, engine) -> list[float]:
     return transformers_reward_scores(model, tokenizer, prompt, REPLIES)
 
 
-def test_the_worker_scorer_gives_the_trainers_model_scores(default_reward_run, engine, reference_scores) -> None:
+def test_the_float32_worker_gives_the_trainers_model_scores(default_reward_run, engine, reference_scores) -> None:
     store, run, outcome = default_reward_run
     assert outcome.status == "done", outcome.message
-    scorer = open_reward_scorer(store, run.id, engine)  # the default: a torch worker process in float32
+    scorer = open_reward_scorer(store, run.id, engine, backend="torch-fp32")
     try:
         assert scorer.precision == "fp32"
         scores = scorer.score([ChatTurn("user", "Question number 0: tell me something.")], REPLIES)
@@ -196,26 +199,51 @@ def test_the_worker_scorer_gives_the_trainers_model_scores(default_reward_run, e
             scorer.score([ChatTurn("assistant", "Hi.")], [" Hello."])
     finally:
         scorer.close()
-    # The same model in float32; the worker merges the LoRA and batches the replies, so the sums round
-    # differently: 1.4e-5 seen on a score of -3.47 (4e-6 relative).
+    # The same model in float32; the worker merges the LoRA and packs the replies into one pass, so the sums
+    # round differently: 1.4e-5 seen on a score of -3.47 (4e-6 relative).
     assert scores == pytest.approx(reference_scores, abs=1e-4)
     assert len(set(np.round(scores, 4))) > 5  # the replies are told apart, not one score for all
 
 
-def test_the_bf16_worker_follows_the_trainers_model(default_reward_run, engine, reference_scores) -> None:
+def test_the_default_worker_computes_as_the_run_trained(default_reward_run, engine, reference_scores) -> None:
+    from trainers.run.device import cpu_has_native_bf16
+
     store, run, _outcome = default_reward_run
-    scorer = open_reward_scorer(store, run.id, engine, backend="torch-bf16")
+    scorer = open_reward_scorer(store, run.id, engine)  # the default: as the run trained
     try:
         scores = scorer.score([ChatTurn("user", "Question number 0: tell me something.")], REPLIES)
     finally:
         scorer.close()
-    assert scorer.precision == "bf16"
-    # Approximate, not exact: bf16 weights and activations. Measured 0.979 on these 15 close replies of a barely
-    # trained model, 0.998 on the bench's 50 (bench/reward_scoring.py).
+    trained_bf16 = run.summary["dtype"] == "bf16"
+    assert scorer.precision == ("bf16" if trained_bf16 and cpu_has_native_bf16() else "fp32")
     pearson = float(np.corrcoef(scores, reference_scores)[0, 1])
-    print(f"bf16 worker vs transformers + PEFT in float32: Pearson {pearson:.4f}")
-    assert pearson >= 0.95
-    assert scores != pytest.approx(reference_scores, abs=1e-6)  # the weights really are bf16
+    print(f"default worker ({scorer.precision}) vs transformers + PEFT in float32: Pearson {pearson:.4f}, max "
+          f"|difference| {float(np.max(np.abs(np.subtract(scores, reference_scores)))):.4f}")
+    if scorer.precision == "fp32":
+        assert scores == pytest.approx(reference_scores, abs=1e-4)
+    else:
+        # Approximate, not exact: bf16 matmuls. These 15 replies of a barely trained model score close together
+        # (a spread of a few hundredths); the bench's 50 replies keep a Pearson of 0.999.
+        assert pearson >= 0.95
+        assert scores != pytest.approx(reference_scores, abs=1e-6)  # the matmuls really are bf16
+
+
+def test_torch_workers_start_without_the_wait_policy_set_for_llama_cpp() -> None:
+    """The studio sets OMP_WAIT_POLICY=PASSIVE for llama.cpp; a torch worker under it ran 1.6x slower (its OpenMP
+    threads sleep between a forward's small parallel regions), so workers start without it, unless the user set it."""
+    probe = ("import os, sys, studio.reward.torch_worker, studio.attributes_model; "
+             "print('studio.inference.runtime_env' in sys.modules, os.environ.get('OMP_WAIT_POLICY')); "
+             "from studio.inference import runtime_env; "
+             "print(os.environ['OMP_WAIT_POLICY'], runtime_env.torch_worker_env().get('OMP_WAIT_POLICY'))")
+
+    def run(**extra: str) -> list[str]:
+        env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"} | extra
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        return done.stdout.split("\n")[:2]
+
+    # The worker modules set nothing themselves (they are what the worker process imports before torch).
+    assert run() == ["False None", "PASSIVE None"]
+    assert run(OMP_WAIT_POLICY="ACTIVE") == ["False ACTIVE", "ACTIVE ACTIVE"]
 
 
 def test_the_llama_cpp_scorer_follows_the_trainers_model(default_reward_run, engine, reference_scores) -> None:

@@ -108,7 +108,7 @@ async def test_candidates_show_their_reward_the_suggestion_live_agreement_and_be
 
 async def test_palette_chooses_the_reward_model_and_a_scorer_that_stops_is_a_notice(make_app):
     build, run_id = make_app
-    app = build(reward_run=None, reward_scorer="torch-bf16")  # the config's choice of scorer is the one opened
+    app = build(reward_run=None, reward_scorer="torch-fp32")  # the config's choice of scorer is the one opened
     async with app.run_test(size=(140, 40)) as pilot:
         await wait_for(pilot, lambda: input_ready(app))
         assert app.chat.reward is None
@@ -122,7 +122,7 @@ async def test_palette_chooses_the_reward_model_and_a_scorer_that_stops_is_a_not
         await pilot.press("down", "enter")
         await wait_for(pilot, lambda: app.chat.reward is not None, timeout=OPEN_S)
         assert app.chat.reward.run_id == run_id and app.settings.reward_run == run_id
-        assert app.chat.reward._scorer.precision == "bf16"  # noqa: SLF001 - the worker as the settings asked
+        assert app.chat.reward._scorer.precision == "fp32"  # noqa: SLF001 - the worker as the settings asked
 
         # The scorer stops underneath the chat (its process gone): a notice, and the chat goes on unscored.
         app.chat.reward._scorer.close()  # noqa: SLF001 - the real scorer, stopped

@@ -188,6 +188,11 @@ def pack_pairs(input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: to
     return pack_shared_prompts(input_ids, attention_mask, labels, by="pairs")
 
 
+def mask_kind(config: PretrainedConfig) -> str | None:
+    """The kind of prepared mask the model's attention takes ("bool", "float"), or None when it takes none."""
+    return _MASK_KINDS.get(getattr(config, "_attn_implementation", None) or "")
+
+
 def _attention_mask_4d(allowed: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
     import torch
 
@@ -199,23 +204,31 @@ def _attention_mask_4d(allowed: torch.Tensor, kind: str, dtype: torch.dtype) -> 
 
 def _model_masks(config: PretrainedConfig, packed: PackedRows, kind: str,
                  dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor] | None:
-    """The prepared mask(s) for the packed row, or None where the model's attention cannot be given them.
+    """The prepared mask(s) for the packed rows (their keys are their own tokens), or None (see ``prepared_masks``)."""
+    return prepared_masks(config, packed.allowed, packed.position_ids, packed.position_ids, kind, dtype)
+
+
+def prepared_masks(config: PretrainedConfig, allowed: torch.Tensor, query_positions: torch.Tensor,
+                   key_positions: torch.Tensor, kind: str,
+                   dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor] | None:
+    """The 4D mask(s) to hand the model for ``allowed`` ((R, Q, K) bool: query may attend to key), the queries and
+    keys at positions ``query_positions`` (R, Q) and ``key_positions`` (R, K) (keys may include cached ones), or
+    None where the model's attention cannot be given them. ``kind``: "bool" (sdpa) or "float" (eager).
 
     Sliding-window layers (Gemma 3) see only the last ``sliding_window`` positions; such models take a mask per
-    layer type. A model with a window but no per-type masks is only packed while no row is longer than it.
+    layer type. A model with a window but no per-type masks is only given one while no position reaches it.
     """
-    full = _attention_mask_4d(packed.allowed, kind, dtype)
+    full = _attention_mask_4d(allowed, kind, dtype)
     window = getattr(config, "sliding_window", None)
     layer_types = set(getattr(config, "layer_types", None) or [])
     if layer_types - {"full_attention", "sliding_attention"}:
         return None  # chunked or other attention patterns: left to the model's own masks
-    if not window or int(packed.position_ids.max()) < window:
-        return full  # no row reaches past the window: the window masks nothing
+    if not window or int(query_positions.max()) < window:
+        return full  # no query reaches past the window: the window masks nothing
     if "sliding_attention" not in layer_types:
         return None
-    pos = packed.position_ids
-    in_window = (pos[:, :, None] - pos[:, None, :]) < window
-    return {"full_attention": full, "sliding_attention": _attention_mask_4d(packed.allowed & in_window, kind, dtype)}
+    in_window = (query_positions[:, :, None] - key_positions[:, None, :]) < window
+    return {"full_attention": full, "sliding_attention": _attention_mask_4d(allowed & in_window, kind, dtype)}
 
 
 def _unpack(value: torch.Tensor, source_index: torch.Tensor) -> torch.Tensor:
@@ -238,7 +251,7 @@ def share_prompt_forward(model: PreTrainedModel, reference_pass: Callable[[], bo
     when the model's attention takes no custom mask, or the forward is not TRL's fused one.
     """
     model = base_model_of(model)  # TRL adds its fused head under a PEFT wrapper
-    kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None) or "")
+    kind = mask_kind(model.config)
     fused = model.forward
     if kind is None or "forward" not in vars(model):  # TRL's fused head is set on the instance
         return False
@@ -325,7 +338,7 @@ def share_prompt_in_reward_model(model: PreTrainedModel) -> bool:
     aside). Returns whether the wrapper is in place: not when the model's attention takes no custom mask or it
     has no ``score`` head."""
     model = base_model_of(model)  # PEFT's LoRA model calls the wrapped model's forward attribute
-    kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None) or "")
+    kind = mask_kind(model.config)
     decoder = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     original = model.forward
     if kind is None or decoder is None or not hasattr(model, "score"):

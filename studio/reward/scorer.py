@@ -19,10 +19,11 @@ if TYPE_CHECKING:
     from store.studio_store import Store
     from studio.inference.engine import ChatEngine
 
-# Where a reward model runs: a torch worker process in float32 (exactly the trainer's model), the same in bf16
-# (faster on a CPU with native bf16, approximate), or the served llama.cpp model (approximate).
-ScorerBackend = Literal["torch", "torch-bf16", "llama"]
-BACKENDS: tuple[ScorerBackend, ...] = ("torch", "torch-bf16", "llama")
+# Where a reward model runs: a torch worker process computing as the run trained (bf16 matmuls for a bf16 run on
+# a CPU with native bf16, else float32), the same always in float32 (exact) or always in bf16, or the served
+# llama.cpp model (approximate).
+ScorerBackend = Literal["torch", "torch-fp32", "torch-bf16", "llama"]
+BACKENDS: tuple[ScorerBackend, ...] = ("torch", "torch-fp32", "torch-bf16", "llama")
 DEFAULT_BACKEND: ScorerBackend = "torch"
 
 __all__ = ["RewardHead", "RewardScorer", "RewardScorerError", "checked_reward_run", "open_reward_scorer"]
@@ -49,22 +50,26 @@ def open_reward_scorer(store: Store, run_id: int, engine: ChatEngine,
     """The scorer of reward run ``run_id`` for the model ``engine`` serves. Blocking (the torch worker takes
     seconds to load): open it off the UI thread; close it before the engine's model is closed or switched.
 
-    ``backend``: "torch" (default) scores with transformers in a worker process, the LoRA merged, in float32:
-    exactly the trainer's model; "torch-bf16" the same with the merged decoder in bf16 (as the trainer ran it
-    under bf16 autocast; ~1.3x faster on a CPU with native bf16, but approximate: Pearson 0.998 against float32
-    on the bench's 50 replies, 0.979 on a barely trained model's 15 close ones); "llama" in a second llama.cpp
-    context on the engine's quantised model (no torch, no second copy of the weights, but approximate: see
-    ``bench/reward_scoring.py`` for its Pearson against float32).
+    ``backend``: "torch" (default) scores with transformers in a worker process, the LoRA merged, computing as
+    the run trained: a run trained under bf16 autocast (the run summary's ``dtype``) with its matmuls in bf16 and
+    the rest in float32 where this CPU has native bf16 (~2x faster than float32; scores within a few thousandths
+    of it, see ``bench/reward_scoring.py``), else in float32; "torch-fp32" always in float32 (exactly the float32
+    model); "torch-bf16" always with bf16 matmuls; "llama" in a second llama.cpp context on the engine's quantised
+    model (no torch, no second copy of the weights, but approximate: see the bench for its Pearson against
+    float32).
     Raises ``RewardScorerError`` (before anything is loaded) for a run that is not a finished reward run or
     that was trained on another base model than the engine's, and for a run whose files are missing.
     """
     run = checked_reward_run(store, run_id, engine)
     folder, head = reward_files(store, run)
-    if backend in ("torch", "torch-bf16"):
-        from studio.reward.torch_worker import TorchWorkerScorer
+    if backend in ("torch", "torch-fp32", "torch-bf16"):
+        from studio.reward.torch_worker import Precision, TorchWorkerScorer
 
+        trained_bf16 = (run.summary or {}).get("dtype") == "bf16"
+        precision: Precision = {"torch-fp32": "fp32", "torch-bf16": "bf16"}.get(
+            backend, "bf16-where-native" if trained_bf16 else "fp32")
         return TorchWorkerScorer(engine, run.id, folder, str(run.config.get("train_model")), engine.n_threads_batch,
-                                 precision="bf16" if backend == "torch-bf16" else "fp32")
+                                 precision=precision)
     if backend != "llama":
         raise ValueError(f"unknown reward scorer backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     from studio.evaluation.run_adapters import RunAdapterError, gguf_adapter_for_run

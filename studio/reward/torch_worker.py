@@ -25,9 +25,10 @@ if TYPE_CHECKING:
     from studio.inference.engine import ChatEngine
 
 READY = "ready"
-# The merged decoder's dtype in the worker: fp32 (exactly the trainer's model) or bf16 (about 1.3x faster on a
-# CPU with native bf16, AVX512-BF16 or AMX; approximate).
-Precision = Literal["fp32", "bf16"]
+# The merged decoder's arithmetic in the worker: fp32 (exactly the float32 model), bf16 (its matmuls in bf16, as a
+# bf16-autocast run trained it: about 2x faster on a CPU with native bf16, AVX512-BF16 or AMX), or bf16 only
+# where the CPU has native bf16 (elsewhere bf16 is emulated and slower than fp32), else fp32.
+Precision = Literal["fp32", "bf16", "bf16-where-native"]
 
 
 class TorchWorkerScorer:
@@ -83,9 +84,14 @@ def serve(output_dir: Path, train_model: str, threads: int, precision: str) -> N
     from trainers.model_source import resolve_model_source
     torch.set_num_threads(threads)
     try:
+        if precision == "bf16-where-native":
+            from trainers.run.device import cpu_has_native_bf16
+
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {precision!r}")
         source = resolve_model_source(train_model, log=lambda _message: None)
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        scorer = SharedPromptScorer(*load_trained_reward_model(output_dir, source.model_dir), weights_dtype=dtype)
+        scorer = SharedPromptScorer(*load_trained_reward_model(output_dir, source.model_dir), precision=precision)
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported to the studio as one line
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
         return
