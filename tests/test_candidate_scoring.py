@@ -257,3 +257,33 @@ def test_a_bf16_linear_packed_or_not_rounds_like_autocast():
     for got in (unpacked, packed):
         assert torch.allclose(got, autocast, atol=0.03)  # bf16 rounding of the result apart (autocast adds the bias in bf16)
         assert not torch.allclose(got, exact, atol=1e-5)  # not float32
+
+
+def test_watching_a_round_computes_its_prompt_before_any_candidate_finishes(store, scoring, engine):
+    session = session_for(store, engine, 2)
+    round_ = session.prepare("Name a vegetable.")
+    scorer = scoring._scorer  # noqa: SLF001 - the llama.cpp scorer: what its prompt cache holds
+    before = list(scorer._cached)  # noqa: SLF001
+    scoring.watch(round_, session.system_prompt)
+    prompt = engine.prompt_format.render(SYSTEM, [ChatTurn("user", "Name a vegetable.")])
+    expected = scorer._tokenize(prompt)[:-1]  # noqa: SLF001 - all but the token a reply may merge with
+    wait_until(lambda: scorer._cached == expected)  # noqa: SLF001 - no candidate was generated or scored
+    assert before != expected
+    heard, failures = scoring.heard
+    assert not heard and not failures  # preparing reports nothing
+
+
+def test_a_prepared_prompt_gives_the_same_scores_and_is_not_computed_again(store, reward_data, engine):
+    from studio.reward.torch_scoring import SharedPromptScorer
+    from trainers.methods.reward import load_trained_reward_model, transformers_reward_scores
+
+    run = store.get_run(reward_data[1])
+    model, tokenizer = load_trained_reward_model(Path(run.output_dir), Path(run.summary["model"]["model_dir"]))
+    prompt = engine.prompt_format.render(SYSTEM, [ChatTurn("user", "Name a fruit.")])
+    reference = transformers_reward_scores(model, tokenizer, prompt, FRUIT_REPLIES)
+    scorer = SharedPromptScorer(model, tokenizer)
+    scorer.prepare(prompt)
+    prepared = list(scorer._cached_ids)  # noqa: SLF001 - what the prompt left in the cache
+    assert len(prepared) == len(tokenizer(prompt).input_ids) - 1
+    assert scorer._cached_agreement(scorer.token_ids(prompt, FRUIT_REPLIES[0])) == len(prepared)  # noqa: SLF001
+    assert scorer.score(prompt, FRUIT_REPLIES) == pytest.approx(reference, abs=1e-4)

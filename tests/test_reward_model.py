@@ -192,9 +192,12 @@ def test_the_float32_worker_gives_the_trainers_model_scores(default_reward_run, 
     store, run, outcome = default_reward_run
     assert outcome.status == "done", outcome.message
     scorer = open_reward_scorer(store, run.id, engine, backend="torch-fp32")
+    conversation = [ChatTurn("user", "Question number 0: tell me something.")]
     try:
         assert scorer.precision == "fp32"
-        scores = scorer.score([ChatTurn("user", "Question number 0: tell me something.")], REPLIES)
+        scorer.prepare(conversation)  # the prompt computed ahead, as the chat does when a round starts
+        assert scorer.last_cpu_seconds > 0
+        scores = scorer.score(conversation, REPLIES)
         with pytest.raises(RewardScorerError, match="must end with the user's turn"):
             scorer.score([ChatTurn("assistant", "Hi.")], [" Hello."])
     finally:

@@ -87,6 +87,10 @@ class SerialScorer:
         with self._lock:
             return self._scorer.score(conversation, replies)
 
+    def prepare(self, conversation: Sequence[ChatTurn]) -> None:
+        with self._lock:
+            self._scorer.prepare(conversation)
+
     def close(self) -> None:
         """The owner (``CandidateScoring``) closes the scorer."""
 
@@ -113,7 +117,8 @@ class CandidateScoring:
         self.failed: str | None = None
         self._lock = threading.Lock()
         self._rounds: dict[int, _RoundState] = {}
-        self._queue: queue.SimpleQueue[tuple[int, int, str] | None] = queue.SimpleQueue()
+        # (round, slot, reply) to score, (round, None, "") to prepare the round's prompt, None to stop
+        self._queue: queue.SimpleQueue[tuple[int, int | None, str] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=f"reward-run-{scorer.run_id}", daemon=True)
         self._thread.start()
 
@@ -129,7 +134,9 @@ class CandidateScoring:
     # --- a round ---
 
     def watch(self, round_: Round, system: str) -> RoundScores:
-        """Expect ``round_``'s candidates (before it generates): its conversation is what the model reads."""
+        """Expect ``round_``'s candidates (before it generates): its conversation is what the model reads. The
+        scoring thread computes that conversation at once, while the candidates generate, so each candidate then
+        costs only its own tokens."""
         state = _RoundState(round_conversation(system, round_.history, round_.user_text),
                             [None] * len(round_.seeds))
         with self._lock:
@@ -138,6 +145,8 @@ class CandidateScoring:
                 self._rounds.pop(number).settled.set()
             if self.failed is not None:
                 state.settled.set()
+            else:
+                self._queue.put((round_.number, None, ""))
             return RoundScores(round_.number, tuple(state.scores))
 
     def finished(self, round_number: int, slot: int, reply: str) -> None:
@@ -196,6 +205,9 @@ class CandidateScoring:
                 continue  # a round left behind, or scoring is off: nothing to do
             try:
                 with self._score_lock:
+                    if slot is None:
+                        self._scorer.prepare(state.conversation)
+                        continue
                     score = float(self._scorer.score(state.conversation, [reply])[0])
             except Exception as exc:  # noqa: BLE001 - any scorer failure turns scoring off with a notice
                 self._fail(f"reward run {self.run_id} stopped scoring: {type(exc).__name__}: {exc}")

@@ -107,6 +107,20 @@ class LlamaRewardScorer:
                 scores.extend(self._score_group(prompt, replies[start:start + REPLIES_PER_BATCH]))
             return scores
 
+    def prepare(self, conversation: Sequence[ChatTurn]) -> None:
+        system, turns = split_conversation(conversation)
+        prompt = self._engine.prompt_format.render(system, turns)
+        # All of the prompt's tokens but the last, which may merge with a reply's first characters.
+        ids = self._tokenize(at_token_boundary(prompt, "", "")[0])[:-1]
+        with self._lock:
+            if self._ctx is None or getattr(self._llm, "_model", None) is None:
+                return  # scoring says why, if it is ever asked
+            keep = common_prefix(self._cached, ids)
+            self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
+            self._cached = self._cached[:keep]
+            self._decode([(0, pos, ids[pos]) for pos in range(keep, len(ids))])
+            self._cached = ids
+
     def token_ids(self, prompt: str, reply: str) -> list[int]:
         """What a reply is scored on, as the trainer tokenised it (``trainers.methods.reward.reward_input_ids``):
         ``prompt + reply`` with BOS, EOS appended, cut to the context keeping the last token."""

@@ -40,6 +40,11 @@ class RewardScorer(Protocol):
         user's), in the order given; higher is better. Replies are as stored (the model's own leading space)."""
         ...
 
+    def prepare(self, conversation: Sequence[ChatTurn]) -> None:
+        """Compute the prompt of ``conversation`` now and keep it, so that scoring replies to it later pays for the
+        replies alone (the chat calls it when a round starts, while its candidates generate)."""
+        ...
+
     def close(self) -> None:
         """Free what the scorer holds (its worker process, or its llama.cpp context and adapter). Idempotent."""
         ...

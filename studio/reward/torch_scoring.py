@@ -67,6 +67,14 @@ class SharedPromptScorer:
         kept, moved, _ = at_token_boundary(prompt, reply, reply)
         return reward_input_ids(self._tokenizer, kept, moved)
 
+    def prepare(self, prompt: str) -> None:
+        """Compute the prompt's keys and values now and keep them: its tokens but the last (which may merge with
+        a reply's first characters) are then cached for the replies scored next."""
+        kept, _, _ = at_token_boundary(prompt, "", "")
+        ids = list(self._tokenizer(kept)["input_ids"])[:-1]
+        with torch.inference_mode():
+            self._prefix_kv(ids, self._cached_agreement(ids))
+
     def score(self, prompt: str, replies: Sequence[str]) -> list[float]:
         if not replies:
             return []

@@ -3,7 +3,8 @@
 The studio process never imports torch for it: ``TorchWorkerScorer`` starts ``python -m
 studio.reward.torch_worker`` once, which loads the run's model (``load_trained_reward_model``) and then answers
 one JSON line per request on stdin with one JSON line on stdout: ``{"prompt": str, "replies": [str]}`` →
-``{"scores": [float], "cpu_s": float}`` (the worker's CPU seconds for the request) or ``{"error": str}``. A crash
+``{"scores": [float], "cpu_s": float}`` (the worker's CPU seconds for the request) or ``{"error": str}``;
+``{"prompt": str, "prepare": true}`` computes the prompt alone and keeps it (``"scores": []``). A crash
 or an out-of-memory there never takes the UI down; its stderr goes to a log file quoted when it fails. It scores
 with ``SharedPromptScorer`` (``torch_scoring``): the LoRA merged, the prompt's keys and values computed once and
 kept for the next request, the replies in one batch.
@@ -56,19 +57,27 @@ class TorchWorkerScorer:
     def score(self, conversation: Sequence[ChatTurn], replies: Sequence[str]) -> list[float]:
         if not replies:
             return []
-        system, turns = split_conversation(conversation)
-        prompt = self._engine.prompt_format.render(system, turns)
-        with self._worker.lock:
-            if self._worker.closed:
-                raise RewardScorerError(f"the scorer of run {self._run_id} is closed")
-            reply = self._worker.request({"prompt": prompt, "replies": list(replies)})
-        if "error" in reply:
-            raise RewardScorerError(f"the reward worker of run {self._run_id} failed: {reply['error']}")
+        reply = self._request(conversation, {"replies": list(replies)})
         scores = reply.get("scores")
         if not isinstance(scores, list) or len(scores) != len(replies):
             raise RewardScorerError(f"the reward worker of run {self._run_id} answered {reply!r}")
         self.last_cpu_seconds = float(reply.get("cpu_s", 0.0))
         return [float(s) for s in scores]
+
+    def prepare(self, conversation: Sequence[ChatTurn]) -> None:
+        self.last_cpu_seconds = float(self._request(conversation, {"prepare": True}).get("cpu_s", 0.0))
+
+    def _request(self, conversation: Sequence[ChatTurn], fields: dict[str, object]) -> dict:
+        """The worker's answer to ``fields`` about the conversation's prompt (rendered here); errors raised."""
+        system, turns = split_conversation(conversation)
+        prompt = self._engine.prompt_format.render(system, turns)
+        with self._worker.lock:
+            if self._worker.closed:
+                raise RewardScorerError(f"the scorer of run {self._run_id} is closed")
+            reply = self._worker.request({"prompt": prompt, **fields})
+        if "error" in reply:
+            raise RewardScorerError(f"the reward worker of run {self._run_id} failed: {reply['error']}")
+        return reply
 
     def close(self) -> None:
         self._worker.close()
@@ -100,7 +109,11 @@ def serve(output_dir: Path, train_model: str, threads: int, precision: str) -> N
         started = time.process_time()
         try:
             request = json.loads(line)
-            scores = scorer.score(str(request["prompt"]), [str(r) for r in request["replies"]])
+            if request.get("prepare"):
+                scorer.prepare(str(request["prompt"]))
+                scores = []
+            else:
+                scores = scorer.score(str(request["prompt"]), [str(r) for r in request["replies"]])
             answer: dict[str, object] = {"scores": scores, "cpu_s": time.process_time() - started}
         except Exception as exc:  # noqa: BLE001 - a bad request is answered, the worker keeps serving
             answer = {"error": f"{type(exc).__name__}: {exc}"}
