@@ -55,6 +55,24 @@ def reply(i: int, words: int = 44) -> str:
     return " " + " ".join(text.split()[:words])
 
 
+def machine_check_ms() -> float:
+    """Median ms of one float32 pass's matmuls (Gemma 3 270M's 126 projections, 106 rows, weights that do not fit
+    in the caches) in this process: the machine's state, for reading the timings beside it. On this project's
+    2-core VM it took 149-156 ms when quiet and up to 194 ms while its host was busy."""
+    import torch
+
+    shapes = [(1024, 640), (256, 640), (256, 640), (640, 1024), (2048, 640), (2048, 640), (640, 2048)] * 18
+    weights = [torch.randn(n, k) for n, k in shapes]
+    inputs = {k: torch.randn(106, k) for k in (640, 1024, 2048)}
+    times = []
+    for _ in range(6):
+        start = time.perf_counter()
+        for (_n, k), weight in zip(shapes, weights, strict=True):
+            torch.nn.functional.linear(inputs[k], weight)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times[1:])
+
+
 def train_reward_run(home: Path, steps: int) -> tuple[Path, int]:
     os.environ["PREFSTUDIO_HOME"] = str(home)
     from studio.inference.model_files import ensure_default_model
@@ -104,6 +122,7 @@ def main() -> None:
 
         torch.set_num_threads(engine.n_threads_batch)
         load_before = os.getloadavg()[0]
+        check_before = machine_check_ms()
         n_tokens = len(scorer.token_ids(f"User: {PROMPTS[0]}\nAssistant:", reply(0)))
 
         def llama_call(conversation: list[ChatTurn], pair: list[str]) -> tuple[float, float]:
@@ -165,6 +184,8 @@ def main() -> None:
               f"{float(np.mean(np.abs(np.subtract(default_scores, exact)))):.4f} against a spread (std) of {spread:.4f}")
         scorer.close()
         precision = worker.precision
+        print(f"machine check (bench/reward_scoring.py machine_check_ms): {check_before:.0f} ms before the timings, "
+              f"{machine_check_ms():.0f} ms after (149-156 ms on this project's 2-core VM when quiet)")
         worker.close()
         worker_fp32.close()
         engine.close()
