@@ -58,7 +58,7 @@ def reply(i: int, words: int = 44) -> str:
 def machine_check_ms() -> float:
     """Median ms of one float32 pass's matmuls (Gemma 3 270M's 126 projections, 106 rows, weights that do not fit
     in the caches) in this process: the machine's state, for reading the timings beside it. On this project's
-    2-core VM it took 149-156 ms when quiet and up to 194 ms while its host was busy."""
+    2-core VM it took 115-122 ms in a quiet hour and 166-199 ms in a busy one, when the scorers took 2-3x as long."""
     import torch
 
     shapes = [(1024, 640), (256, 640), (256, 640), (640, 1024), (2048, 640), (2048, 640), (640, 2048)] * 18
@@ -185,7 +185,7 @@ def main() -> None:
         scorer.close()
         precision = worker.precision
         print(f"machine check (bench/reward_scoring.py machine_check_ms): {check_before:.0f} ms before the timings, "
-              f"{machine_check_ms():.0f} ms after (149-156 ms on this project's 2-core VM when quiet)")
+              f"{machine_check_ms():.0f} ms after (115-122 ms on this project's 2-core VM in a quiet hour)")
         worker.close()
         worker_fp32.close()
         engine.close()
