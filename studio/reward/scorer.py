@@ -70,9 +70,13 @@ def open_reward_scorer(store: Store, run_id: int, engine: ChatEngine,
     if backend in ("torch", "torch-fp32", "torch-bf16"):
         from studio.reward.torch_worker import Precision, TorchWorkerScorer
 
-        trained_bf16 = (run.summary or {}).get("dtype") == "bf16"
-        precision: Precision = {"torch-fp32": "fp32", "torch-bf16": "bf16"}.get(
-            backend, "bf16-where-native" if trained_bf16 else "fp32")
+        precision: Precision
+        if backend == "torch-fp32":
+            precision = "fp32"
+        elif backend == "torch-bf16":
+            precision = "bf16"
+        else:  # as the run trained: bf16 autocast runs in bf16 where this CPU does bf16 natively
+            precision = "bf16-where-native" if (run.summary or {}).get("dtype") == "bf16" else "fp32"
         return TorchWorkerScorer(engine, run.id, folder, str(run.config.get("train_model")), engine.n_threads_batch,
                                  precision=precision)
     if backend != "llama":
