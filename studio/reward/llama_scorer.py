@@ -115,11 +115,15 @@ class LlamaRewardScorer:
         with self._lock:
             if self._ctx is None or getattr(self._llm, "_model", None) is None:
                 return  # scoring says why, if it is ever asked
-            keep = common_prefix(self._cached, ids)
-            self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
-            self._cached = self._cached[:keep]
-            self._decode([(0, pos, ids[pos]) for pos in range(keep, len(ids))])
-            self._cached = ids
+            self._hold_prompt(ids)
+
+    def _hold_prompt(self, ids: list[int]) -> None:
+        """Sequence 0 holds ``ids``: what it holds already kept as far as it agrees, the rest decoded."""
+        keep = common_prefix(self._cached, ids)
+        self._lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
+        self._cached = self._cached[:keep]
+        self._decode([(0, pos, ids[pos]) for pos in range(keep, len(ids))])
+        self._cached = ids
 
     def token_ids(self, prompt: str, reply: str) -> list[int]:
         """What a reply is scored on, as the trainer tokenised it (``trainers.methods.reward.reward_input_ids``):
@@ -140,11 +144,7 @@ class LlamaRewardScorer:
         # The shared prefix: the prompt's tokens all replies begin with (each keeps at least its last token).
         shared = min(common_prefix(prompt_ids, ids) for ids in full)
         shared = min(shared, *(len(ids) - 1 for ids in full))
-        keep = common_prefix(self._cached, full[0][:shared])
-        lib.llama_memory_seq_rm(self._memory, 0, keep, -1)
-        self._cached = self._cached[:keep]
-        self._decode([(0, pos, full[0][pos]) for pos in range(keep, shared)])
-        self._cached = full[0][:shared]
+        self._hold_prompt(full[0][:shared])
         for seq, _ids in enumerate(full, start=1):
             lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
             if shared:
